@@ -1,0 +1,131 @@
+"""The call state machine of an analog line: plain code with no I/O, events in, actions out.
+
+Idle → ringing → in call (⇄ on-hook pending) → idle. Ringing before off-hook makes a call incoming;
+off-hook without ringing makes it outgoing (or `unknown` on a line without a ring detector). An
+on-hook shorter than the flash window is a hook flash and keeps the call; a longer one ends it at
+the instant the hook went down. The notice is asked for once per call at most.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Start:
+    """A call begins: start recording."""
+    t: float
+    direction: str
+    ringing_since: float | None
+
+
+@dataclass(frozen=True)
+class PlayNotice:
+    """Play the line's notice into the call now."""
+    t: float
+
+
+@dataclass(frozen=True)
+class Flash:
+    """A hook flash inside the call (on-hook from `t` for `length` seconds)."""
+    t: float
+    length: float
+
+
+@dataclass(frozen=True)
+class End:
+    """The call ended when the hook went down at `t`."""
+    t: float
+
+
+@dataclass(frozen=True)
+class Missed:
+    """Ringing from `t` to `until` that nobody answered."""
+    t: float
+    until: float
+
+
+@dataclass
+class CallMachine:
+    """One line's call state. Feed it debounced hook transitions, ring episodes and clock ticks."""
+
+    flash_max: float
+    has_ring_detector: bool
+    notice_incoming: bool = True
+    notice_outgoing_after: float | None = None
+    state: str = "idle"                     # idle | ringing | call | on_hook
+    ringing_since: float | None = None
+    direction: str | None = None
+    on_hook_since: float | None = None
+    notice_due: float | None = None
+    _noticed: bool = field(default=False, repr=False)
+
+    def ring(self, t: float) -> list:
+        """A ringing episode began at `t` (ignored during a call: that is call waiting)."""
+        if self.state == "idle":
+            self.state, self.ringing_since = "ringing", t
+        return []
+
+    def ring_over(self, t: float, since_last_ring: float) -> list:
+        """The ringing episode ended (no burst for a while) without an answer."""
+        if self.state != "ringing":
+            return []
+        start, self.state, self.ringing_since = self.ringing_since, "idle", None
+        return [Missed(start, since_last_ring)]
+
+    def hook(self, t: float, off_hook: bool) -> list:
+        """A settled hook transition whose first edge was at `t`."""
+        if off_hook:
+            if self.state == "on_hook":
+                length = t - self.on_hook_since
+                if length < self.flash_max:
+                    self.state, self.on_hook_since = "call", None
+                    return [Flash(t - length, length)]
+                return self._end(self.on_hook_since) + self._start(t)
+            if self.state in ("idle", "ringing"):
+                return self._start(t)
+            return []
+        if self.state == "call":
+            self.state, self.on_hook_since = "on_hook", t
+        return []
+
+    def tick(self, now: float) -> list:
+        """Let time pass: end a call whose on-hook outlasted the flash window; due notices."""
+        if self.state == "on_hook" and now - self.on_hook_since >= self.flash_max:
+            return self._end(self.on_hook_since)
+        if self.state == "call" and self.notice_due is not None and now >= self.notice_due:
+            return self._notice(now)
+        return []
+
+    def deadline(self) -> float | None:
+        """The next instant at which `tick` has something to do, or None."""
+        if self.state == "on_hook":
+            return self.on_hook_since + self.flash_max
+        if self.state == "call":
+            return self.notice_due
+        return None
+
+    def _start(self, t: float) -> list:
+        if self.state == "ringing":
+            direction = "incoming"
+        else:
+            direction = "outgoing" if self.has_ring_detector else "unknown"
+        ringing_since = self.ringing_since
+        self.state, self.direction, self.ringing_since = "call", direction, None
+        self._noticed, self.notice_due = False, None
+        actions = [Start(t, direction, ringing_since)]
+        if direction == "outgoing":
+            if self.notice_outgoing_after is not None:
+                self.notice_due = t + self.notice_outgoing_after
+        elif self.notice_incoming:
+            actions += self._notice(t)
+        return actions
+
+    def _notice(self, t: float) -> list:
+        self.notice_due = None
+        if self._noticed:
+            return []
+        self._noticed = True
+        return [PlayNotice(t)]
+
+    def _end(self, t: float) -> list:
+        self.state, self.on_hook_since, self.direction, self.notice_due = "idle", None, None, None
+        return [End(t)]

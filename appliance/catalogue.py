@@ -1,0 +1,150 @@
+"""The catalogue: one SQLite row per call, in WAL mode with full sync, under schema migrations.
+
+`synchronous=FULL` because NORMAL can roll back a committed row after a power cut, and a call row is
+evidence. The recorder and the web UI share this file; each process opens its own connection.
+"""
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.errors import StoreError
+
+CATALOGUE_NAME = "catalogue.db"
+
+# The fields of a call that `callrec calls --json` prints, in this order.
+CALL_FIELDS = (
+    "id", "line", "direction", "number", "started_at", "answered_at", "ended_at", "duration_s",
+    "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
+    "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
+    "overruns",
+)
+
+STATES = ("recording", "complete", "interrupted", "discarded", "missed")
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE calls (
+            id INTEGER PRIMARY KEY,
+            line TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('incoming', 'outgoing', 'unknown')),
+            number TEXT,
+            started_at TEXT NOT NULL,
+            answered_at TEXT,
+            ended_at TEXT,
+            duration_s REAL,
+            notice_played_at TEXT,
+            notice_sha256 TEXT,
+            purpose TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('recording', 'complete', 'interrupted', 'discarded',
+                                                  'missed')),
+            file TEXT,
+            size_bytes INTEGER,
+            sha256 TEXT,
+            format TEXT,
+            sample_rate INTEGER,
+            samples INTEGER,
+            recording_started_at TEXT,
+            flashes INTEGER NOT NULL DEFAULT 0,
+            capture_errors INTEGER NOT NULL DEFAULT 0,
+            overruns INTEGER NOT NULL DEFAULT 0,
+            spool TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX calls_started_at ON calls (started_at)")
+    db.execute("CREATE INDEX calls_state ON calls (state)")
+    db.execute("CREATE INDEX calls_number ON calls (number)")
+
+
+# Schema steps, applied in order; the database's `user_version` counts those already applied.
+MIGRATIONS = (_migration_1,)
+
+
+class Catalogue:
+    """Thread-safe access to the calls table of one data folder."""
+
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / CATALOGUE_NAME
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = FULL")
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the catalogue {self.path}: {exc}") from None
+        if check != "ok":
+            raise StoreError(f"the catalogue {self.path} is damaged (quick_check: {check})")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+                with self._transaction():
+                    step(self.db)
+                    self.db.execute(f"PRAGMA user_version = {number}")
+
+    def _transaction(self):
+        """A write transaction taken at once, so concurrent writers wait instead of failing."""
+        return _Immediate(self.db.conn)
+
+    def add_call(self, **fields) -> int:
+        """Insert a call row and return its id."""
+        with self._lock, self._transaction():
+            return self.db["calls"].insert(fields).last_pk
+
+    def update_call(self, call_id: int, **fields) -> None:
+        """Change some fields of one call in one transaction."""
+        with self._lock, self._transaction():
+            self.db["calls"].update(call_id, fields)
+
+    def increment(self, call_id: int, column: str) -> None:
+        """Add one to a counter column (flashes, capture_errors, overruns) of a call."""
+        if column not in ("flashes", "capture_errors", "overruns"):
+            raise ValueError(f"not a counter column: {column}")
+        with self._lock, self._transaction():
+            self.db.execute(f"UPDATE calls SET {column} = {column} + 1 WHERE id = ?", [call_id])
+
+    def get_call(self, call_id: int) -> dict:
+        """One call row as a dict (raises KeyError when there is no such call)."""
+        with self._lock:
+            try:
+                return self.db["calls"].get(call_id)
+            except sqlite_utils.db.NotFoundError:
+                raise KeyError(call_id) from None
+
+    def calls(self, where: str | None = None, params: list | tuple = ()) -> list[dict]:
+        """Call rows, oldest first, optionally filtered by an SQL condition."""
+        with self._lock:
+            return list(self.db["calls"].rows_where(where, params, order_by="id"))
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self.db.conn.close()
+
+
+class _Immediate:
+    """`BEGIN IMMEDIATE … COMMIT`, rolled back on error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def public_fields(row: dict) -> dict:
+    """The user-facing fields of a call row, in the documented order."""
+    return {name: row.get(name) for name in CALL_FIELDS}

@@ -1,0 +1,19 @@
+"""Time stamps: events are taken on the monotonic clock and shown as UTC wall time."""
+
+import time
+from datetime import datetime, timezone
+
+
+def wall_from_mono(t: float) -> float:
+    """Return the wall-clock time (epoch seconds) of monotonic instant `t`."""
+    return time.time() - (time.monotonic() - t)
+
+
+def iso_utc(epoch: float) -> str:
+    """Format epoch seconds as ISO 8601 UTC with milliseconds, e.g. 2026-11-23T10:05:00.123Z."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_from_mono(t: float) -> str:
+    """ISO 8601 UTC wall time of monotonic instant `t`."""
+    return iso_utc(wall_from_mono(t))

@@ -1,0 +1,146 @@
+"""The appliance's configuration: `/etc/callrec/appliance.toml`, validated at load.
+
+Every key is typed; an unknown, missing or wrongly typed key fails with the file, the key and what
+was expected, so the technician can fix it without reading code.
+"""
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/callrec/appliance.toml")
+DEFAULT_DATA_DIR = Path("/var/lib/callrec")
+
+Level = Literal["low", "high"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RecorderConfig(_Strict):
+    """Settings shared by all lines: the store, the audio format and the hook timing."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    sample_rate: int = Field(8000, ge=8000, le=48000)
+    period_ms: int = Field(20, ge=5, le=100)
+    preroll_s: float = Field(2.0, ge=0, le=30)
+    flush_interval_s: float = Field(1.0, ge=0.1, le=2.0)
+    format: Literal["opus", "flac", "wav"] = "opus"
+    opus_bitrate: int = Field(16000, ge=6000, le=128000)
+    record_from: Literal["preroll", "notice_end"] = "preroll"
+    debounce_ms: int = Field(40, ge=0, le=500)
+    flash_max_ms: int = Field(700, ge=50, le=5000)
+    ring_gap_s: float = Field(6.0, ge=0.5, le=30)
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+
+class LineConfig(_Strict):
+    """One analog line: its hook (and ring) inputs, its sound card, its notice and default purpose."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    hook_pin: int | str
+    hook_active: Level
+    ring_pin: int | str | None = None
+    ring_active: Level = "low"
+    capture: str = Field(min_length=1)
+    playback: str = Field(min_length=1)
+    notice: Path
+    notice_incoming: bool = True
+    notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
+    purpose: str = Field("training", min_length=1)
+
+    @field_validator("notice", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+
+class Config(_Strict):
+    """The whole file: one `[recorder]` table and one `[[line]]` table per recorded line."""
+
+    recorder: RecorderConfig = RecorderConfig()
+    line: list[LineConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_lines(self):
+        names = [line.name for line in self.line]
+        pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin) if p is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"line names must be distinct, got {names}")
+        if len(set(map(str, pins))) != len(pins):
+            raise ValueError(f"each GPIO pin may serve one input only, got {pins}")
+        return self
+
+
+def _key_name(loc: tuple) -> str:
+    """Render a pydantic location as the TOML key a technician sees, e.g. `line[0].hook_pin`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "str", "float", "bool", "none"):
+            continue  # union member names are not keys
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(path: Path, error: ValidationError, what: str = "configuration") -> str:
+    """Turn a pydantic error into one line per problem: file, key, what was expected, what was found."""
+    lines = [f"invalid {what} in {path}:"]
+    seen = set()
+    for err in error.errors(include_url=False):
+        key = _key_name(err["loc"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if err["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err['input']!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: Path = DEFAULT_CONFIG) -> Config:
+    """Read and validate a configuration file; relative paths in it are taken from its folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    return resolve_paths(config, path)
+
+
+def resolve_paths(config: Config, source: Path) -> Config:
+    """Make the data folder and notice paths absolute against the folder of `source`, the file the
+    config came from, and check that the notices exist."""
+    base = source.parent
+    lines = []
+    for index, line in enumerate(config.line):
+        notice = line.notice if line.notice.is_absolute() else base / line.notice
+        if not notice.is_file():
+            raise ConfigError(f"invalid configuration in {source}:\n  line[{index}].notice: no such file {notice}")
+        lines.append(line.model_copy(update={"notice": notice}))
+    data_dir = config.recorder.data_dir
+    recorder = config.recorder.model_copy(
+        update={"data_dir": data_dir if data_dir.is_absolute() else base / data_dir})
+    return config.model_copy(update={"line": lines, "recorder": recorder})

@@ -1,0 +1,264 @@
+"""The recorder: one controller per line ties hook inputs, the call state machine, the notice,
+capture and spool together; a finaliser thread archives ended calls off the line's thread.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import alsaaudio
+
+from appliance import callstate
+from appliance.archive import SPOOL_DIR, finalise, recover
+from appliance.capture import Capture
+from appliance.catalogue import Catalogue
+from appliance.clock import iso_from_mono, wall_from_mono
+from appliance.config import Config, LineConfig, RecorderConfig
+from appliance.hook import Debouncer, LineInputs, RingMonitor
+from appliance.notice import load_notice, play
+from appliance.spool import SpoolWriter
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25  # longest sleep of a line's thread with nothing due
+
+
+class Finaliser(threading.Thread):
+    """Runs finalisation jobs one at a time, so encoding never holds up a line."""
+
+    def __init__(self):
+        super().__init__(name="finaliser", daemon=True)
+        self.jobs: "queue.Queue" = queue.Queue()
+
+    def submit(self, job) -> None:
+        """Queue a callable."""
+        self.jobs.put(job)
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                job()
+            except Exception:
+                # A failed job leaves its spool in place: it is recovered at the next start.
+                log.exception("finalising a call failed")
+            finally:
+                self.jobs.task_done()
+        self.jobs.task_done()
+
+    def wait_idle(self) -> None:
+        """Block until every queued job has run."""
+        self.jobs.join()
+
+    def close(self) -> None:
+        """Run what is queued, then end the thread."""
+        self.jobs.put(None)
+        self.join()
+
+
+@dataclass
+class ActiveCall:
+    """What the line controller keeps about the call in progress."""
+
+    id: int
+    spool: SpoolWriter
+    recording: bool
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ended: bool = False
+
+
+class LineRecorder:
+    """Records one analog line."""
+
+    def __init__(self, line: LineConfig, settings: RecorderConfig, catalogue: Catalogue,
+                 finaliser: Finaliser, pin_factory=None):
+        self.line = line
+        self.settings = settings
+        self.catalogue = catalogue
+        self.finaliser = finaliser
+        self.period_frames = settings.sample_rate * settings.period_ms // 1000
+        self.notice = load_notice(line.notice, settings.sample_rate)
+        self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
+                                 pin_factory=pin_factory)
+        self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
+                               settings.preroll_s, status=self)
+        self.machine = callstate.CallMachine(
+            flash_max=settings.flash_max_ms / 1000, has_ring_detector=line.ring_pin is not None,
+            notice_incoming=line.notice_incoming, notice_outgoing_after=line.notice_outgoing_after_s)
+        self.hook = Debouncer(settings.debounce_ms / 1000, level=False)
+        self.ring = RingMonitor(settings.ring_gap_s)
+        self.call: ActiveCall | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"line-{line.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start capturing and watching the hook. A handset already off-hook starts a call."""
+        self.capture.start()
+        if self.inputs.off_hook():
+            self._perform(self.machine.hook(time.monotonic(), True))
+            self.hook.level = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; a call in progress is finalised as interrupted."""
+        self._stop.set()
+        self._thread.join()
+        if self.call is not None:
+            self._end(time.monotonic(), interrupted=True)
+        self.capture.stop()
+        self.capture.join(timeout=2)
+        self.inputs.close()
+
+    @property
+    def idle(self) -> bool:
+        """True when no call is in progress or pending on the hook."""
+        return self.machine.state == "idle" and self.hook.deadline() is None
+
+    # -- the line's thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                edge = self.inputs.edges.get(timeout=self._sleep_time())
+            except queue.Empty:
+                edge = None
+            try:
+                if edge is not None:
+                    self._on_edge(edge)
+                self._advance(time.monotonic())
+            except Exception:
+                # The line must keep recording whatever one event does wrong.
+                log.exception("line %s: error while handling an event", self.line.name)
+
+    def _sleep_time(self) -> float:
+        ring_over = self.ring.deadline() if self.machine.state == "ringing" else None
+        deadlines = [d for d in (self.hook.deadline(), self.machine.deadline(), ring_over)
+                     if d is not None]
+        if not deadlines:
+            return TICK_S
+        return min(TICK_S, max(0.0, min(deadlines) - time.monotonic()))
+
+    def _on_edge(self, edge) -> None:
+        if edge.input == "hook":
+            self.hook.edge(edge.t, edge.active)
+        elif self.ring.edge(edge.t, edge.active):
+            self._perform(self.machine.ring(edge.t))
+
+    def _advance(self, now: float) -> None:
+        while (transition := self.hook.poll(now)) is not None:
+            self._perform(self.machine.hook(*transition))
+        if self.machine.state == "ringing" and not self.ring.ringing(now):
+            self._perform(self.machine.ring_over(now, self.ring.last_activity))
+        self._perform(self.machine.tick(self.hook.settled_until(now)))
+
+    def _perform(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, callstate.Start):
+                self._start(action)
+            elif isinstance(action, callstate.PlayNotice):
+                threading.Thread(target=self._play_notice, args=(self.call,),
+                                 name=f"notice-{self.line.name}", daemon=True).start()
+            elif isinstance(action, callstate.Flash):
+                log.info("line %s: hook flash of %.0f ms", self.line.name, action.length * 1000)
+                self.catalogue.increment(self.call.id, "flashes")
+            elif isinstance(action, callstate.End):
+                self._end(action.t)
+            elif isinstance(action, callstate.Missed):
+                log.info("line %s: missed call", self.line.name)
+                self.catalogue.add_call(
+                    line=self.line.name, direction="incoming", started_at=iso_from_mono(action.t),
+                    ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed")
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def _start(self, action: callstate.Start) -> None:
+        settings = self.settings
+        spool_dir = settings.data_dir / SPOOL_DIR
+        spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
+        spool = SpoolWriter(spool_dir / spool_name, settings.sample_rate,
+                            flush_interval=settings.flush_interval_s)
+        wait_for_notice = (settings.record_from == "notice_end" and action.direction != "outgoing"
+                           and self.line.notice_incoming)
+        first_frame = None if wait_for_notice else self.capture.start_recording(spool)
+        started = action.ringing_since if action.ringing_since is not None else action.t
+        call_id = self.catalogue.add_call(
+            line=self.line.name, direction=action.direction, started_at=iso_from_mono(started),
+            answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
+            purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
+            sample_rate=settings.sample_rate,
+            recording_started_at=None if first_frame is None else iso_from_mono(first_frame))
+        self.call = ActiveCall(call_id, spool, recording=not wait_for_notice)
+        log.info("line %s: %s call %s started", self.line.name, action.direction, call_id)
+
+    def _play_notice(self, call: ActiveCall) -> None:
+        try:
+            started = play(self.notice, self.line.playback, self.period_frames)
+        except alsaaudio.ALSAAudioError as exc:
+            log.error("line %s: cannot play the notice on %s: %s", self.line.name,
+                      self.line.playback, exc)
+            return
+        self.catalogue.update_call(call.id, notice_played_at=iso_from_mono(started),
+                                   notice_sha256=self.notice.sha256)
+        with call.lock:
+            if not call.recording and not call.ended:
+                first = self.capture.start_recording(call.spool, with_preroll=False)
+                call.recording = True
+                self.catalogue.update_call(call.id, recording_started_at=iso_from_mono(first))
+
+    def _end(self, t: float, interrupted: bool = False) -> None:
+        call, self.call = self.call, None
+        with call.lock:
+            call.ended = True
+            self.capture.stop_recording()
+        if interrupted:
+            state = "interrupted"
+        else:
+            state = "complete" if call.recording else "discarded"
+        settings = self.settings
+        log.info("line %s: call %s ended (%s)", self.line.name, call.id, state)
+
+        def job():
+            call.spool.close()
+            finalise(self.catalogue, settings.data_dir, call.id, state, settings.format,
+                     settings.opus_bitrate, ended_at=iso_from_mono(t))
+        self.finaliser.submit(job)
+
+    def capture_fault(self, kind: str) -> None:
+        """Count an overrun or a capture error against the call being recorded."""
+        call = self.call
+        if call is not None:
+            self.catalogue.increment(call.id, kind)
+
+
+class Recorder:
+    """All configured lines, their shared catalogue and finaliser."""
+
+    def __init__(self, config: Config, pin_factory=None):
+        self.config = config
+        data_dir = Path(config.recorder.data_dir)
+        (data_dir / SPOOL_DIR).mkdir(parents=True, exist_ok=True)
+        self.catalogue = Catalogue(data_dir)
+        self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
+                                 config.recorder.opus_bitrate)
+        self.finaliser = Finaliser()
+        self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory)
+                      for line in config.line]
+
+    def start(self) -> None:
+        """Start every line."""
+        self.finaliser.start()
+        for line in self.lines:
+            line.start()
+
+    def idle(self) -> bool:
+        """No call in progress on any line and nothing left to finalise."""
+        return all(line.idle for line in self.lines) and self.finaliser.jobs.unfinished_tasks == 0
+
+    def stop(self) -> None:
+        """Stop all lines, finalise what was in progress, close the catalogue."""
+        for line in self.lines:
+            line.stop()
+        self.finaliser.close()
+        self.catalogue.close()

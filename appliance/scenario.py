@@ -1,0 +1,189 @@
+"""Simulation scenarios: what happens on the line, when. The format is documented in docs/simulate.md.
+
+A scenario is turned into two timelines that share one clock: pin edges (ring bursts, off-hook,
+flashes, contact chatter, on-hook) and the audio the line carries (the call's audio from off-hook
+on, with DTMF tones mixed in).
+"""
+
+import random
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from appliance.codec import decode_to_pcm
+from appliance.config import format_validation_error
+from appliance.errors import ScenarioError
+
+ANSWER_AFTER_LAST_RING_S = 0.5
+DTMF_TONE_S = 0.1
+DTMF_GAP_S = 0.1
+DTMF_LEVEL = 0.25          # peak of each of the two tones, full scale = 1 (about -15 dBFS each)
+LINE_NOISE_LEVEL = 30      # samples of background hiss, so the line is never digital silence
+
+DTMF_FREQS = {
+    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
+    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
+    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
+    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Dtmf(_Strict):
+    """Digits sent in-band, starting `at` seconds after off-hook."""
+    at: float = Field(ge=0)
+    digits: str = Field(pattern=r"^[0-9*#A-D]+$")
+
+
+class ScenarioCall(_Strict):
+    """One call on the simulated line."""
+    direction: Literal["incoming", "outgoing"]
+    at: float = Field(ge=0)
+    line: str | None = None
+    rings: int = Field(2, ge=1, le=20)
+    caller_id: str | None = None
+    audio: Path | None = None
+    talk: float | None = Field(None, gt=0)
+    dtmf: list[Dtmf] = []
+    bounce_ms: float = Field(0, ge=0, le=200)
+    flash_at: list[float] = []
+    flash_ms: float = Field(300, gt=0, le=10000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audio_path(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("audio"), str):
+            data = {**data, "audio": Path(data["audio"])}
+        return data
+
+    @model_validator(mode="after")
+    def _has_length(self):
+        if self.audio is None and self.talk is None:
+            raise ValueError("a call needs `audio`, `talk`, or both")
+        return self
+
+
+class Scenario(_Strict):
+    """The whole scenario file."""
+    ring_on_s: float = Field(1.0, gt=0, le=5)
+    ring_off_s: float = Field(2.0, gt=0, le=10)
+    call: list[ScenarioCall] = []
+
+
+@dataclass(frozen=True)
+class PinEdge:
+    """Drive one line's input to a logical level (True = active) at `t` seconds from the start."""
+    t: float
+    line: str
+    input: str          # "hook" or "ring"
+    active: bool
+
+
+@dataclass
+class Plan:
+    """A scenario laid out on the clock: pin edges, each line's audio, and when it is all over."""
+    edges: list[PinEdge]
+    audio: dict[str, np.ndarray]
+    end: float
+    offhooks: list[tuple[str, float]]   # (line, off-hook time) of each call, in scenario order
+
+
+def load_scenario(path: Path) -> tuple[Scenario, Path]:
+    """Read and validate a scenario file; return it with the folder its audio paths are relative to."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(format_validation_error(path, exc, "scenario")) from None
+    for index, call in enumerate(scenario.call):
+        if call.audio is not None and not (path.parent / call.audio).is_file():
+            raise ScenarioError(f"invalid scenario in {path}:\n  call[{index}].audio: no such file "
+                                f"{path.parent / call.audio}")
+    return scenario, path.parent
+
+
+def _toggle_edges(t: float, line: str, pin: str, active: bool, bounce_s: float, rng) -> list[PinEdge]:
+    """A transition to `active` at `t`, with contact chatter for `bounce_s` after it."""
+    edges = [PinEdge(t, line, pin, active)]
+    at, level = t, active
+    while bounce_s > 0:
+        at += rng.uniform(0.0005, 0.003)
+        if at >= t + bounce_s:
+            break
+        level = not level
+        edges.append(PinEdge(at, line, pin, level))
+    if edges[-1].active != active:
+        edges.append(PinEdge(t + bounce_s, line, pin, active))
+    return edges
+
+
+def dtmf_tone(digit: str, rate: int, seconds: float = DTMF_TONE_S, level: float = DTMF_LEVEL) -> np.ndarray:
+    """One DTMF digit as float samples (full scale 1.0)."""
+    low, high = DTMF_FREQS[digit]
+    t = np.arange(int(seconds * rate)) / rate
+    return level * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
+
+
+def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int = 0) -> Plan:
+    """Lay a scenario out on the clock for the given line names (a call without `line` goes on the
+    first). Times are seconds from the scenario's start."""
+    rng = random.Random(seed)
+    edges: list[PinEdge] = []
+    offhooks = []
+    segments: dict[str, list[tuple[float, np.ndarray]]] = {name: [] for name in lines}
+    end = 0.0
+    cadence = scenario.ring_on_s + scenario.ring_off_s
+    for index, call in enumerate(scenario.call):
+        line = call.line or lines[0]
+        if line not in segments:
+            raise ScenarioError(f"scenario call[{index}].line: no line named {line!r} "
+                                f"(configured: {', '.join(lines)})")
+        if call.direction == "incoming":
+            for burst in range(call.rings):
+                start = call.at + burst * cadence
+                edges += [PinEdge(start, line, "ring", True),
+                          PinEdge(start + scenario.ring_on_s, line, "ring", False)]
+            offhook = call.at + (call.rings - 1) * cadence + scenario.ring_on_s + ANSWER_AFTER_LAST_RING_S
+        else:
+            offhook = call.at
+        audio = np.zeros(0)
+        if call.audio is not None:
+            audio = np.frombuffer(decode_to_pcm(base / call.audio, rate), dtype="<i2") / 32768.0
+        talk = call.talk if call.talk is not None else len(audio) / rate
+        audio = np.pad(audio[:int(talk * rate)], (0, max(0, int(talk * rate) - len(audio))))
+        for send in call.dtmf:
+            for n, digit in enumerate(send.digits):
+                at = int((send.at + n * (DTMF_TONE_S + DTMF_GAP_S)) * rate)
+                tone = dtmf_tone(digit, rate)[:max(0, len(audio) - at)]
+                audio[at:at + len(tone)] += tone
+        segments[line].append((offhook, audio))
+        offhooks.append((line, offhook))
+        bounce = call.bounce_ms / 1000
+        edges += _toggle_edges(offhook, line, "hook", True, bounce, rng)
+        for flash in call.flash_at:
+            edges += _toggle_edges(offhook + flash, line, "hook", False, bounce, rng)
+            edges += _toggle_edges(offhook + flash + call.flash_ms / 1000, line, "hook", True, bounce, rng)
+        edges += _toggle_edges(offhook + talk, line, "hook", False, bounce, rng)
+        end = max(end, offhook + talk + bounce)
+    edges.sort(key=lambda e: e.t)
+    audio = {}
+    for line, parts in segments.items():
+        track = np.random.default_rng(seed).normal(0, LINE_NOISE_LEVEL / 32768, int((end + 1) * rate))
+        for start, samples in parts:
+            at = int(start * rate)
+            track[at:at + len(samples)] += samples[:len(track) - at]
+        audio[line] = (np.clip(track, -1, 32767 / 32768) * 32768).astype("<i2")
+    return Plan(edges, audio, end, offhooks)

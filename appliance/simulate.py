@@ -1,0 +1,166 @@
+"""`callrec simulate`: the real recorder against simulated hardware.
+
+gpiozero's MockFactory stands in for the pins, and for each line an ALSA `file`-plugin capture
+PCM reads a FIFO fed in real time by a feeder process, while the playback PCM writes what it is
+given to `simulation/line-out-<line>.raw` in the data folder. The recorder code is the one
+`callrec run` uses; only the pin factory and the device names differ.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+from gpiozero.pins.mock import MockFactory
+
+from appliance.config import Config, load_config
+from appliance.recorder import Recorder
+from appliance.scenario import PinEdge, load_scenario, plan
+
+log = logging.getLogger(__name__)
+
+SIM_DIR = "simulation"
+STARTUP_S = 1.0          # head start given to the recorder before the scenario's clock starts
+FINALISE_TIMEOUT_S = 120.0
+ALSA_BASE_CONFIG = "/usr/share/alsa/alsa.conf"
+
+
+def demo_path(name: str) -> Path:
+    """A file of the bundled demo (config, scenario, sounds)."""
+    return Path(str(resources.files("appliance") / "demo" / name))
+
+
+def capture_pcm(line: str) -> str:
+    """Name of a line's simulated capture PCM."""
+    return f"callrec_sim_capture_{line}"
+
+
+def playback_pcm(line: str) -> str:
+    """Name of a line's simulated playback PCM."""
+    return f"callrec_sim_playback_{line}"
+
+
+def line_out_path(data_dir: Path, line: str) -> Path:
+    """Where a line's simulated playback device writes what was played (raw s16 mono)."""
+    return Path(data_dir) / SIM_DIR / f"line-out-{line}.raw"
+
+
+def write_asoundrc(sim_dir: Path, lines: list[str]) -> Path:
+    """An ALSA configuration with a FIFO-fed capture PCM and a file playback PCM per line."""
+    parts = []
+    for line in lines:
+        parts.append(f"""
+pcm.{capture_pcm(line)} {{
+    type file
+    slave.pcm {{ type null }}
+    file "/dev/null"
+    infile "{sim_dir / f'line-in-{line}.fifo'}"
+    format "raw"
+}}
+pcm.{playback_pcm(line)} {{
+    type file
+    slave.pcm {{ type null }}
+    file "{line_out_path(sim_dir.parent, line)}"
+    format "raw"
+}}""")
+    path = sim_dir / "asoundrc"
+    path.write_text("".join(parts) + "\n")
+    return path
+
+
+def simulated(config: Config, data_dir: Path) -> Config:
+    """The same configuration with the simulated devices and the given data folder."""
+    lines = [line.model_copy(update={"capture": capture_pcm(line.name),
+                                     "playback": playback_pcm(line.name)}) for line in config.line]
+    recorder = config.recorder.model_copy(update={"data_dir": Path(data_dir)})
+    return config.model_copy(update={"line": lines, "recorder": recorder})
+
+
+class PinDriver(threading.Thread):
+    """Drives the mock pins through the scenario's edges on the shared clock."""
+
+    def __init__(self, factory: MockFactory, config: Config, edges: list[PinEdge], t0: float):
+        super().__init__(name="pin-driver", daemon=True)
+        self.edges = edges
+        self.t0 = t0
+        self.pins = {}
+        for line in config.line:
+            self.pins[(line.name, "hook")] = (factory.pin(line.hook_pin), line.hook_active)
+            if line.ring_pin is not None:
+                self.pins[(line.name, "ring")] = (factory.pin(line.ring_pin), line.ring_active)
+
+    def run(self) -> None:
+        for edge in self.edges:
+            if (edge.line, edge.input) not in self.pins:
+                continue   # a ring on a line without a ring detector: nothing sees it
+            delay = self.t0 + edge.t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pin, active_level = self.pins[(edge.line, edge.input)]
+            high = edge.active == (active_level == "high")
+            pin.drive_high() if high else pin.drive_low()
+
+
+def run_simulation(scenario_path: Path | None = None, config_path: Path | None = None,
+                   data_dir: Path | None = None) -> list[dict]:
+    """Run a scenario (the bundled demo if None) through the recorder; return the calls it made,
+    once the last one is finalised."""
+    scenario, base = load_scenario(scenario_path or demo_path("scenario.toml"))
+    config = load_config(config_path or demo_path("appliance.toml"))
+    if data_dir is None:
+        data_dir = config.recorder.data_dir if config_path else Path.cwd() / "callrec-data"
+    data_dir = Path(data_dir).resolve()
+    config = simulated(config, data_dir)
+    sim_dir = data_dir / SIM_DIR
+    sim_dir.mkdir(parents=True, exist_ok=True)
+    names = [line.name for line in config.line]
+    layout = plan(scenario, base, names, config.recorder.sample_rate)
+
+    # Only this process's ALSA sees the simulated devices; the system's config comes first.
+    os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{write_asoundrc(sim_dir, names)}"
+    t0 = time.monotonic() + STARTUP_S
+    feeders = []
+    rate = config.recorder.sample_rate
+    for name in names:
+        fifo = sim_dir / f"line-in-{name}.fifo"
+        if fifo.exists():
+            fifo.unlink()
+        os.mkfifo(fifo)
+        raw = sim_dir / f"line-in-{name}.raw"
+        layout.audio[name].tofile(raw)
+        feeders.append(subprocess.Popen(
+            [sys.executable, "-m", "appliance.feeder", str(raw), str(fifo),
+             "--rate", str(rate), "--t0", repr(t0),
+             "--period-frames", str(rate * config.recorder.period_ms // 1000)]))
+
+    factory = MockFactory()
+    recorder = Recorder(config, pin_factory=factory)
+    try:
+        first_id = max((c["id"] for c in recorder.catalogue.calls()), default=0)
+        recorder.start()
+        driver = PinDriver(factory, config, layout.edges, t0)
+        driver.start()
+        driver.join()
+        settle = (config.recorder.debounce_ms + config.recorder.flash_max_ms) / 1000 + 0.5
+        _sleep_until(t0 + layout.end + settle)
+        deadline = time.monotonic() + FINALISE_TIMEOUT_S
+        while not recorder.idle() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        calls = recorder.catalogue.calls("id > ?", [first_id])
+    finally:
+        recorder.stop()
+        for feeder in feeders:
+            feeder.terminate()
+            feeder.wait()
+        factory.reset()
+    return calls
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)

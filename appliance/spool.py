@@ -1,0 +1,126 @@
+"""The spool: a call's raw audio as a WAV file, written in batches and synced at a steady cadence.
+
+A spool file survives a crash: its header is written (and synced) first with zero sizes, the audio
+is appended and fsynced every `flush_interval` seconds, so a `kill -9` or a power cut loses at most
+that much plus what the kernel had not yet been asked to write. `repair_header` patches the sizes
+from the file length on recovery. Nothing is written per audio period, which spares the SD card.
+"""
+
+import logging
+import os
+import struct
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HEADER_BYTES = 44
+SAMPLE_BYTES = 2  # signed 16-bit little-endian
+
+
+def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
+    """A canonical 44-byte PCM WAV header for 16-bit samples."""
+    block = channels * SAMPLE_BYTES
+    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16)
+            + b"data" + struct.pack("<I", data_bytes))
+
+
+def read_header(path: Path) -> tuple[int, int]:
+    """Return (rate, channels) of a spool file written by `SpoolWriter`."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if len(head) < HEADER_BYTES or head[:4] != b"RIFF" or head[36:40] != b"data":
+        raise ValueError(f"{path} is not a spool file (bad WAV header)")
+    channels, rate = struct.unpack("<HI", head[22:28])
+    return rate, channels
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory entry (a new, renamed or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def repair_header(path: Path) -> int:
+    """Patch the size fields of a spool file from its length (dropping a torn last frame);
+    return the number of frames it holds."""
+    rate, channels = read_header(path)
+    block = channels * SAMPLE_BYTES
+    with open(path, "r+b") as f:
+        data_bytes = os.fstat(f.fileno()).st_size - HEADER_BYTES
+        data_bytes -= data_bytes % block
+        f.truncate(HEADER_BYTES + data_bytes)
+        f.write(wav_header(rate, channels, data_bytes))
+        f.flush()
+        os.fsync(f.fileno())
+    return data_bytes // block
+
+
+def read_pcm(path: Path, chunk_frames: int = 8000):
+    """Yield the audio of a spool file as chunks of raw PCM bytes."""
+    rate, channels = read_header(path)
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES)
+        while chunk := f.read(chunk_frames * channels * SAMPLE_BYTES):
+            yield chunk
+
+
+class SpoolWriter:
+    """Appends audio to a spool file from any thread; a writer thread of its own does the I/O."""
+
+    def __init__(self, path: Path, rate: int, channels: int = 1, flush_interval: float = 1.0):
+        self.path = Path(path)
+        self.rate = rate
+        self.channels = channels
+        self.flush_interval = flush_interval
+        self.frames = 0
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.write(self._fd, wav_header(rate, channels, 0))
+        os.fsync(self._fd)
+        fsync_dir(self.path.parent)
+        self._thread = threading.Thread(target=self._run, name=f"spool-{self.path.stem}", daemon=True)
+        self._thread.start()
+
+    def append(self, pcm: bytes) -> None:
+        """Queue audio for the next flush (cheap: called once per audio period)."""
+        with self._lock:
+            self._pending.append(pcm)
+            self.frames += len(pcm) // (self.channels * SAMPLE_BYTES)
+
+    def _write_pending(self) -> None:
+        with self._lock:
+            data, self._pending = b"".join(self._pending), []
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+            if data:
+                os.fsync(self._fd)
+        except OSError:
+            with self._lock:
+                self._pending.insert(0, bytes(view))
+            raise
+
+    def _run(self) -> None:
+        while not self._closing.wait(self.flush_interval):
+            try:
+                self._write_pending()
+            except OSError:
+                # Keep the audio queued and try again at the next beat: a full or failing card
+                # must not stop the call from being captured in RAM meanwhile.
+                log.exception("cannot write spool file %s", self.path)
+
+    def close(self) -> int:
+        """Write what is left, patch the header and close; return the number of frames."""
+        self._closing.set()
+        self._thread.join()
+        self._write_pending()
+        os.close(self._fd)
+        return repair_header(self.path)
