@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
 MAX_GAP_FILL_S = 600.0  # a longer outage is not padded: the call is marked instead
+MAX_AHEAD_S = 1.0       # how far a device may run ahead of the wall clock before it counts as broken
 
 
 class Sink(Protocol):
@@ -139,9 +140,15 @@ class Capture(threading.Thread):
                 pcm.close()
 
     def _read_until_error(self, pcm: alsaaudio.PCM) -> None:
+        opened, frames = time.monotonic(), 0
         while not self._stopping.is_set():
             try:
                 length, data = pcm.read()
+                frames += max(length, 0)
+                if frames / self.rate > time.monotonic() - opened + MAX_AHEAD_S:
+                    # A source that delivers faster than real time is broken (a dead feed
+                    # returning stale buffers): what it gives is not the line.
+                    raise alsaaudio.ALSAAudioError("delivers audio faster than real time")
             except alsaaudio.ALSAAudioError as exc:
                 log.error("capture device %s failed: %s; reopening", self.device, exc)
                 self._fault("capture_errors")
@@ -153,6 +160,7 @@ class Capture(threading.Thread):
                 self.last_read = time.monotonic()
                 continue
             if length <= 0:
+                self._stopping.wait(self.period_frames / self.rate)
                 continue
             self.last_read = time.monotonic()
             self.frames_read += length

@@ -1,0 +1,59 @@
+"""The configuration file: a bad key stops the appliance with the file, the key and what was expected."""
+
+import pytest
+
+from appliance.config import load_config
+from appliance.errors import ConfigError
+from conftest import callrec, write_config
+
+
+def test_a_valid_config_loads_with_defaults_and_absolute_paths(tmp_path):
+    config = load_config(write_config(tmp_path, recorder={"data_dir": "data"}))
+    assert config.recorder.preroll_s == 2.0
+    assert config.recorder.flash_max_ms == 700
+    assert config.recorder.format == "opus"
+    assert config.recorder.data_dir == tmp_path / "data"
+    assert config.line[0].ring_pin == 27 and config.line[0].notice.is_absolute()
+
+
+@pytest.mark.parametrize("recorder, line, key, words", [
+    ({"preroll": 2.0}, {}, "recorder.preroll", "unknown key"),
+    ({}, {"hook_pin": None}, "line[0].hook_pin", "required key is missing"),
+    ({}, {"hook_active": "sideways"}, "line[0].hook_active", "'low' or 'high'"),
+    ({"preroll_s": "two"}, {}, "recorder.preroll_s", "valid number"),
+    ({"flash_max_ms": 10}, {}, "recorder.flash_max_ms", "greater than or equal to 50"),
+    ({"format": "mp3"}, {}, "recorder.format", "'opus', 'flac' or 'wav'"),
+    ({}, {"name": "Shop Floor"}, "line[0].name", "should match pattern"),
+    ({}, {"notice": "missing.wav"}, "line[0].notice", "no such file"),
+])
+def test_an_invalid_config_names_file_and_key(tmp_path, recorder, line, key, words):
+    path = write_config(tmp_path, recorder=recorder, line=line)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert f"{key}:" in message
+    assert words in message
+
+
+def test_two_lines_on_one_pin_are_refused(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + '\n[[line]]\nname = "t2"\nhook_pin = 17\nhook_active = "low"\n'
+                    'capture = "c2"\nplayback = "p2"\nnotice = "' + load_config(path).line[0].notice.as_posix() + '"\n')
+    with pytest.raises(ConfigError, match="one input only"):
+        load_config(path)
+
+
+def test_not_toml_is_reported_with_the_file_name(tmp_path):
+    path = tmp_path / "appliance.toml"
+    path.write_text("[recorder\n")
+    with pytest.raises(ConfigError, match="appliance.toml is not valid TOML"):
+        load_config(path)
+
+
+def test_the_command_refuses_a_bad_config_with_a_message_not_a_traceback(tmp_path):
+    path = write_config(tmp_path, line={"hook_pin": "GPIO17", "hook_active": "low", "ring_pin": 27.5})
+    result = callrec("run", "--config", str(path), check=False)
+    assert result.returncode == 2
+    assert "line[0].ring_pin" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
