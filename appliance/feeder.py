@@ -25,7 +25,7 @@ def feed(raw_path: str, fifo: str, rate: int, t0: float, period_frames: int) -> 
     timeline = np.fromfile(raw_path, dtype="<i2")
     hiss = np.random.default_rng(1).normal(0, HISS, rate).astype("<i2")
     period_s = period_frames / rate
-    with open(fifo, "wb", buffering=0) as out:
+    with open(os.open(fifo, os.O_WRONLY), "wb", buffering=0) as out:   # never create a plain file
         written = time.monotonic()          # the audio up to this instant has been written
         while True:
             while time.monotonic() - written >= period_s:
