@@ -5,6 +5,7 @@ was expected, so the technician can fix it without reading code.
 """
 
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +80,11 @@ class Config(_Strict):
         if len(set(map(str, pins))) != len(pins):
             raise ValueError(f"each GPIO pin may serve one input only, got {pins}")
         return self
+
+
+def demo_path(name: str) -> Path:
+    """A file of the bundled demo (config, scenario, sounds)."""
+    return Path(str(resources.files("appliance") / "demo" / name))
 
 
 def _key_name(loc: tuple) -> str:

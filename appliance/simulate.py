@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
 
-from appliance.config import Config, load_config
+from appliance.config import Config, demo_path, load_config
 from appliance.recorder import Recorder
 from appliance.scenario import PinEdge, load_scenario, plan
 
@@ -27,11 +26,6 @@ SIM_DIR = "simulation"
 STARTUP_S = 1.0          # head start given to the recorder before the scenario's clock starts
 FINALISE_TIMEOUT_S = 120.0
 ALSA_BASE_CONFIG = "/usr/share/alsa/alsa.conf"
-
-
-def demo_path(name: str) -> Path:
-    """A file of the bundled demo (config, scenario, sounds)."""
-    return Path(str(resources.files("appliance") / "demo" / name))
 
 
 def capture_pcm(line: str) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.codec import decode_to_pcm
-from appliance.simulate import demo_path
+from appliance.config import demo_path
 
 RATE = 8000
 

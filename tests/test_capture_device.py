@@ -81,6 +81,7 @@ def test_capture_waits_for_a_missing_card_then_records_in_real_time(line, caplog
         assert capture.is_alive() and not capture.connected.is_set()
         assert "cannot open capture device card" in caplog.text
         plug(capture)
+        assert wait_for(lambda: capture.frames_read > RATE // 2, 5.0)
         before, t = capture.frames_read, time.monotonic()
         time.sleep(2.0)
         rate = (capture.frames_read - before) / (time.monotonic() - t)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from appliance.codec import decode_to_pcm
-from appliance.simulate import demo_path, line_out_path
+from appliance.config import demo_path
+from appliance.simulate import line_out_path
 from conftest import (RATE, calls_json, callrec, iso_seconds, recording, tone, tone_level,
                       write_config, write_scenario, write_wav)
 
