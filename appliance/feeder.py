@@ -20,16 +20,17 @@ import numpy as np
 HISS = 30
 
 
-def feed(raw_path: str, fifo: str, rate: int, t0: float, period_frames: int) -> None:
-    """Write `raw_path` (s16 mono) into `fifo` so that its first sample is due at monotonic `t0`."""
+def feed(raw_path: str, fifo: str, rate: int, t0: float, period_frames: int, speed: float = 1.0) -> None:
+    """Write `raw_path` (s16 mono) into `fifo` so that its first sample is due at monotonic `t0`,
+    `speed` times faster than real time (benchmarks)."""
     timeline = np.fromfile(raw_path, dtype="<i2")
     hiss = np.random.default_rng(1).normal(0, HISS, rate).astype("<i2")
-    period_s = period_frames / rate
+    period_s = period_frames / rate / speed
     with open(os.open(fifo, os.O_WRONLY), "wb", buffering=0) as out:   # never create a plain file
         written = time.monotonic()          # the audio up to this instant has been written
         while True:
             while time.monotonic() - written >= period_s:
-                start = int(round((written - t0) * rate))
+                start = int(round((written - t0) * rate * speed))
                 out.write(_slice(timeline, hiss, start, period_frames).tobytes())
                 written += period_s
             time.sleep(max(0.0, written + period_s - time.monotonic()))
@@ -52,10 +53,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, required=True)
     parser.add_argument("--t0", type=float, required=True, help="monotonic time of sample 0")
     parser.add_argument("--period-frames", type=int, required=True)
+    parser.add_argument("--speed", type=float, default=1.0, help="times real time (benchmarks)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
-        feed(args.raw, args.fifo, args.rate, args.t0, args.period_frames)
+        feed(args.raw, args.fifo, args.rate, args.t0, args.period_frames, args.speed)
     except BrokenPipeError:
         os._exit(0)   # the recorder closed the capture device or died
 
