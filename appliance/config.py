@@ -118,22 +118,27 @@ def format_validation_error(path: Path, error: ValidationError, what: str = "con
     return "\n".join(lines)
 
 
+def load_toml(path: Path, model: type[BaseModel], what: str, error: type[Exception]):
+    """Read a TOML file and validate it against `model`; any problem raises `error` with a message
+    naming the file (and the keys at fault)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(format_validation_error(path, exc, what)) from None
+
+
 def load_config(path: Path = DEFAULT_CONFIG) -> Config:
     """Read and validate a configuration file; relative paths in it are taken from its folder."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from None
-    return resolve_paths(config, path)
+    return resolve_paths(load_toml(path, Config, "configuration", ConfigError), path)
 
 
 def resolve_paths(config: Config, source: Path) -> Config:

@@ -19,3 +19,7 @@ class AudioFileError(CallrecError, ValueError):
 
 class StoreError(CallrecError, OSError):
     """The catalogue or the archive cannot be used."""
+
+
+class HardwareError(CallrecError, OSError):
+    """A GPIO pin or sound device named in the configuration cannot be used."""

@@ -10,7 +10,9 @@ import queue
 import time
 from dataclasses import dataclass
 
-from gpiozero import DigitalInputDevice
+from gpiozero import DigitalInputDevice, GPIOZeroError
+
+from appliance.errors import HardwareError
 
 
 class Debouncer:
@@ -104,7 +106,10 @@ class LineInputs:
 
     def _input(self, name: str, pin, active: str, pin_factory) -> DigitalInputDevice:
         # Pull away from the active level, as an opto-coupler's open collector needs.
-        device = DigitalInputDevice(pin, pull_up=(active == "low"), pin_factory=pin_factory)
+        try:
+            device = DigitalInputDevice(pin, pull_up=(active == "low"), pin_factory=pin_factory)
+        except GPIOZeroError as exc:
+            raise HardwareError(f"cannot use GPIO pin {pin!r} as the {name} input: {exc}") from None
         device.when_activated = lambda: self.edges.put(Edge(name, time.monotonic(), True))
         device.when_deactivated = lambda: self.edges.put(Edge(name, time.monotonic(), False))
         return device

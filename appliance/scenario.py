@@ -6,16 +6,15 @@ on, with DTMF tones mixed in).
 """
 
 import random
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.codec import decode_to_pcm
-from appliance.config import format_validation_error
+from appliance.config import load_toml
 from appliance.errors import ScenarioError
 
 ANSWER_AFTER_LAST_RING_S = 0.5
@@ -98,16 +97,7 @@ class Plan:
 def load_scenario(path: Path) -> tuple[Scenario, Path]:
     """Read and validate a scenario file; return it with the folder its audio paths are relative to."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
-    try:
-        scenario = Scenario.model_validate(raw)
-    except ValidationError as exc:
-        raise ScenarioError(format_validation_error(path, exc, "scenario")) from None
+    scenario = load_toml(path, Scenario, "scenario", ScenarioError)
     for index, call in enumerate(scenario.call):
         if call.audio is not None and not (path.parent / call.audio).is_file():
             raise ScenarioError(f"invalid scenario in {path}:\n  call[{index}].audio: no such file "
