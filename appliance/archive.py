@@ -92,7 +92,7 @@ def _quarantine(catalogue, data_dir, call, spool, exc, fields) -> dict:
 def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int) -> list[dict]:
     """Finalise every call a crash left in state `recording` as `interrupted`; quarantine spool
     files that belong to no such call. Returns the recovered rows."""
-    recovered = []
+    recovered, kept = [], set()
     for call in catalogue.calls("state = ?", ["recording"]):
         spool = data_dir / call["spool"] if call["spool"] else None
         if spool is None or not spool.exists():
@@ -100,14 +100,20 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int) -
             catalogue.update_call(call["id"], state="interrupted", spool=None)
             continue
         ended = iso_utc(spool.stat().st_mtime)
-        row = finalise(catalogue, data_dir, call["id"], "interrupted", fmt, opus_bitrate,
-                       ended_at=ended)
+        try:
+            row = finalise(catalogue, data_dir, call["id"], "interrupted", fmt, opus_bitrate,
+                           ended_at=ended)
+        except Exception:
+            # Recording must start whatever one leftover does; its spool stays for the next try.
+            log.exception("call %s: recovery failed; its spool %s is kept", call["id"], spool)
+            kept.add(spool.name)
+            continue
         log.warning("recovered call %s: %.1f s of audio up to %s", call["id"],
                     row["duration_s"] or 0, ended)
         recovered.append(row)
     spool_dir = data_dir / SPOOL_DIR
     if spool_dir.is_dir():
-        for orphan in sorted(spool_dir.iterdir()):
+        for orphan in sorted(p for p in spool_dir.iterdir() if p.name not in kept):
             log.error("spool file %s belongs to no call being recorded; moved to %s",
                       orphan, QUARANTINE_DIR)
             (data_dir / QUARANTINE_DIR).mkdir(exist_ok=True)

@@ -87,6 +87,14 @@ class CallMachine:
             self.state, self.on_hook_since = "on_hook", t
         return []
 
+    def already_off_hook(self, t: float) -> list:
+        """The handset was off-hook when the recorder started (a restart mid-call): record the
+        rest of the call, direction unknown, without replaying the notice into a conversation."""
+        if self.state != "idle":
+            return []
+        self.state, self.direction, self._noticed, self.notice_due = "call", "unknown", True, None
+        return [Start(t, "unknown", None)]
+
     def tick(self, now: float) -> list:
         """Let time pass: end a call whose on-hook outlasted the flash window; due notices."""
         if self.state == "on_hook" and now - self.on_hook_since >= self.flash_max:

@@ -130,7 +130,7 @@ class Capture(threading.Thread):
                 continue
             if outage_logged:
                 log.warning("capture device %s is back", self.device)
-                self._fill_gap(self.last_read)
+            self._fill_gap(self.last_read)
             outage_logged, delay = False, RETRY_FIRST_S
             self.connected.set()
             try:

@@ -75,7 +75,7 @@ def run(config_path: Path) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Configuration to simulate (default: the bundled demo line).")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False),
-              help="Data folder (default: the config's, or ./callrec-data for the demo).")
+              help="Data folder (default: ./callrec-data; never the configured one).")
 def simulate(scenario: Path | None, config_path: Path | None, data: Path | None) -> None:
     """Run SCENARIO (default: the bundled demo) through the real recorder on simulated hardware.
 

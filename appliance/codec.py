@@ -1,6 +1,6 @@
 """Decoding sound files to the card's PCM and encoding recordings, through PyAV (FFmpeg's libraries).
 
-PyAV's libopus costs about a third of the CPU of libsndfile's Opus encoder on the same audio, and
+PyAV's libopus costs half the CPU of libsndfile's Opus encoder or less on the same audio, and
 it decodes any common format (WAV, MP3, Ogg, FLAC, M4A) and resamples in the same pass. Frames are
 filled from bytes, not numpy arrays: the recorder process does not load numpy (about 14 MB).
 """

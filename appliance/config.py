@@ -4,6 +4,7 @@ Every key is typed; an unknown, missing or wrongly typed key fails with the file
 was expected, so the technician can fix it without reading code.
 """
 
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -27,7 +28,7 @@ class RecorderConfig(_Strict):
     """Settings shared by all lines: the store, the audio format and the hook timing."""
 
     data_dir: Path = DEFAULT_DATA_DIR
-    sample_rate: int = Field(8000, ge=8000, le=48000)
+    sample_rate: Literal[8000, 12000, 16000, 24000, 48000] = 8000   # the rates Opus encodes
     period_ms: int = Field(20, ge=5, le=100)
     preroll_s: float = Field(2.0, ge=0, le=30)
     flush_interval_s: float = Field(1.0, ge=0.1, le=2.0)
@@ -77,9 +78,15 @@ class Config(_Strict):
         pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin) if p is not None]
         if len(set(names)) != len(names):
             raise ValueError(f"line names must be distinct, got {names}")
-        if len(set(map(str, pins))) != len(pins):
+        if len(set(map(_pin_key, pins))) != len(pins):
             raise ValueError(f"each GPIO pin may serve one input only, got {pins}")
         return self
+
+
+def _pin_key(pin: int | str) -> str:
+    """One spelling per pin: 17, "17", "GPIO17" and "BCM17" are the same pin."""
+    match = re.fullmatch(r"(?:GPIO|BCM)?(\d+)", str(pin).strip(), re.IGNORECASE)
+    return match.group(1) if match else str(pin).upper()
 
 
 def demo_path(name: str) -> Path:
@@ -113,6 +120,10 @@ def format_validation_error(path: Path, error: ValidationError, what: str = "con
             lines.append(f"  {key}: required key is missing")
         elif err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif not err["loc"]:
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif key.endswith("_pin"):
+            lines.append(f"  {key}: expected a GPIO number (17) or name (\"GPIO17\") (got {err['input']!r})")
         else:
             lines.append(f"  {key}: {err['msg']} (got {err['input']!r})")
     return "\n".join(lines)

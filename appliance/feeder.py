@@ -8,6 +8,10 @@ Before `t0` and after the timeline it writes line hiss; it ends when the reader 
 The file plugin returns a whole period even when the FIFO held less (the rest is stale data), so
 the feeder writes whole periods only, each in one write: pipe writes up to PIPE_BUF are atomic,
 and a reader asking for one period then always gets exactly one.
+
+On an analog tap the capture hears what the appliance plays into the line. With `--line-out`, the
+feeder follows the file the simulated playback device writes and mixes what appears in it into
+the line from that moment on, as the line would carry it.
 """
 
 import argparse
@@ -20,18 +24,57 @@ import numpy as np
 HISS = 30
 
 
-def feed(raw_path: str, fifo: str, rate: int, t0: float, period_frames: int, speed: float = 1.0) -> None:
+class LineOut:
+    """Follows the playback device's output file; hands out what was played, period by period.
+
+    The file plugin truncates its file each time the device is opened again: that starts afresh.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.position = 0
+        self.queued = np.zeros(0, dtype=np.int32)
+
+    def take(self, frames: int) -> np.ndarray:
+        """Up to `frames` samples of what was played and not yet heard."""
+        if self.path is not None:
+            self._follow()
+        out, self.queued = self.queued[:frames], self.queued[frames:]
+        return out
+
+    def _follow(self) -> None:
+        try:
+            size = os.path.getsize(self.path)
+        except FileNotFoundError:
+            return
+        if size < self.position:
+            self.position = 0
+        size -= size % 2
+        if size > self.position:
+            with open(self.path, "rb") as f:
+                f.seek(self.position)
+                new = np.frombuffer(f.read(size - self.position), dtype="<i2").astype(np.int32)
+            self.position = size
+            self.queued = np.concatenate([self.queued, new])
+
+
+def feed(raw_path: str, fifo: str, rate: int, t0: float, period_frames: int, speed: float = 1.0,
+         line_out: str | None = None) -> None:
     """Write `raw_path` (s16 mono) into `fifo` so that its first sample is due at monotonic `t0`,
-    `speed` times faster than real time (benchmarks)."""
+    `speed` times faster than real time (benchmarks), mixing in what is played to `line_out`."""
     timeline = np.fromfile(raw_path, dtype="<i2")
     hiss = np.random.default_rng(1).normal(0, HISS, rate).astype("<i2")
+    played = LineOut(line_out)
     period_s = period_frames / rate / speed
     with open(os.open(fifo, os.O_WRONLY), "wb", buffering=0) as out:   # never create a plain file
         written = time.monotonic()          # the audio up to this instant has been written
         while True:
             while time.monotonic() - written >= period_s:
                 start = int(round((written - t0) * rate * speed))
-                out.write(_slice(timeline, hiss, start, period_frames).tobytes())
+                chunk = _slice(timeline, hiss, start, period_frames).astype(np.int32)
+                mix = played.take(period_frames)
+                chunk[:len(mix)] += mix
+                out.write(np.clip(chunk, -32768, 32767).astype("<i2").tobytes())
                 written += period_s
             time.sleep(max(0.0, written + period_s - time.monotonic()))
 
@@ -54,10 +97,11 @@ def main() -> None:
     parser.add_argument("--t0", type=float, required=True, help="monotonic time of sample 0")
     parser.add_argument("--period-frames", type=int, required=True)
     parser.add_argument("--speed", type=float, default=1.0, help="times real time (benchmarks)")
+    parser.add_argument("--line-out", help="the playback device's output file, mixed into the line")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
-        feed(args.raw, args.fifo, args.rate, args.t0, args.period_frames, args.speed)
+        feed(args.raw, args.fifo, args.rate, args.t0, args.period_frames, args.speed, args.line_out)
     except BrokenPipeError:
         os._exit(0)   # the recorder closed the capture device or died
 

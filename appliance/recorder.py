@@ -97,8 +97,8 @@ class LineRecorder:
         """Start capturing and watching the hook. A handset already off-hook starts a call."""
         self.capture.start()
         if self.inputs.off_hook():
-            self._perform(self.machine.hook(time.monotonic(), True))
-            self.hook.level = True
+            self.hook = Debouncer(self.hook.settle, level=True)
+            self._perform(self.machine.already_off_hook(time.monotonic()))
         self._thread.start()
 
     def stop(self) -> None:

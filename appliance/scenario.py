@@ -47,6 +47,7 @@ class ScenarioCall(_Strict):
     at: float = Field(ge=0)
     line: str | None = None
     rings: int = Field(2, ge=1, le=20)
+    answered: bool = True
     caller_id: str | None = None
     audio: Path | None = None
     talk: float | None = Field(None, gt=0)
@@ -63,9 +64,15 @@ class ScenarioCall(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _has_length(self):
+    def _consistent(self):
+        if not self.answered:
+            if self.direction != "incoming":
+                raise ValueError("only an incoming call can go unanswered")
+            return self
         if self.audio is None and self.talk is None:
             raise ValueError("a call needs `audio`, `talk`, or both")
+        if any(f <= 0 for f in self.flash_at) or (self.talk and any(f >= self.talk for f in self.flash_at)):
+            raise ValueError("each `flash_at` must fall inside the call: after 0 and before `talk`")
         return self
 
 
@@ -147,12 +154,18 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 edges += [PinEdge(start, line, "ring", True),
                           PinEdge(start + scenario.ring_on_s, line, "ring", False)]
             offhook = call.at + (call.rings - 1) * cadence + scenario.ring_on_s + ANSWER_AFTER_LAST_RING_S
+            if not call.answered:
+                end = max(end, offhook)
+                continue
         else:
             offhook = call.at
         audio = np.zeros(0)
         if call.audio is not None:
             audio = np.frombuffer(decode_to_pcm(base / call.audio, rate), dtype="<i2") / 32768.0
         talk = call.talk if call.talk is not None else len(audio) / rate
+        if any(f >= talk for f in call.flash_at):
+            raise ScenarioError(f"scenario call[{index}].flash_at: each flash must come before the "
+                                f"hang-up at {talk:.2f} s")
         audio = np.pad(audio[:int(talk * rate)], (0, max(0, int(talk * rate) - len(audio))))
         for send in call.dtmf:
             for n, digit in enumerate(send.digits):

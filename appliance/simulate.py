@@ -2,7 +2,8 @@
 
 gpiozero's MockFactory stands in for the pins, and for each line an ALSA `file`-plugin capture
 PCM reads a FIFO fed in real time by a feeder process, while the playback PCM writes what it is
-given to `simulation/line-out-<line>.raw` in the data folder. The recorder code is the one
+given to `simulation/line-out-<line>.raw` in the data folder; the feeder mixes that back into the
+line, as a real line carries the notice to the tap. The recorder code is the one
 `callrec run` uses; only the pin factory and the device names differ.
 """
 
@@ -105,9 +106,8 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     once the last one is finalised."""
     scenario, base = load_scenario(scenario_path or demo_path("scenario.toml"))
     config = load_config(config_path or demo_path("appliance.toml"))
-    if data_dir is None:
-        data_dir = config.recorder.data_dir if config_path else Path.cwd() / "callrec-data"
-    data_dir = Path(data_dir).resolve()
+    # Never the configured data folder by default: that is the live recorder's on an appliance.
+    data_dir = Path(data_dir if data_dir is not None else Path.cwd() / "callrec-data").resolve()
     config = simulated(config, data_dir)
     sim_dir = data_dir / SIM_DIR
     sim_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +120,7 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     feeders = []
     rate = config.recorder.sample_rate
     for name in names:
+        line_out_path(data_dir, name).unlink(missing_ok=True)
         fifo = sim_dir / f"line-in-{name}.fifo"
         if fifo.exists():
             fifo.unlink()
@@ -129,7 +130,8 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
         feeders.append(subprocess.Popen(
             [sys.executable, "-m", "appliance.feeder", str(raw), str(fifo),
              "--rate", str(rate), "--t0", repr(t0),
-             "--period-frames", str(rate * config.recorder.period_ms // 1000)]))
+             "--period-frames", str(rate * config.recorder.period_ms // 1000),
+             "--line-out", str(line_out_path(data_dir, name))]))
 
     factory = MockFactory()
     recorder = Recorder(config, pin_factory=factory)

@@ -114,3 +114,12 @@ def test_ringing_during_a_call_is_ignored():
     m = machine()
     m.hook(2.0, True)
     assert m.ring(3.0) == [] and m.state == "call"
+
+
+def test_a_handset_off_hook_at_start_is_recorded_without_replaying_the_notice():
+    m = machine()
+    assert m.already_off_hook(3.0) == [Start(3.0, "unknown", None)]
+    m.hook(5.0, False)
+    assert m.hook(5.2, True) == [Flash(5.0, 5.2 - 5.0)]
+    m.hook(6.0, False)
+    assert m.tick(6.8) == [End(6.0)]

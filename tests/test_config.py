@@ -57,3 +57,14 @@ def test_the_command_refuses_a_bad_config_with_a_message_not_a_traceback(tmp_pat
     assert result.returncode == 2
     assert "line[0].ring_pin" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_pin_spelt_two_ways_is_still_one_pin(tmp_path):
+    path = write_config(tmp_path, line={"hook_pin": "GPIO27", "ring_pin": 27})
+    with pytest.raises(ConfigError, match="one input only"):
+        load_config(path)
+
+
+def test_a_sample_rate_the_encoder_cannot_take_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="recorder.sample_rate"):
+        load_config(write_config(tmp_path, recorder={"sample_rate": 22050}))

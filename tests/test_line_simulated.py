@@ -3,6 +3,10 @@ file-plugin PCMs fed through a FIFO in real time carry the line audio, and `call
 the real recorder. Each scenario runs once per module; the tests read what it left behind."""
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,16 +18,27 @@ from conftest import (RATE, calls_json, callrec, iso_seconds, recording, tone, t
                       write_config, write_scenario, write_wav)
 
 
+NOTICE_S = 3.5   # the demo notice lasts 3.38 s: the caller listens to it, then speaks
+
+
+def caller_after_notice(folder, speech) -> str:
+    """The caller's side: silence while the notice plays, then the spoken sentence."""
+    said = np.frombuffer(decode_to_pcm(speech, RATE), dtype="<i2") / 32768.0
+    return str(write_wav(folder / "caller.wav", np.concatenate([np.zeros(int(NOTICE_S * RATE)), said])))
+
+
 @pytest.fixture(scope="module")
 def hook_run(tmp_path_factory, speech):
-    """An incoming call with chatter and a 300 ms flash, then an outgoing call with a 2 s on-hook."""
+    """An incoming call with chatter and a 300 ms flash, an outgoing call with a 2 s on-hook,
+    then an incoming call nobody answers."""
     folder = tmp_path_factory.mktemp("hook")
-    config = write_config(folder)
+    config = write_config(folder, recorder={"ring_gap_s": 3.0})
     scenario = write_scenario(folder, [
-        {"direction": "incoming", "at": 0.5, "rings": 2, "audio": str(speech), "talk": 4.0,
-         "bounce_ms": 15, "flash_at": [2.0], "flash_ms": 300},
-        {"direction": "outgoing", "at": 10.0, "talk": 5.0, "bounce_ms": 15,
+        {"direction": "incoming", "at": 0.5, "rings": 2, "audio": caller_after_notice(folder, speech),
+         "talk": NOTICE_S + 4.0, "bounce_ms": 15, "flash_at": [NOTICE_S + 2.0], "flash_ms": 300},
+        {"direction": "outgoing", "at": 14.0, "talk": 5.0, "bounce_ms": 15,
          "flash_at": [1.0], "flash_ms": 2000},
+        {"direction": "incoming", "at": 20.0, "rings": 1, "answered": False},
     ], ring_on_s=0.8, ring_off_s=1.2)
     data = folder / "data"
     callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
@@ -32,7 +47,7 @@ def hook_run(tmp_path_factory, speech):
 
 def test_chatter_and_a_short_flash_keep_one_call(hook_run):
     data, calls, _ = hook_run
-    incoming = [c for c in calls if c["direction"] == "incoming"]
+    incoming = [c for c in calls if c["direction"] == "incoming" and c["state"] != "missed"]
     assert len(incoming) == 1
     assert incoming[0]["flashes"] == 1 and incoming[0]["state"] == "complete"
 
@@ -55,9 +70,17 @@ def test_incoming_call_times_follow_the_line(hook_run):
     answered = iso_seconds(call["answered_at"])
     ended = iso_seconds(call["ended_at"])
     assert 3.1 < answered - ringing < 3.5       # bursts of 0.8 s every 2 s, answered 0.5 s after the second
-    assert 3.9 < ended - answered < 4.1
+    assert NOTICE_S + 3.9 < ended - answered < NOTICE_S + 4.1
     # The recording runs from the pre-roll to the end of the flash window after the hang-up.
-    assert 2.0 + 4.0 + 0.5 < call["duration_s"] < 2.0 + 4.0 + 0.9
+    assert 2.0 + NOTICE_S + 4.0 + 0.5 < call["duration_s"] < 2.0 + NOTICE_S + 4.0 + 0.9
+
+
+def test_ringing_nobody_answers_is_a_missed_call_without_audio(hook_run):
+    data, calls, _ = hook_run
+    missed = calls[-1]
+    assert missed["state"] == "missed" and missed["direction"] == "incoming"
+    assert missed["file"] is None and missed["duration_s"] is None
+    assert 0.7 < iso_seconds(missed["ended_at"]) - iso_seconds(missed["started_at"]) < 1.0
 
 
 def test_the_notice_is_played_once_into_the_line_right_after_the_answer(hook_run):
@@ -73,27 +96,40 @@ def test_the_notice_is_played_once_into_the_line_right_after_the_answer(hook_run
     assert call["notice_sha256"] == hashlib.sha256(demo_path("notice-en.wav").read_bytes()).hexdigest()
 
 
-def test_the_recording_holds_the_conversation_from_its_first_word(hook_run):
+def envelope(x: np.ndarray) -> np.ndarray:
+    """The loudness contour of a signal (10 ms moving average of its magnitude)."""
+    return np.convolve(np.abs(x), np.ones(80) / 80, mode="same")
+
+
+def find(needle: np.ndarray, haystack: np.ndarray) -> tuple[float, float]:
+    """Where `needle` sounds in `haystack` (seconds) and how alike the two contours are there."""
+    corr = np.correlate(envelope(haystack), envelope(needle), mode="valid")
+    at = int(np.argmax(corr))
+    return at / RATE, np.corrcoef(envelope(haystack[at:at + len(needle)]), envelope(needle))[0, 1]
+
+
+def test_the_recording_holds_the_notice_then_the_conversation_from_its_first_word(hook_run):
     data, calls, speech = hook_run
     call = calls[0]
     heard = recording(data, call)
+    answer = iso_seconds(call["answered_at"]) - iso_seconds(call["recording_started_at"])
+    assert 1.7 < answer < 2.2                                    # the 2 s pre-roll, less detection
+    notice = np.frombuffer(decode_to_pcm(demo_path("notice-en.wav"), RATE), dtype="<i2") / 32768.0
+    notice_at, notice_likeness = find(notice, heard)
     said = np.frombuffer(decode_to_pcm(speech, RATE), dtype="<i2") / 32768.0
-    # Where does the speech start in the recording? It should be one pre-roll after its start.
-    envelope = lambda x: np.convolve(np.abs(x), np.ones(80) / 80, mode="same")
-    corr = np.correlate(envelope(heard), envelope(said)[:RATE * 2], mode="valid")
-    offset = np.argmax(corr) / RATE
-    expected = iso_seconds(call["answered_at"]) - iso_seconds(call["recording_started_at"])
-    assert abs(offset - expected) < 0.1
-    assert 1.7 < expected < 2.2                                  # the 2 s pre-roll, less detection
-    start = int(offset * RATE)
-    first_word = slice(0, int(0.6 * RATE))
-    similarity = np.corrcoef(envelope(heard[start:])[first_word], envelope(said)[first_word])[0, 1]
-    assert similarity > 0.8
+    first_words = said[:int(1.5 * RATE)]
+    words_at, words_likeness = find(first_words, heard)
+    assert notice_likeness > 0.8 and words_likeness > 0.8
+    assert 0 <= notice_at - answer < 0.3                         # the notice right after the answer
+    assert abs(words_at - (answer + NOTICE_S)) < 0.1             # the first word where it was said
+    assert notice_at + len(notice) / RATE <= words_at            # the notice before the conversation
 
 
 def test_the_archive_matches_the_catalogue(hook_run):
     data, calls, _ = hook_run
-    for call in calls:
+    recorded = [call for call in calls if call["state"] != "missed"]
+    assert len(recorded) == 3
+    for call in recorded:
         archived = data / call["file"]
         assert call["sha256"] == hashlib.sha256(archived.read_bytes()).hexdigest()
         assert call["size_bytes"] == archived.stat().st_size
@@ -117,3 +153,63 @@ def test_a_tone_sent_at_the_instant_of_off_hook_is_kept_only_thanks_to_the_prero
     window = samples[max(0, int((at - 0.15) * RATE)):int((at + 0.2) * RATE)]
     best = max(tone_level(window[i:i + 320], 1000) for i in range(0, max(1, len(window) - 320), 40))
     assert bool(best > 0.3) == heard
+
+
+def test_with_record_from_notice_end_nothing_before_the_end_of_the_notice_is_kept(tmp_path, speech):
+    config = write_config(tmp_path, recorder={"record_from": "notice_end"})
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "audio": caller_after_notice(tmp_path, speech),
+         "talk": NOTICE_S + 3.0}], ring_on_s=0.8, ring_off_s=1.2)
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
+    [call] = calls_json(tmp_path / "data")
+    notice_s = len(decode_to_pcm(demo_path("notice-en.wav"), RATE)) / 2 / RATE
+    notice_end = iso_seconds(call["notice_played_at"]) + notice_s
+    assert notice_end - 0.05 <= iso_seconds(call["recording_started_at"]) < notice_end + 0.2
+    heard = recording(tmp_path / "data", call)
+    said = np.frombuffer(decode_to_pcm(speech, RATE), dtype="<i2") / 32768.0
+    words_at, likeness = find(said[:int(1.5 * RATE)], heard)
+    assert likeness > 0.8 and words_at < 0.3       # the conversation, from its start, and nothing before
+    assert call["duration_s"] < 3.0 + 0.3 + 0.9
+
+
+def test_a_handset_already_off_hook_when_the_recorder_starts_is_recorded_to_the_hang_up(tmp_path, monkeypatch):
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.config import load_config
+    from appliance.recorder import Recorder
+    from appliance.simulate import simulated, write_asoundrc
+
+    data = tmp_path / "data"
+    config = simulated(load_config(write_config(tmp_path)), data)
+    (data / "simulation").mkdir(parents=True)
+    monkeypatch.setenv("ALSA_CONFIG_PATH", f"/usr/share/alsa/alsa.conf:{write_asoundrc(data / 'simulation', ['t1'])}")
+    fifo = data / "simulation" / "line-in-t1.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "line.raw").write_bytes(bytes(RATE * 2 * 10))
+    feeder = subprocess.Popen([sys.executable, "-m", "appliance.feeder", str(tmp_path / "line.raw"), str(fifo),
+                               "--rate", str(RATE), "--t0", repr(time.monotonic()), "--period-frames", "160"])
+    factory = MockFactory()
+    try:
+        recorder = Recorder(config, pin_factory=factory)
+        hook = factory.pin(17)
+        hook.drive_low()                     # off-hook (active low) before the recorder starts
+        # On a Pi the pin is simply low when the recorder opens it: no edge. The mock pulls the
+        # pin up when the input is created, so the edge it then reports is dropped here.
+        edges = recorder.lines[0].inputs.edges
+        while not edges.empty():
+            edges.get()
+        recorder.start()
+        time.sleep(1.5)
+        hook.drive_high()
+        deadline = time.monotonic() + 10
+        while not recorder.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [call] = recorder.catalogue.calls()
+        recorder.stop()
+    finally:
+        feeder.kill()
+        feeder.wait()
+        factory.reset()
+    assert call["state"] == "complete" and call["direction"] == "unknown"
+    assert call["notice_played_at"] is None
+    assert 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 0.3

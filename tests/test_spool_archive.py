@@ -95,3 +95,19 @@ def test_the_catalogue_is_durable_and_migrated(tmp_path):
     assert catalogue.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert catalogue.db.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
     assert catalogue.db.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_a_leftover_that_cannot_be_encoded_is_kept_and_does_not_stop_the_start(tmp_path, caplog):
+    catalogue = Catalogue(tmp_path)
+    (tmp_path / SPOOL_DIR).mkdir()
+    writer = SpoolWriter(tmp_path / SPOOL_DIR / "t1-1.wav", 11025)   # a rate Opus cannot take
+    writer.append(pcm(tone(440, 1.0, rate=11025)))
+    writer.close()
+    call_id = catalogue.add_call(line="t1", direction="outgoing", started_at="2026-11-23T10:00:00.000Z",
+                                 purpose="training", state="recording", spool=f"{SPOOL_DIR}/t1-1.wav")
+    assert recover(catalogue, tmp_path, "opus", 16000) == []
+    assert "recovery failed" in caplog.text
+    assert catalogue.get_call(call_id)["state"] == "recording"
+    assert (tmp_path / SPOOL_DIR / "t1-1.wav").exists()
+    # With a format that can take it, the next start recovers it.
+    assert recover(catalogue, tmp_path, "flac", 16000)[0]["duration_s"] == 1.0
