@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from appliance import ledger
 from appliance.catalogue import Catalogue
 from appliance.clock import iso_utc
 from appliance.codec import encode, suffix
@@ -65,10 +66,13 @@ def finalise(catalogue: Catalogue, data_dir: Path, call_id: int, state: str, fmt
         os.fsync(f.fileno())
     os.replace(partial, target)
     fsync_dir(target.parent)
-    catalogue.update_call(
-        call_id, state=state, file=str(relative), size_bytes=target.stat().st_size,
-        sha256=sha256_file(target), format=fmt, sample_rate=rate, samples=frames,
-        duration_s=round(frames / rate, 3), spool=None, **fields)
+    digest = sha256_file(target)
+    with catalogue.transaction() as db:
+        catalogue.update_call(
+            call_id, state=state, file=str(relative), size_bytes=target.stat().st_size,
+            sha256=digest, format=fmt, sample_rate=rate, samples=frames,
+            duration_s=round(frames / rate, 3), spool=None, **fields)
+        ledger.append(db, "recorded", call_id, digest, state)
     _remove(spool)
     return catalogue.get_call(call_id)
 

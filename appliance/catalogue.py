@@ -8,6 +8,7 @@ about 23 MB of resident memory that a Raspberry Pi recorder has better use for.
 
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.errors import StoreError
@@ -19,7 +20,7 @@ CALL_FIELDS = (
     "id", "line", "direction", "number", "started_at", "answered_at", "ended_at", "duration_s",
     "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
-    "overruns",
+    "overruns", "held", "hold_reason", "clock_synced",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 COUNTERS = ("flashes", "capture_errors", "overruns")
@@ -60,8 +61,36 @@ def _migration_1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_number ON calls (number)")
 
 
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Holds, clock state, tombstones, the evidence ledger, the store's status and audit trail."""
+    db.execute("ALTER TABLE calls ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE calls ADD COLUMN hold_reason TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN clock_synced INTEGER")
+    # What the cleaner asks for: per purpose, the oldest unheld calls; and the oldest unheld files.
+    db.execute("CREATE INDEX calls_expiry ON calls (purpose, started_at) WHERE held = 0")
+    db.execute("CREATE INDEX calls_eviction ON calls (started_at) WHERE held = 0 AND file IS NOT NULL")
+    db.execute("CREATE INDEX calls_file ON calls (file)")
+    db.execute("""CREATE TABLE tombstones (
+        id INTEGER PRIMARY KEY, call_id INTEGER NOT NULL, deleted_at TEXT NOT NULL,
+        reason TEXT NOT NULL)""")
+    db.execute("""CREATE TABLE ledger (
+        seq INTEGER PRIMARY KEY, at TEXT NOT NULL, boot_id TEXT NOT NULL, mono_ns INTEGER NOT NULL,
+        event TEXT NOT NULL, call_id INTEGER, sha256 TEXT, detail TEXT,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""")
+    db.execute("CREATE INDEX ledger_call ON ledger (call_id)")
+    db.execute("""CREATE TRIGGER ledger_append_only_update BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END""")
+    db.execute("""CREATE TRIGGER ledger_append_only_delete BEFORE DELETE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END""")
+    db.execute("CREATE TABLE pending_deletions (path TEXT PRIMARY KEY)")
+    db.execute("CREATE TABLE status (key TEXT PRIMARY KEY, value TEXT NOT NULL, since TEXT NOT NULL)")
+    db.execute("""CREATE TABLE audit (
+        id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        call_id INTEGER, detail TEXT)""")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
-MIGRATIONS = (_migration_1,)
+MIGRATIONS = (_migration_1, _migration_2)
 
 
 def _columns(fields: dict) -> list[str]:
@@ -102,6 +131,12 @@ class Catalogue:
     def _transaction(self):
         """A write transaction taken at once, so concurrent writers wait instead of failing."""
         return _Immediate(self.db)
+
+    @contextmanager
+    def transaction(self):
+        """Several statements in one write transaction: yields the connection."""
+        with self._lock, self._transaction():
+            yield self.db
 
     def add_call(self, **fields) -> int:
         """Insert a call row and return its id."""
@@ -146,16 +181,20 @@ class Catalogue:
 
 
 class _Immediate:
-    """`BEGIN IMMEDIATE … COMMIT`, rolled back on error."""
+    """`BEGIN IMMEDIATE … COMMIT`, rolled back on error; inside an open transaction, part of it."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self.outer = False
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.outer = not self.conn.in_transaction
+        if self.outer:
+            self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.outer:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
 
 

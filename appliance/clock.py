@@ -17,3 +17,18 @@ def iso_utc(epoch: float) -> str:
 def iso_from_mono(t: float) -> str:
     """ISO 8601 UTC wall time of monotonic instant `t`."""
     return iso_utc(wall_from_mono(t))
+
+
+TIME_ERROR = 5   # adjtimex(2): the kernel says the clock is not synchronised
+
+
+def clock_synchronised() -> bool:
+    """Is the system clock synchronised (NTP or another source disciplined it)? A Pi has no
+    battery clock: after a boot without network its time can be far off."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    timex = ctypes.create_string_buffer(512)   # struct timex, modes = 0: only read
+    state = libc.adjtimex(timex)
+    return state not in (-1, TIME_ERROR)

@@ -66,14 +66,52 @@ class LineConfig(_Strict):
         return Path(value) if isinstance(value, str) else value
 
 
+class PurposeConfig(_Strict):
+    """Why calls are kept, and so for how long."""
+
+    retention_days: int = Field(ge=1, le=36500)
+    legal_basis: str = Field(min_length=1)
+
+
+DEFAULT_PURPOSES = {
+    "training": PurposeConfig(
+        retention_days=30, legal_basis="Legitimate interest in training staff (GDPR Art. 6(1)(f))"),
+    "agreement": PurposeConfig(
+        retention_days=730, legal_basis="Evidence of a contract made by phone (GDPR Art. 6(1)(b))"),
+    "legal-obligation": PurposeConfig(
+        retention_days=1825, legal_basis="A legal obligation to keep the record (GDPR Art. 6(1)(c))"),
+}
+
+
+class StoreConfig(_Strict):
+    """How much the archive may take, and what it must leave free."""
+
+    max_archive_mb: int = Field(0, ge=0)            # 0: no cap but the free-space floor
+    min_free_mb: int = Field(500, ge=0)
+    min_free_hours: float = Field(24.0, ge=0, le=10000)
+    cleaner_interval_s: float = Field(300.0, ge=5, le=86400)
+
+
 class Config(_Strict):
-    """The whole file: one `[recorder]` table and one `[[line]]` table per recorded line."""
+    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]` tables and one `[[line]]` per line."""
 
     recorder: RecorderConfig = RecorderConfig()
+    store: StoreConfig = StoreConfig()
+    purpose: dict[str, PurposeConfig] = DEFAULT_PURPOSES
     line: list[LineConfig] = Field(min_length=1)
+
+    @field_validator("purpose", mode="after")
+    @classmethod
+    def _with_defaults(cls, purposes):
+        # The defaults are always there; a [purpose.NAME] table adds a class or replaces one.
+        return {**DEFAULT_PURPOSES, **purposes}
 
     @model_validator(mode="after")
     def _distinct_lines(self):
+        for line in self.line:
+            if line.purpose not in self.purpose:
+                raise ValueError(f"line {line.name!r}: purpose {line.purpose!r} is not one of "
+                                 f"{', '.join(sorted(self.purpose))} (define it in a [purpose.NAME] table)")
         names = [line.name for line in self.line]
         pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin) if p is not None]
         if len(set(names)) != len(names):

@@ -15,11 +15,13 @@ from appliance import callstate
 from appliance.archive import SPOOL_DIR, finalise, recover
 from appliance.capture import Capture
 from appliance.catalogue import Catalogue
-from appliance.clock import iso_from_mono, wall_from_mono
+from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
+from appliance.keys import ensure_device_key
 from appliance.spool import SpoolWriter
+from appliance.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +189,7 @@ class LineRecorder:
             line=self.line.name, direction=action.direction, started_at=iso_from_mono(started),
             answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
             purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
-            sample_rate=settings.sample_rate,
+            sample_rate=settings.sample_rate, clock_synced=clock_synchronised(),
             recording_started_at=None if first_frame is None else iso_from_mono(first_frame))
         self.call = ActiveCall(call_id, spool, recording=not wait_for_notice)
         log.info("line %s: %s call %s started", self.line.name, action.direction, call_id)
@@ -232,25 +234,49 @@ class LineRecorder:
             self.catalogue.increment(call.id, kind)
 
 
+class Cleaner(threading.Thread):
+    """Runs the store's cleaner at start and then every `interval` seconds."""
+
+    def __init__(self, store: Store, interval: float):
+        super().__init__(name="cleaner", daemon=True)
+        self.store = store
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.store.clean()
+            except Exception:
+                # Cleaning must never stop recording; the next pass tries again.
+                log.exception("cleaner pass failed")
+            if self.stopping.wait(self.interval):
+                return
+
+
 class Recorder:
-    """All configured lines, their shared catalogue and finaliser."""
+    """All configured lines, their shared catalogue, finaliser and cleaner."""
 
     def __init__(self, config: Config, pin_factory=None):
         self.config = config
         data_dir = Path(config.recorder.data_dir)
         (data_dir / SPOOL_DIR).mkdir(parents=True, exist_ok=True)
+        ensure_device_key(data_dir)
         self.catalogue = Catalogue(data_dir)
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
                                  config.recorder.opus_bitrate)
+        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line))
+        self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.finaliser = Finaliser()
         self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory)
                       for line in config.line]
 
     def start(self) -> None:
-        """Start every line."""
+        """Start every line, then the cleaner."""
         self.finaliser.start()
         for line in self.lines:
             line.start()
+        self.cleaner.start()
 
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
@@ -258,7 +284,10 @@ class Recorder:
 
     def stop(self) -> None:
         """Stop all lines, finalise what was in progress, close the catalogue."""
+        self.cleaner.stopping.set()
         for line in self.lines:
             line.stop()
         self.finaliser.close()
+        if self.cleaner.is_alive():
+            self.cleaner.join()
         self.catalogue.close()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from appliance.archive import QUARANTINE_DIR, SPOOL_DIR, finalise, recover
-from appliance.catalogue import Catalogue
+from appliance.catalogue import MIGRATIONS, Catalogue
 from appliance.spool import HEADER_BYTES, SpoolWriter, read_header, repair_header
 from conftest import RATE, recording, tone, tone_level
 
@@ -94,7 +94,7 @@ def test_the_catalogue_is_durable_and_migrated(tmp_path):
     catalogue = Catalogue(tmp_path)
     assert catalogue.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert catalogue.db.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
-    assert catalogue.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert catalogue.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_a_leftover_that_cannot_be_encoded_is_kept_and_does_not_stop_the_start(tmp_path, caplog):

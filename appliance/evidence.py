@@ -1,0 +1,139 @@
+"""Tamper evidence: checking the store against its hashes and ledger, and signed export bundles
+that can be checked offline, away from the appliance.
+
+A bundle is a zip: the recordings, `manifest.json` (each call's catalogue fields, its ledger
+entries and the ledger head at export time, the device's public key) and `manifest.sig`, the
+device key's Ed25519 signature of the manifest's exact bytes.
+"""
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+from appliance import ledger
+from appliance.archive import ARCHIVE_DIR, sha256_file
+from appliance.catalogue import Catalogue, public_fields
+from appliance.clock import iso_utc
+from appliance.keys import fingerprint, load_private_key, public_key_hex
+
+BUNDLE_FORMAT = "callrec-bundle-1"
+
+
+def verify_store(catalogue: Catalogue, data_dir: Path) -> list[str]:
+    """Everything in a data folder that does not match: the ledger chain, each archived file
+    against its row and its `recorded` ledger entry, and archive files no call owns."""
+    data_dir = Path(data_dir)
+    with catalogue.transaction() as db:
+        problems = ledger.check_chain(db.execute("SELECT * FROM ledger ORDER BY seq"))
+        calls = db.execute("SELECT id, file, sha256 FROM calls WHERE file IS NOT NULL ORDER BY id").fetchall()
+    for call_id, relative, sha in calls:
+        path = data_dir / relative
+        if not path.is_file():
+            problems.append(f"call {call_id}: its recording {relative} is missing")
+            continue
+        if sha256_file(path) != sha:
+            problems.append(f"call {call_id}: {relative} does not match its SHA-256 (the file was changed)")
+        with catalogue.transaction() as db:
+            recorded = db.execute("SELECT sha256 FROM ledger WHERE call_id = ? AND event = 'recorded' "
+                                  "ORDER BY seq DESC LIMIT 1", [call_id]).fetchone()
+        if recorded is None:
+            problems.append(f"call {call_id}: no `recorded` entry in the ledger")
+        elif recorded[0] != sha:
+            problems.append(f"call {call_id}: its catalogued SHA-256 differs from the ledger's")
+    archive = data_dir / ARCHIVE_DIR
+    for folder, _, files in os.walk(archive):
+        for name in files:
+            relative = str((Path(folder) / name).relative_to(data_dir))
+            if name.endswith(".part"):
+                continue
+            with catalogue.transaction() as db:
+                owned = db.execute("SELECT 1 FROM calls WHERE file = ?", [relative]).fetchone()
+            if owned is None:
+                problems.append(f"{relative} belongs to no call (deleted calls must leave no recording)")
+    return problems
+
+
+def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out: Path, actor: str) -> dict:
+    """Write a signed bundle of the given calls to `out`; record the export in the ledger and the
+    audit trail. Returns the manifest."""
+    key = load_private_key(data_dir)
+    entries = []
+    with catalogue.transaction() as db:
+        for call_id in call_ids:
+            row = db.execute("SELECT * FROM calls WHERE id = ?", [call_id]).fetchone()
+            if row is None:
+                raise KeyError(call_id)
+            call = dict(row)
+            if not call["file"]:
+                raise ValueError(f"call {call_id} has no recording to export")
+            fields = public_fields(call)
+            fields["recording"] = f"recordings/{Path(call['file']).name}"
+            fields["ledger"] = [dict(e) for e in db.execute(
+                "SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [call_id])]
+            entries.append((fields, data_dir / call["file"]))
+        head = ledger.head(db)
+    public = public_key_hex(key)
+    manifest = {"format": BUNDLE_FORMAT, "created_at": iso_utc(time.time()), "device_public_key": public,
+                "device_fingerprint": fingerprint(public), "ledger_head": head,
+                "calls": [fields for fields, _ in entries]}
+    body = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode()
+    partial = Path(str(out) + ".part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("manifest.json", body)
+        bundle.writestr("manifest.sig", key.sign(body).hex())
+        for fields, path in entries:
+            bundle.write(path, fields["recording"])
+    os.replace(partial, out)
+    with catalogue.transaction() as db:
+        for fields, _ in entries:
+            ledger.append(db, "exported", fields["id"], fields["sha256"])
+            db.execute("INSERT INTO audit (at, actor, action, call_id, detail) VALUES (?, ?, ?, ?, ?)",
+                       [iso_utc(time.time()), actor, "export", fields["id"], Path(out).name])
+    return manifest
+
+
+def verify_bundle(path: Path, expected_fingerprint: str | None = None) -> tuple[list[str], dict | None]:
+    """Check a bundle offline: signature, each recording against its hash, each ledger entry
+    against its own hash. Returns (problems, manifest)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        bundle = zipfile.ZipFile(path)
+        body = bundle.read("manifest.json")
+        signature = bytes.fromhex(bundle.read("manifest.sig").decode())
+        manifest = json.loads(body)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        return [f"{path} is not a readable bundle: {exc}"], None
+    problems = []
+    if manifest.get("format") != BUNDLE_FORMAT:
+        problems.append(f"unknown bundle format {manifest.get('format')!r}")
+    public = manifest.get("device_public_key", "")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public)).verify(signature, body)
+    except (InvalidSignature, ValueError):
+        problems.append("the manifest's signature does not match: the manifest was changed or not "
+                        "signed by this device key")
+    if expected_fingerprint and fingerprint(public) != expected_fingerprint:
+        problems.append(f"signed by {fingerprint(public)}, not by the expected device {expected_fingerprint}")
+    listed = {"manifest.json", "manifest.sig"}
+    for call in manifest.get("calls", []):
+        listed.add(call["recording"])
+        try:
+            data = bundle.read(call["recording"])
+        except KeyError:
+            problems.append(f"call {call['id']}: its recording {call['recording']} is missing")
+            continue
+        if hashlib.sha256(data).hexdigest() != call["sha256"]:
+            problems.append(f"call {call['id']}: {call['recording']} does not match its SHA-256")
+        for entry in call.get("ledger", []):
+            if (problem := ledger.check_entry(entry)) is not None:
+                problems.append(problem)
+        if not any(e["event"] == "recorded" and e["sha256"] == call["sha256"] for e in call.get("ledger", [])):
+            problems.append(f"call {call['id']}: no ledger entry records this recording")
+    for extra in set(bundle.namelist()) - listed:
+        problems.append(f"{extra} is in the bundle but not in its manifest")
+    return problems, manifest

@@ -1,0 +1,55 @@
+"""The device key: an Ed25519 key pair made on first start, whose private half only the appliance's
+user can read. It signs exported bundles, so a recording can be shown to come from this box."""
+
+import hashlib
+import os
+from pathlib import Path
+
+KEY_FILE = "keys/device-ed25519.pem"
+
+
+def key_path(data_dir: Path) -> Path:
+    """Where a data folder's device key lives."""
+    return Path(data_dir) / KEY_FILE
+
+
+def ensure_device_key(data_dir: Path) -> Path:
+    """Make the device key if there is none yet (mode 0600, in a 0700 folder); return its path."""
+    path = key_path(data_dir)
+    if path.exists():
+        return path
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    partial = path.with_suffix(".part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    return path
+
+
+def load_private_key(data_dir: Path):
+    """The device's private key (made if missing)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(ensure_device_key(data_dir).read_bytes(), password=None)
+
+
+def public_key_hex(private_key) -> str:
+    """The raw 32-byte public key, as hex."""
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def fingerprint(public_hex: str) -> str:
+    """A short, readable fingerprint of a public key, to check by phone or on paper."""
+    digest = hashlib.sha256(bytes.fromhex(public_hex)).hexdigest()[:32]
+    return ":".join(digest[i:i + 4] for i in range(0, len(digest), 4))

@@ -1,0 +1,250 @@
+"""The ring-buffered store: purposes and retention, holds, erasure and the cleaner.
+
+A call is kept while its purpose needs it (retention counted from `started_at`, so re-classifying a
+call changes its expiry at once), and while the archive fits its cap and leaves the free-space
+floor. The cleaner deletes expired calls, then the oldest calls while over the cap or under the
+floor; it never touches a held call or one being recorded. When only held calls are left and the
+floor is crossed, recording goes on into the reserve and an alarm is raised.
+
+Every deletion leaves a tombstone (when, why, which id: no personal data) and a ledger entry. Rows
+go first, in one transaction that also lists the files to delete; the files go after, and a crash
+in between is finished at the next pass, so no recording outlives its row.
+"""
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from appliance import ledger
+from appliance.catalogue import Catalogue
+from appliance.clock import iso_utc
+from appliance.config import PurposeConfig, StoreConfig
+from appliance.errors import CallrecError
+from appliance.spool import fsync_dir
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+DEFAULT_BYTES_PER_HOUR = 8_000_000     # Opus at 16 kbit/s with headroom, before calls tell us
+ALARM_KEY = "storage_alarm"
+
+
+class StoreActionError(CallrecError):
+    """A store action that is not allowed on this call (held, being recorded, unknown)."""
+
+
+@dataclass
+class CleanerReport:
+    """What one cleaner pass did."""
+
+    expired: int = 0
+    evicted: int = 0
+    archive_bytes: int = 0
+    free_bytes: int = 0
+    floor_bytes: int = 0
+    alarm: str | None = None
+    seconds: float = 0.0
+
+
+class Store:
+    """Store actions and the cleaner over one catalogue and data folder."""
+
+    def __init__(self, catalogue: Catalogue, data_dir: Path, purposes: dict[str, PurposeConfig],
+                 settings: StoreConfig, lines: int = 1):
+        self.catalogue = catalogue
+        self.data_dir = Path(data_dir)
+        self.purposes = purposes
+        self.settings = settings
+        self.lines = lines
+
+    # -- actions on one call ------------------------------------------------------------------------
+
+    def expires_at(self, call: dict) -> str | None:
+        """When a call's purpose lets it go (None if held)."""
+        if call["held"]:
+            return None
+        started = datetime.fromisoformat(call["started_at"].replace("Z", "+00:00"))
+        return iso_utc((started + timedelta(days=self.purposes[call["purpose"]].retention_days)).timestamp())
+
+    def classify(self, call_id: int, purpose: str, actor: str) -> None:
+        """Give a call another purpose (e.g. `agreement`), which changes how long it is kept."""
+        if purpose not in self.purposes:
+            raise StoreActionError(f"unknown purpose {purpose!r}: one of {', '.join(sorted(self.purposes))}")
+        call = self._call(call_id)
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE calls SET purpose = ? WHERE id = ?", [purpose, call_id])
+            ledger.append(db, "reclassified", call_id, call["sha256"], f"{call['purpose']} -> {purpose}")
+            self._audit(db, actor, "reclassify", call_id, f"{call['purpose']} -> {purpose}")
+
+    def hold(self, call_id: int, reason: str, actor: str) -> None:
+        """Keep a call whatever its retention or the disk says, until released."""
+        if not reason.strip():
+            raise StoreActionError("a hold needs a reason (a dispute, a restriction request…)")
+        call = self._call(call_id)
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?", [reason, call_id])
+            ledger.append(db, "held", call_id, call["sha256"])
+            self._audit(db, actor, "hold", call_id, reason)
+
+    def release(self, call_id: int, actor: str) -> None:
+        """End a hold: the call's retention applies again."""
+        call = self._call(call_id)
+        if not call["held"]:
+            raise StoreActionError(f"call {call_id} is not on hold")
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE calls SET held = 0, hold_reason = NULL WHERE id = ?", [call_id])
+            ledger.append(db, "released", call_id, call["sha256"])
+            self._audit(db, actor, "release", call_id, call["hold_reason"])
+
+    def erase(self, call_id: int, actor: str, reason: str = "erasure request") -> None:
+        """Delete one call (recording, row) for a data subject's request; a tombstone remains."""
+        call = self._call(call_id)
+        if call["held"]:
+            raise StoreActionError(f"call {call_id} is on hold ({call['hold_reason']}): release it first")
+        if call["state"] == "recording":
+            raise StoreActionError(f"call {call_id} is being recorded: erase it once it has ended")
+        self._delete([call], "erased", actor=actor, detail=reason)
+
+    def _call(self, call_id: int) -> dict:
+        try:
+            return self.catalogue.get_call(call_id)
+        except KeyError:
+            raise StoreActionError(f"there is no call {call_id}") from None
+
+    @staticmethod
+    def _audit(db, actor: str, action: str, call_id: int | None, detail: str | None) -> None:
+        db.execute("INSERT INTO audit (at, actor, action, call_id, detail) VALUES (?, ?, ?, ?, ?)",
+                   [iso_utc(time.time()), actor, action, call_id, detail])
+
+    # -- deletion -----------------------------------------------------------------------------------
+
+    def _delete(self, calls: list[dict], reason: str, actor: str | None = None,
+                detail: str | None = None) -> None:
+        """Rows, tombstones, ledger entries and the list of files in one transaction; then the files."""
+        now = iso_utc(time.time())
+        with self.catalogue.transaction() as db:
+            for call in calls:
+                db.execute("INSERT INTO tombstones (call_id, deleted_at, reason) VALUES (?, ?, ?)",
+                           [call["id"], now, reason])
+                ledger.append(db, reason, call["id"], call["sha256"])
+                if call["file"]:
+                    db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
+                if actor is not None:
+                    self._audit(db, actor, reason, call["id"], detail)
+            db.execute(f"DELETE FROM calls WHERE id IN ({', '.join('?' * len(calls))})",
+                       [call["id"] for call in calls])
+        self.finish_deletions()
+
+    def finish_deletions(self) -> int:
+        """Delete the files listed for deletion (after a crash too); return how many."""
+        with self.catalogue.transaction() as db:
+            paths = [row[0] for row in db.execute("SELECT path FROM pending_deletions")]
+        folders = set()
+        for relative in paths:
+            path = self.data_dir / relative
+            path.unlink(missing_ok=True)
+            folders.add(path.parent)
+        for folder in folders:
+            if folder.is_dir():
+                fsync_dir(folder)
+        if paths:
+            with self.catalogue.transaction() as db:
+                db.executemany("DELETE FROM pending_deletions WHERE path = ?", [[p] for p in paths])
+        return len(paths)
+
+    # -- the cleaner --------------------------------------------------------------------------------
+
+    def archive_bytes(self) -> int:
+        """What the recordings take, by the catalogue."""
+        with self.catalogue.transaction() as db:
+            return db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM calls").fetchone()[0]
+
+    def bytes_per_hour(self) -> float:
+        """The archive's current rate, from the latest calls (a default before there are any)."""
+        with self.catalogue.transaction() as db:
+            size, seconds = db.execute(
+                "SELECT SUM(size_bytes), SUM(duration_s) FROM (SELECT size_bytes, duration_s FROM calls "
+                "WHERE size_bytes > 0 ORDER BY id DESC LIMIT 100)").fetchone()
+        return size / seconds * 3600 if size and seconds else DEFAULT_BYTES_PER_HOUR
+
+    def floor_bytes(self) -> int:
+        """Free space to keep: the MB floor, or so many hours of recording on every line."""
+        hours = self.settings.min_free_hours * self.bytes_per_hour() * self.lines
+        return int(max(self.settings.min_free_mb * 1_000_000, hours))
+
+    def free_bytes(self) -> int:
+        """Free space on the data folder's file system, for this user."""
+        return shutil.disk_usage(self.data_dir).free
+
+    def clean(self, now: float | None = None) -> CleanerReport:
+        """One pass: expire by purpose, then evict oldest first while over the cap or under the
+        floor; raise or clear the alarm."""
+        started = time.monotonic()
+        now = time.time() if now is None else now
+        report = CleanerReport()
+        self.finish_deletions()
+        for name, purpose in self.purposes.items():
+            cutoff = iso_utc(now - purpose.retention_days * 86400)
+            while batch := self._select(
+                    "purpose = ? AND started_at < ? AND held = 0 AND state != 'recording' "
+                    "ORDER BY started_at", [name, cutoff], index="calls_expiry"):
+                self._delete(batch, "expired")
+                report.expired += len(batch)
+        report.archive_bytes = self.archive_bytes()
+        report.floor_bytes = self.floor_bytes()
+        report.free_bytes = self.free_bytes()
+        cap = self.settings.max_archive_mb * 1_000_000
+        while (cap and report.archive_bytes > cap) or report.free_bytes < report.floor_bytes:
+            batch = self._select("held = 0 AND file IS NOT NULL AND state != 'recording' "
+                                 "ORDER BY started_at", [], index="calls_eviction", limit=20)
+            if not batch:
+                report.alarm = self._alarm_text(report, cap)
+                break
+            self._delete(batch, "evicted")
+            report.evicted += len(batch)
+            report.archive_bytes -= sum(call["size_bytes"] or 0 for call in batch)
+            report.free_bytes = self.free_bytes()
+        self._set_alarm(report.alarm)
+        report.seconds = time.monotonic() - started
+        if report.expired or report.evicted:
+            log.info("cleaner: %d expired, %d evicted; archive %.1f MB, %.1f MB free",
+                     report.expired, report.evicted, report.archive_bytes / 1e6, report.free_bytes / 1e6)
+        return report
+
+    def _select(self, where: str, params: list, index: str, limit: int = BATCH) -> list[dict]:
+        with self.catalogue.transaction() as db:
+            return [dict(row) for row in db.execute(
+                f"SELECT * FROM calls INDEXED BY {index} WHERE {where} LIMIT {limit}", params)]
+
+    def _alarm_text(self, report: CleanerReport, cap: int) -> str:
+        with self.catalogue.transaction() as db:
+            held, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM calls WHERE held = 1").fetchone()
+        over = (f"the archive is over its cap of {cap / 1e6:.0f} MB" if cap and report.archive_bytes > cap
+                else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of "
+                     f"{report.floor_bytes / 1e6:.0f} MB")
+        return (f"{over} and only held calls can go ({held} held, {size / 1e6:.0f} MB): recording "
+                f"goes on into the reserve; release holds or add storage")
+
+    def _set_alarm(self, text: str | None) -> None:
+        with self.catalogue.transaction() as db:
+            current = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
+            if text is None and current is not None:
+                db.execute("DELETE FROM status WHERE key = ?", [ALARM_KEY])
+                log.warning("storage alarm cleared")
+            elif text is not None and (current is None or current[0] != text):
+                if current is None:
+                    log.error("storage alarm: %s", text)
+                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           [ALARM_KEY, text, iso_utc(time.time())])
+
+    def alarm(self) -> str | None:
+        """The current storage alarm, for the web UI and `callrec doctor`."""
+        with self.catalogue.transaction() as db:
+            row = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
+        return row[0] if row else None
+
