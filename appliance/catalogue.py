@@ -113,6 +113,8 @@ class Catalogue:
             self.db.execute("PRAGMA busy_timeout = 5000")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
+            # Erased and expired rows are personal data: overwrite them, don't just unlink pages.
+            self.db.execute("PRAGMA secure_delete = ON")
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise StoreError(f"the catalogue {self.path} is damaged (quick_check: {check})")

@@ -1,5 +1,6 @@
 """The `callrec` command."""
 
+import getpass
 import json
 import logging
 import signal
@@ -52,6 +53,35 @@ def _data_dir(config_path: Path, data: Path | None) -> Path:
     return DEFAULT_DATA_DIR
 
 
+def _catalogue(config_path: Path, data: Path | None) -> tuple[Catalogue, Path]:
+    data_dir = _data_dir(config_path, data)
+    if not (data_dir / "catalogue.db").exists():
+        raise click.ClickException(f"no catalogue in {data_dir}")
+    return Catalogue(data_dir), data_dir
+
+
+def _store(config_path: Path, data: Path | None):
+    """The store of the configured data folder, with the configured purposes (or the defaults)."""
+    from appliance.config import DEFAULT_PURPOSES, StoreConfig
+    from appliance.store import Store
+
+    catalogue, data_dir = _catalogue(config_path, data)
+    if config_path.exists():
+        config = load_config(config_path)
+        return Store(catalogue, data_dir, config.purpose, config.store, len(config.line))
+    return Store(catalogue, data_dir, DEFAULT_PURPOSES, StoreConfig())
+
+
+def _data_option(f):
+    return click.option("--data", type=click.Path(path_type=Path, file_okay=False),
+                        help="Data folder (default: the config's).")(f)
+
+
+def _actor_option(f):
+    return click.option("--actor", default=lambda: f"cli:{getpass.getuser()}", show_default="cli:USER",
+                        help="Who does this, for the audit trail.")(f)
+
+
 @main.command()
 @_config_option
 def run(config_path: Path) -> None:
@@ -91,15 +121,11 @@ def simulate(scenario: Path | None, config_path: Path | None, data: Path | None)
 
 @main.command()
 @_config_option
-@click.option("--data", type=click.Path(path_type=Path, file_okay=False),
-              help="Data folder (default: the config's).")
+@_data_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def calls(config_path: Path, data: Path | None, as_json: bool) -> None:
     """List the catalogue's calls, oldest first."""
-    data_dir = _data_dir(config_path, data)
-    if not (data_dir / "catalogue.db").exists():
-        raise click.ClickException(f"no catalogue in {data_dir}")
-    catalogue = Catalogue(data_dir)
+    catalogue, _ = _catalogue(config_path, data)
     rows = [public_fields(row) for row in catalogue.calls()]
     catalogue.close()
     if as_json:
@@ -108,3 +134,115 @@ def calls(config_path: Path, data: Path | None, as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['id']:>6}  {row['started_at']}  {row['line']:<10} {row['direction']:<9}"
                    f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {row['number'] or ''}")
+
+
+@main.command()
+@click.argument("call_id", type=int)
+@click.option("--reason", required=True, help="Why: a dispute, a restriction request…")
+@_config_option
+@_data_option
+@_actor_option
+def hold(call_id: int, reason: str, config_path: Path, data: Path | None, actor: str) -> None:
+    """Put a call on hold: it is kept whatever its retention or the disk says, until released."""
+    _store(config_path, data).hold(call_id, reason, actor)
+    click.echo(f"call {call_id} is on hold")
+
+
+@main.command()
+@click.argument("call_id", type=int)
+@_config_option
+@_data_option
+@_actor_option
+def release(call_id: int, config_path: Path, data: Path | None, actor: str) -> None:
+    """Release a call's hold: its purpose's retention applies again."""
+    _store(config_path, data).release(call_id, actor)
+    click.echo(f"call {call_id} is released")
+
+
+@main.command()
+@click.argument("call_id", type=int)
+@click.argument("purpose")
+@_config_option
+@_data_option
+@_actor_option
+def classify(call_id: int, purpose: str, config_path: Path, data: Path | None, actor: str) -> None:
+    """Give a call another purpose (e.g. agreement), which sets how long it is kept."""
+    store = _store(config_path, data)
+    store.classify(call_id, purpose, actor)
+    click.echo(f"call {call_id} is now kept for {purpose} until {store.expires_at(store.catalogue.get_call(call_id))}")
+
+
+@main.command()
+@click.argument("call_id", type=int)
+@click.option("--reason", default="erasure request", show_default=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_config_option
+@_data_option
+@_actor_option
+def erase(call_id: int, reason: str, yes: bool, config_path: Path, data: Path | None, actor: str) -> None:
+    """Delete one call for good (recording and row); a tombstone and an audit entry remain."""
+    store = _store(config_path, data)
+    if not yes:
+        click.confirm(f"Erase call {call_id} and its recording for good?", abort=True)
+    store.erase(call_id, actor, reason)
+    click.echo(f"call {call_id} is erased")
+
+
+@main.command()
+@_config_option
+@_data_option
+def clean(config_path: Path, data: Path | None) -> None:
+    """Run one cleaner pass now: expire by purpose, evict the oldest while short of space."""
+    report = _store(config_path, data).clean()
+    click.echo(f"{report.expired} expired, {report.evicted} evicted; archive {report.archive_bytes / 1e6:.1f} MB, "
+               f"{report.free_bytes / 1e6:.0f} MB free (floor {report.floor_bytes / 1e6:.0f} MB)")
+    if report.alarm:
+        click.echo(f"ALARM: {report.alarm}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("call_ids", type=int, nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The bundle to write (a .zip file).")
+@_config_option
+@_data_option
+@_actor_option
+def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str) -> None:
+    """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`."""
+    from appliance.evidence import export_bundle
+
+    catalogue, data_dir = _catalogue(config_path, data)
+    try:
+        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor)
+    except KeyError as exc:
+        raise click.ClickException(f"there is no call {exc.args[0]}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{out}: {len(manifest['calls'])} call(s), signed by device {manifest['device_fingerprint']}")
+
+
+@main.command()
+@click.argument("bundle", required=False, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--key", "expected", help="With a bundle: the device fingerprint it must be signed by.")
+@_config_option
+@_data_option
+def verify(bundle: Path | None, expected: str | None, config_path: Path, data: Path | None) -> None:
+    """Check the store (every recording against its hash, the ledger's chain), or a BUNDLE offline.
+
+    Exits with status 1 and names each mismatch when something does not match.
+    """
+    from appliance.evidence import verify_bundle, verify_store
+
+    if bundle is not None:
+        problems, manifest = verify_bundle(bundle, expected)
+        what = f"{bundle}: {len(manifest['calls']) if manifest else 0} call(s), signed by device " \
+               f"{manifest['device_fingerprint'] if manifest else '?'}"
+    else:
+        catalogue, data_dir = _catalogue(config_path, data)
+        problems = verify_store(catalogue, data_dir)
+        what = f"{data_dir}: {len(catalogue.calls('file IS NOT NULL'))} recording(s) and the ledger"
+    for problem in problems:
+        click.echo(f"MISMATCH: {problem}")
+    click.echo(f"{what}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    sys.exit(1 if problems else 0)

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from appliance import ledger
@@ -198,11 +198,18 @@ class Store:
         report.free_bytes = self.free_bytes()
         cap = self.settings.max_archive_mb * 1_000_000
         while (cap and report.archive_bytes > cap) or report.free_bytes < report.floor_bytes:
-            batch = self._select("held = 0 AND file IS NOT NULL AND state != 'recording' "
-                                 "ORDER BY started_at", [], index="calls_eviction", limit=20)
-            if not batch:
+            candidates = self._select("held = 0 AND file IS NOT NULL AND state != 'recording' "
+                                      "ORDER BY started_at", [], index="calls_eviction", limit=20)
+            if not candidates:
                 report.alarm = self._alarm_text(report, cap)
                 break
+            needed = max(report.archive_bytes - cap if cap else 0, report.floor_bytes - report.free_bytes)
+            batch, freed = [], 0
+            for call in candidates:           # just as many of the oldest as make room
+                if freed >= needed:
+                    break
+                batch.append(call)
+                freed += call["size_bytes"] or 0
             self._delete(batch, "evicted")
             report.evicted += len(batch)
             report.archive_bytes -= sum(call["size_bytes"] or 0 for call in batch)

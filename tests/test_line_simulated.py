@@ -134,6 +134,7 @@ def test_the_archive_matches_the_catalogue(hook_run):
         assert call["sha256"] == hashlib.sha256(archived.read_bytes()).hexdigest()
         assert call["size_bytes"] == archived.stat().st_size
         assert call["samples"] / call["sample_rate"] == pytest.approx(call["duration_s"], abs=0.001)
+        assert call["clock_synced"] in (0, 1)
         # 16 kbit/s Opus: at most 2 kB per second plus the container's pages.
         assert call["size_bytes"] < 2200 * call["duration_s"] + 4000
     assert not list((data / "spool").iterdir())
