@@ -123,10 +123,19 @@ def simulate(scenario: Path | None, config_path: Path | None, data: Path | None)
 @_config_option
 @_data_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def calls(config_path: Path, data: Path | None, as_json: bool) -> None:
-    """List the catalogue's calls, oldest first."""
+@click.option("--number", help="Only the calls of this phone number.")
+@click.option("--since", help="Only calls started at or after this UTC time (ISO 8601, e.g. 2026-11-23).")
+@click.option("--until", help="Only calls started before this UTC time.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
+def calls(config_path: Path, data: Path | None, as_json: bool, number: str | None, since: str | None,
+          until: str | None, limit: int | None) -> None:
+    """List the catalogue's calls: all, oldest first; or, with a filter, the newest first."""
     catalogue, _ = _catalogue(config_path, data)
-    rows = [public_fields(row) for row in catalogue.calls()]
+    if number or since or until or limit:
+        found = catalogue.find(number, since, until, limit=limit or 1000)
+    else:
+        found = catalogue.calls()
+    rows = [public_fields(row) for row in found]
     catalogue.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -25,12 +25,22 @@ BUNDLE_FORMAT = "callrec-bundle-1"
 def verify_store(catalogue: Catalogue, data_dir: Path) -> list[str]:
     """Everything in a data folder that does not match: the ledger chain, each archived file
     against its row and its `recorded` ledger entry, and archive files no call owns."""
-    data_dir = Path(data_dir)
+    return verify_ledger(catalogue) + verify_recordings(catalogue, data_dir) + unowned_files(catalogue, data_dir)
+
+
+def verify_ledger(catalogue: Catalogue) -> list[str]:
+    """The ledger's chain, entry by entry."""
     with catalogue.transaction() as db:
-        problems = ledger.check_chain(db.execute("SELECT * FROM ledger ORDER BY seq"))
-        calls = db.execute("SELECT id, file, sha256 FROM calls WHERE file IS NOT NULL ORDER BY id").fetchall()
+        return ledger.check_chain(db.execute("SELECT * FROM ledger ORDER BY seq"))
+
+
+def verify_recordings(catalogue: Catalogue, data_dir: Path, where: str = "file IS NOT NULL") -> list[str]:
+    """Each archived file (of the calls matching `where`) against its row and its ledger entry."""
+    problems = []
+    with catalogue.transaction() as db:
+        calls = db.execute(f"SELECT id, file, sha256 FROM calls WHERE {where} ORDER BY id").fetchall()
     for call_id, relative, sha in calls:
-        path = data_dir / relative
+        path = Path(data_dir) / relative
         if not path.is_file():
             problems.append(f"call {call_id}: its recording {relative} is missing")
             continue
@@ -43,12 +53,17 @@ def verify_store(catalogue: Catalogue, data_dir: Path) -> list[str]:
             problems.append(f"call {call_id}: no `recorded` entry in the ledger")
         elif recorded[0] != sha:
             problems.append(f"call {call_id}: its catalogued SHA-256 differs from the ledger's")
-    archive = data_dir / ARCHIVE_DIR
-    for folder, _, files in os.walk(archive):
+    return problems
+
+
+def unowned_files(catalogue: Catalogue, data_dir: Path) -> list[str]:
+    """Archive files that belong to no call: a deleted call must leave no recording behind."""
+    problems = []
+    for folder, _, files in os.walk(Path(data_dir) / ARCHIVE_DIR):
         for name in files:
-            relative = str((Path(folder) / name).relative_to(data_dir))
             if name.endswith(".part"):
                 continue
+            relative = str((Path(folder) / name).relative_to(data_dir))
             with catalogue.transaction() as db:
                 owned = db.execute("SELECT 1 FROM calls WHERE file = ?", [relative]).fetchone()
             if owned is None:

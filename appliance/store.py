@@ -160,7 +160,7 @@ class Store:
     def archive_bytes(self) -> int:
         """What the recordings take, by the catalogue."""
         with self.catalogue.transaction() as db:
-            return db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM calls").fetchone()[0]
+            return db.execute("SELECT value FROM totals WHERE name = 'archive_bytes'").fetchone()[0]
 
     def bytes_per_hour(self) -> float:
         """The archive's current rate, from the latest calls (a default before there are any)."""

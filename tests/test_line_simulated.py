@@ -138,6 +138,8 @@ def test_the_archive_matches_the_catalogue(hook_run):
         # 16 kbit/s Opus: at most 2 kB per second plus the container's pages.
         assert call["size_bytes"] < 2200 * call["duration_s"] + 4000
     assert not list((data / "spool").iterdir())
+    verified = callrec("verify", "--data", str(data))
+    assert verified.stdout.strip().endswith("3 recording(s) and the ledger: OK")
 
 
 @pytest.mark.parametrize("preroll_s, heard", [(2.0, True), (0.0, False)])
