@@ -3,6 +3,8 @@ user can read. It signs exported bundles, so a recording can be shown to come fr
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 KEY_FILE = "keys/device-ed25519.pem"
@@ -53,3 +55,16 @@ def fingerprint(public_hex: str) -> str:
     """A short, readable fingerprint of a public key, to check by phone or on paper."""
     digest = hashlib.sha256(bytes.fromhex(public_hex)).hexdigest()[:32]
     return ":".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+
+
+def ensure_device_key_apart(data_dir: Path) -> Path:
+    """`ensure_device_key` in a short-lived process of its own, so that the long-running recorder
+    does not keep the cryptography library (about 9 MB) in memory for a one-time job."""
+    path = key_path(data_dir)
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "appliance.keys", str(data_dir)], check=True)
+    return path
+
+
+if __name__ == "__main__":
+    ensure_device_key(Path(sys.argv[1]))

@@ -19,7 +19,7 @@ from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
-from appliance.keys import ensure_device_key
+from appliance.keys import ensure_device_key_apart
 from appliance.spool import SpoolWriter
 from appliance.store import Store
 
@@ -261,7 +261,7 @@ class Recorder:
         self.config = config
         data_dir = Path(config.recorder.data_dir)
         (data_dir / SPOOL_DIR).mkdir(parents=True, exist_ok=True)
-        ensure_device_key(data_dir)
+        ensure_device_key_apart(data_dir)
         self.catalogue = Catalogue(data_dir)
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
                                  config.recorder.opus_bitrate)
