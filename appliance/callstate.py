@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Start:
-    """A call begins: start recording."""
+    """A call begins: start recording. `notice`: a notice will be played into it."""
     t: float
     direction: str
     ringing_since: float | None
+    notice: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,14 @@ class CallMachine:
         ringing_since = self.ringing_since
         self.state, self.direction, self.ringing_since = "call", direction, None
         self._noticed, self.notice_due = False, None
-        actions = [Start(t, direction, ringing_since)]
         if direction == "outgoing":
-            if self.notice_outgoing_after is not None:
+            notice = self.notice_outgoing_after is not None
+            if notice:
                 self.notice_due = t + self.notice_outgoing_after
-        elif self.notice_incoming:
-            actions += self._notice(t)
-        return actions
+            return [Start(t, direction, ringing_since, notice)]
+        if not self.notice_incoming:
+            return [Start(t, direction, ringing_since)]
+        return [Start(t, direction, ringing_since, True)] + self._notice(t)
 
     def _notice(self, t: float) -> list:
         self.notice_due = None

@@ -50,6 +50,8 @@ def _data_dir(config_path: Path, data: Path | None) -> Path:
         return data
     if config_path.exists():
         return load_config(config_path).recorder.data_dir
+    if config_path != DEFAULT_CONFIG:
+        raise click.ClickException(f"configuration file {config_path} does not exist")
     return DEFAULT_DATA_DIR
 
 
@@ -141,8 +143,9 @@ def calls(config_path: Path, data: Path | None, as_json: bool, number: str | Non
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
+        flags = " ".join(flag for flag, on in (("held", row["held"]), ("clock-unsynced", row["clock_synced"] == 0)) if on)
         click.echo(f"{row['id']:>6}  {row['started_at']}  {row['line']:<10} {row['direction']:<9}"
-                   f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {row['number'] or ''}")
+                   f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {row['number'] or '':<16}{flags}")
 
 
 @main.command()

@@ -158,8 +158,9 @@ def format_validation_error(path: Path, error: ValidationError, what: str = "con
             lines.append(f"  {key}: required key is missing")
         elif err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
-        elif not err["loc"]:
-            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "value_error":
+            where = f"{key}: " if err["loc"] else ""
+            lines.append(f"  {where}{err['msg'].removeprefix('Value error, ')}")
         elif key.endswith("_pin"):
             lines.append(f"  {key}: expected a GPIO number (17) or name (\"GPIO17\") (got {err['input']!r})")
         else:

@@ -181,8 +181,7 @@ class LineRecorder:
         spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
         spool = SpoolWriter(spool_dir / spool_name, settings.sample_rate,
                             flush_interval=settings.flush_interval_s)
-        wait_for_notice = (settings.record_from == "notice_end" and action.direction != "outgoing"
-                           and self.line.notice_incoming)
+        wait_for_notice = settings.record_from == "notice_end" and action.notice
         first_frame = None if wait_for_notice else self.capture.start_recording(spool)
         started = action.ringing_since if action.ringing_since is not None else action.t
         call_id = self.catalogue.add_call(

@@ -48,7 +48,7 @@ def test_ringing_then_off_hook_is_an_incoming_call_with_the_notice():
     m = machine()
     m.ring(1.0)
     actions = m.hook(5.0, True)
-    assert actions == [Start(5.0, "incoming", 1.0), PlayNotice(5.0)]
+    assert actions == [Start(5.0, "incoming", 1.0, notice=True), PlayNotice(5.0)]
 
 
 def test_off_hook_without_ringing_is_outgoing_and_gets_no_notice_by_default():
@@ -57,7 +57,7 @@ def test_off_hook_without_ringing_is_outgoing_and_gets_no_notice_by_default():
 
 def test_outgoing_notice_after_a_delay_when_configured():
     m = machine(notice_outgoing_after=8.0)
-    m.hook(2.0, True)
+    assert m.hook(2.0, True) == [Start(2.0, "outgoing", None, notice=True)]
     assert m.deadline() == 10.0
     assert m.tick(9.9) == []
     assert m.tick(10.0) == [PlayNotice(10.0)]
@@ -66,7 +66,7 @@ def test_outgoing_notice_after_a_delay_when_configured():
 
 def test_a_line_without_ring_detector_cannot_tell_the_direction():
     m = CallMachine(flash_max=0.7, has_ring_detector=False)
-    assert m.hook(2.0, True)[0] == Start(2.0, "unknown", None)
+    assert m.hook(2.0, True)[0] == Start(2.0, "unknown", None, notice=True)
 
 
 def test_a_short_on_hook_is_a_flash_and_the_notice_is_not_replayed():
