@@ -217,13 +217,13 @@ class LineRecorder:
             state = "interrupted"
         else:
             state = "complete" if call.recording else "discarded"
-        settings = self.settings
+        settings, ended_at = self.settings, iso_from_mono(t)
         log.info("line %s: call %s ended (%s)", self.line.name, call.id, state)
 
         def job():
             call.spool.close()
             finalise(self.catalogue, settings.data_dir, call.id, state, settings.format,
-                     settings.opus_bitrate, ended_at=iso_from_mono(t))
+                     settings.opus_bitrate, ended_at=ended_at)
         self.finaliser.submit(job)
 
     def capture_fault(self, kind: str) -> None:
