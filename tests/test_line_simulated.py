@@ -216,3 +216,32 @@ def test_a_handset_already_off_hook_when_the_recorder_starts_is_recorded_to_the_
     assert call["state"] == "complete" and call["direction"] == "unknown"
     assert call["notice_played_at"] is None
     assert 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 0.3
+
+
+def test_two_lines_are_recorded_at_once_each_into_its_own_call(tmp_path):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'''
+[[line]]
+name = "t2"
+hook_pin = 22
+hook_active = "high"
+capture = "cap2"
+playback = "play2"
+notice = "{demo_path('notice-en.wav')}"
+''')
+    low = write_wav(tmp_path / "low.wav", tone(500, 2.0, 0.4))
+    high = write_wav(tmp_path / "high.wav", tone(900, 2.0, 0.4))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "outgoing", "at": 0.5, "audio": str(low), "line": "t1"},
+        {"direction": "outgoing", "at": 1.0, "audio": str(high), "line": "t2"},
+    ])
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
+    calls = {call["line"]: call for call in calls_json(tmp_path / "data")}
+    assert sorted(calls) == ["t1", "t2"]
+    # t2 has no ring detector: off-hook alone cannot tell an outgoing call from an answered one.
+    for line, direction, mine, other in (("t1", "outgoing", 500, 900), ("t2", "unknown", 900, 500)):
+        call = calls[line]
+        assert call["direction"] == direction
+        at = int((iso_seconds(call["started_at"]) - iso_seconds(call["recording_started_at"]) + 0.5) * RATE)
+        heard = recording(tmp_path / "data", call)[at:at + RATE]
+        assert tone_level(heard, mine) > 0.3 and tone_level(heard, other) < 0.02
