@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.codec import decode_to_pcm
 from appliance.config import load_toml
+from appliance.dtmf import frequencies
 from appliance.errors import ScenarioError
 
 ANSWER_AFTER_LAST_RING_S = 0.5
@@ -23,12 +24,6 @@ DTMF_GAP_S = 0.1
 DTMF_LEVEL = 0.25          # peak of each of the two tones, full scale = 1 (about -15 dBFS each)
 LINE_NOISE_LEVEL = 30      # samples of background hiss, so the line is never digital silence
 
-DTMF_FREQS = {
-    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
-    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
-    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
-    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
-}
 
 
 class _Strict(BaseModel):
@@ -129,7 +124,7 @@ def _toggle_edges(t: float, line: str, pin: str, active: bool, bounce_s: float, 
 
 def dtmf_tone(digit: str, rate: int, seconds: float = DTMF_TONE_S, level: float = DTMF_LEVEL) -> np.ndarray:
     """One DTMF digit as float samples (full scale 1.0)."""
-    low, high = DTMF_FREQS[digit]
+    low, high = frequencies(digit)
     t = np.arange(int(seconds * rate)) / rate
     return level * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
 
