@@ -79,6 +79,12 @@ class Capture(threading.Thread):
             self._sink = sink
             return time.monotonic() - held / self.frame_bytes / self.rate
 
+    def clear_preroll(self) -> None:
+        """Forget the pre-roll (a caller declined: none of their words may stay, even in RAM)."""
+        with self._lock:
+            self._preroll.clear()
+            self._preroll_bytes = 0
+
     def stop_recording(self) -> None:
         """Stop sending audio to the current sink."""
         with self._lock:

@@ -20,7 +20,7 @@ CALL_FIELDS = (
     "id", "line", "direction", "number", "started_at", "answered_at", "ended_at", "duration_s",
     "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
-    "overruns", "held", "hold_reason", "clock_synced",
+    "overruns", "held", "hold_reason", "clock_synced", "discard_reason",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 COUNTERS = ("flashes", "capture_errors", "overruns")
@@ -100,8 +100,16 @@ def _migration_2(db: sqlite3.Connection) -> None:
         call_id INTEGER, detail TEXT)""")
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """Digits heard in calls, and why a call was discarded (the caller declined)."""
+    db.execute("""CREATE TABLE digits (
+        id INTEGER PRIMARY KEY, call_id INTEGER NOT NULL, offset_s REAL NOT NULL, key TEXT NOT NULL)""")
+    db.execute("CREATE INDEX digits_call ON digits (call_id)")
+    db.execute("ALTER TABLE calls ADD COLUMN discard_reason TEXT")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
-MIGRATIONS = (_migration_1, _migration_2)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3)
 
 
 def _columns(fields: dict) -> list[str]:
@@ -172,6 +180,18 @@ class Catalogue:
             raise ValueError(f"not a counter column: {column}")
         with self._lock, self._transaction():
             self.db.execute(f"UPDATE calls SET {column} = {column} + 1 WHERE id = ?", [call_id])
+
+    def add_digit(self, call_id: int, offset_s: float, key: str) -> None:
+        """Note a DTMF key heard `offset_s` seconds into a call's recording."""
+        with self._lock, self._transaction():
+            self.db.execute("INSERT INTO digits (call_id, offset_s, key) VALUES (?, ?, ?)",
+                            [call_id, round(offset_s, 3), key])
+
+    def digits(self, call_id: int) -> list[tuple[float, str]]:
+        """The keys heard in a call, as (offset in seconds, key)."""
+        with self._lock:
+            return [tuple(row) for row in self.db.execute(
+                "SELECT offset_s, key FROM digits WHERE call_id = ? ORDER BY offset_s", [call_id])]
 
     def get_call(self, call_id: int) -> dict:
         """One call row as a dict (raises KeyError when there is no such call)."""

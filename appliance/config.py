@@ -38,6 +38,7 @@ class RecorderConfig(_Strict):
     debounce_ms: int = Field(40, ge=0, le=500)
     flash_max_ms: int = Field(700, ge=50, le=5000)
     ring_gap_s: float = Field(6.0, ge=0.5, le=30)
+    dialling_window_s: float = Field(20.0, ge=0, le=120)    # digits of an outgoing call read as its number
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -59,6 +60,9 @@ class LineConfig(_Strict):
     notice_incoming: bool = True
     notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
     purpose: str = Field("training", min_length=1)
+    optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
+    optout_window_s: float = Field(15.0, ge=1, le=120)     # after the notice ends
+    keep_declined_number: bool = False
 
     @field_validator("notice", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from appliance.capture import Capture
 from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
+from appliance.dtmf import DtmfDetector
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
@@ -60,15 +61,81 @@ class Finaliser(threading.Thread):
         self.join()
 
 
+@dataclass(frozen=True)
+class Heard:
+    """A DTMF key heard `offset_s` seconds into the recording of call `call_id`."""
+
+    call_id: int
+    key: str
+    offset_s: float
+
+
+class DigitListener(threading.Thread):
+    """Runs the DTMF detector on the first `budget` samples of a call's audio, off the capture
+    thread: the window in which digits mean something (the number dialled, the caller's opt-out),
+    so that a long call costs no detection time after it."""
+
+    def __init__(self, call_id: int, rate: int, budget: int, report):
+        super().__init__(name=f"digits-{call_id}", daemon=True)
+        self.call_id = call_id
+        self.rate = rate
+        self.budget = budget
+        self.report = report
+        self.audio: "queue.Queue[bytes | None]" = queue.Queue()
+        self._queued = 0
+
+    def append(self, pcm: bytes) -> None:
+        """Take a period of the call's audio (cheap: the capture thread calls it)."""
+        if self._queued < self.budget:
+            self._queued += len(pcm) // 2
+            self.audio.put(pcm)
+            if self._queued >= self.budget:
+                self.audio.put(None)
+
+    def close(self) -> None:
+        """No more audio is coming."""
+        self.audio.put(None)
+
+    def run(self) -> None:
+        detector = DtmfDetector(self.rate)
+        while (pcm := self.audio.get()) is not None:
+            for digit in detector.feed(pcm):
+                self.report(Heard(self.call_id, digit.key, digit.start / self.rate))
+        for digit in detector.flush():
+            self.report(Heard(self.call_id, digit.key, digit.start / self.rate))
+
+
+class CallAudio:
+    """A call's audio goes to its spool and, within its window, to its digit listener."""
+
+    def __init__(self, spool: SpoolWriter, listener: DigitListener | None):
+        self.spool = spool
+        self.listener = listener
+
+    def append(self, pcm: bytes) -> None:
+        """Take a period of audio."""
+        self.spool.append(pcm)
+        if self.listener is not None:
+            self.listener.append(pcm)
+
+
 @dataclass
 class ActiveCall:
     """What the line controller keeps about the call in progress."""
 
     id: int
-    spool: SpoolWriter
+    direction: str
+    audio: CallAudio
     recording: bool
     lock: threading.Lock = field(default_factory=threading.Lock)
     ended: bool = False
+    declined: bool = False
+    digits: list = field(default_factory=list)
+
+    @property
+    def spool(self) -> SpoolWriter:
+        """The call's spool writer."""
+        return self.audio.spool
 
 
 class LineRecorder:
@@ -127,7 +194,9 @@ class LineRecorder:
             except queue.Empty:
                 edge = None
             try:
-                if edge is not None:
+                if isinstance(edge, Heard):
+                    self._on_digit(edge)
+                elif edge is not None:
                     self._on_edge(edge)
                 self._advance(time.monotonic())
             except Exception:
@@ -182,16 +251,62 @@ class LineRecorder:
         spool = SpoolWriter(spool_dir / spool_name, settings.sample_rate,
                             flush_interval=settings.flush_interval_s)
         wait_for_notice = settings.record_from == "notice_end" and action.notice
-        first_frame = None if wait_for_notice else self.capture.start_recording(spool)
         started = action.ringing_since if action.ringing_since is not None else action.t
         call_id = self.catalogue.add_call(
             line=self.line.name, direction=action.direction, started_at=iso_from_mono(started),
             answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
             purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
-            sample_rate=settings.sample_rate, clock_synced=clock_synchronised(),
-            recording_started_at=None if first_frame is None else iso_from_mono(first_frame))
-        self.call = ActiveCall(call_id, spool, recording=not wait_for_notice)
+            sample_rate=settings.sample_rate, clock_synced=clock_synchronised())
+        listener = self._digit_listener(call_id, action)
+        audio = CallAudio(spool, listener)
+        self.call = ActiveCall(call_id, action.direction, audio, recording=not wait_for_notice)
+        if not wait_for_notice:
+            first_frame = self.capture.start_recording(audio)
+            self.catalogue.update_call(call_id, recording_started_at=iso_from_mono(first_frame))
         log.info("line %s: %s call %s started", self.line.name, action.direction, call_id)
+
+    def _digit_listener(self, call_id: int, action: callstate.Start) -> DigitListener | None:
+        """A listener for the digits that matter in this call: the number an outgoing call dials;
+        the opt-out key, until a while after the notice."""
+        rate = self.settings.sample_rate
+        preroll = self.settings.preroll_s
+        if action.direction == "outgoing":
+            window = preroll + self.settings.dialling_window_s
+        elif self.line.optout_digit is not None and action.notice:
+            window = preroll + self.notice.duration_s + self.line.optout_window_s
+        else:
+            return None
+        listener = DigitListener(call_id, rate, int(window * rate), self.inputs.edges.put)
+        listener.start()
+        return listener
+
+    def _on_digit(self, heard: Heard) -> None:
+        call = self.call
+        if call is None or call.id != heard.call_id or call.declined:
+            return
+        call.digits.append((heard.offset_s, heard.key))
+        self.catalogue.add_digit(call.id, heard.offset_s, heard.key)
+        if call.direction != "outgoing" and heard.key == self.line.optout_digit:
+            self._decline(call)
+
+    def _decline(self, call: ActiveCall) -> None:
+        """The caller pressed the opt-out key: stop, and destroy what was recorded of the call."""
+        with call.lock:
+            call.declined, call.recording = True, False
+            self.capture.stop_recording()
+            self.capture.clear_preroll()
+        log.info("line %s: the caller declined recording of call %s", self.line.name, call.id)
+        keep_number = self.line.keep_declined_number
+
+        def job():
+            call.spool.close()
+            call.spool.path.unlink(missing_ok=True)
+            with self.catalogue.transaction() as db:
+                db.execute("DELETE FROM digits WHERE call_id = ?", [call.id])
+                self.catalogue.update_call(
+                    call.id, state="discarded", discard_reason="declined", spool=None,
+                    recording_started_at=None, **({} if keep_number else {"number": None}))
+        self.finaliser.submit(job)
 
     def _play_notice(self, call: ActiveCall) -> None:
         try:
@@ -203,8 +318,8 @@ class LineRecorder:
         self.catalogue.update_call(call.id, notice_played_at=iso_from_mono(started),
                                    notice_sha256=self.notice.sha256)
         with call.lock:
-            if not call.recording and not call.ended:
-                first = self.capture.start_recording(call.spool, with_preroll=False)
+            if not call.recording and not call.ended and not call.declined:
+                first = self.capture.start_recording(call.audio, with_preroll=False)
                 call.recording = True
                 self.catalogue.update_call(call.id, recording_started_at=iso_from_mono(first))
 
@@ -213,17 +328,27 @@ class LineRecorder:
         with call.lock:
             call.ended = True
             self.capture.stop_recording()
+        if call.audio.listener is not None:
+            call.audio.listener.close()
+        if call.declined:
+            # Nothing to finalise: the decline removed it. The conversation went on after it, so
+            # what the pre-roll holds now is theirs too.
+            self.capture.clear_preroll()
+            return
         if interrupted:
             state = "interrupted"
         else:
             state = "complete" if call.recording else "discarded"
         settings, ended_at = self.settings, iso_from_mono(t)
+        fields = {"ended_at": ended_at}
+        if call.direction == "outgoing" and (number := dialled_number(call.digits)):
+            fields["number"] = number
         log.info("line %s: call %s ended (%s)", self.line.name, call.id, state)
 
         def job():
             call.spool.close()
             finalise(self.catalogue, settings.data_dir, call.id, state, settings.format,
-                     settings.opus_bitrate, ended_at=ended_at)
+                     settings.opus_bitrate, **fields)
         self.finaliser.submit(job)
 
     def capture_fault(self, kind: str) -> None:
@@ -231,6 +356,20 @@ class LineRecorder:
         call = self.call
         if call is not None:
             self.catalogue.increment(call.id, kind)
+
+
+DIGIT_GAP_S = 3.0   # a longer pause ends the number being dialled
+
+
+def dialled_number(digits: list[tuple[float, str]]) -> str | None:
+    """The number an outgoing call dialled: its first run of keys, each within a few seconds of
+    the one before."""
+    number, last = "", None
+    for offset, key in digits:
+        if last is not None and offset - last > DIGIT_GAP_S:
+            break
+        number, last = number + key, offset
+    return number or None
 
 
 class Cleaner(threading.Thread):

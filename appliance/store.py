@@ -134,8 +134,9 @@ class Store:
                     db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
                 if actor is not None:
                     self._audit(db, actor, reason, call["id"], detail)
-            db.execute(f"DELETE FROM calls WHERE id IN ({', '.join('?' * len(calls))})",
-                       [call["id"] for call in calls])
+            marks = ", ".join("?" * len(calls))
+            db.execute(f"DELETE FROM digits WHERE call_id IN ({marks})", [call["id"] for call in calls])
+            db.execute(f"DELETE FROM calls WHERE id IN ({marks})", [call["id"] for call in calls])
         self.finish_deletions()
 
     def finish_deletions(self) -> int:

@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from appliance.catalogue import Catalogue
 from appliance.codec import decode_to_pcm
 from appliance.config import demo_path
 from appliance.simulate import line_out_path
@@ -245,3 +247,33 @@ notice = "{demo_path('notice-en.wav')}"
         at = int((iso_seconds(call["started_at"]) - iso_seconds(call["recording_started_at"]) + 0.5) * RATE)
         heard = recording(tmp_path / "data", call)[at:at + RATE]
         assert tone_level(heard, mine) > 0.3 and tone_level(heard, other) < 0.02
+
+
+def test_a_caller_who_presses_the_opt_out_key_leaves_no_audio_anywhere(tmp_path, speech):
+    config = write_config(tmp_path, line={"optout_digit": "9"})
+    # The caller hears the notice, presses 9, and the conversation (a 700 Hz tone, to look for it
+    # afterwards) goes on unrecorded.
+    talk = write_wav(tmp_path / "talk.wav", np.concatenate([np.zeros(int((NOTICE_S + 1.0) * RATE)),
+                                                            tone(700, 4.0, 0.3)]))
+    dialled = write_wav(tmp_path / "dialled.wav", np.zeros(3 * RATE))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "audio": str(talk),
+         "dtmf": [{"at": NOTICE_S + 0.5, "digits": "9"}]},
+        {"direction": "outgoing", "at": 12.0, "audio": str(dialled),
+         "dtmf": [{"at": 0.3, "digits": "0475123456"}]},
+    ], ring_on_s=0.8, ring_off_s=1.2)
+    data = tmp_path / "data"
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    declined, outgoing = calls_json(data)
+    assert declined["state"] == "discarded" and declined["discard_reason"] == "declined"
+    assert declined["file"] is None and declined["number"] is None and declined["recording_started_at"] is None
+    assert [p.name for p in (data / "archive").rglob("*.opus")] == [Path(outgoing["file"]).name]
+    assert not list((data / "spool").iterdir())
+    # The next call began 1.7 s after the hang-up: its pre-roll holds nothing of the declined call.
+    assert tone_level(recording(data, outgoing)[:int(1.5 * RATE)], 700) < 0.01
+    assert outgoing["number"] == "0475123456"
+    catalogue = Catalogue(data)
+    assert catalogue.digits(declined["id"]) == []
+    offsets = [offset for offset, _ in catalogue.digits(outgoing["id"])]
+    preroll = iso_seconds(outgoing["started_at"]) - iso_seconds(outgoing["recording_started_at"])
+    assert abs(offsets[0] - (preroll + 0.3)) < 0.05 and len(offsets) == 10
