@@ -13,7 +13,7 @@ import click
 from appliance import __version__
 from appliance.catalogue import Catalogue, public_fields
 from appliance.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, load_config
-from appliance.errors import CallrecError
+from appliance.errors import CallrecError, ConfigError, StoreError
 
 log = logging.getLogger("callrec")
 
@@ -51,14 +51,14 @@ def _data_dir(config_path: Path, data: Path | None) -> Path:
     if config_path.exists():
         return load_config(config_path).recorder.data_dir
     if config_path != DEFAULT_CONFIG:
-        raise click.ClickException(f"configuration file {config_path} does not exist")
+        raise ConfigError(f"configuration file {config_path} does not exist")
     return DEFAULT_DATA_DIR
 
 
 def _catalogue(config_path: Path, data: Path | None) -> tuple[Catalogue, Path]:
     data_dir = _data_dir(config_path, data)
     if not (data_dir / "catalogue.db").exists():
-        raise click.ClickException(f"no catalogue in {data_dir}")
+        raise StoreError(f"no catalogue in {data_dir}")
     return Catalogue(data_dir), data_dir
 
 
@@ -181,7 +181,8 @@ def classify(call_id: int, purpose: str, config_path: Path, data: Path | None, a
     """Give a call another purpose (e.g. agreement), which sets how long it is kept."""
     store = _store(config_path, data)
     store.classify(call_id, purpose, actor)
-    click.echo(f"call {call_id} is now kept for {purpose} until {store.expires_at(store.catalogue.get_call(call_id))}")
+    until = store.expires_at(store.catalogue.get_call(call_id)) or "its hold is released, then its retention"
+    click.echo(f"call {call_id} is now kept for {purpose} until {until}")
 
 
 @main.command()
@@ -223,14 +224,15 @@ def clean(config_path: Path, data: Path | None) -> None:
 def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str) -> None:
     """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`."""
     from appliance.evidence import export_bundle
+    from appliance.store import StoreActionError
 
     catalogue, data_dir = _catalogue(config_path, data)
     try:
         manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor)
     except KeyError as exc:
-        raise click.ClickException(f"there is no call {exc.args[0]}") from None
+        raise StoreActionError(f"there is no call {exc.args[0]}") from None
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise StoreActionError(str(exc)) from None
     click.echo(f"{out}: {len(manifest['calls'])} call(s), signed by device {manifest['device_fingerprint']}")
 
 

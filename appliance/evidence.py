@@ -134,6 +134,9 @@ def verify_bundle(path: Path, expected_fingerprint: str | None = None) -> tuple[
                         "signed by this device key")
     if expected_fingerprint and fingerprint(public) != expected_fingerprint:
         problems.append(f"signed by {fingerprint(public)}, not by the expected device {expected_fingerprint}")
+    head = manifest.get("ledger_head")
+    if head is not None and (problem := ledger.check_entry(head)) is not None:
+        problems.append(f"the ledger head: {problem}")
     listed = {"manifest.json", "manifest.sig"}
     for call in manifest.get("calls", []):
         listed.add(call["recording"])

@@ -240,7 +240,8 @@ class LineRecorder:
                 log.info("line %s: missed call", self.line.name)
                 self.catalogue.add_call(
                     line=self.line.name, direction="incoming", started_at=iso_from_mono(action.t),
-                    ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed")
+                    ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed",
+                    clock_synced=clock_synchronised())
 
     # -- actions --------------------------------------------------------------------------------------
 

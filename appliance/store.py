@@ -107,6 +107,9 @@ class Store:
         if call["state"] == "recording":
             raise StoreActionError(f"call {call_id} is being recorded: erase it once it has ended")
         self._delete([call], "erased", actor=actor, detail=reason)
+        # secure_delete overwrites the row when its page reaches the database file: make that now
+        # (it waits for the next automatic checkpoint if another connection is reading).
+        self.catalogue.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _call(self, call_id: int) -> dict:
         try:
@@ -251,7 +254,7 @@ class Store:
                            [ALARM_KEY, text, iso_utc(time.time())])
 
     def alarm(self) -> str | None:
-        """The current storage alarm, for the web UI and `callrec doctor`."""
+        """The current storage alarm, for the web UI and the technician's checks."""
         with self.catalogue.transaction() as db:
             row = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
         return row[0] if row else None
