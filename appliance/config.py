@@ -60,6 +60,7 @@ class LineConfig(_Strict):
     notice_incoming: bool = True
     notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
     purpose: str = Field("training", min_length=1)
+    modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
     optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
     optout_window_s: float = Field(15.0, ge=1, le=120)     # after the notice ends
     keep_declined_number: bool = False

@@ -21,12 +21,14 @@ from appliance.dtmf import DtmfDetector
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
+from appliance.modem import CallerId, CallerIdModem, Ring
 from appliance.spool import SpoolWriter
 from appliance.store import Store
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
+CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP lines), not earlier
 
 
 class Finaliser(threading.Thread):
@@ -153,8 +155,11 @@ class LineRecorder:
                                  pin_factory=pin_factory)
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
+        self.modem = CallerIdModem(line.modem, self.inputs.edges.put) if line.modem else None
+        self.caller: CallerId | None = None     # caller ID of the ringing or current call
         self.machine = callstate.CallMachine(
-            flash_max=settings.flash_max_ms / 1000, has_ring_detector=line.ring_pin is not None,
+            flash_max=settings.flash_max_ms / 1000,
+            has_ring_detector=line.ring_pin is not None or self.modem is not None,
             notice_incoming=line.notice_incoming, notice_outgoing_after=line.notice_outgoing_after_s)
         self.hook = Debouncer(settings.debounce_ms / 1000, level=False)
         self.ring = RingMonitor(settings.ring_gap_s)
@@ -165,6 +170,8 @@ class LineRecorder:
     def start(self) -> None:
         """Start capturing and watching the hook. A handset already off-hook starts a call."""
         self.capture.start()
+        if self.modem is not None:
+            self.modem.start()
         if self.inputs.off_hook():
             self.hook = Debouncer(self.hook.settle, level=True)
             self._perform(self.machine.already_off_hook(time.monotonic()))
@@ -178,6 +185,8 @@ class LineRecorder:
             self._end(time.monotonic(), interrupted=True)
         self.capture.stop()
         self.capture.join(timeout=2)
+        if self.modem is not None:
+            self.modem.stop()
         self.inputs.close()
 
     @property
@@ -196,6 +205,11 @@ class LineRecorder:
             try:
                 if isinstance(edge, Heard):
                     self._on_digit(edge)
+                elif isinstance(edge, Ring):
+                    self._on_ring_activity(edge.t, True)
+                    self._on_ring_activity(edge.t, False)
+                elif isinstance(edge, CallerId):
+                    self._on_caller_id(edge)
                 elif edge is not None:
                     self._on_edge(edge)
                 self._advance(time.monotonic())
@@ -214,8 +228,22 @@ class LineRecorder:
     def _on_edge(self, edge) -> None:
         if edge.input == "hook":
             self.hook.edge(edge.t, edge.active)
-        elif self.ring.edge(edge.t, edge.active):
-            self._perform(self.machine.ring(edge.t))
+        else:
+            self._on_ring_activity(edge.t, edge.active)
+
+    def _on_ring_activity(self, t: float, active: bool) -> None:
+        """A ring detector edge, or a modem's RING: either keeps the ringing episode going."""
+        if self.ring.edge(t, active):
+            if self.caller is not None and t - self.caller.t > CALLER_ID_LEAD_S:
+                self.caller = None          # a caller ID long before this ringing is not its own
+            self._perform(self.machine.ring(t))
+
+    def _on_caller_id(self, caller: CallerId) -> None:
+        """Caller ID arrives between rings; a late one still names the call it belongs to."""
+        self.caller = caller
+        call = self.call
+        if call is not None and call.direction == "incoming" and caller.number:
+            self.catalogue.update_call(call.id, number=caller.number)
 
     def _advance(self, now: float) -> None:
         while (transition := self.hook.poll(now)) is not None:
@@ -238,8 +266,10 @@ class LineRecorder:
                 self._end(action.t)
             elif isinstance(action, callstate.Missed):
                 log.info("line %s: missed call", self.line.name)
+                caller, self.caller = self.caller, None
                 self.catalogue.add_call(
-                    line=self.line.name, direction="incoming", started_at=iso_from_mono(action.t),
+                    line=self.line.name, direction="incoming", number=caller and caller.number,
+                    started_at=iso_from_mono(action.t),
                     ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed",
                     clock_synced=clock_synchronised())
 
@@ -253,8 +283,10 @@ class LineRecorder:
                             flush_interval=settings.flush_interval_s)
         wait_for_notice = settings.record_from == "notice_end" and action.notice
         started = action.ringing_since if action.ringing_since is not None else action.t
+        caller = self.caller if action.direction == "incoming" else None
         call_id = self.catalogue.add_call(
-            line=self.line.name, direction=action.direction, started_at=iso_from_mono(started),
+            line=self.line.name, direction=action.direction, number=caller and caller.number,
+            started_at=iso_from_mono(started),
             answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
             purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
             sample_rate=settings.sample_rate, clock_synced=clock_synchronised())
@@ -325,7 +357,7 @@ class LineRecorder:
                 self.catalogue.update_call(call.id, recording_started_at=iso_from_mono(first))
 
     def _end(self, t: float, interrupted: bool = False) -> None:
-        call, self.call = self.call, None
+        call, self.call, self.caller = self.call, None, None
         with call.lock:
             call.ended = True
             self.capture.stop_recording()

@@ -6,6 +6,7 @@ on, with DTMF tones mixed in).
 """
 
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from appliance.dtmf import frequencies
 from appliance.errors import ScenarioError
 
 ANSWER_AFTER_LAST_RING_S = 0.5
+CALLER_ID_AFTER_RING_S = 0.3
 DTMF_TONE_S = 0.1
 DTMF_GAP_S = 0.1
 DTMF_LEVEL = 0.25          # peak of each of the two tones, full scale = 1 (about -15 dBFS each)
@@ -43,7 +45,7 @@ class ScenarioCall(_Strict):
     line: str | None = None
     rings: int = Field(2, ge=1, le=20)
     answered: bool = True
-    caller_id: str | None = None
+    caller_id: str | None = Field(None, pattern=r"^\+?[0-9]{2,20}$")
     audio: Path | None = None
     talk: float | None = Field(None, gt=0)
     dtmf: list[Dtmf] = []
@@ -87,13 +89,23 @@ class PinEdge:
     active: bool
 
 
+@dataclass(frozen=True)
+class ModemLine:
+    """A line of text a line's caller-ID modem sends at `t` seconds from the start."""
+    t: float
+    line: str
+    text: str
+
+
 @dataclass
 class Plan:
-    """A scenario laid out on the clock: pin edges, each line's audio, and when it is all over."""
+    """A scenario laid out on the clock: pin edges, modem output, each line's audio, and when it
+    is all over."""
     edges: list[PinEdge]
     audio: dict[str, np.ndarray]
     end: float
     offhooks: list[tuple[str, float]]   # (line, off-hook time) of each call, in scenario order
+    modem: list[ModemLine]
 
 
 def load_scenario(path: Path) -> tuple[Scenario, Path]:
@@ -134,6 +146,7 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
     first). Times are seconds from the scenario's start."""
     rng = random.Random(seed)
     edges: list[PinEdge] = []
+    modem: list[ModemLine] = []
     offhooks = []
     segments: dict[str, list[tuple[float, np.ndarray]]] = {name: [] for name in lines}
     end = 0.0
@@ -148,6 +161,14 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 start = call.at + burst * cadence
                 edges += [PinEdge(start, line, "ring", True),
                           PinEdge(start + scenario.ring_on_s, line, "ring", False)]
+                modem.append(ModemLine(start, line, "RING"))
+            if call.caller_id is not None:
+                # MCI format, sent in the pause after the first burst as exchanges do.
+                stamp = time.gmtime()
+                at = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S
+                modem += [ModemLine(at, line, f"DATE = {stamp.tm_mon:02d}{stamp.tm_mday:02d}"),
+                          ModemLine(at, line, f"TIME = {stamp.tm_hour:02d}{stamp.tm_min:02d}"),
+                          ModemLine(at, line, f"NMBR = {call.caller_id}")]
             offhook = call.at + (call.rings - 1) * cadence + scenario.ring_on_s + ANSWER_AFTER_LAST_RING_S
             if not call.answered:
                 end = max(end, offhook)
@@ -177,6 +198,7 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
         edges += _toggle_edges(offhook + talk, line, "hook", False, bounce, rng)
         end = max(end, offhook + talk + bounce)
     edges.sort(key=lambda e: e.t)
+    modem.sort(key=lambda m: m.t)
     audio = {}
     for line, parts in segments.items():
         track = np.random.default_rng(seed).normal(0, LINE_NOISE_LEVEL / 32768, int((end + 1) * rate))
@@ -184,4 +206,4 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
             at = int(start * rate)
             track[at:at + len(samples)] += samples[:len(track) - at]
         audio[line] = (np.clip(track, -1, 32767 / 32768) * 32768).astype("<i2")
-    return Plan(edges, audio, end, offhooks)
+    return Plan(edges, audio, end, offhooks, modem)

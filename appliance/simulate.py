@@ -9,17 +9,20 @@ line, as a real line carries the notice to the tap. The recorder code is the one
 
 import logging
 import os
+import pty
+import select
 import subprocess
 import sys
 import threading
 import time
+import tty
 from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
 
 from appliance.config import Config, demo_path, load_config
 from appliance.recorder import Recorder
-from appliance.scenario import PinEdge, load_scenario, plan
+from appliance.scenario import ModemLine, PinEdge, load_scenario, plan
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +70,12 @@ pcm.{playback_pcm(line)} {{
     return path
 
 
-def simulated(config: Config, data_dir: Path) -> Config:
-    """The same configuration with the simulated devices and the given data folder."""
-    lines = [line.model_copy(update={"capture": capture_pcm(line.name),
-                                     "playback": playback_pcm(line.name)}) for line in config.line]
+def simulated(config: Config, data_dir: Path, modems: dict[str, str] | None = None) -> Config:
+    """The same configuration with the simulated devices (sound, and the modems given by line
+    name) and the given data folder."""
+    modems = modems or {}
+    lines = [line.model_copy(update={"capture": capture_pcm(line.name), "playback": playback_pcm(line.name),
+                                     "modem": modems.get(line.name)}) for line in config.line]
     recorder = config.recorder.model_copy(update={"data_dir": Path(data_dir)})
     return config.model_copy(update={"line": lines, "recorder": recorder})
 
@@ -100,6 +105,41 @@ class PinDriver(threading.Thread):
             pin.drive_high() if high else pin.drive_low()
 
 
+class SimModem(threading.Thread):
+    """A caller-ID modem on a pty: answers AT commands with OK, sends RING and caller ID on time."""
+
+    def __init__(self, lines: list[ModemLine], t0: float):
+        super().__init__(name="sim-modem", daemon=True)
+        self.master, slave = pty.openpty()
+        tty.setraw(slave)
+        self._slave = slave                 # kept open so the pty lives while the recorder reopens
+        self.path = os.ttyname(slave)
+        self.lines = lines
+        self.t0 = t0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        pending, heard = list(self.lines), b""
+        while not self.stopping.is_set():
+            due = self.t0 + pending[0].t - time.monotonic() if pending else 0.2
+            ready, _, _ = select.select([self.master], [], [], max(0.0, min(due, 0.2)))
+            if ready:
+                heard += os.read(self.master, 1024)
+                while b"\r" in heard:
+                    command, heard = heard.split(b"\r", 1)
+                    if command.strip().upper().startswith(b"AT"):
+                        os.write(self.master, b"\r\nOK\r\n")
+            while pending and time.monotonic() >= self.t0 + pending[0].t:
+                os.write(self.master, f"\r\n{pending.pop(0).text}\r\n".encode())
+
+    def close(self) -> None:
+        """Stop and release the pty."""
+        self.stopping.set()
+        self.join()
+        os.close(self.master)
+        os.close(self._slave)
+
+
 def run_simulation(scenario_path: Path | None = None, config_path: Path | None = None,
                    data_dir: Path | None = None) -> list[dict]:
     """Run a scenario (the bundled demo if None) through the recorder; return the calls it made,
@@ -108,15 +148,19 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     config = load_config(config_path or demo_path("appliance.toml"))
     # Never the configured data folder by default: that is the live recorder's on an appliance.
     data_dir = Path(data_dir if data_dir is not None else Path.cwd() / "callrec-data").resolve()
-    config = simulated(config, data_dir)
     sim_dir = data_dir / SIM_DIR
     sim_dir.mkdir(parents=True, exist_ok=True)
     names = [line.name for line in config.line]
     layout = plan(scenario, base, names, config.recorder.sample_rate)
+    t0 = time.monotonic() + STARTUP_S
+    modems = {name: SimModem([m for m in layout.modem if m.line == name], t0)
+              for name in names if any(m.line == name for m in layout.modem if m.text != "RING")}
+    config = simulated(config, data_dir, {name: modem.path for name, modem in modems.items()})
 
     # Only this process's ALSA sees the simulated devices; the system's config comes first.
     os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{write_asoundrc(sim_dir, names)}"
-    t0 = time.monotonic() + STARTUP_S
+    for modem in modems.values():
+        modem.start()
     feeders = []
     rate = config.recorder.sample_rate
     for name in names:
@@ -152,6 +196,8 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
         for feeder in feeders:
             feeder.terminate()
             feeder.wait()
+        for modem in modems.values():
+            modem.close()
         factory.reset()
     return calls
 

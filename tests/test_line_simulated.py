@@ -36,11 +36,12 @@ def hook_run(tmp_path_factory, speech):
     folder = tmp_path_factory.mktemp("hook")
     config = write_config(folder, recorder={"ring_gap_s": 3.0})
     scenario = write_scenario(folder, [
-        {"direction": "incoming", "at": 0.5, "rings": 2, "audio": caller_after_notice(folder, speech),
+        {"direction": "incoming", "at": 0.5, "rings": 2, "caller_id": "+3225551234",
+         "audio": caller_after_notice(folder, speech),
          "talk": NOTICE_S + 4.0, "bounce_ms": 15, "flash_at": [NOTICE_S + 2.0], "flash_ms": 300},
         {"direction": "outgoing", "at": 14.0, "talk": 5.0, "bounce_ms": 15,
          "flash_at": [1.0], "flash_ms": 2000},
-        {"direction": "incoming", "at": 20.0, "rings": 1, "answered": False},
+        {"direction": "incoming", "at": 20.0, "rings": 1, "answered": False, "caller_id": "+32470123456"},
     ], ring_on_s=0.8, ring_off_s=1.2)
     data = folder / "data"
     callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
@@ -68,6 +69,7 @@ def test_incoming_call_times_follow_the_line(hook_run):
     data, calls, _ = hook_run
     call = calls[0]
     assert call["direction"] == "incoming"
+    assert call["number"] == "+3225551234"          # from the caller-ID modem, between the rings
     ringing = iso_seconds(call["started_at"])
     answered = iso_seconds(call["answered_at"])
     ended = iso_seconds(call["ended_at"])
@@ -82,6 +84,7 @@ def test_ringing_nobody_answers_is_a_missed_call_without_audio(hook_run):
     missed = calls[-1]
     assert missed["state"] == "missed" and missed["direction"] == "incoming"
     assert missed["file"] is None and missed["duration_s"] is None
+    assert missed["number"] == "+32470123456"
     assert 0.7 < iso_seconds(missed["ended_at"]) - iso_seconds(missed["started_at"]) < 1.0
 
 
