@@ -108,8 +108,16 @@ def _migration_3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN discard_reason TEXT")
 
 
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Pauses (card payments): where in the recording silence stands in for the line."""
+    db.execute("""CREATE TABLE pauses (
+        id INTEGER PRIMARY KEY, call_id INTEGER NOT NULL, start_s REAL NOT NULL, end_s REAL,
+        reason TEXT NOT NULL)""")
+    db.execute("CREATE INDEX pauses_call ON pauses (call_id)")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
 
 
 def _columns(fields: dict) -> list[str]:
@@ -192,6 +200,12 @@ class Catalogue:
         with self._lock:
             return [tuple(row) for row in self.db.execute(
                 "SELECT offset_s, key FROM digits WHERE call_id = ? ORDER BY offset_s", [call_id])]
+
+    def pauses(self, call_id: int) -> list[tuple[float, float | None, str]]:
+        """A call's pauses as (start, end, reason), offsets in seconds into its recording."""
+        with self._lock:
+            return [tuple(row) for row in self.db.execute(
+                "SELECT start_s, end_s, reason FROM pauses WHERE call_id = ? ORDER BY start_s", [call_id])]
 
     def get_call(self, call_id: int) -> dict:
         """One call row as a dict (raises KeyError when there is no such call)."""

@@ -61,6 +61,10 @@ class LineConfig(_Strict):
     notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
     purpose: str = Field("training", min_length=1)
     modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
+    pause_button_pin: int | str | None = None               # pauses recording (card payments)
+    pause_max_s: float = Field(300.0, ge=1, le=3600)         # a pause left on resumes by itself
+    agreement_button_pin: int | str | None = None           # marks the current or last call
+    recording_led_pin: int | str | None = None              # lit while a call is recorded
     optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
     optout_window_s: float = Field(15.0, ge=1, le=120)     # after the notice ends
     keep_declined_number: bool = False
@@ -118,7 +122,9 @@ class Config(_Strict):
                 raise ValueError(f"line {line.name!r}: purpose {line.purpose!r} is not one of "
                                  f"{', '.join(sorted(self.purpose))} (define it in a [purpose.NAME] table)")
         names = [line.name for line in self.line]
-        pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin) if p is not None]
+        pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin, line.pause_button_pin,
+                                                  line.agreement_button_pin, line.recording_led_pin)
+                if p is not None]
         if len(set(names)) != len(names):
             raise ValueError(f"line names must be distinct, got {names}")
         if len(set(map(_pin_key, pins))) != len(pins):

@@ -96,13 +96,16 @@ class Edge:
 
 
 class LineInputs:
-    """The hook and optional ring inputs of one line; their edges arrive on `edges`."""
+    """The hook and optional ring inputs of one line, and its push buttons (to ground, so active
+    low); their edges arrive on `edges`."""
 
     def __init__(self, hook_pin, hook_active: str, ring_pin=None, ring_active: str = "low",
-                 pin_factory=None):
+                 buttons: dict | None = None, pin_factory=None):
         self.edges: "queue.Queue[Edge]" = queue.Queue()
         self.hook = self._input("hook", hook_pin, hook_active, pin_factory)
         self.ring = self._input("ring", ring_pin, ring_active, pin_factory) if ring_pin is not None else None
+        self.buttons = {name: self._input(name, pin, "low", pin_factory)
+                        for name, pin in (buttons or {}).items() if pin is not None}
 
     def _input(self, name: str, pin, active: str, pin_factory) -> DigitalInputDevice:
         # Pull away from the active level, as an opto-coupler's open collector needs.
@@ -120,6 +123,6 @@ class LineInputs:
 
     def close(self) -> None:
         """Release the pins."""
-        for device in (self.hook, self.ring):
+        for device in (self.hook, self.ring, *self.buttons.values()):
             if device is not None:
                 device.close()

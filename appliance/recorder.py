@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import alsaaudio
+from gpiozero import LED
 
 from appliance import callstate
 from appliance.archive import SPOOL_DIR, finalise, recover
@@ -18,6 +19,7 @@ from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
 from appliance.dtmf import DtmfDetector
+from appliance.errors import CallrecError
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
@@ -28,6 +30,7 @@ from appliance.store import Store
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
+BUTTON_SETTLE_S = 0.03
 CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP lines), not earlier
 
 
@@ -108,14 +111,20 @@ class DigitListener(threading.Thread):
 
 
 class CallAudio:
-    """A call's audio goes to its spool and, within its window, to its digit listener."""
+    """A call's audio goes to its spool and, within its window, to its digit listener; while
+    paused, silence of the same length goes to the spool instead, so durations stay true, and
+    nothing to the listener (card numbers are not digits to keep)."""
 
     def __init__(self, spool: SpoolWriter, listener: DigitListener | None):
         self.spool = spool
         self.listener = listener
+        self.paused = False
 
     def append(self, pcm: bytes) -> None:
         """Take a period of audio."""
+        if self.paused:
+            self.spool.append(bytes(len(pcm)))
+            return
         self.spool.append(pcm)
         if self.listener is not None:
             self.listener.append(pcm)
@@ -133,6 +142,7 @@ class ActiveCall:
     ended: bool = False
     declined: bool = False
     digits: list = field(default_factory=list)
+    paused_until: float | None = None       # monotonic time of the automatic resume
 
     @property
     def spool(self) -> SpoolWriter:
@@ -144,7 +154,7 @@ class LineRecorder:
     """Records one analog line."""
 
     def __init__(self, line: LineConfig, settings: RecorderConfig, catalogue: Catalogue,
-                 finaliser: Finaliser, pin_factory=None):
+                 finaliser: Finaliser, pin_factory=None, on_agreement=None):
         self.line = line
         self.settings = settings
         self.catalogue = catalogue
@@ -152,7 +162,13 @@ class LineRecorder:
         self.period_frames = settings.sample_rate * settings.period_ms // 1000
         self.notice = load_notice(line.notice, settings.sample_rate)
         self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
+                                 buttons={"pause": line.pause_button_pin,
+                                          "agreement": line.agreement_button_pin},
                                  pin_factory=pin_factory)
+        self.buttons = {name: Debouncer(BUTTON_SETTLE_S) for name in self.inputs.buttons}
+        self.led = LED(line.recording_led_pin, pin_factory=pin_factory) if line.recording_led_pin is not None else None
+        self.on_agreement = on_agreement
+        self.last_call_id: int | None = None
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
         self.modem = CallerIdModem(line.modem, self.inputs.edges.put) if line.modem else None
@@ -187,6 +203,8 @@ class LineRecorder:
         self.capture.join(timeout=2)
         if self.modem is not None:
             self.modem.stop()
+        if self.led is not None:
+            self.led.close()
         self.inputs.close()
 
     @property
@@ -219,8 +237,9 @@ class LineRecorder:
 
     def _sleep_time(self) -> float:
         ring_over = self.ring.deadline() if self.machine.state == "ringing" else None
-        deadlines = [d for d in (self.hook.deadline(), self.machine.deadline(), ring_over)
-                     if d is not None]
+        resume = self.call.paused_until if self.call is not None else None
+        deadlines = [d for d in (self.hook.deadline(), self.machine.deadline(), ring_over, resume,
+                                 *(b.deadline() for b in self.buttons.values())) if d is not None]
         if not deadlines:
             return TICK_S
         return min(TICK_S, max(0.0, min(deadlines) - time.monotonic()))
@@ -228,6 +247,8 @@ class LineRecorder:
     def _on_edge(self, edge) -> None:
         if edge.input == "hook":
             self.hook.edge(edge.t, edge.active)
+        elif edge.input in self.buttons:
+            self.buttons[edge.input].edge(edge.t, edge.active)
         else:
             self._on_ring_activity(edge.t, edge.active)
 
@@ -251,6 +272,51 @@ class LineRecorder:
         if self.machine.state == "ringing" and not self.ring.ringing(now):
             self._perform(self.machine.ring_over(now, self.ring.last_activity))
         self._perform(self.machine.tick(self.hook.settled_until(now)))
+        for name, button in self.buttons.items():
+            while (press := button.poll(now)) is not None:
+                if press[1]:
+                    self._on_button(name)
+        call = self.call
+        if call is not None and call.paused_until is not None and now >= call.paused_until:
+            log.warning("line %s: pause of call %s left on; resuming", self.line.name, call.id)
+            self._resume(call)
+
+    def _on_button(self, name: str) -> None:
+        call = self.call
+        if name == "agreement":
+            target = call.id if call is not None else self.last_call_id
+            if target is not None and self.on_agreement is not None:
+                self.on_agreement(target, f"button:{self.line.name}")
+        elif call is not None and call.recording:
+            self._resume(call) if call.audio.paused else self._pause(call)
+
+    def _pause(self, call: ActiveCall) -> None:
+        """Write silence instead of the line until resumed, or for `pause_max_s` at most."""
+        call.audio.paused = True
+        call.paused_until = time.monotonic() + self.line.pause_max_s
+        offset = call.spool.frames / self.settings.sample_rate
+        with self.catalogue.transaction() as db:
+            db.execute("INSERT INTO pauses (call_id, start_s, reason) VALUES (?, ?, 'button')",
+                       [call.id, round(offset, 3)])
+        self._show(call)
+        log.info("line %s: call %s paused", self.line.name, call.id)
+
+    def _resume(self, call: ActiveCall) -> None:
+        call.audio.paused, call.paused_until = False, None
+        # What was said during the pause (a card number) must not wait in RAM for the next call.
+        self.capture.clear_preroll()
+        offset = call.spool.frames / self.settings.sample_rate
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE pauses SET end_s = ? WHERE call_id = ? AND end_s IS NULL",
+                       [round(offset, 3), call.id])
+        self._show(call)
+        log.info("line %s: call %s resumed", self.line.name, call.id)
+
+    def _show(self, call: ActiveCall | None) -> None:
+        """The recording LED: lit while audio of a call is being recorded."""
+        if self.led is not None:
+            on = call is not None and call.recording and not call.audio.paused and not call.ended
+            self.led.on() if on else self.led.off()
 
     def _perform(self, actions: list) -> None:
         for action in actions:
@@ -293,9 +359,11 @@ class LineRecorder:
         listener = self._digit_listener(call_id, action)
         audio = CallAudio(spool, listener)
         self.call = ActiveCall(call_id, action.direction, audio, recording=not wait_for_notice)
+        self.last_call_id = call_id
         if not wait_for_notice:
             first_frame = self.capture.start_recording(audio)
             self.catalogue.update_call(call_id, recording_started_at=iso_from_mono(first_frame))
+        self._show(self.call)
         log.info("line %s: %s call %s started", self.line.name, action.direction, call_id)
 
     def _digit_listener(self, call_id: int, action: callstate.Start) -> DigitListener | None:
@@ -328,6 +396,7 @@ class LineRecorder:
             call.declined, call.recording = True, False
             self.capture.stop_recording()
             self.capture.clear_preroll()
+        self._show(call)
         log.info("line %s: the caller declined recording of call %s", self.line.name, call.id)
         keep_number = self.line.keep_declined_number
 
@@ -355,12 +424,16 @@ class LineRecorder:
                 first = self.capture.start_recording(call.audio, with_preroll=False)
                 call.recording = True
                 self.catalogue.update_call(call.id, recording_started_at=iso_from_mono(first))
+        self._show(call)
 
     def _end(self, t: float, interrupted: bool = False) -> None:
         call, self.call, self.caller = self.call, None, None
         with call.lock:
             call.ended = True
             self.capture.stop_recording()
+        self._show(None)
+        if call.audio.paused:
+            self._resume(call)      # closes the pause at the end of the recording
         if call.audio.listener is not None:
             call.audio.listener.close()
         if call.declined:
@@ -439,8 +512,16 @@ class Recorder:
         self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line))
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.finaliser = Finaliser()
-        self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory)
-                      for line in config.line]
+        self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory,
+                                   on_agreement=self._mark_agreement) for line in config.line]
+
+    def _mark_agreement(self, call_id: int, actor: str) -> None:
+        """The agreement button: keep this call as the evidence of an agreement."""
+        try:
+            self.store.classify(call_id, "agreement", actor)
+            log.info("call %s marked as an agreement by %s", call_id, actor)
+        except CallrecError as exc:
+            log.error("cannot mark call %s as an agreement: %s", call_id, exc)
 
     def start(self) -> None:
         """Start every line, then the cleaner."""

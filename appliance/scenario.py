@@ -21,6 +21,7 @@ from appliance.errors import ScenarioError
 
 ANSWER_AFTER_LAST_RING_S = 0.5
 CALLER_ID_AFTER_RING_S = 0.3
+BUTTON_PRESS_S = 0.15
 DTMF_TONE_S = 0.1
 DTMF_GAP_S = 0.1
 DTMF_LEVEL = 0.25          # peak of each of the two tones, full scale = 1 (about -15 dBFS each)
@@ -38,6 +39,13 @@ class Dtmf(_Strict):
     digits: str = Field(pattern=r"^[0-9*#A-D]+$")
 
 
+class Pause(_Strict):
+    """The pause button pressed `at` seconds after off-hook, and again `length` seconds later
+    (no `length`: left on)."""
+    at: float = Field(gt=0)
+    length: float | None = Field(None, gt=0)
+
+
 class ScenarioCall(_Strict):
     """One call on the simulated line."""
     direction: Literal["incoming", "outgoing"]
@@ -52,6 +60,8 @@ class ScenarioCall(_Strict):
     bounce_ms: float = Field(0, ge=0, le=200)
     flash_at: list[float] = []
     flash_ms: float = Field(300, gt=0, le=10000)
+    pause: list[Pause] = []
+    agreement_at: list[float] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +205,14 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
         for flash in call.flash_at:
             edges += _toggle_edges(offhook + flash, line, "hook", False, bounce, rng)
             edges += _toggle_edges(offhook + flash + call.flash_ms / 1000, line, "hook", True, bounce, rng)
+        presses = [("agreement", at) for at in call.agreement_at]
+        for pause in call.pause:
+            presses.append(("pause", pause.at))
+            if pause.length is not None:
+                presses.append(("pause", pause.at + pause.length))
+        for button, at in presses:
+            edges += [PinEdge(offhook + at, line, button, True),
+                      PinEdge(offhook + at + BUTTON_PRESS_S, line, button, False)]
         edges += _toggle_edges(offhook + talk, line, "hook", False, bounce, rng)
         end = max(end, offhook + talk + bounce)
     edges.sort(key=lambda e: e.t)

@@ -92,11 +92,14 @@ class PinDriver(threading.Thread):
             self.pins[(line.name, "hook")] = (factory.pin(line.hook_pin), line.hook_active)
             if line.ring_pin is not None:
                 self.pins[(line.name, "ring")] = (factory.pin(line.ring_pin), line.ring_active)
+            for button, pin in (("pause", line.pause_button_pin), ("agreement", line.agreement_button_pin)):
+                if pin is not None:
+                    self.pins[(line.name, button)] = (factory.pin(pin), "low")
 
     def run(self) -> None:
         for edge in self.edges:
             if (edge.line, edge.input) not in self.pins:
-                continue   # a ring on a line without a ring detector: nothing sees it
+                continue   # an input the line does not have (a ring detector, a button)
             delay = self.t0 + edge.t - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

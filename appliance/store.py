@@ -139,6 +139,7 @@ class Store:
                     self._audit(db, actor, reason, call["id"], detail)
             marks = ", ".join("?" * len(calls))
             db.execute(f"DELETE FROM digits WHERE call_id IN ({marks})", [call["id"] for call in calls])
+            db.execute(f"DELETE FROM pauses WHERE call_id IN ({marks})", [call["id"] for call in calls])
             db.execute(f"DELETE FROM calls WHERE id IN ({marks})", [call["id"] for call in calls])
         self.finish_deletions()
 

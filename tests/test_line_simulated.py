@@ -180,7 +180,11 @@ def test_with_record_from_notice_end_nothing_before_the_end_of_the_notice_is_kep
     assert call["duration_s"] < 3.0 + 0.3 + 0.9
 
 
-def test_a_handset_already_off_hook_when_the_recorder_starts_is_recorded_to_the_hang_up(tmp_path, monkeypatch):
+@pytest.fixture
+def live_line(tmp_path, monkeypatch):
+    """The recorder in this process on line t1 (its audio: line hiss through a real FIFO-fed
+    capture PCM), its pins on a MockFactory the test drives. Yields a function that builds the
+    Recorder from line settings; the test starts it."""
     from gpiozero.pins.mock import MockFactory
 
     from appliance.config import load_config
@@ -188,7 +192,6 @@ def test_a_handset_already_off_hook_when_the_recorder_starts_is_recorded_to_the_
     from appliance.simulate import simulated, write_asoundrc
 
     data = tmp_path / "data"
-    config = simulated(load_config(write_config(tmp_path)), data)
     (data / "simulation").mkdir(parents=True)
     monkeypatch.setenv("ALSA_CONFIG_PATH", f"/usr/share/alsa/alsa.conf:{write_asoundrc(data / 'simulation', ['t1'])}")
     fifo = data / "simulation" / "line-in-t1.fifo"
@@ -197,30 +200,68 @@ def test_a_handset_already_off_hook_when_the_recorder_starts_is_recorded_to_the_
     feeder = subprocess.Popen([sys.executable, "-m", "appliance.feeder", str(tmp_path / "line.raw"), str(fifo),
                                "--rate", str(RATE), "--t0", repr(time.monotonic()), "--period-frames", "160"])
     factory = MockFactory()
-    try:
-        recorder = Recorder(config, pin_factory=factory)
-        hook = factory.pin(17)
-        hook.drive_low()                     # off-hook (active low) before the recorder starts
-        # On a Pi the pin is simply low when the recorder opens it: no edge. The mock pulls the
-        # pin up when the input is created, so the edge it then reports is dropped here.
-        edges = recorder.lines[0].inputs.edges
-        while not edges.empty():
-            edges.get()
-        recorder.start()
-        time.sleep(1.5)
-        hook.drive_high()
-        deadline = time.monotonic() + 10
-        while not recorder.idle() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        [call] = recorder.catalogue.calls()
+    recorders = []
+
+    def build(**line):
+        config = simulated(load_config(write_config(tmp_path, line=line)), data)
+        recorders.append(Recorder(config, pin_factory=factory))
+        return recorders[-1], factory
+
+    yield build
+    for recorder in recorders:
         recorder.stop()
-    finally:
-        feeder.kill()
-        feeder.wait()
-        factory.reset()
+    feeder.kill()
+    feeder.wait()
+    factory.reset()
+
+
+def wait_idle(recorder, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not recorder.idle() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_handset_already_off_hook_when_the_recorder_starts_is_recorded_to_the_hang_up(live_line):
+    recorder, factory = live_line()
+    hook = factory.pin(17)
+    hook.drive_low()                     # off-hook (active low) before the recorder starts
+    # On a Pi the pin is simply low when the recorder opens it: no edge. The mock pulls the
+    # pin up when the input is created, so the edge it then reports is dropped here.
+    edges = recorder.lines[0].inputs.edges
+    while not edges.empty():
+        edges.get()
+    recorder.start()
+    time.sleep(1.5)
+    hook.drive_high()
+    wait_idle(recorder)
+    [call] = recorder.catalogue.calls()
     assert call["state"] == "complete" and call["direction"] == "unknown"
     assert call["notice_played_at"] is None
     assert 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 0.3
+
+
+def test_the_recording_led_follows_the_call_and_a_pause_left_on_resumes_by_itself(live_line):
+    recorder, factory = live_line(recording_led_pin=12, pause_button_pin=5, pause_max_s=1.0)
+    hook, led, pause = factory.pin(17), factory.pin(12), factory.pin(5)
+    recorder.start()
+    time.sleep(0.3)
+    assert led.state is False
+    hook.drive_low()                     # off-hook
+    time.sleep(0.5)
+    assert led.state is True
+    pause.drive_low()                    # press the pause button…
+    time.sleep(0.1)
+    pause.drive_high()
+    time.sleep(0.3)
+    assert led.state is False            # …the LED says nothing is being recorded
+    time.sleep(1.2)
+    assert led.state is True             # the pause was left on: it resumed by itself
+    hook.drive_high()
+    wait_idle(recorder)
+    assert led.state is False
+    [call] = recorder.catalogue.calls()
+    [(start, end, reason)] = recorder.catalogue.pauses(call["id"])
+    assert 0.9 < end - start < 1.3 and reason == "button"
 
 
 def test_two_lines_are_recorded_at_once_each_into_its_own_call(tmp_path):
@@ -280,3 +321,24 @@ def test_a_caller_who_presses_the_opt_out_key_leaves_no_audio_anywhere(tmp_path,
     offsets = [offset for offset, _ in catalogue.digits(outgoing["id"])]
     preroll = iso_seconds(outgoing["started_at"]) - iso_seconds(outgoing["recording_started_at"])
     assert abs(offsets[0] - (preroll + 0.3)) < 0.05 and len(offsets) == 10
+
+
+def test_the_pause_button_writes_silence_of_the_right_length_and_the_agreement_button_marks_the_call(tmp_path):
+    config = write_config(tmp_path, line={"pause_button_pin": 5, "agreement_button_pin": 6})
+    audio = write_wav(tmp_path / "talk.wav", tone(1000, 6.0, 0.3))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "outgoing", "at": 0.5, "audio": str(audio),
+         "pause": [{"at": 1.5, "length": 2.0}], "agreement_at": [4.5]}])
+    data = tmp_path / "data"
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    [call] = calls_json(data)
+    assert call["purpose"] == "agreement"
+    [(start, end, reason)] = Catalogue(data).pauses(call["id"])
+    preroll = iso_seconds(call["started_at"]) - iso_seconds(call["recording_started_at"])
+    assert abs(start - (preroll + 1.5)) < 0.1 and abs(end - start - 2.0) < 0.1
+    heard = recording(data, call)
+    level = lambda a, b: tone_level(heard[int(a * RATE):int(b * RATE)], 1000)
+    assert level(start - 0.6, start - 0.1) > 0.2          # the conversation before the pause
+    assert level(start + 0.1, end - 0.1) < 0.005          # silence while paused
+    assert level(end + 0.1, end + 0.6) > 0.2              # and after it
+    assert abs(call["duration_s"] - (preroll + 6.0 + 0.7)) < 0.3   # the time line stays true
