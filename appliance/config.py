@@ -39,6 +39,7 @@ class RecorderConfig(_Strict):
     flash_max_ms: int = Field(700, ge=50, le=5000)
     ring_gap_s: float = Field(6.0, ge=0.5, le=30)
     dialling_window_s: float = Field(20.0, ge=0, le=120)    # digits of an outgoing call read as its number
+    fault_led_pin: int | str | None = None                  # blinks 1: no sound card, 2: storage, 3: modem
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -124,7 +125,7 @@ class Config(_Strict):
         names = [line.name for line in self.line]
         pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin, line.pause_button_pin,
                                                   line.agreement_button_pin, line.recording_led_pin)
-                if p is not None]
+                if p is not None] + ([self.recorder.fault_led_pin] if self.recorder.fault_led_pin is not None else [])
         if len(set(names)) != len(names):
             raise ValueError(f"line names must be distinct, got {names}")
         if len(set(map(_pin_key, pins))) != len(pins):

@@ -20,6 +20,7 @@ from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
 from appliance.dtmf import DtmfDetector
 from appliance.errors import CallrecError
+from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, FaultLed
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
@@ -514,6 +515,19 @@ class Recorder:
         self.finaliser = Finaliser()
         self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory,
                                    on_agreement=self._mark_agreement) for line in config.line]
+        pin = config.recorder.fault_led_pin
+        self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
+
+    def faults(self) -> set[int]:
+        """What the fault LED shows: a missing sound card, the storage alarm, a lost modem."""
+        present = set()
+        if any(not line.capture.connected.is_set() for line in self.lines):
+            present.add(NO_SOUND_CARD)
+        if self.store.alarm() is not None:
+            present.add(STORAGE_ALARM)
+        if any(line.modem is not None and not line.modem.connected.is_set() for line in self.lines):
+            present.add(MODEM_LOST)
+        return present
 
     def _mark_agreement(self, call_id: int, actor: str) -> None:
         """The agreement button: keep this call as the evidence of an agreement."""
@@ -529,6 +543,8 @@ class Recorder:
         for line in self.lines:
             line.start()
         self.cleaner.start()
+        if self.fault_led is not None:
+            self.fault_led.start()
 
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
@@ -537,6 +553,8 @@ class Recorder:
     def stop(self) -> None:
         """Stop all lines, finalise what was in progress, close the catalogue."""
         self.cleaner.stopping.set()
+        if self.fault_led is not None:
+            self.fault_led.close()
         for line in self.lines:
             line.stop()
         self.finaliser.close()

@@ -202,8 +202,8 @@ def live_line(tmp_path, monkeypatch):
     factory = MockFactory()
     recorders = []
 
-    def build(**line):
-        config = simulated(load_config(write_config(tmp_path, line=line)), data)
+    def build(recorder=None, **line):
+        config = simulated(load_config(write_config(tmp_path, recorder=recorder, line=line)), data)
         recorders.append(Recorder(config, pin_factory=factory))
         return recorders[-1], factory
 
@@ -342,3 +342,31 @@ def test_the_pause_button_writes_silence_of_the_right_length_and_the_agreement_b
     assert level(start + 0.1, end - 0.1) < 0.005          # silence while paused
     assert level(end + 0.1, end + 0.6) > 0.2              # and after it
     assert abs(call["duration_s"] - (preroll + 6.0 + 0.7)) < 0.3   # the time line stays true
+
+
+def blinks(pin) -> list[int]:
+    """The number of blinks in each burst the LED showed. The mock pin's history gives for each
+    change the time since the one before, so an `on` after a long dark spell starts a burst."""
+    bursts, count = [], 0
+    for change in pin.states[1:]:
+        if change.state:
+            if change.timestamp > 1.0 and count:
+                bursts.append(count)
+                count = 0
+            count += 1
+    return bursts + ([count] if count else [])
+
+
+def test_the_fault_led_blinks_twice_for_a_storage_alarm_and_is_dark_when_all_is_well(live_line):
+    recorder, factory = live_line(recorder={"fault_led_pin": 13})
+    recorder.store.settings = recorder.store.settings.model_copy(update={"min_free_mb": 10**9})
+    led = factory.pin(13)
+    recorder.start()                      # the first cleaner pass raises the alarm
+    time.sleep(4.5)
+    shown = blinks(led)[1:]               # the first burst may predate the sound card's opening
+    assert shown and all(burst == 2 for burst in shown)
+    assert recorder.faults() == {2}
+    recorder.store.settings = recorder.store.settings.model_copy(update={"min_free_mb": 0, "min_free_hours": 0})
+    recorder.store.clean()
+    time.sleep(2.5)
+    assert recorder.faults() == set() and led.state is False
