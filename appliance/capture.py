@@ -63,6 +63,7 @@ class Capture(threading.Thread):
         self._preroll_bytes = 0
         self._preroll_limit = int(preroll_s * rate) * self.frame_bytes
         self._sink: Sink | None = None
+        self.tap = None     # called with every period, idle or not (DTMF caller ID listens there)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -104,6 +105,8 @@ class Capture(threading.Thread):
                 self._preroll_bytes -= len(self._preroll.popleft())
             if self._sink is not None:
                 self._sink.append(pcm)
+        if self.tap is not None:
+            self.tap(pcm)
 
     def _fill_gap(self, since: float | None) -> None:
         """Deliver silence for the audio lost since the last good read (beyond one period)."""

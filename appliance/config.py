@@ -62,6 +62,7 @@ class LineConfig(_Strict):
     notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
     purpose: str = Field("training", min_length=1)
     modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
+    dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
     pause_button_pin: int | str | None = None               # pauses recording (card payments)
     pause_max_s: float = Field(300.0, ge=1, le=3600)         # a pause left on resumes by itself
     agreement_button_pin: int | str | None = None           # marks the current or last call

@@ -130,3 +130,31 @@ class DtmfDetector:
         self._current, self._run_blocks, self._gap = key, (1 if key else 0), 0
         self._run_start = self._position
         return out
+
+
+class ClipDecoder:
+    """DTMF caller ID (CLIP, ETSI EN 300 659-1 style) as some European exchanges send it around
+    the first ring: `A` + the number + `C`; `B` + a reason code + `C` when there is no number
+    (`B00C` unavailable, `B10C` private). Feed it the keys heard on an idle line."""
+
+    REASONS = {"00": "unavailable", "10": "private"}
+
+    def __init__(self):
+        self._keys = ""
+
+    def key(self, key: str) -> tuple[str | None, str | None] | None:
+        """Take one key; at the end of a message return (number, reason why there is none)."""
+        if key in "AB":
+            self._keys = key
+            return None
+        if not self._keys:
+            return None
+        if key != "C":
+            self._keys += key
+            return None
+        message, self._keys = self._keys, ""
+        if message[0] == "A" and len(message) > 2:
+            return message[1:], None
+        if message[0] == "B":
+            return None, self.REASONS.get(message[1:], "unavailable")
+        return None

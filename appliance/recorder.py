@@ -18,7 +18,7 @@ from appliance.capture import Capture
 from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
-from appliance.dtmf import DtmfDetector
+from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.errors import CallrecError
 from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, FaultLed
 from appliance.hook import Debouncer, LineInputs, RingMonitor
@@ -77,13 +77,12 @@ class Heard:
 
 
 class DigitListener(threading.Thread):
-    """Runs the DTMF detector on the first `budget` samples of a call's audio, off the capture
-    thread: the window in which digits mean something (the number dialled, the caller's opt-out),
-    so that a long call costs no detection time after it."""
+    """Runs the DTMF detector on audio off the capture thread, and reports each digit. With a
+    `budget`, only on that many samples: the window in which digits mean something (the number
+    dialled, the caller's opt-out), so that a long call costs no detection time after it."""
 
-    def __init__(self, call_id: int, rate: int, budget: int, report):
-        super().__init__(name=f"digits-{call_id}", daemon=True)
-        self.call_id = call_id
+    def __init__(self, name: str, rate: int, budget: int | None, report):
+        super().__init__(name=name, daemon=True)
         self.rate = rate
         self.budget = budget
         self.report = report
@@ -91,8 +90,10 @@ class DigitListener(threading.Thread):
         self._queued = 0
 
     def append(self, pcm: bytes) -> None:
-        """Take a period of the call's audio (cheap: the capture thread calls it)."""
-        if self._queued < self.budget:
+        """Take a period of audio (cheap: the capture thread calls it)."""
+        if self.budget is None:
+            self.audio.put(pcm)
+        elif self._queued < self.budget:
             self._queued += len(pcm) // 2
             self.audio.put(pcm)
             if self._queued >= self.budget:
@@ -106,9 +107,9 @@ class DigitListener(threading.Thread):
         detector = DtmfDetector(self.rate)
         while (pcm := self.audio.get()) is not None:
             for digit in detector.feed(pcm):
-                self.report(Heard(self.call_id, digit.key, digit.start / self.rate))
+                self.report(digit)
         for digit in detector.flush():
-            self.report(Heard(self.call_id, digit.key, digit.start / self.rate))
+            self.report(digit)
 
 
 class CallAudio:
@@ -173,6 +174,13 @@ class LineRecorder:
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
         self.modem = CallerIdModem(line.modem, self.inputs.edges.put) if line.modem else None
+        self.clip = None
+        if line.dtmf_caller_id:
+            # Listens to the line all the time (about 1 % of a core): CLIP comes before the call.
+            decoder = ClipDecoder()
+            self.clip = DigitListener(f"clip-{line.name}", settings.sample_rate, None,
+                                      lambda digit: self._clip_key(decoder, digit.key))
+            self.capture.tap = self.clip.append
         self.caller: CallerId | None = None     # caller ID of the ringing or current call
         self.machine = callstate.CallMachine(
             flash_max=settings.flash_max_ms / 1000,
@@ -187,6 +195,8 @@ class LineRecorder:
     def start(self) -> None:
         """Start capturing and watching the hook. A handset already off-hook starts a call."""
         self.capture.start()
+        if self.clip is not None:
+            self.clip.start()
         if self.modem is not None:
             self.modem.start()
         if self.inputs.off_hook():
@@ -204,6 +214,8 @@ class LineRecorder:
         self.capture.join(timeout=2)
         if self.modem is not None:
             self.modem.stop()
+        if self.clip is not None:
+            self.clip.close()
         if self.led is not None:
             self.led.close()
         self.inputs.close()
@@ -259,6 +271,13 @@ class LineRecorder:
             if self.caller is not None and t - self.caller.t > CALLER_ID_LEAD_S:
                 self.caller = None          # a caller ID long before this ringing is not its own
             self._perform(self.machine.ring(t))
+
+    def _clip_key(self, decoder: ClipDecoder, key: str) -> None:
+        """A key heard on the line, for the DTMF caller-ID decoder (on the listener's thread)."""
+        if (message := decoder.key(key)) is not None:
+            number, reason = message
+            self.inputs.edges.put(CallerId(time.monotonic(), number, None, None, None,
+                                           (f"DTMF CLIP {number or reason}",), number_reason=reason))
 
     def _on_caller_id(self, caller: CallerId) -> None:
         """Caller ID arrives between rings; a late one still names the call it belongs to."""
@@ -378,7 +397,8 @@ class LineRecorder:
             window = preroll + self.notice.duration_s + self.line.optout_window_s
         else:
             return None
-        listener = DigitListener(call_id, rate, int(window * rate), self.inputs.edges.put)
+        listener = DigitListener(f"digits-{call_id}", rate, int(window * rate),
+                                 lambda digit: self.inputs.edges.put(Heard(call_id, digit.key, digit.start / rate)))
         listener.start()
         return listener
 

@@ -21,6 +21,8 @@ from appliance.errors import ScenarioError
 
 ANSWER_AFTER_LAST_RING_S = 0.5
 CALLER_ID_AFTER_RING_S = 0.3
+CLIP_TONE_S = 0.07          # DTMF CLIP: tones and pauses of 70 ms, ending before the first ring
+CLIP_BEFORE_RING_S = 0.3
 BUTTON_PRESS_S = 0.15
 DTMF_TONE_S = 0.1
 DTMF_GAP_S = 0.1
@@ -151,9 +153,11 @@ def dtmf_tone(digit: str, rate: int, seconds: float = DTMF_TONE_S, level: float 
     return level * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
 
 
-def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int = 0) -> Plan:
+def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int = 0,
+         dtmf_clip: frozenset = frozenset()) -> Plan:
     """Lay a scenario out on the clock for the given line names (a call without `line` goes on the
-    first). Times are seconds from the scenario's start."""
+    first). Times are seconds from the scenario's start. Lines in `dtmf_clip` get caller ID as DTMF
+    tones in their audio just before the first ring; the others through their modem."""
     rng = random.Random(seed)
     edges: list[PinEdge] = []
     modem: list[ModemLine] = []
@@ -172,7 +176,12 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 edges += [PinEdge(start, line, "ring", True),
                           PinEdge(start + scenario.ring_on_s, line, "ring", False)]
                 modem.append(ModemLine(start, line, "RING"))
-            if call.caller_id is not None:
+            if call.caller_id is not None and line in dtmf_clip:
+                keys = "A" + call.caller_id.replace("+", "00") + "C"
+                clip = np.concatenate([np.concatenate([dtmf_tone(k, rate, CLIP_TONE_S),
+                                                       np.zeros(int(CLIP_TONE_S * rate))]) for k in keys])
+                segments[line].append((max(0.0, call.at - len(clip) / rate - CLIP_BEFORE_RING_S), clip))
+            elif call.caller_id is not None:
                 # MCI format, sent in the pause after the first burst as exchanges do.
                 stamp = time.gmtime()
                 at = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S

@@ -154,7 +154,8 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     sim_dir = data_dir / SIM_DIR
     sim_dir.mkdir(parents=True, exist_ok=True)
     names = [line.name for line in config.line]
-    layout = plan(scenario, base, names, config.recorder.sample_rate)
+    layout = plan(scenario, base, names, config.recorder.sample_rate,
+                  dtmf_clip=frozenset(line.name for line in config.line if line.dtmf_caller_id))
     t0 = time.monotonic() + STARTUP_S
     modems = {name: SimModem([m for m in layout.modem if m.line == name], t0)
               for name in names if any(m.line == name for m in layout.modem if m.text != "RING")}

@@ -101,3 +101,13 @@ def test_digits_at_minus_20_dbm_are_found_while_someone_talks(speech_minute):
     matched = sum(block.size for block in difflib.SequenceMatcher(None, found, keys).get_matching_blocks())
     assert matched == len(found)          # no digit that was not sent
     assert matched >= 0.9 * len(keys)
+
+
+def test_dtmf_caller_id_messages():
+    from appliance.dtmf import ClipDecoder
+
+    decoder = ClipDecoder()
+    assert [decoder.key(k) for k in "7A0201234567"] == [None] * 12      # stray keys before A are ignored
+    assert decoder.key("C") == ("0201234567", None)
+    assert [decoder.key(k) for k in "B10"] == [None] * 3 and decoder.key("C") == (None, "private")
+    assert [decoder.key(k) for k in "B00"] == [None] * 3 and decoder.key("C") == (None, "unavailable")

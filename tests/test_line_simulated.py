@@ -370,3 +370,13 @@ def test_the_fault_led_blinks_twice_for_a_storage_alarm_and_is_dark_when_all_is_
     recorder.store.clean()
     time.sleep(2.5)
     assert recorder.faults() == set() and led.state is False
+
+
+def test_caller_id_sent_as_dtmf_before_the_first_ring_names_the_call(tmp_path):
+    config = write_config(tmp_path, line={"dtmf_caller_id": True})
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 3.0, "rings": 1, "caller_id": "0201234567", "talk": 1.5}],
+        ring_on_s=0.8, ring_off_s=1.2)
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
+    [call] = calls_json(tmp_path / "data")
+    assert call["direction"] == "incoming" and call["number"] == "0201234567"
