@@ -20,7 +20,7 @@ CALL_FIELDS = (
     "id", "line", "direction", "number", "started_at", "answered_at", "ended_at", "duration_s",
     "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
-    "overruns", "held", "hold_reason", "clock_synced", "discard_reason",
+    "overruns", "held", "hold_reason", "clock_synced", "discard_reason", "contact_name",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 COUNTERS = ("flashes", "capture_errors", "overruns")
@@ -116,8 +116,16 @@ def _migration_4(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX pauses_call ON pauses (call_id)")
 
 
+def _migration_5(db: sqlite3.Connection) -> None:
+    """The contacts directory, and the contact's name on a call."""
+    from appliance.contacts import ensure_schema
+
+    ensure_schema(db)
+    db.execute("ALTER TABLE calls ADD COLUMN contact_name TEXT")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
 
 
 def _columns(fields: dict) -> list[str]:

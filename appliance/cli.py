@@ -144,8 +144,9 @@ def calls(config_path: Path, data: Path | None, as_json: bool, number: str | Non
         return
     for row in rows:
         flags = " ".join(flag for flag, on in (("held", row["held"]), ("clock-unsynced", row["clock_synced"] == 0)) if on)
+        who = f"{row['number'] or ''} {row['contact_name'] or ''}".strip()
         click.echo(f"{row['id']:>6}  {row['started_at']}  {row['line']:<10} {row['direction']:<9}"
-                   f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {row['number'] or '':<16}{flags}")
+                   f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {who:<28}{flags}")
 
 
 @main.command()
@@ -260,3 +261,27 @@ def verify(bundle: Path | None, expected: str | None, config_path: Path, data: P
         click.echo(f"MISMATCH: {problem}")
     click.echo(f"{what}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     sys.exit(1 if problems else 0)
+
+
+@main.group()
+def contacts() -> None:
+    """The contacts directory that names callers."""
+
+
+@contacts.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_config_option
+@_data_option
+def contacts_import(csv_file: Path, config_path: Path, data: Path | None) -> None:
+    """Add or update contacts from a CSV file with columns number,name[,company,note].
+
+    Nothing is imported if any row is wrong; each wrong row is named with its line number.
+    """
+    from appliance.contacts import import_contacts, read_csv
+
+    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
+    found = read_csv(csv_file, country)
+    catalogue, _ = _catalogue(config_path, data)
+    with catalogue.transaction() as db:
+        added, updated = import_contacts(db, found, country)
+    click.echo(f"{csv_file}: {added} added, {updated} updated")

@@ -40,6 +40,7 @@ class RecorderConfig(_Strict):
     ring_gap_s: float = Field(6.0, ge=0.5, le=30)
     dialling_window_s: float = Field(20.0, ge=0, le=120)    # digits of an outgoing call read as its number
     fault_led_pin: int | str | None = None                  # blinks 1: no sound card, 2: storage, 3: modem
+    country_code: str = Field("32", pattern=r"^[1-9][0-9]{0,2}$")   # for national numbers in contacts
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -103,11 +104,25 @@ class StoreConfig(_Strict):
     cleaner_interval_s: float = Field(300.0, ge=5, le=86400)
 
 
+class WebhookConfig(_Strict):
+    """Where to tell a CRM that a call ended, and the secret that signs the message."""
+
+    url: str = Field(pattern=r"^https?://")
+    secret_file: Path                                        # readable by the appliance only
+
+    @field_validator("secret_file", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+
 class Config(_Strict):
-    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]` tables and one `[[line]]` per line."""
+    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]` tables and one
+    `[[line]]` per line."""
 
     recorder: RecorderConfig = RecorderConfig()
     store: StoreConfig = StoreConfig()
+    webhook: WebhookConfig | None = None
     purpose: dict[str, PurposeConfig] = DEFAULT_PURPOSES
     line: list[LineConfig] = Field(min_length=1)
 
@@ -217,4 +232,10 @@ def resolve_paths(config: Config, source: Path) -> Config:
     data_dir = config.recorder.data_dir
     recorder = config.recorder.model_copy(
         update={"data_dir": data_dir if data_dir.is_absolute() else base / data_dir})
-    return config.model_copy(update={"line": lines, "recorder": recorder})
+    webhook = config.webhook
+    if webhook is not None:
+        secret = webhook.secret_file if webhook.secret_file.is_absolute() else base / webhook.secret_file
+        if not secret.is_file():
+            raise ConfigError(f"invalid configuration in {source}:\n  webhook.secret_file: no such file {secret}")
+        webhook = webhook.model_copy(update={"secret_file": secret})
+    return config.model_copy(update={"line": lines, "recorder": recorder, "webhook": webhook})

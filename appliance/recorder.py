@@ -18,6 +18,7 @@ from appliance.capture import Capture
 from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import Config, LineConfig, RecorderConfig
+from appliance.contacts import lookup
 from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.errors import CallrecError
 from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, FaultLed
@@ -26,6 +27,7 @@ from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
 from appliance.modem import CallerId, CallerIdModem, Ring
 from appliance.spool import SpoolWriter
+from appliance.webhook import Webhook, call_event
 from appliance.store import Store
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ class LineRecorder:
     """Records one analog line."""
 
     def __init__(self, line: LineConfig, settings: RecorderConfig, catalogue: Catalogue,
-                 finaliser: Finaliser, pin_factory=None, on_agreement=None):
+                 finaliser: Finaliser, pin_factory=None, on_agreement=None, on_finished=None):
         self.line = line
         self.settings = settings
         self.catalogue = catalogue
@@ -170,6 +172,7 @@ class LineRecorder:
         self.buttons = {name: Debouncer(BUTTON_SETTLE_S) for name in self.inputs.buttons}
         self.led = LED(line.recording_led_pin, pin_factory=pin_factory) if line.recording_led_pin is not None else None
         self.on_agreement = on_agreement
+        self.on_finished = on_finished or (lambda row: None)
         self.last_call_id: int | None = None
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
@@ -353,11 +356,12 @@ class LineRecorder:
             elif isinstance(action, callstate.Missed):
                 log.info("line %s: missed call", self.line.name)
                 caller, self.caller = self.caller, None
-                self.catalogue.add_call(
+                missed = self.catalogue.add_call(
                     line=self.line.name, direction="incoming", number=caller and caller.number,
                     started_at=iso_from_mono(action.t),
                     ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed",
                     clock_synced=clock_synchronised())
+                self.finaliser.submit(lambda: self.on_finished(self.catalogue.get_call(missed)))
 
     # -- actions --------------------------------------------------------------------------------------
 
@@ -474,8 +478,8 @@ class LineRecorder:
 
         def job():
             call.spool.close()
-            finalise(self.catalogue, settings.data_dir, call.id, state, settings.format,
-                     settings.opus_bitrate, **fields)
+            self.on_finished(finalise(self.catalogue, settings.data_dir, call.id, state,
+                                      settings.format, settings.opus_bitrate, **fields))
         self.finaliser.submit(job)
 
     def capture_fault(self, kind: str) -> None:
@@ -534,7 +538,12 @@ class Recorder:
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.finaliser = Finaliser()
         self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory,
-                                   on_agreement=self._mark_agreement) for line in config.line]
+                                   on_agreement=self._mark_agreement, on_finished=self._finished)
+                      for line in config.line]
+        self.webhook = None
+        if config.webhook is not None:
+            secret = config.webhook.secret_file.read_text().strip()
+            self.webhook = Webhook(config.webhook.url, secret)
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
 
@@ -548,6 +557,17 @@ class Recorder:
         if any(line.modem is not None and not line.modem.connected.is_set() for line in self.lines):
             present.add(MODEM_LOST)
         return present
+
+    def _finished(self, row: dict) -> None:
+        """A call is in the archive (or missed): name its caller from the contacts, tell the CRM."""
+        if row["number"]:
+            with self.catalogue.transaction() as db:
+                contact = lookup(db, row["number"], self.config.recorder.country_code)
+                if contact is not None:
+                    db.execute("UPDATE calls SET contact_name = ? WHERE id = ?", [contact.name, row["id"]])
+                    row = {**row, "contact_name": contact.name}
+        if self.webhook is not None:
+            self.webhook.send(call_event(row))
 
     def _mark_agreement(self, call_id: int, actor: str) -> None:
         """The agreement button: keep this call as the evidence of an agreement."""
@@ -565,6 +585,8 @@ class Recorder:
         self.cleaner.start()
         if self.fault_led is not None:
             self.fault_led.start()
+        if self.webhook is not None:
+            self.webhook.start()
 
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
@@ -578,6 +600,8 @@ class Recorder:
         for line in self.lines:
             line.stop()
         self.finaliser.close()
+        if self.webhook is not None:
+            self.webhook.stop(timeout=5)
         if self.cleaner.is_alive():
             self.cleaner.join()
         self.catalogue.close()

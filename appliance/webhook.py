@@ -58,7 +58,7 @@ MAX_RESPONSE_BYTES = 64 * 1024      # the answer's body is only drained, never u
 # The fields of a call row that a call.ended event carries, in this order.
 EVENT_FIELDS = (
     "id", "line", "direction", "number", "started_at", "answered_at", "ended_at", "duration_s",
-    "purpose", "state", "sha256", "file", "notice_played_at",
+    "purpose", "state", "sha256", "file", "notice_played_at", "contact_name",
 )
 
 

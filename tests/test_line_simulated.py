@@ -3,6 +3,7 @@ file-plugin PCMs fed through a FIFO in real time carry the line audio, and `call
 the real recorder. Each scenario runs once per module; the tests read what it left behind."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -380,3 +381,30 @@ def test_caller_id_sent_as_dtmf_before_the_first_ring_names_the_call(tmp_path):
     callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
     [call] = calls_json(tmp_path / "data")
     assert call["direction"] == "incoming" and call["number"] == "0201234567"
+
+
+def test_a_finished_call_is_named_from_the_contacts_and_sent_signed_to_the_crm(tmp_path):
+    from appliance.webhook import verify
+    from test_webhook import Receiver
+
+    (tmp_path / "secret").write_text("s3cret\n")
+    (tmp_path / "contacts.csv").write_text("number;name\n02 555 12 34;Bakery Anna\n", encoding="utf-8-sig")
+    with Receiver() as crm:
+        config = write_config(tmp_path)
+        config.write_text(config.read_text() + f'\n[webhook]\nurl = "{crm.url}"\nsecret_file = "secret"\n')
+        data = tmp_path / "data"
+        scenario = write_scenario(tmp_path, [
+            {"direction": "incoming", "at": 0.5, "rings": 1, "caller_id": "+3225551234", "talk": 1.5}],
+            ring_on_s=0.8, ring_off_s=1.2)
+        empty = tmp_path / "empty.toml"
+        empty.write_text("")
+        callrec("simulate", str(empty), "--config", str(config), "--data", str(data))   # makes the store
+        assert "1 added" in callrec("contacts", "import", str(tmp_path / "contacts.csv"), "--data", str(data)).stdout
+        callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    [call] = calls_json(data)
+    assert call["contact_name"] == "Bakery Anna"
+    [request] = crm.requests
+    body, headers = request["body"], request["headers"]
+    assert verify("s3cret", headers["X-Callrec-Timestamp"], body, headers["X-Callrec-Signature"])
+    event = json.loads(body)
+    assert event["event"] == "call.ended" and event["id"] == call["id"] and event["contact_name"] == "Bakery Anna"

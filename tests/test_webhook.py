@@ -244,13 +244,13 @@ def test_call_event_carries_the_public_fields_and_the_file_name_only():
            "ended_at": "2026-03-21T14:07:00.000Z", "duration_s": 117.0, "purpose": "agreement",
            "state": "complete", "sha256": "ab" * 32, "file": "archive/2026/03/21/42.opus",
            "notice_played_at": "2026-03-21T14:05:03.100Z", "spool": None, "held": 0,
-           "size_bytes": 1234, "hold_reason": None}
+           "size_bytes": 1234, "hold_reason": None, "contact_name": "Bakery Anna"}
     assert call_event(row) == {
         "event": "call.ended", "id": 42, "line": "t1", "direction": "incoming",
         "number": "+3225551234", "started_at": "2026-03-21T14:05:00.000Z",
         "answered_at": "2026-03-21T14:05:03.000Z", "ended_at": "2026-03-21T14:07:00.000Z",
         "duration_s": 117.0, "purpose": "agreement", "state": "complete", "sha256": "ab" * 32,
-        "file": "42.opus", "notice_played_at": "2026-03-21T14:05:03.100Z"}
+        "file": "42.opus", "notice_played_at": "2026-03-21T14:05:03.100Z", "contact_name": "Bakery Anna"}
     missed = call_event({"id": 43, "state": "missed", "file": None})
     assert missed["file"] is None and missed["answered_at"] is None
     json.dumps(missed)
