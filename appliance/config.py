@@ -65,6 +65,7 @@ class LineConfig(_Strict):
     modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
     dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
     pause_button_pin: int | str | None = None               # pauses recording (card payments)
+    pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")   # DTMF keys that pause / resume
     pause_max_s: float = Field(300.0, ge=1, le=3600)         # a pause left on resumes by itself
     agreement_button_pin: int | str | None = None           # marks the current or last call
     recording_led_pin: int | str | None = None              # lit while a call is recorded

@@ -116,8 +116,7 @@ class DigitListener(threading.Thread):
 
 class CallAudio:
     """A call's audio goes to its spool and, within its window, to its digit listener; while
-    paused, silence of the same length goes to the spool instead, so durations stay true, and
-    nothing to the listener (card numbers are not digits to keep)."""
+    paused, silence of the same length goes to the spool instead, so durations stay true."""
 
     def __init__(self, spool: SpoolWriter, listener: DigitListener | None):
         self.spool = spool
@@ -126,12 +125,9 @@ class CallAudio:
 
     def append(self, pcm: bytes) -> None:
         """Take a period of audio."""
-        if self.paused:
-            self.spool.append(bytes(len(pcm)))
-            return
-        self.spool.append(pcm)
+        self.spool.append(bytes(len(pcm)) if self.paused else pcm)
         if self.listener is not None:
-            self.listener.append(pcm)
+            self.listener.append(pcm)       # while paused, only to hear the resume code
 
 
 @dataclass
@@ -147,6 +143,7 @@ class ActiveCall:
     declined: bool = False
     digits: list = field(default_factory=list)
     paused_until: float | None = None       # monotonic time of the automatic resume
+    keys: str = ""                          # the latest keys, to match the pause code
 
     @property
     def spool(self) -> SpoolWriter:
@@ -313,14 +310,14 @@ class LineRecorder:
         elif call is not None and call.recording:
             self._resume(call) if call.audio.paused else self._pause(call)
 
-    def _pause(self, call: ActiveCall) -> None:
+    def _pause(self, call: ActiveCall, reason: str = "button") -> None:
         """Write silence instead of the line until resumed, or for `pause_max_s` at most."""
         call.audio.paused = True
         call.paused_until = time.monotonic() + self.line.pause_max_s
         offset = call.spool.frames / self.settings.sample_rate
         with self.catalogue.transaction() as db:
-            db.execute("INSERT INTO pauses (call_id, start_s, reason) VALUES (?, ?, 'button')",
-                       [call.id, round(offset, 3)])
+            db.execute("INSERT INTO pauses (call_id, start_s, reason) VALUES (?, ?, ?)",
+                       [call.id, round(offset, 3), reason])
         self._show(call)
         log.info("line %s: call %s paused", self.line.name, call.id)
 
@@ -395,13 +392,15 @@ class LineRecorder:
         the opt-out key, until a while after the notice."""
         rate = self.settings.sample_rate
         preroll = self.settings.preroll_s
-        if action.direction == "outgoing":
+        if self.line.pause_code is not None:
+            window = None                   # the code can come at any time: listen to it all
+        elif action.direction == "outgoing":
             window = preroll + self.settings.dialling_window_s
         elif self.line.optout_digit is not None and action.notice:
             window = preroll + self.notice.duration_s + self.line.optout_window_s
         else:
             return None
-        listener = DigitListener(f"digits-{call_id}", rate, int(window * rate),
+        listener = DigitListener(f"digits-{call_id}", rate, None if window is None else int(window * rate),
                                  lambda digit: self.inputs.edges.put(Heard(call_id, digit.key, digit.start / rate)))
         listener.start()
         return listener
@@ -410,6 +409,14 @@ class LineRecorder:
         call = self.call
         if call is None or call.id != heard.call_id or call.declined:
             return
+        code = self.line.pause_code
+        call.keys = (call.keys + heard.key)[-4:]
+        if code is not None and call.keys.endswith(code):
+            call.keys = ""
+            self._resume(call) if call.audio.paused else self._pause(call, "dtmf")
+            return
+        if call.audio.paused:
+            return                  # keys typed during a pause (a card number) are not kept
         call.digits.append((heard.offset_s, heard.key))
         self.catalogue.add_digit(call.id, heard.offset_s, heard.key)
         if call.direction != "outgoing" and heard.key == self.line.optout_digit:

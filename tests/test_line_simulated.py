@@ -408,3 +408,21 @@ def test_a_finished_call_is_named_from_the_contacts_and_sent_signed_to_the_crm(t
     assert verify("s3cret", headers["X-Callrec-Timestamp"], body, headers["X-Callrec-Signature"])
     event = json.loads(body)
     assert event["event"] == "call.ended" and event["id"] == call["id"] and event["contact_name"] == "Bakery Anna"
+
+
+def test_a_dtmf_code_pauses_and_resumes_and_the_keys_typed_meanwhile_are_not_kept(tmp_path):
+    config = write_config(tmp_path, line={"pause_code": "*7", "notice_incoming": False})
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "talk": 7.0,
+         "dtmf": [{"at": 1.0, "digits": "*7"}, {"at": 2.5, "digits": "4111"},
+                  {"at": 4.5, "digits": "*7"}, {"at": 6.0, "digits": "5"}]}],
+        ring_on_s=0.8, ring_off_s=1.2)
+    data = tmp_path / "data"
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    [call] = calls_json(data)
+    catalogue = Catalogue(data)
+    [(start, end, reason)] = catalogue.pauses(call["id"])
+    preroll = iso_seconds(call["answered_at"]) - iso_seconds(call["recording_started_at"])
+    assert reason == "dtmf"
+    assert preroll + 1.3 < start < preroll + 1.6 and preroll + 4.8 < end < preroll + 5.1
+    assert "".join(key for _, key in catalogue.digits(call["id"])) == "*5"   # no card digits
