@@ -63,7 +63,9 @@ class LineConfig(_Strict):
     notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
     purpose: str = Field("training", min_length=1)
     modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
+    modem_commands: list[str] = Field(["AT+VCID=1", "AT#CID=1", "AT%CCID=1", "AT+CLIP=1"], min_length=1)
     dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
+    dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
     pause_button_pin: int | str | None = None               # pauses recording (card payments)
     pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")   # DTMF keys that pause / resume
     pause_max_s: float = Field(300.0, ge=1, le=3600)         # a pause left on resumes by itself

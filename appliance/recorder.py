@@ -173,7 +173,8 @@ class LineRecorder:
         self.last_call_id: int | None = None
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
-        self.modem = CallerIdModem(line.modem, self.inputs.edges.put) if line.modem else None
+        self.modem = (CallerIdModem(line.modem, self.inputs.edges.put, cid_commands=tuple(line.modem_commands))
+                      if line.modem else None)
         self.clip = None
         if line.dtmf_caller_id:
             # Listens to the line all the time (about 1 % of a core): CLIP comes before the call.
@@ -392,8 +393,8 @@ class LineRecorder:
         the opt-out key, until a while after the notice."""
         rate = self.settings.sample_rate
         preroll = self.settings.preroll_s
-        if self.line.pause_code is not None:
-            window = None                   # the code can come at any time: listen to it all
+        if self.line.pause_code is not None or self.line.dtmf_whole_call:
+            window = None                   # a code can come at any time: listen to it all
         elif action.direction == "outgoing":
             window = preroll + self.settings.dialling_window_s
         elif self.line.optout_digit is not None and action.notice:

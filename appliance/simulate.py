@@ -71,11 +71,11 @@ pcm.{playback_pcm(line)} {{
 
 
 def simulated(config: Config, data_dir: Path, modems: dict[str, str] | None = None) -> Config:
-    """The same configuration with the simulated devices (sound, and the modems given by line
-    name) and the given data folder."""
-    modems = modems or {}
+    """The same configuration with the simulated devices and the given data folder. With `modems`
+    (by line name), those modems replace the configured ones, and lines not in it have none."""
     lines = [line.model_copy(update={"capture": capture_pcm(line.name), "playback": playback_pcm(line.name),
-                                     "modem": modems.get(line.name)}) for line in config.line]
+                                     **({"modem": modems.get(line.name)} if modems is not None else {})})
+             for line in config.line]
     recorder = config.recorder.model_copy(update={"data_dir": Path(data_dir)})
     return config.model_copy(update={"line": lines, "recorder": recorder})
 

@@ -426,3 +426,33 @@ def test_a_dtmf_code_pauses_and_resumes_and_the_keys_typed_meanwhile_are_not_kep
     assert reason == "dtmf"
     assert preroll + 1.3 < start < preroll + 1.6 and preroll + 4.8 < end < preroll + 5.1
     assert "".join(key for _, key in catalogue.digits(call["id"])) == "*5"   # no card digits
+
+
+def test_a_modem_that_disappears_mid_call_does_not_stop_the_recording(live_line):
+    from appliance.faultled import MODEM_LOST
+    from appliance.simulate import SimModem
+
+    modem = SimModem([], time.monotonic())
+    modem.start()
+    recorder, factory = live_line(modem=modem.path)
+    recorder.start()
+    assert wait_for(lambda: recorder.lines[0].modem.connected.is_set(), 5)
+    hook = factory.pin(17)
+    hook.drive_low()                      # off-hook
+    time.sleep(0.5)
+    modem.close()                         # unplugged mid-call
+    assert wait_for(lambda: MODEM_LOST in recorder.faults(), 5)
+    time.sleep(1.0)
+    hook.drive_high()
+    wait_idle(recorder)
+    [call] = recorder.catalogue.calls()
+    assert call["state"] == "complete" and 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 2.0 + 0.3
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
