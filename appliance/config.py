@@ -8,7 +8,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -63,7 +63,8 @@ class LineConfig(_Strict):
     notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
     purpose: str = Field("training", min_length=1)
     modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
-    modem_commands: list[str] = Field(["AT+VCID=1", "AT#CID=1", "AT%CCID=1", "AT+CLIP=1"], min_length=1)
+    modem_commands: list[Annotated[str, Field(pattern=r"^AT\S+$")]] = Field(
+        ["AT+VCID=1", "AT#CID=1", "AT%CCID=1", "AT+CLIP=1"], min_length=1)
     dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
     dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
     pause_button_pin: int | str | None = None               # pauses recording (card payments)

@@ -4,7 +4,7 @@ make digits ("talk-off") and short tones of a real keypad are not missed.
 
 Windows start every quarter window; a digit needs four consecutive windows that hold it (44 ms of
 span), which tones of 30 ms or more give wherever they fall, and tones of 15 ms never do.
-Pure Python on purpose: the recorder process does not load numpy; the filters cost about 8 ms of
+Pure Python on purpose: the recorder process does not load numpy; the filters cost about 10 ms of
 CPU per second of audio here, under one per cent of a core while a call is recorded.
 """
 

@@ -144,6 +144,7 @@ class ActiveCall:
     digits: list = field(default_factory=list)
     paused_until: float | None = None       # monotonic time of the automatic resume
     keys: str = ""                          # the latest keys, to match the pause code
+    optout_until_s: float = 0.0             # the opt-out key counts up to this offset
 
     @property
     def spool(self) -> SpoolWriter:
@@ -381,6 +382,11 @@ class LineRecorder:
         listener = self._digit_listener(call_id, action)
         audio = CallAudio(spool, listener)
         self.call = ActiveCall(call_id, action.direction, audio, recording=not wait_for_notice)
+        if action.notice and action.direction != "outgoing":
+            # Offsets of keys count from the first sample listened to: the pre-roll's, or the
+            # notice's end when nothing before it is kept.
+            lead = 0.0 if wait_for_notice else settings.preroll_s + self.notice.duration_s
+            self.call.optout_until_s = lead + self.line.optout_window_s
         self.last_call_id = call_id
         if not wait_for_notice:
             first_frame = self.capture.start_recording(audio)
@@ -420,7 +426,8 @@ class LineRecorder:
             return                  # keys typed during a pause (a card number) are not kept
         call.digits.append((heard.offset_s, heard.key))
         self.catalogue.add_digit(call.id, heard.offset_s, heard.key)
-        if call.direction != "outgoing" and heard.key == self.line.optout_digit:
+        if (call.direction != "outgoing" and heard.key == self.line.optout_digit
+                and heard.offset_s <= call.optout_until_s):
             self._decline(call)
 
     def _decline(self, call: ActiveCall) -> None:
@@ -438,6 +445,7 @@ class LineRecorder:
             call.spool.path.unlink(missing_ok=True)
             with self.catalogue.transaction() as db:
                 db.execute("DELETE FROM digits WHERE call_id = ?", [call.id])
+                db.execute("DELETE FROM pauses WHERE call_id = ?", [call.id])
                 self.catalogue.update_call(
                     call.id, state="discarded", discard_reason="declined", spool=None,
                     recording_started_at=None, **({} if keep_number else {"number": None}))
@@ -473,6 +481,8 @@ class LineRecorder:
             # Nothing to finalise: the decline removed it. The conversation went on after it, so
             # what the pre-roll holds now is theirs too.
             self.capture.clear_preroll()
+            ended_at = iso_from_mono(t)
+            self.finaliser.submit(lambda: self.catalogue.update_call(call.id, ended_at=ended_at))
             return
         if interrupted:
             state = "interrupted"
