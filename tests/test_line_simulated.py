@@ -345,33 +345,78 @@ def test_the_pause_button_writes_silence_of_the_right_length_and_the_agreement_b
     assert abs(call["duration_s"] - (preroll + 6.0 + 0.7)) < 0.3   # the time line stays true
 
 
-def blinks(pin) -> list[int]:
+def blinks(pin, long_dark: float) -> list[int]:
     """The number of blinks in each burst the LED showed. The mock pin's history gives for each
     change the time since the one before, so an `on` after a long dark spell starts a burst."""
     bursts, count = [], 0
     for change in pin.states[1:]:
         if change.state:
-            if change.timestamp > 1.0 and count:
+            if change.timestamp > long_dark and count:
                 bursts.append(count)
                 count = 0
             count += 1
     return bursts + ([count] if count else [])
 
 
-def test_the_fault_led_blinks_twice_for_a_storage_alarm_and_is_dark_when_all_is_well(live_line):
+def test_the_fault_led_blinks_the_number_of_the_most_serious_fault(monkeypatch):
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance import faultled
+
+    monkeypatch.setattr(faultled, "BLINK_S", 0.1)
+    monkeypatch.setattr(faultled, "PAUSE_S", 1.0)
+    factory = MockFactory()
+    led = faultled.FaultLed(13, lambda: {faultled.STORAGE_ALARM, faultled.MODEM_LOST}, factory)
+    led.start()
+    time.sleep(5.0)
+    led.close()
+    shown = blinks(factory.pin(13), long_dark=0.6)[:-1]     # the last burst may be cut short
+    assert len(shown) >= 2 and all(burst == 2 for burst in shown)
+    factory.reset()
+
+
+def test_a_storage_alarm_is_a_fault_and_the_fault_led_goes_dark_when_it_clears(live_line):
+    from appliance.faultled import PAUSE_S, STORAGE_ALARM
+
     recorder, factory = live_line(recorder={"fault_led_pin": 13})
     recorder.store.settings = recorder.store.settings.model_copy(update={"min_free_mb": 10**9})
-    led = factory.pin(13)
     recorder.start()                      # the first cleaner pass raises the alarm
-    time.sleep(6.0)
-    # The first burst may predate the sound card's opening, the last may still be under way.
-    shown = blinks(led)[1:-1]
-    assert shown and all(burst == 2 for burst in shown)
-    assert recorder.faults() == {2}
+    assert wait_for(lambda: recorder.faults() == {STORAGE_ALARM}, 10)
     recorder.store.settings = recorder.store.settings.model_copy(update={"min_free_mb": 0, "min_free_hours": 0})
     recorder.store.clean()
-    time.sleep(2.5)
-    assert recorder.faults() == set() and led.state is False
+    assert recorder.faults() == set()
+    time.sleep(PAUSE_S + 1.0)
+    assert factory.pin(13).state is False
+
+
+def test_a_modem_that_disappears_mid_call_does_not_stop_the_recording(live_line):
+    from appliance.faultled import MODEM_LOST
+    from appliance.simulate import SimModem
+
+    modem = SimModem([], time.monotonic())
+    modem.start()
+    recorder, factory = live_line(modem=modem.path)
+    recorder.start()
+    assert wait_for(lambda: recorder.lines[0].modem.connected.is_set(), 5)
+    hook = factory.pin(17)
+    hook.drive_low()                      # off-hook
+    time.sleep(0.5)
+    modem.close()                         # unplugged mid-call
+    assert wait_for(lambda: MODEM_LOST in recorder.faults(), 5)
+    time.sleep(1.0)
+    hook.drive_high()
+    wait_idle(recorder)
+    [call] = recorder.catalogue.calls()
+    assert call["state"] == "complete" and 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 2.0 + 0.3
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_caller_id_sent_as_dtmf_before_the_first_ring_names_the_call(tmp_path):
@@ -427,33 +472,3 @@ def test_a_dtmf_code_pauses_and_resumes_and_the_keys_typed_meanwhile_are_not_kep
     assert reason == "dtmf"
     assert preroll + 1.3 < start < preroll + 1.6 and preroll + 4.8 < end < preroll + 5.1
     assert "".join(key for _, key in catalogue.digits(call["id"])) == "*5"   # no card digits
-
-
-def test_a_modem_that_disappears_mid_call_does_not_stop_the_recording(live_line):
-    from appliance.faultled import MODEM_LOST
-    from appliance.simulate import SimModem
-
-    modem = SimModem([], time.monotonic())
-    modem.start()
-    recorder, factory = live_line(modem=modem.path)
-    recorder.start()
-    assert wait_for(lambda: recorder.lines[0].modem.connected.is_set(), 5)
-    hook = factory.pin(17)
-    hook.drive_low()                      # off-hook
-    time.sleep(0.5)
-    modem.close()                         # unplugged mid-call
-    assert wait_for(lambda: MODEM_LOST in recorder.faults(), 5)
-    time.sleep(1.0)
-    hook.drive_high()
-    wait_idle(recorder)
-    [call] = recorder.catalogue.calls()
-    assert call["state"] == "complete" and 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 2.0 + 0.3
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
