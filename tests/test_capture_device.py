@@ -9,7 +9,7 @@ import pytest
 
 from appliance.capture import Capture
 from appliance.spool import SpoolWriter, repair_header
-from conftest import RATE, write_wav, tone
+from conftest import RATE, tone, wait_for, write_wav
 
 PERIOD = RATE // 50
 
@@ -61,15 +61,6 @@ def line(tmp_path, monkeypatch):
         feeder.wait()
     for fd in held:
         os.close(fd)
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_capture_waits_for_a_missing_card_then_records_in_real_time(line, caplog):

@@ -17,7 +17,7 @@ from appliance.catalogue import Catalogue
 from appliance.codec import decode_to_pcm
 from appliance.config import demo_path
 from appliance.simulate import line_out_path
-from conftest import (RATE, calls_json, callrec, iso_seconds, recording, tone, tone_level,
+from conftest import (RATE, calls_json, callrec, iso_seconds, recording, tone, tone_level, wait_for,
                       write_config, write_scenario, write_wav)
 
 
@@ -408,15 +408,6 @@ def test_a_modem_that_disappears_mid_call_does_not_stop_the_recording(live_line)
     wait_idle(recorder)
     [call] = recorder.catalogue.calls()
     assert call["state"] == "complete" and 1.5 + 0.6 < call["duration_s"] < 1.5 + 0.7 + 2.0 + 0.3
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_caller_id_sent_as_dtmf_before_the_first_ring_names_the_call(tmp_path):
