@@ -212,22 +212,20 @@ class _Block:
             self.date = month + day
 
     def _add_number(self, value: str, reason: str | None) -> None:
-        # The first number of a block wins: some exchanges follow the number with "NMBR = O"
-        # (as NCID notes), which must not erase it.
-        if self.number is not None or self.number_reason is not None:
-            return
-        if reason is not None:
-            self.number_reason = reason
-        else:
-            self.number = _NUMBER_SEPARATORS.sub("", value)
+        self._add("number", _NUMBER_SEPARATORS.sub("", value), reason)
 
     def _add_name(self, value: str, reason: str | None) -> None:
-        if self.name is not None or self.name_reason is not None:
+        self._add("name", value, reason)
+
+    def _add(self, field: str, value: str, reason: str | None) -> None:
+        # The first number or name of a block wins: some exchanges follow the number with
+        # "NMBR = O" (as NCID notes), which must not erase it.
+        if getattr(self, field) is not None or getattr(self, f"{field}_reason") is not None:
             return
         if reason is not None:
-            self.name_reason = reason
+            setattr(self, f"{field}_reason", reason)
         else:
-            self.name = value
+            setattr(self, field, value)
 
     def _add_clip(self, value: str) -> None:
         fields = next(csv.reader([value], skipinitialspace=True))
