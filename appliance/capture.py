@@ -15,6 +15,8 @@ from typing import Protocol
 
 import alsaaudio
 
+from appliance.live import LevelMeter
+
 from appliance.spool import SAMPLE_BYTES
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Capture(threading.Thread):
         self._preroll_bytes = 0
         self._preroll_limit = int(preroll_s * rate) * self.frame_bytes
         self._sink: Sink | None = None
+        self.meter = LevelMeter()
         self.tap = None     # called with every period, idle or not (DTMF caller ID listens there)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -105,6 +108,7 @@ class Capture(threading.Thread):
                 self._preroll_bytes -= len(self._preroll.popleft())
             if self._sink is not None:
                 self._sink.append(pcm)
+        self.meter.add(pcm)
         if self.tap is not None:
             self.tap(pcm)
 

@@ -41,11 +41,17 @@ class RecorderConfig(_Strict):
     dialling_window_s: float = Field(20.0, ge=0, le=120)    # digits of an outgoing call read as its number
     fault_led_pin: int | str | None = None                  # blinks 1: no sound card, 2: storage, 3: modem
     country_code: str = Field("32", pattern=r"^[1-9][0-9]{0,2}$")   # for national numbers in contacts
+    runtime_dir: Path | None = None     # live state for the web UI; default <data_dir>/run, /run/callrec on a Pi
 
-    @field_validator("data_dir", mode="before")
+    @field_validator("data_dir", "runtime_dir", mode="before")
     @classmethod
     def _path_from_str(cls, value):
         return Path(value) if isinstance(value, str) else value
+
+    @property
+    def live_dir(self) -> Path:
+        """Where the recorder publishes its live state (tmpfs on the appliance: it changes twice a second)."""
+        return self.runtime_dir if self.runtime_dir is not None else self.data_dir / "run"
 
 
 class LineConfig(_Strict):
@@ -120,6 +126,17 @@ class WebhookConfig(_Strict):
         return Path(value) if isinstance(value, str) else value
 
 
+class WebConfig(_Strict):
+    """The web UI: where it listens. HTTPS on `https_port`; `http_port` only redirects to it (0: off)."""
+
+    bind: str = "0.0.0.0"
+    https_port: int = Field(443, ge=1, le=65535)
+    http_port: int = Field(80, ge=0, le=65535)
+    hostname: str = Field("callrec.local", min_length=1)    # the name in the device certificate
+    session_hours: float = Field(12.0, ge=0.1, le=720)
+    threads: int = Field(8, ge=2, le=64)
+
+
 class Config(_Strict):
     """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]` tables and one
     `[[line]]` per line."""
@@ -127,6 +144,7 @@ class Config(_Strict):
     recorder: RecorderConfig = RecorderConfig()
     store: StoreConfig = StoreConfig()
     webhook: WebhookConfig | None = None
+    web: WebConfig = WebConfig()
     purpose: dict[str, PurposeConfig] = DEFAULT_PURPOSES
     line: list[LineConfig] = Field(min_length=1)
 
@@ -234,8 +252,11 @@ def resolve_paths(config: Config, source: Path) -> Config:
             raise ConfigError(f"invalid configuration in {source}:\n  line[{index}].notice: no such file {notice}")
         lines.append(line.model_copy(update={"notice": notice}))
     data_dir = config.recorder.data_dir
+    runtime_dir = config.recorder.runtime_dir
+    if runtime_dir is not None and not runtime_dir.is_absolute():
+        runtime_dir = base / runtime_dir
     recorder = config.recorder.model_copy(
-        update={"data_dir": data_dir if data_dir.is_absolute() else base / data_dir})
+        update={"data_dir": data_dir if data_dir.is_absolute() else base / data_dir, "runtime_dir": runtime_dir})
     webhook = config.webhook
     if webhook is not None:
         secret = webhook.secret_file if webhook.secret_file.is_absolute() else base / webhook.secret_file

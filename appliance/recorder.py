@@ -25,6 +25,7 @@ from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, FaultLe
 from appliance.hook import Debouncer, LineInputs, RingMonitor
 from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
+from appliance.live import LivePublisher
 from appliance.modem import CallerId, CallerIdModem, Ring
 from appliance.spool import SpoolWriter
 from appliance.webhook import Webhook, call_event
@@ -500,6 +501,23 @@ class LineRecorder:
                                       settings.format, settings.opus_bitrate, **fields))
         self.finaliser.submit(job)
 
+    def snapshot(self) -> dict:
+        """This line's live state for the web UI: call state, hook, levels, devices."""
+        call, state = self.call, self.machine.state
+        if call is not None and not call.ended:
+            state = "paused" if call.audio.paused else "in_call"
+        elif state != "ringing":
+            state = "idle"
+        row = self.catalogue.get_call(call.id) if call is not None else None
+        return {"name": self.line.name, "state": state,
+                "hook": "off" if self.hook.level else "on",
+                "call_id": call.id if call is not None else None,
+                "call_started_at": row and row["started_at"],
+                "direction": row and row["direction"], "number": row and row["number"],
+                **self.capture.meter.read(),
+                "capture_connected": self.capture.connected.is_set(),
+                "modem_connected": self.modem.connected.is_set() if self.modem is not None else None}
+
     def capture_fault(self, kind: str) -> None:
         """Count an overrun or a capture error against the call being recorded."""
         call = self.call
@@ -564,6 +582,7 @@ class Recorder:
             self.webhook = Webhook(config.webhook.url, secret)
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
+        self.live = LivePublisher(config.recorder.live_dir, lambda: [line.snapshot() for line in self.lines])
 
     def faults(self) -> set[int]:
         """What the fault LED shows: a missing sound card, the storage alarm, a lost modem."""
@@ -601,6 +620,7 @@ class Recorder:
         for line in self.lines:
             line.start()
         self.cleaner.start()
+        self.live.start()
         if self.fault_led is not None:
             self.fault_led.start()
         if self.webhook is not None:
@@ -613,6 +633,7 @@ class Recorder:
     def stop(self) -> None:
         """Stop all lines, finalise what was in progress, close the catalogue."""
         self.cleaner.stopping.set()
+        self.live.stop()
         if self.fault_led is not None:
             self.fault_led.close()
         for line in self.lines:

@@ -463,3 +463,26 @@ def test_a_dtmf_code_pauses_and_resumes_and_the_keys_typed_meanwhile_are_not_kep
     assert reason == "dtmf"
     assert preroll + 1.3 < start < preroll + 1.6 and preroll + 4.8 < end < preroll + 5.1
     assert "".join(key for _, key in catalogue.digits(call["id"])) == "*5"   # no card digits
+
+
+def test_the_live_state_shows_each_line_idle_then_in_call_with_its_input_level_and_goes_with_the_recorder(live_line):
+    from appliance.live import read_live, recorder_pid
+
+    recorder, factory = live_line()
+    folder = recorder.config.recorder.live_dir
+    recorder.start()
+    assert wait_for(lambda: read_live(folder) is not None, 3)
+    [line] = read_live(folder)["lines"]
+    assert line["name"] == "t1" and line["state"] == "idle" and line["hook"] == "on"
+    assert recorder_pid(folder) == os.getpid()
+    factory.pin(17).drive_low()          # off-hook
+    assert wait_for(lambda: read_live(folder)["lines"][0]["state"] == "in_call", 3)
+    [line] = read_live(folder)["lines"]
+    [call] = recorder.catalogue.calls()
+    assert line["call_id"] == call["id"] and line["call_started_at"] == call["started_at"]
+    assert line["capture_connected"] is True
+    assert line["level_dbfs"] is not None and line["level_dbfs"] < -60     # the silent test line
+    factory.pin(17).drive_high()
+    wait_idle(recorder)
+    recorder.stop()
+    assert read_live(folder) is None and recorder_pid(folder) is None
