@@ -8,9 +8,11 @@ about 23 MB of resident memory that a Raspberry Pi recorder has better use for.
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from appliance.clock import iso_utc
 from appliance.errors import StoreError
 
 CATALOGUE_NAME = "catalogue.db"
@@ -20,7 +22,7 @@ CALL_FIELDS = (
     "id", "line", "direction", "number", "started_at", "answered_at", "ended_at", "duration_s",
     "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
-    "overruns", "held", "hold_reason", "clock_synced", "discard_reason", "contact_name",
+    "overruns", "held", "hold_reason", "clock_synced", "discard_reason", "contact_name", "notes",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 COUNTERS = ("flashes", "capture_errors", "overruns")
@@ -124,8 +126,15 @@ def _migration_5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN contact_name TEXT")
 
 
+def _migration_6(db: sqlite3.Connection) -> None:
+    """Notes on a call (written in the web UI), and the address each audited action came from."""
+    db.execute("ALTER TABLE calls ADD COLUMN notes TEXT")
+    db.execute("ALTER TABLE audit ADD COLUMN address TEXT")
+    db.execute("CREATE INDEX audit_at ON audit (at)")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
 
 
 def _columns(fields: dict) -> list[str]:
@@ -271,6 +280,13 @@ class _Immediate:
         if self.outer:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def audit(db, actor: str, action: str, call_id: int | None = None, detail: str | None = None,
+          address: str | None = None) -> None:
+    """Add an entry to the audit trail: who did what to which call, from where (in `db`'s transaction)."""
+    db.execute("INSERT INTO audit (at, actor, action, call_id, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
+               [iso_utc(time.time()), actor, action, call_id, detail, address])
 
 
 def public_fields(row: dict) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from appliance import ledger
 from appliance.archive import ARCHIVE_DIR, sha256_file
-from appliance.catalogue import Catalogue, public_fields
+from appliance.catalogue import Catalogue, audit, public_fields
 from appliance.clock import iso_utc
 from appliance.keys import fingerprint, load_private_key, public_key_hex
 
@@ -71,9 +71,10 @@ def unowned_files(catalogue: Catalogue, data_dir: Path) -> list[str]:
     return problems
 
 
-def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out: Path, actor: str) -> dict:
+def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out: Path, actor: str,
+                  address: str | None = None, progress=None) -> dict:
     """Write a signed bundle of the given calls to `out`; record the export in the ledger and the
-    audit trail. Returns the manifest."""
+    audit trail. Returns the manifest. `progress(done, total)` is called after each recording."""
     key = load_private_key(data_dir)
     entries = []
     with catalogue.transaction() as db:
@@ -99,14 +100,15 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
         bundle.writestr("manifest.json", body)
         bundle.writestr("manifest.sig", key.sign(body).hex())
-        for fields, path in entries:
+        for done, (fields, path) in enumerate(entries, start=1):
             bundle.write(path, fields["recording"])
+            if progress is not None:
+                progress(done, len(entries))
     os.replace(partial, out)
     with catalogue.transaction() as db:
         for fields, _ in entries:
             ledger.append(db, "exported", fields["id"], fields["sha256"])
-            db.execute("INSERT INTO audit (at, actor, action, call_id, detail) VALUES (?, ?, ?, ?, ?)",
-                       [iso_utc(time.time()), actor, "export", fields["id"], Path(out).name])
+            audit(db, actor, "export", fields["id"], Path(out).name, address)
     return manifest
 
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from appliance import ledger
-from appliance.catalogue import Catalogue
+from appliance.catalogue import Catalogue, audit
 from appliance.clock import iso_utc
 from appliance.config import PurposeConfig, StoreConfig
 from appliance.errors import CallrecError
@@ -69,7 +69,7 @@ class Store:
         started = datetime.fromisoformat(call["started_at"].replace("Z", "+00:00"))
         return iso_utc((started + timedelta(days=self.purposes[call["purpose"]].retention_days)).timestamp())
 
-    def classify(self, call_id: int, purpose: str, actor: str) -> None:
+    def classify(self, call_id: int, purpose: str, actor: str, address: str | None = None) -> None:
         """Give a call another purpose (e.g. `agreement`), which changes how long it is kept."""
         if purpose not in self.purposes:
             raise StoreActionError(f"unknown purpose {purpose!r}: one of {', '.join(sorted(self.purposes))}")
@@ -77,9 +77,9 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET purpose = ? WHERE id = ?", [purpose, call_id])
             ledger.append(db, "reclassified", call_id, call["sha256"], f"{call['purpose']} -> {purpose}")
-            self._audit(db, actor, "reclassify", call_id, f"{call['purpose']} -> {purpose}")
+            self._audit(db, actor, "reclassify", call_id, f"{call['purpose']} -> {purpose}", address)
 
-    def hold(self, call_id: int, reason: str, actor: str) -> None:
+    def hold(self, call_id: int, reason: str, actor: str, address: str | None = None) -> None:
         """Keep a call whatever its retention or the disk says, until released."""
         if not reason.strip():
             raise StoreActionError("a hold needs a reason (a dispute, a restriction request…)")
@@ -87,9 +87,9 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?", [reason, call_id])
             ledger.append(db, "held", call_id, call["sha256"])
-            self._audit(db, actor, "hold", call_id, reason)
+            self._audit(db, actor, "hold", call_id, reason, address)
 
-    def release(self, call_id: int, actor: str) -> None:
+    def release(self, call_id: int, actor: str, address: str | None = None) -> None:
         """End a hold: the call's retention applies again."""
         call = self._call(call_id)
         if not call["held"]:
@@ -97,16 +97,16 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 0, hold_reason = NULL WHERE id = ?", [call_id])
             ledger.append(db, "released", call_id, call["sha256"])
-            self._audit(db, actor, "release", call_id, call["hold_reason"])
+            self._audit(db, actor, "release", call_id, call["hold_reason"], address)
 
-    def erase(self, call_id: int, actor: str, reason: str = "erasure request") -> None:
+    def erase(self, call_id: int, actor: str, reason: str = "erasure request", address: str | None = None) -> None:
         """Delete one call (recording, row) for a data subject's request; a tombstone remains."""
         call = self._call(call_id)
         if call["held"]:
             raise StoreActionError(f"call {call_id} is on hold ({call['hold_reason']}): release it first")
         if call["state"] == "recording":
             raise StoreActionError(f"call {call_id} is being recorded: erase it once it has ended")
-        self._delete([call], "erased", actor=actor, detail=reason)
+        self._delete([call], "erased", actor=actor, detail=reason, address=address)
         # secure_delete overwrites the row when its page reaches the database file: make that now
         # (it waits for the next automatic checkpoint if another connection is reading).
         self.catalogue.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -118,14 +118,14 @@ class Store:
             raise StoreActionError(f"there is no call {call_id}") from None
 
     @staticmethod
-    def _audit(db, actor: str, action: str, call_id: int | None, detail: str | None) -> None:
-        db.execute("INSERT INTO audit (at, actor, action, call_id, detail) VALUES (?, ?, ?, ?, ?)",
-                   [iso_utc(time.time()), actor, action, call_id, detail])
+    def _audit(db, actor: str, action: str, call_id: int | None, detail: str | None,
+               address: str | None = None) -> None:
+        audit(db, actor, action, call_id, detail, address)
 
     # -- deletion -----------------------------------------------------------------------------------
 
     def _delete(self, calls: list[dict], reason: str, actor: str | None = None,
-                detail: str | None = None) -> None:
+                detail: str | None = None, address: str | None = None) -> None:
         """Rows, tombstones, ledger entries and the list of files in one transaction; then the files."""
         now = iso_utc(time.time())
         with self.catalogue.transaction() as db:
@@ -136,7 +136,7 @@ class Store:
                 if call["file"]:
                     db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
                 if actor is not None:
-                    self._audit(db, actor, reason, call["id"], detail)
+                    self._audit(db, actor, reason, call["id"], detail, address)
             marks = ", ".join("?" * len(calls))
             db.execute(f"DELETE FROM digits WHERE call_id IN ({marks})", [call["id"] for call in calls])
             db.execute(f"DELETE FROM pauses WHERE call_id IN ({marks})", [call["id"] for call in calls])
