@@ -89,6 +89,7 @@ def _actor_option(f):
 def run(config_path: Path) -> None:
     """Record the configured lines until stopped (SIGTERM or Ctrl-C)."""
     from appliance.recorder import Recorder
+    from appliance.sdnotify import notify
 
     config = load_config(config_path)
     recorder = Recorder(config)
@@ -97,6 +98,7 @@ def run(config_path: Path) -> None:
         signal.signal(signum, lambda *_: stop.set())
     recorder.start()
     log.info("recording %d line(s) into %s", len(recorder.lines), config.recorder.data_dir)
+    notify("READY=1", f"STATUS=recording {len(recorder.lines)} line(s)")
     stop.wait()
     log.info("stopping: finalising calls in progress")
     recorder.stop()
@@ -119,6 +121,23 @@ def simulate(scenario: Path | None, config_path: Path | None, data: Path | None)
     for call in calls:
         click.echo(f"call {call['id']}: {call['line']} {call['direction']} {call['state']} "
                    f"{call['duration_s'] or 0:.1f} s {call['file'] or '(no audio)'}")
+
+
+@main.command()
+@_config_option
+@click.option("--seconds", type=click.FloatRange(0.5, 60), default=3.0, show_default=True,
+              help="How long to listen to each sound card.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def doctor(config_path: Path, seconds: float, as_json: bool) -> None:
+    """Check the appliance: config, sound cards, GPIO, modems, disk, clock, services, web.
+
+    Says what is wrong and how to fix it; exits with status 1 when something is wrong.
+    """
+    from appliance import doctor as checks
+
+    results = checks.run_checks(config_path, seconds)
+    click.echo(checks.as_json(results) if as_json else checks.render(results))
+    sys.exit(1 if any(result.status == checks.FAIL for result in results) else 0)
 
 
 @main.command()
@@ -285,3 +304,34 @@ def contacts_import(csv_file: Path, config_path: Path, data: Path | None) -> Non
     with catalogue.transaction() as db:
         added, updated = import_contacts(db, found, country)
     click.echo(f"{csv_file}: {added} added, {updated} updated")
+
+
+@main.command()
+@_config_option
+def web(config_path: Path) -> None:
+    """Serve the web UI (HTTPS, with a redirect from HTTP) until stopped (SIGTERM or Ctrl-C).
+
+    Until an admin exists, prints the one-time setup code the first visitor needs.
+    """
+    from web.server import WebServer
+
+    server = WebServer(config_path)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    stop.wait()
+    server.stop()
+
+
+@main.command("setup-code")
+@_config_option
+def setup_code(config_path: Path) -> None:
+    """Print the web UI's one-time setup code (exit 1 once an admin exists)."""
+    from web.accounts import Accounts
+
+    code = Accounts(load_config(config_path).recorder.data_dir / "web").setup_code()
+    if code is None:
+        click.echo("the web UI is set up already: log in with an admin account", err=True)
+        sys.exit(1)
+    click.echo(code)

@@ -121,3 +121,81 @@ def speech(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _no_stray_alsa_config(monkeypatch):
     monkeypatch.delenv("ALSA_CONFIG_PATH", raising=False)
+
+
+def record_call(catalogue, data_dir: Path, line: str = "t1", number: str | None = "+3225551234",
+                seconds: float = 3.0, freq: float = 440.0, started_at: str | None = None,
+                direction: str = "incoming", fmt: str = "opus") -> dict:
+    """A finished call with a real recording (a tone), archived and catalogued as the recorder does."""
+    from appliance.archive import SPOOL_DIR, finalise
+    from appliance.clock import iso_utc
+
+    started_at = started_at or iso_utc(time.time())
+    spool = data_dir / SPOOL_DIR / f"{line}-{time.monotonic_ns()}.wav"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(spool, tone(freq, seconds, 0.3))
+    call_id = catalogue.add_call(line=line, direction=direction, number=number, started_at=started_at,
+                                 answered_at=started_at, purpose="training", state="recording",
+                                 spool=str(spool.relative_to(data_dir)), sample_rate=RATE)
+    return finalise(catalogue, data_dir, call_id, "complete", fmt, 16000, ended_at=started_at)
+
+
+WEB_CONFIG = """
+[recorder]
+data_dir = "data"
+
+[web]
+https_port = {https_port}
+http_port = {http_port}
+hostname = "localhost"
+
+[[line]]
+name = "shop"
+hook_pin = 17
+hook_active = "low"
+capture = "cap1"
+playback = "play1"
+notice = "{notice}"
+
+[[line]]
+name = "office"
+hook_pin = 18
+hook_active = "low"
+capture = "cap2"
+playback = "play2"
+notice = "{notice}"
+"""
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def web_appliance(tmp_path):
+    """An appliance with two lines (shop, office) and real recorded calls, ready for the web UI:
+    yields (config_path, data_dir, calls), calls keyed by name."""
+    from appliance.catalogue import Catalogue
+    from appliance.clock import iso_utc
+    from appliance.keys import ensure_device_key
+
+    config = tmp_path / "appliance.toml"
+    config.write_text(WEB_CONFIG.format(https_port=free_port(), http_port=free_port(),
+                                        notice=demo_path("notice-en.wav")))
+    data = tmp_path / "data"
+    ensure_device_key(data)
+    catalogue = Catalogue(data)
+    now = time.time()
+    calls = {
+        "supplier": record_call(catalogue, data, "shop", "+3225550101", 20.0, 440, iso_utc(now - 3 * 86400)),
+        "customer": record_call(catalogue, data, "shop", "+3225550202", 4.0, 660, iso_utc(now - 3600)),
+        "customer_again": record_call(catalogue, data, "office", "025550202", 3.0, 550, iso_utc(now - 1800)),
+        "office": record_call(catalogue, data, "office", "+3225550303", 3.0, 880, iso_utc(now - 600)),
+    }
+    catalogue.close()
+    return config, data, calls

@@ -1,1 +1,78 @@
-"""The LAN web UI (Flask). It reads the store and never touches the hardware."""
+"""The web UI on the shop's LAN: find, listen, download, and answer privacy requests.
+
+A Flask application (`create_app`) that reads the store and sends commands to the recorder; it
+never touches the hardware. `web.server` serves it over HTTPS in its own process.
+"""
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from web import api, audit, auth, calls, privacy, settings, status
+from web.backend import Backend
+from web.exports import Exports
+from web.i18n import pick_language, template_helpers
+from web.security import install
+
+MAX_UPLOAD_BYTES = 12 * 1024 * 1024
+
+
+def _secret_key(folder: Path) -> bytes:
+    """The key that signs session cookies, made once per device and readable by the appliance only."""
+    path = folder / "secret-key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        return key
+
+
+def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
+    """The web UI for the appliance configured in `config_path`."""
+    app = Flask(__name__)
+    the_backend = Backend(config_path)
+    app.extensions["callrec"] = the_backend
+    app.extensions["exports"] = Exports(the_backend.catalogue, the_backend.data_dir, the_backend.exports_dir)
+    web_config = the_backend.config.web
+    app.config.update(
+        SECRET_KEY=_secret_key(the_backend.accounts.folder),
+        SESSION_COOKIE_NAME="callrec_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=web_config.session_hours),
+        MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
+        SEND_FILE_MAX_AGE_DEFAULT=0,
+    )
+    install(app)
+    for blueprint in (auth.bp, calls.bp, privacy.bp, status.bp, settings.bp, audit.bp, api.bp):
+        app.register_blueprint(blueprint)
+    app.context_processor(template_helpers)
+    app.jinja_env.filters["reject_page"] = lambda args: {k: v for k, v in dict(args).items() if k != "page"}
+
+    @app.before_request
+    def _language():
+        principal = g.get("principal")
+        g.lang = pick_language(principal.language if principal is not None else None)
+
+    @app.route("/healthz")
+    def healthz():
+        """For `callrec doctor` and monitoring: the web process answers, and whether the recorder runs."""
+        return jsonify(ok=True, recorder_running=the_backend.live() is not None)
+
+    @app.errorhandler(HTTPException)
+    def _error(exc: HTTPException):
+        if request.path.startswith("/api/"):
+            return jsonify(error=exc.description or exc.name), exc.code
+        if not hasattr(g, "lang"):
+            g.lang = "en"
+        return render_template("error.html", error=exc), exc.code
+
+    return app

@@ -1,0 +1,436 @@
+"""`callrec doctor`: checks the appliance from end to end and says, in plain words, what is wrong
+and how to fix it.
+
+Each check is a small function that returns `Result`s. While the recorder runs it holds the sound
+cards, the GPIO pins and the modems, so their state is read from the live state it publishes
+(`live.json`, replaced about twice a second); only when it is not running does the doctor open
+the hardware itself.
+"""
+
+import errno
+import json
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from appliance.catalogue import CATALOGUE_NAME
+from appliance.clock import clock_synchronised
+from appliance.config import Config, LineConfig, RecorderConfig, StoreConfig, WebConfig, load_config
+from appliance.errors import CallrecError
+from appliance.live import FRESH_S, read_live
+
+OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
+MARKS = {OK: "✔", WARN: "!", FAIL: "✘", INFO: "·"}
+
+LIVE_POLL_S = 0.5
+SILENT_DBFS = -75.0          # an idle line still carries hiss well above this; digital silence is far below
+NO_SIGNAL_DBFS = -120.0      # below one step of 16-bit audio: every sample is zero
+CLIP_SAMPLE = 32700          # within 0.02 dB of full scale
+CLIP_FRACTION = 0.001        # more than one sample in a thousand at full scale is clipping
+MODEM_TIMEOUT_S = 2.0
+WEB_TIMEOUT_S = 3.0
+UNITS = ("callrec-recorder.service", "callrec-web.service")
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one check: `status` is ok, warn, fail or info; `fix` says what to do."""
+
+    status: str
+    message: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        """The result as one line of the report."""
+        return f"{MARKS[self.status]} {self.message}" + (f" — {self.fix}" if self.fix else "")
+
+
+def render(results: list[Result]) -> str:
+    """The report a technician reads: one line per check, then a summary."""
+    failed = sum(r.status == FAIL for r in results)
+    warned = sum(r.status == WARN for r in results)
+    summary = ("all checks passed" if not failed and not warned
+               else f"{failed} problem(s), {warned} warning(s)")
+    return "\n".join([r.line() for r in results] + [summary])
+
+
+def as_json(results: list[Result]) -> str:
+    """The results for machines: {"ok": no failure, "checks": [{status, message, fix}, …]}."""
+    return json.dumps({"ok": not any(r.status == FAIL for r in results),
+                       "checks": [asdict(r) for r in results]}, indent=2, ensure_ascii=False)
+
+
+# -- configuration and live state -------------------------------------------------------------------
+
+def check_config(path: Path) -> tuple[Result, Config | None]:
+    """Is the configuration file there and valid?"""
+    try:
+        config = load_config(path)
+    except CallrecError as exc:
+        return Result(FAIL, f"configuration: {exc}",
+                      "correct the keys named above (docs/configuration.md describes each one)"), None
+    return Result(OK, f"configuration {path} is valid ({len(config.line)} line(s))"), config
+
+
+def watch_live(live_dir: Path, seconds: float) -> list[dict]:
+    """Fresh live states read over `seconds` (none at all if the recorder is not running)."""
+    first = read_live(live_dir)
+    if first is None:
+        return []
+    states, deadline = [first], time.monotonic() + seconds
+    while time.monotonic() + LIVE_POLL_S <= deadline:
+        time.sleep(LIVE_POLL_S)
+        if (state := read_live(live_dir)) is not None:
+            states.append(state)
+    return states
+
+
+def line_states(states: list[dict], name: str) -> list[dict]:
+    """One line's entries in the live states."""
+    return [line for state in states for line in state.get("lines", []) if line.get("name") == name]
+
+
+# -- services ---------------------------------------------------------------------------------------
+
+def systemd_running() -> bool:
+    """Is PID 1 systemd, so that the services are its units?"""
+    try:
+        return Path("/proc/1/comm").read_text().strip() == "systemd"
+    except OSError:
+        return False
+
+
+def check_services(systemd: bool) -> list[Result]:
+    """Are the recorder and web services active (when systemd manages them)?"""
+    if not systemd:
+        return [Result(INFO, "services are not managed by systemd on this machine (PID 1 is not systemd)")]
+    results = []
+    for unit in UNITS:
+        try:
+            state = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True,
+                                   timeout=10).stdout.strip() or "unknown"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            state = f"unknown ({exc})"
+        if state == "active":
+            results.append(Result(OK, f"service {unit} is active"))
+        else:
+            results.append(Result(FAIL, f"service {unit} is {state}",
+                                  f"start it with `sudo systemctl enable --now {unit}`; "
+                                  f"see why it stopped with `journalctl -u {unit} -n 50`"))
+    return results
+
+
+def check_recorder(states: list[dict], config_path: Path, live_dir: Path, systemd: bool) -> Result:
+    """Is the recorder running, by its live state?"""
+    if states:
+        live = states[-1]
+        return Result(OK, f"the recorder is running (pid {live.get('pid')}, version {live.get('version')})")
+    fix = ("start it with `sudo systemctl start callrec-recorder.service`; see why it stopped with "
+           "`journalctl -u callrec-recorder.service -n 50`" if systemd
+           else f"start it with `callrec run --config {config_path}`")
+    return Result(FAIL, f"the recorder is not running (no live state updated in the last "
+                        f"{FRESH_S:g} s in {live_dir})", fix)
+
+
+# -- sound cards ------------------------------------------------------------------------------------
+
+def level_result(line: str, device: str, rms_dbfs: float | None, peak_dbfs: float | None,
+                 clipping: bool, seconds: float) -> Result:
+    """Is an input level plausible for a phone line: neither silent nor clipping?"""
+    what = f"line {line}: input level of {device}"
+    if rms_dbfs is None:
+        return Result(WARN, f"{what} is not known yet (the recorder reports none)",
+                      "run the doctor again in a few seconds")
+    peak = peak_dbfs if peak_dbfs is not None else rms_dbfs
+    figures = (f"no signal at all over {seconds:g} s" if peak <= NO_SIGNAL_DBFS
+               else f"{rms_dbfs:.0f} dBFS, peak {peak:.0f} dBFS over {seconds:g} s")
+    if clipping:
+        return Result(FAIL, f"{what} is clipping ({figures})",
+                      "turn the capture volume down (`alsamixer`, F4 for capture) or put an "
+                      "attenuator between the tap and the card's input")
+    if rms_dbfs < SILENT_DBFS:
+        return Result(FAIL, f"{what} is silent ({figures})",
+                      "check that the line cable is in the card's input (not its output) and that "
+                      "capture is on and turned up (`alsamixer`, F4 for capture); even an idle line "
+                      "carries some hiss")
+    return Result(OK, f"{what} is plausible ({figures})")
+
+
+def measure(pcm: bytes) -> tuple[float, float, bool]:
+    """RMS and peak level (dBFS) of signed 16-bit audio, and whether it clips."""
+    import numpy as np
+
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    if len(samples) == 0:
+        return -200.0, -200.0, False
+    rms = float(np.sqrt(np.mean(samples ** 2))) / 32768
+    peak = float(np.max(np.abs(samples))) / 32768
+    clipped = float(np.mean(np.abs(samples) >= CLIP_SAMPLE))
+    return _dbfs(rms), _dbfs(peak), clipped > CLIP_FRACTION
+
+
+def _dbfs(amplitude: float) -> float:
+    import math
+    return 20 * math.log10(max(amplitude, 1e-10))
+
+
+def check_sound_card(line: LineConfig, settings: RecorderConfig, seconds: float) -> list[Result]:
+    """Open a line's capture device at the configured rate and listen to it for `seconds`."""
+    import alsaaudio
+
+    from appliance.capture import open_capture
+
+    rate, device = settings.sample_rate, line.capture
+    period = rate * settings.period_ms // 1000
+    try:
+        pcm = open_capture(device, rate, 1, period)
+    except alsaaudio.ALSAAudioError as exc:
+        busy = "busy" in str(exc).lower()
+        return [Result(FAIL, f"line {line.name}: sound card {device} cannot be opened ({exc})",
+                       "another program holds it: is a recorder running outside its service? "
+                       "(`fuser -v /dev/snd/*`)" if busy else
+                       "check that the USB sound card is plugged in; `arecord -L` lists the names "
+                       "ALSA knows, set up by firmware-config/asound.conf")]
+    try:
+        opened_rate = pcm.info().get("rate", rate)
+        if opened_rate != rate:
+            return [Result(FAIL, f"line {line.name}: sound card {device} opens at {opened_rate} Hz, "
+                                 f"not at the configured {rate} Hz",
+                           "name the card through a `plug` PCM (firmware-config/asound.conf) so "
+                           "that ALSA converts the rate")]
+        pcm_data = _read(pcm, int(seconds * rate), seconds + 2.0)
+    finally:
+        pcm.close()
+    results = [Result(OK, f"line {line.name}: sound card {device} opens at {rate} Hz")]
+    got = len(pcm_data) // 2
+    if got < seconds * rate / 2:
+        results.append(Result(FAIL, f"line {line.name}: sound card {device} delivered "
+                                    f"{got / rate:.1f} s of audio in {seconds + 2:g} s",
+                              "the card stalls: try another USB port or a powered hub; "
+                              "see `dmesg` for USB errors"))
+        return results
+    results.append(level_result(line.name, device, *measure(pcm_data), seconds=seconds))
+    return results
+
+
+def _read(pcm, frames: int, timeout: float) -> bytes:
+    """Up to `frames` frames from a capture PCM, for `timeout` seconds at most."""
+    data, deadline = bytearray(), time.monotonic() + timeout
+    while len(data) < frames * 2 and time.monotonic() < deadline:
+        length, chunk = pcm.read()
+        if length > 0:
+            data += chunk[:length * 2]
+        elif length != -errno.EPIPE:
+            time.sleep(0.01)
+    return bytes(data[:frames * 2])
+
+
+def check_live_sound(line: LineConfig, entries: list[dict], seconds: float) -> list[Result]:
+    """A line's sound card and level as the running recorder reports them."""
+    if not entries:
+        return [Result(FAIL, f"line {line.name}: the running recorder does not report this line",
+                       "restart the recorder so that it reads the current configuration")]
+    if not all(entry.get("capture_connected") for entry in entries):
+        return [Result(FAIL, f"line {line.name}: the recorder cannot read sound card {line.capture}",
+                        "check that the USB sound card is plugged in; the recorder reopens it by "
+                        "itself (see `journalctl -u callrec-recorder.service`)")]
+    levels = [e["level_dbfs"] for e in entries if e.get("level_dbfs") is not None]
+    peaks = [e["peak_dbfs"] for e in entries if e.get("peak_dbfs") is not None]
+    return [Result(OK, f"line {line.name}: sound card {line.capture} delivers audio to the recorder"),
+            level_result(line.name, line.capture, max(levels, default=None), max(peaks, default=None),
+                         any(e.get("clipping") for e in entries), seconds)]
+
+
+# -- GPIO and modem ---------------------------------------------------------------------------------
+
+def _pins(line: LineConfig) -> str:
+    named = [(line.hook_pin, "hook"), (line.ring_pin, "ring"), (line.pause_button_pin, "pause button"),
+             (line.agreement_button_pin, "agreement button")]
+    return ", ".join(f"{pin} ({what})" for pin, what in named if pin is not None)
+
+
+def check_inputs(line: LineConfig, pin_factory=None) -> Result:
+    """Open a line's GPIO inputs through gpiozero and read the hook."""
+    from appliance.hook import LineInputs
+
+    try:
+        inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
+                            buttons={"pause": line.pause_button_pin, "agreement": line.agreement_button_pin},
+                            pin_factory=pin_factory)
+    except CallrecError as exc:
+        return Result(FAIL, f"line {line.name}: {exc}",
+                      "check the pin numbers in the configuration (BCM numbers) and that no other "
+                      "program uses the pins (`gpioinfo`); on a Pi, python3-lgpio must be installed")
+    try:
+        hook = "off-hook" if inputs.off_hook() else "on-hook"
+    finally:
+        inputs.close()
+    return Result(OK, f"line {line.name}: GPIO {_pins(line)} readable; the line is {hook}")
+
+
+def check_live_hook(line: LineConfig, entries: list[dict]) -> Result:
+    """A line's hook state as the running recorder reads it."""
+    hook = {"on": "on-hook", "off": "off-hook"}.get(entries[-1].get("hook") if entries else None)
+    if hook is None:
+        return Result(WARN, f"line {line.name}: the recorder reports no hook state",
+                      "run the doctor again in a few seconds")
+    return Result(OK, f"line {line.name}: GPIO {_pins(line)} read by the recorder; the line is {hook}"
+                      f" ({entries[-1].get('state')})")
+
+
+def check_modem(line: LineConfig, timeout: float = MODEM_TIMEOUT_S) -> Result:
+    """Open a line's caller-ID modem and see that it answers `AT`."""
+    import serial
+
+    device = line.modem
+    try:
+        port = serial.Serial(device, 115200, timeout=0.1, write_timeout=timeout, exclusive=True)
+    except (serial.SerialException, OSError) as exc:
+        if not Path(device).exists():
+            return Result(FAIL, f"line {line.name}: modem {device} is not there",
+                          "plug the modem in and check the udev rule in firmware-config/README.md")
+        return Result(FAIL, f"line {line.name}: modem {device} cannot be opened ({exc})",
+                      f"another program may hold the port (`fuser -v {device}`)")
+    heard = b""
+    try:
+        port.reset_input_buffer()
+        port.write(b"AT\r")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and b"OK" not in heard and b"ERROR" not in heard:
+            heard += port.read(port.in_waiting or 1)
+    except (serial.SerialException, OSError) as exc:
+        heard = f"({exc})".encode()
+    finally:
+        port.close()
+    if b"OK" in heard:
+        return Result(OK, f"line {line.name}: modem {device} answers AT")
+    return Result(FAIL, f"line {line.name}: modem {device} does not answer AT"
+                        + (" (it says ERROR)" if b"ERROR" in heard else ""),
+                  "check the USB cable and that the modem has power; unplug it and plug it in "
+                  "again; a voice modem must answer OK to AT")
+
+
+def check_live_modem(line: LineConfig, entries: list[dict]) -> Result:
+    """A line's modem as the running recorder reports it."""
+    if entries and entries[-1].get("modem_connected"):
+        return Result(OK, f"line {line.name}: modem {line.modem} answers the recorder")
+    return Result(FAIL, f"line {line.name}: modem {line.modem} does not answer the recorder",
+                  "check the USB cable and that the modem has power; the recorder reopens it by "
+                  "itself (see `journalctl -u callrec-recorder.service`)")
+
+
+# -- disk, clock, web -------------------------------------------------------------------------------
+
+def check_disk(config: Config) -> Result:
+    """Free space for recordings: above the floor, and how many hours of recording it holds."""
+    from appliance.catalogue import Catalogue
+    from appliance.store import DEFAULT_BYTES_PER_HOUR, Store
+
+    data_dir, settings, lines = config.recorder.data_dir, config.store, len(config.line)
+    alarm = None
+    if (data_dir / CATALOGUE_NAME).exists():
+        store = Store(Catalogue(data_dir), data_dir, config.purpose, settings, lines)
+        try:
+            per_hour, floor, free, alarm = (store.bytes_per_hour(), store.floor_bytes(),
+                                            store.free_bytes(), store.alarm())
+        finally:
+            store.catalogue.close()
+    else:                       # before the first start: the store's defaults
+        per_hour = DEFAULT_BYTES_PER_HOUR
+        floor = _floor(settings, per_hour, lines)
+        free = shutil.disk_usage(_existing(data_dir)).free
+    hours = free / (per_hour * lines)
+    figures = (f"{free / 1e6:,.0f} MB free on {data_dir}: about {hours:,.0f} hours of recording on "
+               f"{lines} line(s) at {per_hour / 1e6:.1f} MB per hour")
+    if alarm is not None:
+        return Result(FAIL, f"storage alarm: {alarm}",
+                      "release calls that need not be held (`callrec release ID`) or add storage")
+    if free < floor:
+        return Result(FAIL, f"{figures}, under the floor of {floor / 1e6:,.0f} MB: the cleaner "
+                            f"deletes the oldest calls to make room",
+                      "give data_dir a larger disk, or lower store.min_free_mb and "
+                      "store.min_free_hours")
+    return Result(OK, f"{figures} (floor {floor / 1e6:,.0f} MB)")
+
+
+def _floor(settings: StoreConfig, per_hour: float, lines: int) -> int:
+    return int(max(settings.min_free_mb * 1_000_000, settings.min_free_hours * per_hour * lines))
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_clock(synchronised: Callable[[], bool] = clock_synchronised) -> Result:
+    """Is the system clock synchronised? Recordings are evidence: their times must be right."""
+    if synchronised():
+        return Result(OK, "the clock is synchronised")
+    return Result(FAIL, "the clock is not synchronised: calls are stamped with a time that may be "
+                        "wrong (they are marked clock-unsynced)",
+                  "connect the appliance to a network that reaches an NTP server and check "
+                  "`timedatectl status` (System clock synchronized: yes); a Pi has no battery "
+                  "clock, so an RTC module helps where there is no network")
+
+
+def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S) -> Result:
+    """Does the web UI answer its health check over HTTPS?"""
+    host = "127.0.0.1" if web.bind in ("0.0.0.0", "::", "") else web.bind
+    url = f"https://{host if ':' not in host else f'[{host}]'}:{web.https_port}/healthz"
+    # The device's own self-signed certificate: the chain cannot be verified, and need not be.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    fix = ("start it with `sudo systemctl start callrec-web.service` (see why it stopped with "
+           "`journalctl -u callrec-web.service -n 50`), or with `callrec web` where systemd does not run it")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+            json.loads(response.read(64 * 1024))
+    except urllib.error.HTTPError as exc:
+        return Result(FAIL, f"the web UI at {url} answers HTTP {exc.code}", fix)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Result(FAIL, f"the web UI does not answer at {url} ({reason})", fix)
+    except ValueError:
+        return Result(FAIL, f"something other than the web UI answers at {url}",
+                      f"free port {web.https_port} or set web.https_port to another port")
+    return Result(OK, f"the web UI answers at {url}")
+
+
+# -- all checks -------------------------------------------------------------------------------------
+
+def run_checks(config_path: Path, seconds: float = 3.0, *,
+               clock: Callable[[], bool] = clock_synchronised, systemd: bool | None = None) -> list[Result]:
+    """Every check, in the order a technician works through them."""
+    result, config = check_config(config_path)
+    if config is None:
+        return [result]
+    results = [result]
+    systemd = systemd_running() if systemd is None else systemd
+    live_dir = config.recorder.live_dir
+    states = watch_live(live_dir, seconds)
+    results += check_services(systemd)
+    results.append(check_recorder(states, config_path, live_dir, systemd))
+    for line in config.line:
+        entries = line_states(states, line.name)
+        if states:
+            results += check_live_sound(line, entries, seconds)
+            results.append(check_live_hook(line, entries))
+            if line.modem is not None:
+                results.append(check_live_modem(line, entries))
+        else:
+            results += check_sound_card(line, config.recorder, seconds)
+            results.append(check_inputs(line))
+            if line.modem is not None:
+                results.append(check_modem(line))
+    results.append(check_disk(config))
+    results.append(check_clock(clock))
+    results.append(check_web(config.web))
+    return results

@@ -1,0 +1,287 @@
+"""The web UI through Flask's test client: access control on every route, CSRF, path traversal,
+lockout, first-run setup, privacy requests, settings, and the API."""
+
+import re
+import zipfile
+
+import pytest
+
+from appliance.catalogue import Catalogue
+from conftest import PASSWORD, callrec, wait_for
+
+FORM = re.compile(rb'name="csrf_token" value="([^"]+)"')
+SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr",
+               "filename": "style.css"}
+PUBLIC = {"auth.login", "auth.setup", "auth.language", "static", "healthz", "api.openapi"}
+
+
+@pytest.fixture
+def web(web_appliance):
+    """The app with three users: an admin, a supervisor of every line and a staff member of the
+    office line only. Yields (app, calls)."""
+    from web import create_app
+
+    config, data, calls = web_appliance
+    app = create_app(config, secure_cookies=False)
+    accounts = app.extensions["callrec"].accounts
+    accounts.add_user("admin", PASSWORD, "admin", None)
+    accounts.add_user("super", PASSWORD, "supervisor", None)
+    accounts.add_user("clerk", PASSWORD, "staff", ["office"])
+    yield app, calls
+    app.extensions["callrec"].close()
+
+
+def csrf(client, url: str = "/login") -> str:
+    return FORM.search(client.get(url).data).group(1).decode()
+
+
+def login(app, name: str, password: str = PASSWORD):
+    client = app.test_client()
+    response = client.post("/login", data={"csrf_token": csrf(client), "name": name, "password": password})
+    assert response.status_code == 302, response.data
+    return client
+
+
+def post(client, url: str, **form):
+    return client.post(url, data={"csrf_token": csrf(client, "/"), **form})
+
+
+def routes(app):
+    """Every route with a URL built from sample arguments, and its methods."""
+    from flask import url_for
+
+    with app.test_request_context():
+        for rule in app.url_map.iter_rules():
+            if rule.endpoint in PUBLIC:
+                continue
+            args = {name: SAMPLE_ARGS[name] for name in rule.arguments}
+            yield rule.endpoint, url_for(rule.endpoint, **args), rule.methods - {"HEAD", "OPTIONS"}
+
+
+def test_every_route_refuses_an_anonymous_user(web):
+    app, _ = web
+    client = app.test_client()
+    checked = 0
+    for endpoint, url, methods in routes(app):
+        for method in methods:
+            response = client.open(url, method=method)
+            if url.startswith("/api/"):
+                assert response.status_code == 401, (endpoint, method)
+            else:
+                # A GET is sent to the login page; a POST without a session has no CSRF token either.
+                assert response.status_code in (302, 400), (endpoint, method, response.status_code)
+                assert response.status_code == 400 or "/login" in response.location
+            checked += 1
+    assert checked >= 30
+
+
+def test_a_staff_member_reaches_nothing_of_a_line_not_theirs(web):
+    app, calls = web
+    clerk = login(app, "clerk")
+    shop_call = calls["supplier"]["id"]
+    for url in (f"/calls/{shop_call}", f"/calls/{shop_call}/audio", f"/calls/{shop_call}/download",
+                f"/calls/{shop_call}/waveform.svg"):
+        response = clerk.get(url)
+        assert response.status_code == 404 and b"OggS" not in response.data, url
+    listing = clerk.get("/").data.decode()
+    assert "+3225550303" in listing and "+3225550101" not in listing
+    status = clerk.get("/status.json").get_json()
+    assert [line["name"] for line in status["lines"]] == ["office"]
+    for url in ("/privacy", "/settings/", "/settings/users", "/audit", "/audit.csv"):
+        assert clerk.get(url).status_code == 403, url
+    for url in (f"/calls/{shop_call}/hold", f"/calls/{calls['office']['id']}/delete"):
+        assert post(clerk, url, reason="x", confirm="yes").status_code in (403, 404), url
+    own = clerk.get(f"/calls/{calls['office']['id']}/audio")
+    assert own.status_code == 200 and own.data.startswith(b"OggS")
+
+
+def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(web):
+    app, calls = web
+    admin = login(app, "admin")
+    call_id = calls["customer"]["id"]
+    response = admin.post(f"/calls/{call_id}/hold", data={"reason": "dispute"})
+    assert response.status_code == 400 and b"reload the page" in response.data
+    response = admin.post(f"/calls/{call_id}/hold", data={"reason": "dispute", "csrf_token": "forged"})
+    assert response.status_code == 400
+    assert app.extensions["callrec"].catalogue.get_call(call_id)["held"] == 0
+    assert post(admin, f"/calls/{call_id}/hold", reason="dispute").status_code == 302
+    assert app.extensions["callrec"].catalogue.get_call(call_id)["held"] == 1
+
+
+@pytest.mark.parametrize("url", [
+    "/calls/..%2f..%2fcatalogue.db/audio", "/calls/../../etc/passwd/download", "/calls/-1/audio",
+    "/calls/1e3/download", "/calls/99999/audio", "/calls/%00/audio", "/calls/1.0/waveform.svg",
+    "/api/v1/calls/..%2fcatalogue.db/audio", "/api/v1/calls/abc",
+])
+def test_malformed_or_traversing_call_ids_get_404_and_read_nothing(web, url):
+    app, _ = web
+    admin = login(app, "admin")
+    token = app.extensions["callrec"].accounts.add_token("crm", "admin", None, "test")
+    response = admin.get(url, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code in (400, 404)
+    assert b"SQLite format" not in response.data and b"root:" not in response.data
+
+
+def test_a_catalogue_row_pointing_outside_the_archive_is_not_served(web):
+    app, calls = web
+    call_id = calls["customer"]["id"]
+    app.extensions["callrec"].catalogue.update_call(call_id, file="catalogue.db")
+    admin = login(app, "admin")
+    for url in (f"/calls/{call_id}/audio", f"/calls/{call_id}/download", f"/calls/{call_id}/waveform.svg"):
+        response = admin.get(url)
+        assert response.status_code == 404 and b"SQLite format" not in response.data
+
+
+def test_the_sixth_wrong_password_in_a_row_finds_the_account_locked(web):
+    app, _ = web
+    client = app.test_client()
+    for _ in range(5):
+        response = client.post("/login", data={"csrf_token": csrf(client), "name": "super", "password": "wrong"})
+        assert response.status_code == 401 and b"wrong user name or password" in response.data
+    response = client.post("/login", data={"csrf_token": csrf(client), "name": "super", "password": PASSWORD})
+    assert response.status_code == 401 and b"locked" in response.data
+    login(app, "admin")                 # another account is not affected
+    admin = login(app, "admin")
+    [user] = [u for u in app.extensions["callrec"].accounts.users() if u["name"] == "super"]
+    assert user["locked"]
+    assert post(admin, f"/settings/users/{user['id']}", action="unlock").status_code == 302
+    login(app, "super")
+
+
+def test_first_run_offers_only_setup_and_needs_the_printed_code(web_appliance):
+    from web import create_app
+
+    config, data, _ = web_appliance
+    app = create_app(config, secure_cookies=True)
+    client = app.test_client()
+    assert client.get("/").location.endswith("/setup")
+    assert client.get("/login").location.endswith("/setup")
+    code = callrec("setup-code", "--config", str(config)).stdout.strip()
+    assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", code)
+    form = {"csrf_token": csrf(client, "/setup"), "name": "owner", "password": PASSWORD, "confirm": PASSWORD}
+    response = client.post("/setup", data={**form, "code": "AAAA-BBBB-CCCC"})
+    assert response.status_code == 400 and b"setup code is wrong" in response.data
+    assert app.extensions["callrec"].accounts.needs_setup()
+    response = client.post("/setup", data={**form, "code": code.lower()})
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    assert not app.extensions["callrec"].accounts.needs_setup()
+    assert callrec("setup-code", "--config", str(config), check=False).returncode == 1
+    assert app.test_client().get("/setup").location.endswith("/login")
+
+
+def test_pages_carry_security_headers(web):
+    app, _ = web
+    response = login(app, "admin").get("/")
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_the_list_filters_by_number_line_direction_flags_and_search(web):
+    app, calls = web
+    admin = login(app, "admin")
+    page = admin.get("/?number=%2B3225550101").data.decode()
+    assert "+3225550101" in page and "+3225550303" not in page
+    page = admin.get("/?line=office").data.decode()
+    assert "+3225550303" in page and "+3225550101" not in page
+    post(admin, f"/calls/{calls['office']['id']}/notes", notes="Ordered 40 boxes of tiles")
+    page = admin.get("/?q=tiles").data.decode()
+    assert "+3225550303" in page and "+3225550202" not in page
+    post(admin, f"/calls/{calls['supplier']['id']}/agreement")
+    page = admin.get("/?flag=agreement").data.decode()
+    assert "+3225550101" in page and "+3225550303" not in page
+    page = admin.get("/?min_s=10").data.decode()
+    assert "+3225550101" in page and "+3225550202" not in page
+    response = admin.get("/?since=yesterday")
+    assert response.status_code == 400 and b"since: not a date" in response.data
+
+
+def test_a_privacy_request_finds_every_way_the_number_was_written_then_exports_holds_and_erases(web, tmp_path):
+    app, calls = web
+    admin = login(app, "admin")
+    page = admin.get("/privacy?number=%2B32+2+555+02+02").data.decode()
+    assert "2 call(s)" in page
+    response = post(admin, "/privacy/export", number="+32 2 555 02 02")
+    assert response.status_code == 302
+    job = response.location.rsplit("/", 1)[1]
+    assert wait_for(lambda: admin.get(f"/exports/{job}.json").get_json()["state"] != "running", 10)
+    assert admin.get(f"/exports/{job}.json").get_json()["state"] == "ready"
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(admin.get(f"/exports/{job}/bundle").data)
+    assert "2 call(s)" in callrec("verify", str(bundle)).stdout
+    assert len([n for n in zipfile.ZipFile(bundle).namelist() if n.startswith("recordings/")]) == 2
+    post(admin, "/privacy/hold", number="+32 2 555 02 02", reason="restriction request 2026-11")
+    catalogue = app.extensions["callrec"].catalogue
+    assert all(catalogue.get_call(calls[k]["id"])["held"] for k in ("customer", "customer_again"))
+    post(admin, "/privacy/erase", number="+32 2 555 02 02", confirm="wrong")
+    assert catalogue.get_call(calls["customer"]["id"])          # not confirmed: nothing erased
+    for key in ("customer", "customer_again"):
+        post(admin, f"/calls/{calls[key]['id']}/release")
+    response = admin.post("/privacy/erase", data={"csrf_token": csrf(admin, "/"), "number": "+32 2 555 02 02",
+                                                  "confirm": "+32 2 555 02 02"}, follow_redirects=True)
+    assert b"2 call(s) erased" in response.data
+    assert [c["number"] for c in catalogue.calls()] == ["+3225550101", "+3225550303"]
+    trail = admin.get("/audit.csv").data.decode()
+    assert trail.count(",erased,") == 2 and ",export," in trail and "127.0.0.1" in trail
+
+
+def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing(web):
+    app, _ = web
+    backend = app.extensions["callrec"]
+    admin = login(app, "admin")
+    before = backend.config_path.read_text()
+    response = post(admin, "/settings/purpose", name="training", retention_days="0", legal_basis="x")
+    assert response.status_code == 302
+    page = admin.get("/settings/").data.decode()
+    assert "purpose.training.retention_days" in page and str(backend.config_path) in page
+    assert backend.config_path.read_text() == before
+    post(admin, "/settings/purpose", name="training", retention_days="14", legal_basis="Training staff")
+    assert backend.store.purposes["training"].retention_days == 14
+    post(admin, "/settings/line/shop", purpose="agreement", capture="cap1", playback="play1", hook_pin="17",
+         hook_active="low", notice_incoming=["off", "on"], optout_digit="9", optout_window_s="10")
+    [shop] = [line for line in backend.config.line if line.name == "shop"]
+    assert shop.purpose == "agreement" and shop.optout_digit == "9" and shop.notice_incoming is True
+    response = post(admin, "/settings/line/shop", capture="cap1", playback="play1", hook_pin="18",
+                    hook_active="low")
+    assert "each GPIO pin may serve one input only" in admin.get("/settings/").data.decode()
+
+
+def test_a_notice_spoken_from_text_is_made_checked_and_given_to_the_line(web):
+    app, _ = web
+    backend = app.extensions["callrec"]
+    admin = login(app, "admin")
+    post(admin, "/settings/notice", source="text", text="Cet appel peut être enregistré.", language="fr",
+         lines="office")
+    [office] = [line for line in backend.config.line if line.name == "office"]
+    assert office.notice.parent == backend.data_dir / "notices" and office.notice.stat().st_size > 10000
+    from appliance.notice import load_notice
+    assert load_notice(office.notice, 8000).duration_s > 1.0
+
+
+def test_the_api_lists_calls_of_the_tokens_lines_and_exports_a_bundle_that_verifies(web, tmp_path):
+    app, calls = web
+    accounts = app.extensions["callrec"].accounts
+    office_only = {"Authorization": f"Bearer {accounts.add_token('crm', 'staff', ['office'], 'test')}"}
+    client = app.test_client()
+    assert client.get("/api/v1/calls").status_code == 401
+    assert client.get("/api/v1/calls", headers={"Authorization": "Bearer nope"}).status_code == 401
+    listed = client.get("/api/v1/calls", headers=office_only).get_json()
+    assert {c["line"] for c in listed["calls"]} == {"office"} and listed["more"] is False
+    assert client.get(f"/api/v1/calls/{calls['supplier']['id']}", headers=office_only).status_code == 404
+    call = client.get(f"/api/v1/calls/{calls['office']['id']}", headers=office_only).get_json()
+    audio = client.get(call["audio_url"], headers=office_only).data
+    assert audio == (app.extensions["callrec"].data_dir / calls["office"]["file"]).read_bytes()
+    started = client.post("/api/v1/exports", json={"number": "+3225550202"}, headers=office_only)
+    assert started.status_code == 202
+    job = started.get_json()["id"]
+    assert wait_for(lambda: client.get(f"/api/v1/exports/{job}", headers=office_only).get_json()["state"] != "running", 10)
+    status = client.get(f"/api/v1/exports/{job}", headers=office_only).get_json()
+    assert status["state"] == "ready" and status["calls"] == 1      # the shop's call is not theirs
+    bundle = tmp_path / "api.zip"
+    bundle.write_bytes(client.get(status["bundle_url"], headers=office_only).data)
+    assert "1 call(s)" in callrec("verify", str(bundle)).stdout
+    response = client.post("/api/v1/exports", json={"call_ids": "all"}, headers=office_only)
+    assert response.status_code == 400 and "call_ids" in response.get_json()["error"]

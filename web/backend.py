@@ -1,0 +1,71 @@
+"""What the web process holds of the appliance: the configuration, the catalogue and store it
+shares with the recorder, the accounts, and the way to tell the recorder to reload.
+
+The web UI never touches the hardware; the recorder keeps recording whatever happens here.
+"""
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from flask import current_app
+
+from appliance.catalogue import Catalogue
+from appliance.config import Config, load_config
+from appliance.live import read_live, recorder_pid
+from appliance.store import Store
+from web.accounts import Accounts
+
+log = logging.getLogger(__name__)
+
+
+class Backend:
+    """The appliance as the web UI sees it."""
+
+    def __init__(self, config_path: Path):
+        self.config_path = Path(config_path)
+        self._lock = threading.Lock()
+        self.config: Config = load_config(self.config_path)
+        self.data_dir = Path(self.config.recorder.data_dir)
+        self.catalogue = Catalogue(self.data_dir)
+        self.store = self._store(self.config)
+        self.accounts = Accounts(self.data_dir / "web")
+        self.exports_dir = self.data_dir / "web" / "exports"
+        self.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _store(self, config: Config) -> Store:
+        return Store(self.catalogue, self.data_dir, config.purpose, config.store, len(config.line))
+
+    def reload(self) -> None:
+        """Take up a changed configuration file (after the settings pages wrote it)."""
+        with self._lock:
+            self.config = load_config(self.config_path)
+            self.store = self._store(self.config)
+
+    def live(self) -> dict | None:
+        """The recorder's live state, or None when it is not running."""
+        return read_live(self.config.recorder.live_dir)
+
+    def signal_recorder(self) -> bool:
+        """Ask the running recorder to reload its configuration (SIGHUP). False if none runs."""
+        pid = recorder_pid(self.config.recorder.live_dir)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGHUP)
+            return True
+        except OSError as exc:
+            log.warning("cannot signal the recorder (pid %s): %s", pid, exc)
+            return False
+
+    def close(self) -> None:
+        """Close the databases."""
+        self.catalogue.close()
+        self.accounts.close()
+
+
+def backend() -> Backend:
+    """The current app's backend."""
+    return current_app.extensions["callrec"]

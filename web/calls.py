@@ -1,0 +1,265 @@
+"""The calls: the list with its filters, a call's page with the player, and the actions on a call
+(notes, agreement, hold, release, delete). Audio and downloads are read only from the archive."""
+
+from datetime import date, datetime, time as dtime, timedelta
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
+
+from appliance.catalogue import audit
+from appliance.clock import iso_utc
+from appliance.errors import CallrecError
+from web.backend import backend
+from web.i18n import gettext as _
+from web.security import client_address, current, line_filter, require, visible_call
+from web.waveform import waveform_svg
+
+bp = Blueprint("calls", __name__)
+
+PAGE = 50
+FLAGS = {"held": "held = 1", "agreement": "purpose = 'agreement'", "interrupted": "state = 'interrupted'"}
+DIRECTIONS = ("incoming", "outgoing", "unknown")
+MAX_NOTES = 4000
+
+
+class BadFilter(ValueError):
+    """A filter value that cannot be understood; its message says which."""
+
+
+def _local_day_start(text: str, field: str) -> str:
+    """The start of a local day (YYYY-MM-DD) as the catalogue's UTC timestamps are written."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise BadFilter(_("{field}: not a date (YYYY-MM-DD)", field=field)) from None
+    return iso_utc(datetime.combine(day, dtime()).astimezone().timestamp())
+
+
+def call_query(args, principal) -> tuple[str, list, dict]:
+    """The SQL condition and parameters for the list's filters (and the filters as understood).
+    Dates are the shop's local days; `until` includes its whole day."""
+    where, params, shown = [], [], {}
+    condition, values = line_filter(principal)
+    if condition:
+        where.append(condition)
+        params += values
+    if since := args.get("since", "").strip():
+        where.append("started_at >= ?")
+        params.append(_local_day_start(since, "since"))
+        shown["since"] = since
+    if until := args.get("until", "").strip():
+        _local_day_start(until, "until")
+        where.append("started_at < ?")
+        params.append(_local_day_start((date.fromisoformat(until) + timedelta(days=1)).isoformat(), "until"))
+        shown["until"] = until
+    if line := args.get("line", "").strip():
+        where.append("line = ?")
+        params.append(line)
+        shown["line"] = line
+    if direction := args.get("direction", "").strip():
+        if direction not in DIRECTIONS:
+            raise BadFilter(_("direction: one of incoming, outgoing, unknown"))
+        where.append("direction = ?")
+        params.append(direction)
+        shown["direction"] = direction
+    if number := args.get("number", "").strip():
+        where.append("number = ?")
+        params.append(number)
+        shown["number"] = number
+    if purpose := args.get("purpose", "").strip():
+        where.append("purpose = ?")
+        params.append(purpose)
+        shown["purpose"] = purpose
+    for key, op in (("min_s", ">="), ("max_s", "<=")):
+        if text := args.get(key, "").strip():
+            try:
+                value = float(text)
+            except ValueError:
+                raise BadFilter(_("{field}: not a number of seconds", field=key)) from None
+            where.append(f"duration_s {op} ?")
+            params.append(value)
+            shown[key] = text
+    for flag in args.getlist("flag"):
+        if flag not in FLAGS:
+            raise BadFilter(_("flag: one of held, agreement, interrupted"))
+        where.append(FLAGS[flag])
+        shown.setdefault("flag", []).append(flag)
+    if q := args.get("q", "").strip():
+        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(number LIKE ? ESCAPE '\\' OR notes LIKE ? ESCAPE '\\' OR contact_name LIKE ? ESCAPE '\\')")
+        params += [like, like, like]
+        shown["q"] = q
+    return " AND ".join(where), params, shown
+
+
+def find_calls(args, principal, limit: int, offset: int = 0) -> tuple[list[dict], dict]:
+    """The calls matching the filters in `args`, newest first (one more than `limit` if there are more)."""
+    where, params, shown = call_query(args, principal)
+    sql = (f"SELECT * FROM calls{' WHERE ' + where if where else ''} ORDER BY started_at DESC, id DESC "
+           f"LIMIT ? OFFSET ?")
+    catalogue = backend().catalogue
+    with catalogue.transaction() as db:
+        rows = [dict(row) for row in db.execute(sql, [*params, limit + 1, offset])]
+    return rows, shown
+
+
+@bp.route("/")
+def index():
+    """The newest calls first, filtered and paged."""
+    try:
+        page = max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        page = 1
+    config = backend().config
+    principal = current()
+    lines = [line.name for line in config.line if principal.may_see(line.name)]
+    try:
+        rows, shown = find_calls(request.args, principal, PAGE, (page - 1) * PAGE)
+        error = None
+    except BadFilter as exc:
+        rows, shown, error = [], {}, str(exc)
+    more = len(rows) > PAGE
+    return render_template("calls.html", calls=rows[:PAGE], shown=shown, page=page, more=more, error=error,
+                           lines=lines, purposes=sorted(config.purpose), flags=list(FLAGS),
+                           directions=DIRECTIONS), 400 if error else 200
+
+
+@bp.route("/calls/<int:call_id>")
+def detail(call_id: int):
+    """A call's page: player, waveform, details, notes, actions."""
+    call = visible_call(call_id)
+    catalogue = backend().catalogue
+    store = backend().store
+    expires = store.expires_at(call) if call["purpose"] in store.purposes else None
+    return render_template("call.html", call=call, digits=catalogue.digits(call_id),
+                           pauses=catalogue.pauses(call_id), expires=expires,
+                           purposes=sorted(backend().config.purpose))
+
+
+def archived_file(call: dict):
+    """The call's recording, checked to lie inside the archive (404 when there is none)."""
+    if not call["file"]:
+        abort(404, description=_("This call has no recording."))
+    data_dir = backend().data_dir.resolve()
+    path = (data_dir / call["file"]).resolve()
+    if not path.is_relative_to(data_dir / "archive") or not path.is_file():
+        abort(404, description=_("This call has no recording."))
+    return path
+
+
+MIMETYPES = {".opus": "audio/ogg", ".ogg": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav"}
+
+
+def send_recording(call: dict, as_attachment: bool, principal) -> Response:
+    """The recording with Range support; a listen is audited once per request from the start, a
+    download every time."""
+    path = archived_file(call)
+    starts_at_zero = request.headers.get("Range", "bytes=0-").startswith("bytes=0-")
+    if as_attachment or starts_at_zero:
+        with backend().catalogue.transaction() as db:
+            audit(db, principal.actor, "download" if as_attachment else "listen", call["id"],
+                  path.name, client_address())
+    response = send_file(path, mimetype=MIMETYPES.get(path.suffix, "application/octet-stream"),
+                         as_attachment=as_attachment, download_name=path.name, conditional=True,
+                         max_age=0)
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.route("/calls/<int:call_id>/audio")
+def audio(call_id: int):
+    """The recording for the player (HTTP Range requests for seeking)."""
+    return send_recording(visible_call(call_id), False, current())
+
+
+@bp.route("/calls/<int:call_id>/download")
+def download(call_id: int):
+    """The recording as a file, byte for byte as archived."""
+    return send_recording(visible_call(call_id), True, current())
+
+
+@bp.route("/calls/<int:call_id>/waveform.svg")
+def waveform(call_id: int):
+    """A picture of the recording's loudness over time."""
+    path = archived_file(visible_call(call_id))
+    response = Response(waveform_svg(path), mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _act(call_id: int, action, done: str):
+    """Run a store action on a visible call; its error becomes a message, not a crash."""
+    call = visible_call(call_id)
+    try:
+        action(call)
+        flash(done)
+    except CallrecError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("calls.detail", call_id=call_id))
+
+
+@bp.route("/calls/<int:call_id>/notes", methods=["POST"])
+@require("supervisor")
+def notes(call_id: int):
+    """Save the call's notes (searchable from the list)."""
+    text = request.form.get("notes", "")
+    if len(text) > MAX_NOTES:
+        abort(400, description=_("Notes are limited to {n} characters.", n=MAX_NOTES))
+
+    def save(call):
+        with backend().catalogue.transaction() as db:
+            db.execute("UPDATE calls SET notes = ? WHERE id = ?", [text.strip() or None, call["id"]])
+            audit(db, current().actor, "notes", call["id"], None, client_address())
+    return _act(call_id, save, _("Notes saved."))
+
+
+@bp.route("/calls/<int:call_id>/agreement", methods=["POST"])
+@require("supervisor")
+def agreement(call_id: int):
+    """Keep the call as the evidence of an agreement (its purpose becomes `agreement`)."""
+    return _act(call_id, lambda call: backend().store.classify(call["id"], "agreement", current().actor,
+                                                               client_address()),
+                _("Marked as an agreement."))
+
+
+@bp.route("/calls/<int:call_id>/purpose", methods=["POST"])
+@require("supervisor")
+def purpose(call_id: int):
+    """Give the call another purpose (which sets how long it is kept)."""
+    chosen = request.form.get("purpose", "")
+    return _act(call_id, lambda call: backend().store.classify(call["id"], chosen, current().actor,
+                                                               client_address()),
+                _("Purpose changed."))
+
+
+@bp.route("/calls/<int:call_id>/hold", methods=["POST"])
+@require("supervisor")
+def hold(call_id: int):
+    """Put the call on hold: never deleted until released."""
+    reason = request.form.get("reason", "")
+    return _act(call_id, lambda call: backend().store.hold(call["id"], reason, current().actor, client_address()),
+                _("The call is on hold."))
+
+
+@bp.route("/calls/<int:call_id>/release", methods=["POST"])
+@require("supervisor")
+def release(call_id: int):
+    """End the hold: the call's retention applies again."""
+    return _act(call_id, lambda call: backend().store.release(call["id"], current().actor, client_address()),
+                _("The hold is released."))
+
+
+@bp.route("/calls/<int:call_id>/delete", methods=["POST"])
+@require("admin")
+def delete(call_id: int):
+    """Erase the call: the recording and the row; a tombstone and an audit entry remain."""
+    call = visible_call(call_id)
+    if request.form.get("confirm") != "yes":
+        abort(400, description=_("Confirm the deletion."))
+    try:
+        backend().store.erase(call["id"], current().actor, request.form.get("reason") or "deleted in the web UI",
+                              client_address())
+    except CallrecError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("calls.detail", call_id=call_id))
+    flash(_("Call {id} is erased.", id=call_id))
+    return redirect(url_for("calls.index"))

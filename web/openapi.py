@@ -1,0 +1,121 @@
+"""The OpenAPI 3 document of the JSON API (served at `/api/openapi.json`)."""
+
+from appliance import __version__
+from appliance.catalogue import CALL_FIELDS
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_CALL_TYPES = {
+    "id": {"type": "integer"}, "line": {"type": "string"}, "direction": {"type": "string"},
+    "purpose": {"type": "string"}, "state": {"type": "string"}, "held": {"type": "integer"},
+    "flashes": {"type": "integer"}, "capture_errors": {"type": "integer"}, "overruns": {"type": "integer"},
+    "duration_s": {"type": ["number", "null"]}, "size_bytes": {"type": ["integer", "null"]},
+    "sample_rate": {"type": ["integer", "null"]}, "samples": {"type": ["integer", "null"]},
+    "clock_synced": {"type": ["integer", "null"]},
+}
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_FILTERS = [
+    _query("since", {"type": "string", "format": "date"}, "Calls started on or after this local day"),
+    _query("until", {"type": "string", "format": "date"}, "Calls started on or before this local day"),
+    _query("line", {"type": "string"}, "Only this line"),
+    _query("direction", {"type": "string", "enum": ["incoming", "outgoing", "unknown"]}, "Call direction"),
+    _query("number", {"type": "string"}, "Exactly this phone number"),
+    _query("purpose", {"type": "string"}, "Only this purpose"),
+    _query("min_s", {"type": "number"}, "At least this many seconds long"),
+    _query("max_s", {"type": "number"}, "At most this many seconds long"),
+    _query("flag", {"type": "string", "enum": ["held", "agreement", "interrupted"]}, "Only flagged calls"),
+    _query("q", {"type": "string"}, "Search in numbers, contact names and notes"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size"),
+    _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0}, "Calls to skip"),
+]
+_CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_UNAUTHORISED = _error("No valid API token")
+
+
+def document(server: str) -> dict:
+    """The OpenAPI document, with `server` as the base address."""
+    call = {"type": "object", "properties": {name: _CALL_TYPES.get(name, _NULLABLE_STRING) for name in CALL_FIELDS},
+            "required": list(CALL_FIELDS)}
+    job = {"type": "object", "required": ["id", "state", "done", "total", "calls"],
+           "properties": {"id": {"type": "string"}, "state": {"type": "string", "enum": ["running", "ready", "failed"]},
+                          "done": {"type": "integer"}, "total": {"type": "integer"}, "calls": {"type": "integer"},
+                          "error": _NULLABLE_STRING, "status_url": {"type": "string"},
+                          "bundle_url": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "callrec API", "version": __version__,
+                 "description": "Calls, recordings and signed exports of a callrec appliance. Authenticate "
+                                "with an API token made on the users page: `Authorization: Bearer <token>`."},
+        "servers": [{"url": server}],
+        "security": [{"token": []}],
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Call": call,
+                "Job": job,
+            },
+        },
+        "paths": {
+            "/api/v1/calls": {"get": {
+                "summary": "Calls, newest first", "parameters": _FILTERS,
+                "responses": {
+                    "200": {"description": "A page of calls", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["calls", "more"],
+                        "properties": {"calls": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
+                                       "more": {"type": "boolean"}}}}}},
+                    "400": _error("A filter that cannot be understood"), "401": _UNAUTHORISED}}},
+            "/api/v1/calls/{call_id}": {"get": {
+                "summary": "One call, with its digits and pauses", "parameters": [_CALL_ID],
+                "responses": {
+                    "200": {"description": "The call", "content": {"application/json": {"schema": {
+                        "allOf": [{"$ref": "#/components/schemas/Call"}, {"type": "object", "required": [
+                            "digits", "pauses", "audio_url"], "properties": {
+                            "digits": {"type": "array"}, "pauses": {"type": "array"},
+                            "audio_url": _NULLABLE_STRING}}]}}}},
+                    "401": _UNAUTHORISED, "404": _error("No such call, or not on the token's lines")}}},
+            "/api/v1/calls/{call_id}/audio": {"get": {
+                "summary": "The recording as archived (Range requests supported)", "parameters": [_CALL_ID],
+                "responses": {
+                    "200": {"description": "The audio file", "content": {
+                        "audio/ogg": {}, "audio/flac": {}, "audio/wav": {}}},
+                    "206": {"description": "Part of the audio file"},
+                    "401": _UNAUTHORISED, "404": _error("No such call or no recording"),
+                    "416": {"description": "A range outside the file"}}}},
+            "/api/v1/exports": {"post": {
+                "summary": "Start a signed export bundle",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "oneOf": [
+                        {"type": "object", "required": ["call_ids"], "additionalProperties": False, "properties": {
+                            "call_ids": {"type": "array", "minItems": 1, "items": {"type": "integer"}}}},
+                        {"type": "object", "required": ["number"], "additionalProperties": False, "properties": {
+                            "number": {"type": "string", "minLength": 1}}}]}}}},
+                "responses": {
+                    "202": {"description": "The export started", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Job"}}}},
+                    "400": _error("A malformed request"), "401": _UNAUTHORISED,
+                    "404": _error("No such call, or nothing to export")}}},
+            "/api/v1/exports/{job_id}": {"get": {
+                "summary": "An export's progress", "parameters": [_JOB_ID],
+                "responses": {
+                    "200": {"description": "The export", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Job"}}}},
+                    "401": _UNAUTHORISED, "404": _error("No such export")}}},
+            "/api/v1/exports/{job_id}/bundle": {"get": {
+                "summary": "The finished bundle", "parameters": [_JOB_ID],
+                "responses": {
+                    "200": {"description": "The bundle", "content": {"application/zip": {}}},
+                    "401": _UNAUTHORISED, "404": _error("No such export"),
+                    "409": _error("The export is not ready")}}},
+        },
+    }

@@ -1,0 +1,144 @@
+"""Answering a customer's privacy request: every recording of their number, exported in one signed
+bundle (access, portability), erased (erasure) or put on hold (restriction), each confirmed and
+audited. Export progress pages and downloads live here too."""
+
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
+
+from appliance.contacts import normalise
+from appliance.errors import CallrecError
+from web.backend import backend
+from web.i18n import gettext as _
+from web.security import client_address, current, line_filter, require
+
+bp = Blueprint("privacy", __name__)
+
+
+def number_variants(number: str, country_code: str) -> list[str]:
+    """The ways one number may have been written in the catalogue: as given, international
+    ("+32…", "0032…") and national ("0…")."""
+    variants = {number.strip()}
+    try:
+        canonical = normalise(number, country_code)
+    except CallrecError:
+        return sorted(variants)
+    variants |= {canonical, canonical.lstrip("+")}
+    if canonical.startswith("+"):
+        variants.add("00" + canonical[1:])
+        if canonical.startswith("+" + country_code):
+            variants.add("0" + canonical[1 + len(country_code):])
+    return sorted(v for v in variants if v)
+
+
+def calls_of(number: str) -> list[dict]:
+    """Every call of `number` the principal may see, newest first (in-progress calls included:
+    the person asking must hear of them too)."""
+    variants = number_variants(number, backend().config.recorder.country_code)
+    where = [f"number IN ({', '.join('?' * len(variants))})"]
+    params = list(variants)
+    condition, values = line_filter(current())
+    if condition:
+        where.append(condition)
+        params += values
+    return backend().catalogue.calls(" AND ".join(where), params, newest_first=True)
+
+
+def exports():
+    """The web process's export jobs."""
+    return current_app.extensions["exports"]
+
+
+@bp.route("/privacy")
+@require("supervisor")
+def index():
+    """Search by number → the calls of that number, and the three actions."""
+    number = request.args.get("number", "").strip()
+    calls = calls_of(number) if number else []
+    return render_template("privacy.html", number=number, calls=calls,
+                           variants=number_variants(number, backend().config.recorder.country_code) if number else [])
+
+
+def _selected(number: str) -> list[dict]:
+    if not number:
+        abort(400, description=_("Give the customer's phone number."))
+    calls = calls_of(number)
+    if not calls:
+        abort(404, description=_("There are no calls of this number."))
+    return calls
+
+
+@bp.route("/privacy/export", methods=["POST"])
+@require("supervisor")
+def export():
+    """Start a signed bundle of every recording of the number."""
+    calls = [c for c in _selected(request.form.get("number", "").strip()) if c["file"]]
+    if not calls:
+        abort(404, description=_("None of these calls has a recording to export."))
+    job = exports().start([c["id"] for c in calls], current().actor, client_address())
+    return redirect(url_for("privacy.export_page", job_id=job.id))
+
+
+@bp.route("/privacy/erase", methods=["POST"])
+@require("admin")
+def erase():
+    """Erase every call of the number (held ones are kept and listed: release them first)."""
+    number = request.form.get("number", "").strip()
+    if request.form.get("confirm", "").strip() != number:
+        flash(_("To erase, type the number again in the confirmation box."), "error")
+        return redirect(url_for("privacy.index", number=number))
+    erased, refused = 0, []
+    for call in _selected(number):
+        try:
+            backend().store.erase(call["id"], current().actor, f"erasure request for {number}", client_address())
+            erased += 1
+        except CallrecError as exc:
+            refused.append(str(exc))
+    flash(_("{n} call(s) erased.", n=erased))
+    for reason in refused:
+        flash(reason, "error")
+    return redirect(url_for("privacy.index", number=number))
+
+
+@bp.route("/privacy/hold", methods=["POST"])
+@require("supervisor")
+def hold():
+    """Put every call of the number on hold (restriction of processing)."""
+    number = request.form.get("number", "").strip()
+    reason = request.form.get("reason", "").strip()
+    if not reason:
+        flash(_("A hold needs a reason (a dispute, a restriction request…)."), "error")
+        return redirect(url_for("privacy.index", number=number))
+    held = 0
+    for call in _selected(number):
+        if not call["held"]:
+            backend().store.hold(call["id"], reason, current().actor, client_address())
+            held += 1
+    flash(_("{n} call(s) put on hold.", n=held))
+    return redirect(url_for("privacy.index", number=number))
+
+
+@bp.route("/exports/<job_id>")
+def export_page(job_id: str):
+    """The progress of a bundle, then its download link."""
+    job = exports().get(job_id, current().actor)
+    if job is None:
+        abort(404, description=_("There is no such export (bundles are kept for an hour)."))
+    return render_template("export.html", job=job.public())
+
+
+@bp.route("/exports/<job_id>.json")
+def export_status(job_id: str):
+    """The progress of a bundle, for the progress bar."""
+    job = exports().get(job_id, current().actor)
+    if job is None:
+        abort(404)
+    return jsonify(job.public())
+
+
+@bp.route("/exports/<job_id>/bundle")
+def export_download(job_id: str):
+    """The finished bundle, streamed from disk."""
+    job = exports().get(job_id, current().actor)
+    if job is None or job.state != "ready":
+        abort(404, description=_("This bundle is not ready."))
+    return send_file(job.path, mimetype="application/zip", as_attachment=True,
+                     download_name=f"callrec-export-{job.id}.zip", max_age=0)

@@ -1,0 +1,160 @@
+"""Who is asking, and what they may do: sessions, API tokens, CSRF, roles, per-line access, the
+login rate limit and the security headers. Applied to every request by `install`.
+"""
+
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from functools import wraps
+
+from flask import Flask, abort, g, jsonify, redirect, request, session, url_for
+
+from web.accounts import Principal
+from web.backend import backend
+from web.i18n import gettext as _
+
+PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.language", "static", "healthz", "api.openapi"}
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+IP_FAILURES = 20            # wrong logins from one address within IP_WINDOW_S before it must wait
+IP_WINDOW_S = 15 * 60
+CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+class LoginLimiter:
+    """Wrong logins per client address, so one address cannot try passwords on every account."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque] = defaultdict(deque)
+
+    def blocked(self, address: str) -> bool:
+        """Whether `address` has failed too often lately."""
+        with self._lock:
+            recent = self._failures[address]
+            while recent and recent[0] < time.monotonic() - IP_WINDOW_S:
+                recent.popleft()
+            return len(recent) >= IP_FAILURES
+
+    def failed(self, address: str) -> None:
+        """Count a wrong login from `address`."""
+        with self._lock:
+            self._failures[address].append(time.monotonic())
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, put in every form."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def current() -> Principal | None:
+    """The principal of this request (None: anonymous)."""
+    return g.get("principal")
+
+
+def is_api() -> bool:
+    """API requests authenticate with a token and never with the session cookie."""
+    return request.path.startswith("/api/")
+
+
+def _load_principal() -> Principal | None:
+    accounts = backend().accounts
+    if is_api():
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return accounts.token(header[len("Bearer "):].strip())
+        return None
+    user_id = session.get("user")
+    if user_id is None:
+        return None
+    user = accounts.user(user_id)
+    if user is None or session.get("version") != user.session_version:
+        session.clear()             # deleted, or the password or role changed since this login
+        return None
+    return user
+
+
+def _before():
+    g.principal = _load_principal()
+    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        return None
+    if is_api():
+        if g.principal is None:
+            return jsonify(error="a valid API token is required (Authorization: Bearer …)"), 401
+        return None
+    if request.method in UNSAFE:
+        sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
+        if not sent or "csrf" not in session or not secrets.compare_digest(sent, session["csrf"]):
+            abort(400, description=_("The form has expired or did not come from this site: reload the page and try again."))
+    if g.principal is None:
+        if backend().accounts.needs_setup():
+            return redirect(url_for("auth.setup"))
+        return redirect(url_for("auth.login", next=request.full_path if request.method == "GET" else None))
+    return None
+
+
+def _headers(response):
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = "max-age=31536000"
+    if g.get("principal") is not None or request.endpoint in ("auth.login", "auth.setup"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def install(app: Flask) -> None:
+    """Check every request; add the security headers to every response."""
+    app.before_request(_before)
+    app.after_request(_headers)
+    app.extensions["login_limiter"] = LoginLimiter()
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["current"] = current
+
+
+def require(role: str):
+    """A view decorator: refuse principals below `role` (403)."""
+    def decorate(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            principal = current()
+            if principal is None:
+                abort(401)
+            if not principal.at_least(role):
+                abort(403, description=_("Your role does not allow this."))
+            return view(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def visible_call(call_id: int) -> dict:
+    """The call `call_id` if the principal may see its line; otherwise 404 (whether it exists or
+    not is none of their business)."""
+    try:
+        call = backend().catalogue.get_call(call_id)
+    except KeyError:
+        abort(404, description=_("There is no such call."))
+    principal = current()
+    if principal is None or not principal.may_see(call["line"]):
+        abort(404, description=_("There is no such call."))
+    return call
+
+
+def line_filter(principal: Principal) -> tuple[str | None, list]:
+    """An SQL condition limiting calls to the principal's lines (None: all lines)."""
+    if principal.role == "admin" or principal.lines is None:
+        return None, []
+    if not principal.lines:
+        return "0", []
+    return f"line IN ({', '.join('?' * len(principal.lines))})", list(principal.lines)
+
+
+def client_address() -> str:
+    """The client's address, for the audit trail and the login limiter."""
+    return request.remote_addr or "unknown"

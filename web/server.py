@@ -1,0 +1,107 @@
+"""Serving the web UI: cheroot (CherryPy's production WSGI server) over HTTPS with the device's own
+certificate, made at first start, and a plain-HTTP listener that only redirects to HTTPS."""
+
+import datetime
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from appliance.config import load_config
+
+log = logging.getLogger(__name__)
+
+CERT_NAME, KEY_NAME = "cert.pem", "key.pem"
+CERT_YEARS = 10
+
+
+def ensure_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
+    """The device's self-signed certificate and key (made once; the key readable by the appliance
+    only). Names: the configured host name, `localhost`, the machine's host name, 127.0.0.1."""
+    cert, key_path = folder / CERT_NAME, folder / KEY_NAME
+    if cert.is_file() and key_path.is_file():
+        return cert, key_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = {hostname, "localhost", socket.gethostname(), f"{socket.gethostname()}.local"}
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "callrec appliance")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365 * CERT_YEARS))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(n) for n in sorted(names)] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    log.info("made the device's web certificate %s", cert)
+    return cert, key_path
+
+
+def redirect_app(https_port: int):
+    """A WSGI app that sends every request to the same path over HTTPS."""
+    def app(environ, start_response):
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "localhost")
+        host = host[:host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+        port = "" if https_port == 443 else f":{https_port}"
+        path = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
+        start_response("301 Moved Permanently", [("Location", f"https://{host}{port}{path}"),
+                                                 ("Content-Length", "0")])
+        return [b""]
+    return app
+
+
+class WebServer:
+    """The HTTPS server and its HTTP redirect, each on its own thread."""
+
+    def __init__(self, config_path: Path):
+        from web import create_app
+
+        config = load_config(config_path)
+        web = config.web
+        self.app = create_app(config_path)
+        accounts = self.app.extensions["callrec"].accounts
+        cert, key = ensure_certificate(accounts.folder / "tls", web.hostname)
+        self.https = wsgi.Server((web.bind, web.https_port), self.app, numthreads=web.threads,
+                                 server_name=web.hostname)
+        self.https.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+        self.http = (wsgi.Server((web.bind, web.http_port), redirect_app(web.https_port), numthreads=2)
+                     if web.http_port else None)
+        self.setup_code = accounts.setup_code()
+        self.web = web
+
+    def start(self) -> None:
+        """Bind and serve in the background."""
+        for server in filter(None, (self.https, self.http)):
+            server.prepare()
+            threading.Thread(target=server.serve, name=f"web-{server.bind_addr[1]}", daemon=True).start()
+        log.info("web UI on https://%s:%s/", self.web.hostname, self.https.bind_addr[1])
+        if self.setup_code:
+            message = (f"callrec web setup code: {self.setup_code}  (open https://{self.web.hostname}"
+                       f"{'' if self.web.https_port == 443 else f':{self.web.https_port}'}/setup)")
+            log.warning(message)
+            print(message, flush=True)
+
+    def stop(self) -> None:
+        """Stop serving and close the databases."""
+        for server in filter(None, (self.https, self.http)):
+            server.stop()
+        self.app.extensions["callrec"].close()

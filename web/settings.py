@@ -1,0 +1,321 @@
+"""The technician's pages: lines, the notice (uploaded, or spoken by espeak-ng from a text),
+purposes and retention, store limits, users and API tokens.
+
+A change is validated exactly as the configuration file is at start-up (the same model, the same
+messages), written atomically with a backup of the previous file, and the recorder is told to
+reload: purposes, limits and notices apply at once, a line's wiring at the recorder's next start.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import tomli_w
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from appliance.catalogue import audit
+from appliance.config import Config, format_validation_error, resolve_paths
+from appliance.errors import CallrecError
+from appliance.notice import load_notice
+from pydantic import ValidationError
+from web.accounts import ROLES, AccountError
+from web.backend import backend
+from web.i18n import gettext as _
+from web.security import client_address, current, require
+
+bp = Blueprint("settings", __name__, url_prefix="/settings")
+
+MAX_NOTICE_BYTES = 10 * 1024 * 1024
+SPEECH_VOICES = {"en": "en", "fr": "fr", "nl": "nl", "pl": "pl", "de": "de"}
+MAX_SPEECH_CHARS = 600
+
+
+def _opt(convert):
+    return lambda text: None if text.strip() == "" else convert(text.strip())
+
+
+def _pin(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def _flag(text: str) -> bool:
+    return text == "on"
+
+
+# The line settings the page edits, with how a form field becomes a config value; an empty field
+# removes an optional key. Everything else in the file is kept as it is.
+LINE_FIELDS = {
+    "purpose": str, "capture": str, "playback": str,
+    "hook_pin": _pin, "hook_active": str, "ring_pin": _opt(_pin), "ring_active": str,
+    "notice_incoming": _flag, "notice_outgoing_after_s": _opt(float),
+    "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
+    "modem": _opt(str), "keep_declined_number": _flag,
+}
+STORE_FIELDS = {"max_archive_mb": int, "min_free_mb": int, "min_free_hours": float, "cleaner_interval_s": float}
+
+
+class SettingsError(ValueError):
+    """A refused change; the message names the key, as a config file error would."""
+
+
+def raw_config() -> dict:
+    """The configuration file as written (paths relative as the technician wrote them)."""
+    with open(backend().config_path, "rb") as source:
+        return tomllib.load(source)
+
+
+def save_config(raw: dict, what: str) -> None:
+    """Validate `raw` like the file at start-up; if it passes, replace the file (keeping a backup),
+    reload, audit, and tell the recorder."""
+    path = backend().config_path
+    try:
+        resolve_paths(Config.model_validate(raw), path)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(path, exc)) from None
+    except CallrecError as exc:
+        raise SettingsError(str(exc)) from None
+    text = tomli_w.dumps(raw)
+    shutil.copy2(path, path.with_name(path.name + ".bak"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, os.stat(path).st_mode & 0o777)
+    os.replace(tmp, path)
+    backend().reload()
+    with backend().catalogue.transaction() as db:
+        audit(db, current().actor, "settings", detail=what, address=client_address())
+    if backend().signal_recorder():
+        flash(_("Saved and applied. A change to a line's wiring or sound card applies when the recorder restarts."))
+    else:
+        flash(_("Saved. The recorder is not running: it will use these settings when it starts."))
+
+
+def _form_values(fields: dict) -> dict:
+    values = {}
+    for key, convert in fields.items():
+        if convert is _flag:
+            # A checkbox sends "on" after its hidden "off", so the form always says which.
+            if key in request.form:
+                values[key] = "on" in request.form.getlist(key)
+            continue
+        text = request.form.get(key)
+        if text is None:
+            continue
+        try:
+            values[key] = convert(text)
+        except ValueError:
+            raise SettingsError(_("{key}: not a valid value: {value}", key=key, value=text)) from None
+    return values
+
+
+def _apply(section: dict, values: dict) -> None:
+    for key, value in values.items():
+        if value is None:
+            section.pop(key, None)
+        else:
+            section[key] = value
+
+
+def _saving(change, what: str, anchor: str):
+    try:
+        raw = raw_config()
+        change(raw)
+        save_config(raw, what)
+    except SettingsError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("settings.index") + f"#{anchor}")
+
+
+@bp.route("/")
+@require("admin")
+def index():
+    """Lines, notice, purposes, store limits."""
+    raw = raw_config()
+    notices = sorted((backend().data_dir / "notices").glob("*")) if (backend().data_dir / "notices").is_dir() else []
+    return render_template("settings.html", raw=raw, config=backend().config, voices=SPEECH_VOICES,
+                           notices=notices, config_path=backend().config_path)
+
+
+@bp.route("/line/<name>", methods=["POST"])
+@require("admin")
+def line(name: str):
+    """Change one line's settings."""
+    def change(raw):
+        lines = [entry for entry in raw.get("line", []) if entry.get("name") == name]
+        if not lines:
+            abort(404)
+        _apply(lines[0], _form_values(LINE_FIELDS))
+    return _saving(change, f"line {name}", f"line-{name}")
+
+
+@bp.route("/store", methods=["POST"])
+@require("admin")
+def store():
+    """Change the archive's cap and the free-space floor."""
+    return _saving(lambda raw: _apply(raw.setdefault("store", {}), _form_values(STORE_FIELDS)), "store limits", "store")
+
+
+@bp.route("/purpose", methods=["POST"])
+@require("admin")
+def purpose():
+    """Add a purpose or change one's retention and legal basis."""
+    name = request.form.get("name", "").strip()
+
+    def change(raw):
+        if not name:
+            raise SettingsError(_("purpose: give it a name"))
+        try:
+            days = int(request.form.get("retention_days", ""))
+        except ValueError:
+            raise SettingsError(_("purpose.{name}.retention_days: a whole number of days", name=name)) from None
+        raw.setdefault("purpose", {})[name] = {"retention_days": days,
+                                               "legal_basis": request.form.get("legal_basis", "").strip()}
+    return _saving(change, f"purpose {name}", "purposes")
+
+
+@bp.route("/notice", methods=["POST"])
+@require("admin")
+def notice():
+    """A new notice for some lines: an uploaded sound file, or a text spoken by espeak-ng."""
+    targets = request.form.getlist("lines")
+    folder = backend().data_dir / "notices"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if not targets:
+            raise SettingsError(_("Pick the line(s) the notice is for."))
+        path = _uploaded_notice(folder) if request.form.get("source") == "file" else _spoken_notice(folder)
+        try:
+            load_notice(path, backend().config.recorder.sample_rate)
+        except CallrecError as exc:
+            path.unlink(missing_ok=True)
+            raise SettingsError(_("This file is not a sound file the appliance can play: {error}", error=str(exc))) from None
+        raw = raw_config()
+        for entry in raw.get("line", []):
+            if entry.get("name") in targets:
+                entry["notice"] = str(path)
+        save_config(raw, f"notice {path.name} for {', '.join(targets)}")
+    except SettingsError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("settings.index") + "#notice")
+
+
+def _store_notice(folder: Path, data: bytes, suffix: str) -> Path:
+    path = folder / f"notice-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    path.write_bytes(data)
+    return path
+
+
+def _uploaded_notice(folder: Path) -> Path:
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise SettingsError(_("Choose a sound file to upload."))
+    data = upload.read(MAX_NOTICE_BYTES + 1)
+    if len(data) > MAX_NOTICE_BYTES:
+        raise SettingsError(_("The file is too large (10 MB at most)."))
+    suffix = Path(upload.filename).suffix.lower()
+    if suffix not in (".wav", ".mp3", ".ogg", ".opus", ".flac", ".m4a"):
+        raise SettingsError(_("Upload a WAV, MP3, Ogg, Opus, FLAC or M4A file."))
+    return _store_notice(folder, data, suffix)
+
+
+def _spoken_notice(folder: Path) -> Path:
+    text = request.form.get("text", "").strip()
+    voice = SPEECH_VOICES.get(request.form.get("language", ""))
+    if not text or voice is None:
+        raise SettingsError(_("Type the notice's text and pick its language."))
+    if len(text) > MAX_SPEECH_CHARS:
+        raise SettingsError(_("The text is too long ({n} characters at most).", n=MAX_SPEECH_CHARS))
+    try:
+        wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SettingsError(_("Speech synthesis failed: {error}", error=str(exc))) from None
+    return _store_notice(folder, wav, ".wav")
+
+
+# -- users and tokens ----------------------------------------------------------------------------------
+
+def _lines_field() -> list[str] | None:
+    if request.form.get("all_lines"):
+        return None
+    known = {line.name for line in backend().config.line}
+    return [name for name in request.form.getlist("lines") if name in known]
+
+
+@bp.route("/users")
+@require("admin")
+def users():
+    """Users and API tokens."""
+    accounts = backend().accounts
+    return render_template("users.html", users=accounts.users(), tokens=accounts.tokens(), roles=ROLES,
+                           lines=[line.name for line in backend().config.line], new_token=None)
+
+
+def _account_change(action, what: str, done: str):
+    try:
+        action()
+    except AccountError as exc:
+        flash(_(str(exc)), "error")
+        return redirect(url_for("settings.users"))
+    with backend().catalogue.transaction() as db:
+        audit(db, current().actor, "account", detail=what, address=client_address())
+    flash(done)
+    return redirect(url_for("settings.users"))
+
+
+@bp.route("/users/add", methods=["POST"])
+@require("admin")
+def add_user():
+    """Create a user with a role and the lines they may see."""
+    form = request.form
+    name = form.get("name", "")
+    return _account_change(lambda: backend().accounts.add_user(name, form.get("password", ""), form.get("role", ""),
+                                                               _lines_field()),
+                           f"user {name} added as {form.get('role')}", _("User added."))
+
+
+@bp.route("/users/<int:user_id>", methods=["POST"])
+@require("admin")
+def change_user(user_id: int):
+    """Change a user's role and lines, reset their password, unlock or delete them."""
+    form, accounts = request.form, backend().accounts
+    user = accounts.user(user_id)
+    if user is None:
+        abort(404)
+    action = form.get("action")
+    if action == "delete":
+        return _account_change(lambda: accounts.delete_user(user_id), f"user {user.name} deleted", _("User deleted."))
+    if action == "unlock":
+        return _account_change(lambda: accounts.update_user(user_id, unlock=True), f"user {user.name} unlocked",
+                               _("User unlocked."))
+    if action == "password":
+        return _account_change(lambda: accounts.update_user(user_id, password=form.get("password", "")),
+                               f"password of {user.name} reset", _("Password changed."))
+    return _account_change(lambda: accounts.update_user(user_id, role=form.get("role"), lines=_lines_field()),
+                           f"user {user.name} now {form.get('role')}", _("User changed."))
+
+
+@bp.route("/tokens/add", methods=["POST"])
+@require("admin")
+def add_token():
+    """Create an API token; it is shown once."""
+    accounts, form = backend().accounts, request.form
+    try:
+        token = accounts.add_token(form.get("name", ""), form.get("role", ""), _lines_field(), current().actor)
+    except AccountError as exc:
+        flash(_(str(exc)), "error")
+        return redirect(url_for("settings.users"))
+    with backend().catalogue.transaction() as db:
+        audit(db, current().actor, "account", detail=f"API token {form.get('name')} created", address=client_address())
+    return render_template("users.html", users=accounts.users(), tokens=accounts.tokens(), roles=ROLES,
+                           lines=[line.name for line in backend().config.line], new_token=token)
+
+
+@bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
+@require("admin")
+def revoke_token(token_id: int):
+    """Revoke an API token."""
+    return _account_change(lambda: backend().accounts.revoke_token(token_id), f"API token {token_id} revoked",
+                           _("Token revoked."))

@@ -1,0 +1,89 @@
+"""Health at a glance: each line's state and input level (live, over Server-Sent Events), disk use
+and hours of recording left, the cleaner's alarm, time sync, version, and calls per day."""
+
+import json
+import time
+from datetime import date, datetime, timedelta
+
+from flask import Blueprint, Response, jsonify, render_template, stream_with_context
+
+from appliance import __version__
+from appliance.clock import iso_utc
+from web.backend import backend
+from web.security import current, line_filter
+
+bp = Blueprint("status", __name__)
+
+EVENT_INTERVAL_S = 1.0
+EVENT_STREAM_S = 120        # the browser reconnects by itself; a thread is not held for ever
+CHART_DAYS = 30
+
+
+def disk() -> dict:
+    """Archive size, free space, the floor the cleaner keeps and the hours of recording left."""
+    store = backend().store
+    free, floor, archive = store.free_bytes(), store.floor_bytes(), store.archive_bytes()
+    rate = store.bytes_per_hour()
+    room = free - floor
+    cap = store.settings.max_archive_mb * 1_000_000
+    if cap:
+        room = min(room, cap - archive)
+    return {"archive_bytes": archive, "free_bytes": free, "floor_bytes": floor, "cap_bytes": cap or None,
+            "bytes_per_hour": round(rate), "hours_left": round(max(room, 0) / rate, 1) if rate else None}
+
+
+def snapshot() -> dict:
+    """The whole status, as the page and the event stream show it (lines limited to the principal's)."""
+    live = backend().live()
+    principal = current()
+    lines = []
+    for line in backend().config.line:
+        if not principal.may_see(line.name):
+            continue
+        state = next((s for s in (live or {}).get("lines", []) if s["name"] == line.name), None)
+        lines.append(state or {"name": line.name, "state": "unknown"})
+    return {"recorder_running": live is not None, "lines": lines, "disk": disk(),
+            "alarm": backend().store.alarm(), "clock_synced": (live or {}).get("clock_synced"),
+            "version": __version__, "now": iso_utc(time.time())}
+
+
+def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
+    """Calls started on each of the last `days` local days (the principal's lines)."""
+    today = date.today()
+    first = today - timedelta(days=days - 1)
+    since = iso_utc(datetime.combine(first, datetime.min.time()).astimezone().timestamp())
+    condition, params = line_filter(current())
+    where = "started_at >= ?" + (f" AND {condition}" if condition else "")
+    counts = {first + timedelta(days=i): 0 for i in range(days)}
+    with backend().catalogue.transaction() as db:
+        for (started,) in db.execute(f"SELECT started_at FROM calls WHERE {where}", [since, *params]):
+            local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().date()
+            if local in counts:
+                counts[local] += 1
+    return [(day.isoformat(), n) for day, n in counts.items()]
+
+
+@bp.route("/status")
+def page():
+    """The status page (it then follows the event stream)."""
+    return render_template("status.html", status=snapshot(), chart=calls_per_day())
+
+
+@bp.route("/status.json")
+def status_json():
+    """The status once, for polling."""
+    return jsonify(snapshot())
+
+
+@bp.route("/status/events")
+def events():
+    """The status every second as Server-Sent Events."""
+    def produce():
+        deadline = time.monotonic() + EVENT_STREAM_S
+        while time.monotonic() < deadline:
+            yield f"data: {json.dumps(snapshot())}\n\n"
+            time.sleep(EVENT_INTERVAL_S)
+    response = Response(stream_with_context(produce()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
