@@ -137,6 +137,8 @@ def visible_call(call_id: int) -> dict:
     """The call `call_id` if the principal may see its line; otherwise 404 (whether it exists or
     not is none of their business)."""
     try:
+        if not 0 < call_id < 2 ** 63:          # beyond SQLite's integers: no such call either
+            raise KeyError(call_id)
         call = backend().catalogue.get_call(call_id)
     except KeyError:
         abort(404, description=_("There is no such call."))
