@@ -47,9 +47,7 @@ DYNAMIC_TEXTS = (
 
 @lru_cache(maxsize=None)
 def catalogue(lang: str) -> dict[str, str]:
-    """The translations of one language (empty for English)."""
-    if lang == "en":
-        return {}
+    """The translations of one language (English has only the names of values, e.g. `in_call`)."""
     text = resources.files("web").joinpath("translations", f"{lang}.json").read_text(encoding="utf-8")
     return json.loads(text)
 
