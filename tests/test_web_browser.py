@@ -181,9 +181,10 @@ def test_the_status_page_follows_the_recorder_live(server, browser):
          "capture_connected": True, "modem_connected": None}]}
     (live / "live.json").write_text(json.dumps(state))
     page.wait_for_selector("#recorder:has-text('is running')", timeout=10000)
+    assert page.inner_text("#clock") == "yes"
     shop = page.locator("[data-line=shop]")
     assert "+3225550999" in shop.inner_text()
-    assert wait_for(lambda: "1:0" in shop.locator("[data-field=state]").inner_text(), 5)   # 1:05 and counting
+    assert wait_for(lambda: "in a call 1:0" in shop.locator("[data-field=state]").inner_text(), 5)   # 1:05…
     assert shop.locator("meter").get_attribute("value") is not None
     assert float(page.evaluate("document.querySelector('[data-line=shop] meter').value")) == -23.0
     page.screenshot(path=ARTIFACTS / "status-live.png", full_page=True)

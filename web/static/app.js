@@ -54,6 +54,8 @@ function setUpStatus() {
       if (card) describeLine(card, line, labels);
     }
     if (status.disk.hours_left !== null) document.getElementById("hours-left").textContent = `${status.disk.hours_left} h`;
+    const synced = status.clock_synced;
+    document.getElementById("clock").textContent = synced === null ? "—" : synced ? labels.yes : labels.no;
   };
 }
 
