@@ -60,6 +60,7 @@ class Capture(threading.Thread):
         self.status = status
         self.frames_read = 0
         self.last_read: float | None = None   # monotonic time of the last good read (watchdog)
+        self.opened_at: float | None = None   # monotonic time the device was last opened (watchdog)
         self.connected = threading.Event()
         self._preroll: deque[bytes] = deque()
         self._preroll_bytes = 0
@@ -145,6 +146,7 @@ class Capture(threading.Thread):
                 log.warning("capture device %s is back", self.device)
             self._fill_gap(self.last_read)
             outage_logged, delay = False, RETRY_FIRST_S
+            self.opened_at = time.monotonic()
             self.connected.set()
             try:
                 self._read_until_error(pcm)

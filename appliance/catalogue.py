@@ -23,6 +23,7 @@ CALL_FIELDS = (
     "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
     "overruns", "held", "hold_reason", "clock_synced", "discard_reason", "contact_name", "notes",
+    "offloaded_at", "offload_target", "channels", "end_reason",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 COUNTERS = ("flashes", "capture_errors", "overruns")
@@ -133,8 +134,24 @@ def _migration_6(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX audit_at ON audit (at)")
 
 
+def _migration_7(db: sqlite3.Connection) -> None:
+    """Offload: when a call's recording was copied off the box, and where to."""
+    db.execute("ALTER TABLE calls ADD COLUMN offloaded_at TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN offload_target TEXT")
+    # What the offloader asks for at every pass: the recordings not yet copied, oldest first.
+    db.execute("CREATE INDEX calls_offload ON calls (id) WHERE offloaded_at IS NULL AND file IS NOT NULL")
+
+
+def _migration_8(db: sqlite3.Connection) -> None:
+    """SIP trunks: how many channels a recording has (2: caller left, callee right), and why a
+    call ended (who hung up, a busy or failed answer, a dead RTP stream)."""
+    db.execute("ALTER TABLE calls ADD COLUMN channels INTEGER")
+    db.execute("ALTER TABLE calls ADD COLUMN end_reason TEXT")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
+              _migration_7, _migration_8)
 
 
 def _columns(fields: dict) -> list[str]:

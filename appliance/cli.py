@@ -99,7 +99,17 @@ def run(config_path: Path) -> None:
     recorder.start()
     log.info("recording %d line(s) into %s", len(recorder.lines), config.recorder.data_dir)
     notify("READY=1", f"STATUS=recording {len(recorder.lines)} line(s)")
-    stop.wait()
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())   # the web UI changed the configuration
+    while not stop.wait(0.5):
+        if reload.is_set():
+            reload.clear()
+            try:
+                pending = recorder.reload(load_config(config_path))
+            except CallrecError as exc:
+                log.error("configuration not reloaded, the previous one stays in force: %s", exc)
+                continue
+            log.info("configuration reloaded%s", f"; at the next restart: {', '.join(pending)}" if pending else "")
     log.info("stopping: finalising calls in progress")
     recorder.stop()
 
@@ -313,6 +323,7 @@ def web(config_path: Path) -> None:
 
     Until an admin exists, prints the one-time setup code the first visitor needs.
     """
+    from appliance.sdnotify import Watchdog, notify
     from web.server import WebServer
 
     server = WebServer(config_path)
@@ -320,7 +331,12 @@ def web(config_path: Path) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    notify("READY=1", "STATUS=serving the web UI")
+    watchdog = Watchdog(server.problem)
+    watchdog.start()
     stop.wait()
+    notify("STOPPING=1")
+    watchdog.close()
     server.stop()
 
 

@@ -44,7 +44,11 @@ def encode(chunks: Iterable[bytes], rate: int, channels: int, out_path: Path, fm
     with av.open(str(out_path), "w", format=container_name) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
         if fmt == "opus":
-            stream.bit_rate = opus_bitrate
+            # Per channel: at 16 kbit/s for both, Opus blends the two sides of a stereo call. In
+            # its default (music) mode it also takes twice the rate asked for stereo speech at 8 kHz.
+            stream.bit_rate = opus_bitrate * channels
+            if channels > 1:
+                stream.options = {"application": "voip"}
         pts = 0
         for chunk in chunks:
             frames = len(chunk) // (2 * channels)

@@ -137,16 +137,140 @@ class WebConfig(_Strict):
     threads: int = Field(8, ge=2, le=64)
 
 
+OFFLOAD_KEYS = {   # the keys of each kind of offload target; those marked required have no default
+    "rsync": {"destination": True, "ssh_key_file": True, "known_hosts_file": True, "ssh_port": False},
+    "s3": {"endpoint": True, "bucket": True, "access_key_id": True, "secret_key_file": True,
+           "region": False, "prefix": False},
+}
+
+
+class OffloadConfig(_Strict):
+    """Where finished recordings are copied too, each with its signed manifest: a NAS by rsync over
+    SSH, or an S3-compatible bucket. Secrets are in files readable by the appliance only."""
+
+    type: Literal["rsync", "s3"]
+    destination: str | None = Field(None, pattern=r"^[^\s:]+:([^:\s]\S*)?$")     # user@host:/path
+    ssh_port: int = Field(22, ge=1, le=65535)
+    ssh_key_file: Path | None = None
+    known_hosts_file: Path | None = None                    # host keys are always verified
+    endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
+    bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = Field("us-east-1", min_length=1)
+    prefix: str = Field("", pattern=r"^([^/\s][^\s]*/)?$")  # e.g. "shop-1/"
+    access_key_id: str | None = Field(None, min_length=1)
+    secret_key_file: Path | None = None
+    timeout_s: float = Field(60.0, ge=1, le=3600)
+    retry_first_s: float = Field(10.0, ge=0.1, le=3600)
+    retry_max_s: float = Field(900.0, ge=0.1, le=86400)
+
+    @field_validator("ssh_key_file", "known_hosts_file", "secret_key_file", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_of_its_type(self):
+        missing = [key for key, required in OFFLOAD_KEYS[self.type].items()
+                   if required and getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"type = {self.type!r} needs {', '.join(missing)}")
+        other = "s3" if self.type == "rsync" else "rsync"
+        foreign = sorted(set(OFFLOAD_KEYS[other]) & self.model_fields_set)
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: only for type = {other!r}")
+        if self.retry_max_s < self.retry_first_s:
+            raise ValueError("retry_max_s must be at least retry_first_s")
+        return self
+
+    def secret_files(self) -> dict[str, Path]:
+        """The files this target reads (keys, known hosts, secrets), by key name."""
+        return {key: getattr(self, key) for key in ("ssh_key_file", "known_hosts_file", "secret_key_file")
+                if getattr(self, key) is not None}
+
+
+def _address(value: str, default_port: int | None) -> str:
+    """Check a `host:port` value (the port may be left out when there is a default)."""
+    match = re.fullmatch(r"([A-Za-z0-9.-]+)(?::(\d{1,5}))?", value.strip())
+    port = match and (match.group(2) or default_port)
+    if not match or port is None or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return f"{match.group(1)}:{port}"
+
+
+class SipSideConfig(_Strict):
+    """One side of a SIP trunk: the appliance's address on it (in Via, Contact and SDP, so a real
+    address, not 0.0.0.0) and the peer that requests for this side go to."""
+
+    listen: str                                     # "192.0.2.10:5060": SIP on UDP and TCP
+    peer: str | None = None                         # "sip.operator.example:5060"
+    transport: Literal["udp", "tcp"] = "udp"        # toward the peer
+
+    @field_validator("listen")
+    @classmethod
+    def _concrete_address(cls, value):
+        import ipaddress
+        value = _address(value, None)
+        host = value.rpartition(":")[0]
+        try:
+            if ipaddress.ip_address(host).is_unspecified:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"expected the appliance's own IP address and a port, got {value!r}") from None
+        return value
+
+    @field_validator("peer")
+    @classmethod
+    def _peer_address(cls, value):
+        return None if value is None else _address(value, 5060)
+
+
+class SipTrunkConfig(_Strict):
+    """A SIP trunk relayed through the appliance: the operator's side, the shop's PBX (or phones)
+    side, the RTP ports, and the notice, purpose and caller controls of its calls."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    trunk: SipSideConfig                            # the operator
+    pbx: SipSideConfig                              # the shop's PBX; without a peer, phones register
+    rtp_port_min: int = Field(20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(20999, ge=1025, le=65535)
+    rtp_timeout_s: float = Field(30.0, ge=1, le=3600)     # no RTP from a side this long ends the call
+    notice: Path
+    notice_incoming: bool = True
+    notice_outgoing: bool = False
+    record_from: Literal["answer", "notice_end"] = "answer"
+    purpose: str = Field("training", min_length=1)
+    pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")
+    pause_max_s: float = Field(300.0, ge=1, le=3600)
+    optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
+    optout_window_s: float = Field(15.0, ge=1, le=120)
+    keep_declined_number: bool = False
+
+    @field_validator("notice", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _usable(self):
+        if self.trunk.peer is None:
+            raise ValueError(f"sip_trunk {self.name!r}: trunk.peer (the operator's SIP server) is required")
+        if self.rtp_port_max - self.rtp_port_min < 3:
+            raise ValueError(f"sip_trunk {self.name!r}: rtp_port_max must be at least rtp_port_min + 3")
+        return self
+
+
 class Config(_Strict):
-    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]` tables and one
-    `[[line]]` per line."""
+    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]`, `[web]`, `[offload]`
+    tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
 
     recorder: RecorderConfig = RecorderConfig()
     store: StoreConfig = StoreConfig()
     webhook: WebhookConfig | None = None
     web: WebConfig = WebConfig()
+    offload: OffloadConfig | None = None
     purpose: dict[str, PurposeConfig] = DEFAULT_PURPOSES
-    line: list[LineConfig] = Field(min_length=1)
+    line: list[LineConfig] = []
+    sip_trunk: list[SipTrunkConfig] = []
 
     @field_validator("purpose", mode="after")
     @classmethod
@@ -156,11 +280,16 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _distinct_lines(self):
-        for line in self.line:
+        if not self.line and not self.sip_trunk:
+            raise ValueError("nothing to record: add at least one analog line ([[line]]) or one SIP trunk ([[sip_trunk]])")
+        for line in [*self.line, *self.sip_trunk]:
             if line.purpose not in self.purpose:
                 raise ValueError(f"line {line.name!r}: purpose {line.purpose!r} is not one of "
                                  f"{', '.join(sorted(self.purpose))} (define it in a [purpose.NAME] table)")
-        names = [line.name for line in self.line]
+        names = [line.name for line in [*self.line, *self.sip_trunk]]
+        listens = [side.listen for trunk in self.sip_trunk for side in (trunk.trunk, trunk.pbx)]
+        if len(set(listens)) != len(listens):
+            raise ValueError(f"each SIP side needs its own listen address, got {listens}")
         pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin, line.pause_button_pin,
                                                   line.agreement_button_pin, line.recording_led_pin)
                 if p is not None] + ([self.recorder.fault_led_pin] if self.recorder.fault_led_pin is not None else [])
@@ -251,6 +380,12 @@ def resolve_paths(config: Config, source: Path) -> Config:
         if not notice.is_file():
             raise ConfigError(f"invalid configuration in {source}:\n  line[{index}].notice: no such file {notice}")
         lines.append(line.model_copy(update={"notice": notice}))
+    trunks = []
+    for index, trunk in enumerate(config.sip_trunk):
+        notice = trunk.notice if trunk.notice.is_absolute() else base / trunk.notice
+        if not notice.is_file():
+            raise ConfigError(f"invalid configuration in {source}:\n  sip_trunk[{index}].notice: no such file {notice}")
+        trunks.append(trunk.model_copy(update={"notice": notice}))
     data_dir = config.recorder.data_dir
     runtime_dir = config.recorder.runtime_dir
     if runtime_dir is not None and not runtime_dir.is_absolute():
@@ -263,4 +398,12 @@ def resolve_paths(config: Config, source: Path) -> Config:
         if not secret.is_file():
             raise ConfigError(f"invalid configuration in {source}:\n  webhook.secret_file: no such file {secret}")
         webhook = webhook.model_copy(update={"secret_file": secret})
-    return config.model_copy(update={"line": lines, "recorder": recorder, "webhook": webhook})
+    offload = config.offload
+    if offload is not None:
+        files = {key: path if path.is_absolute() else base / path for key, path in offload.secret_files().items()}
+        for key, path in files.items():
+            if not path.is_file():
+                raise ConfigError(f"invalid configuration in {source}:\n  offload.{key}: no such file {path}")
+        offload = offload.model_copy(update=files)
+    return config.model_copy(update={"line": lines, "sip_trunk": trunks, "recorder": recorder, "webhook": webhook,
+                                     "offload": offload})

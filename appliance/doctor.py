@@ -9,12 +9,14 @@ the hardware itself.
 
 import errno
 import json
+import math
 import shutil
 import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,7 +178,6 @@ def measure(pcm: bytes) -> tuple[float, float, bool]:
 
 
 def _dbfs(amplitude: float) -> float:
-    import math
     return 20 * math.log10(max(amplitude, 1e-10))
 
 
@@ -260,9 +261,11 @@ def check_inputs(line: LineConfig, pin_factory=None) -> Result:
     from appliance.hook import LineInputs
 
     try:
-        inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
-                            buttons={"pause": line.pause_button_pin, "agreement": line.agreement_button_pin},
-                            pin_factory=pin_factory)
+        with warnings.catch_warnings():     # gpiozero warns of each pin library it tries: the result says it all
+            warnings.simplefilter("ignore")
+            inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
+                                buttons={"pause": line.pause_button_pin, "agreement": line.agreement_button_pin},
+                                pin_factory=pin_factory)
     except CallrecError as exc:
         return Result(FAIL, f"line {line.name}: {exc}",
                       "check the pin numbers in the configuration (BCM numbers) and that no other "

@@ -27,12 +27,18 @@ from appliance.notice import load_notice, play
 from appliance.keys import ensure_device_key_apart
 from appliance.live import LivePublisher
 from appliance.modem import CallerId, CallerIdModem, Ring
+from appliance.sip.trunk import SipTrunk
+from appliance.sdnotify import Watchdog, notify
 from appliance.spool import SpoolWriter
 from appliance.webhook import Webhook, call_event
+from appliance.offload import Offloader
 from appliance.store import Store
 
 log = logging.getLogger(__name__)
 
+# A line's hardware: these settings change only at a restart of the recorder.
+WIRING = ("hook_pin", "hook_active", "ring_pin", "ring_active", "capture", "playback", "modem", "modem_commands",
+          "dtmf_caller_id", "pause_button_pin", "agreement_button_pin", "recording_led_pin")
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
 BUTTON_SETTLE_S = 0.03
 CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP lines), not earlier
@@ -501,6 +507,18 @@ class LineRecorder:
                                       settings.format, settings.opus_bitrate, **fields))
         self.finaliser.submit(job)
 
+    def apply(self, line: LineConfig) -> bool:
+        """Take up new settings for this line while it runs: its notice, purpose, opt-out, pause and
+        notice rules apply from the next call. Its wiring (pins, sound card, modem) is kept until a
+        restart: returns False when that changed."""
+        wiring = {name: getattr(self.line, name) for name in WIRING}
+        self.notice = load_notice(line.notice, self.settings.sample_rate)     # it may be a new file by the same name
+        self.machine.notice_incoming = line.notice_incoming
+        self.machine.notice_outgoing_after = line.notice_outgoing_after_s
+        rewired = any(getattr(line, name) != value for name, value in wiring.items())
+        self.line = line.model_copy(update=wiring)
+        return not rewired
+
     def snapshot(self) -> dict:
         """This line's live state for the web UI: call state, hook, levels, devices."""
         call, state = self.call, self.machine.state
@@ -576,13 +594,30 @@ class Recorder:
         self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory,
                                    on_agreement=self._mark_agreement, on_finished=self._finished)
                       for line in config.line]
+        self.trunks = [SipTrunk(trunk, config.recorder, self.catalogue, self.finaliser, self._finished)
+                       for trunk in config.sip_trunk]
         self.webhook = None
         if config.webhook is not None:
             secret = config.webhook.secret_file.read_text().strip()
             self.webhook = Webhook(config.webhook.url, secret)
+        self.offload = Offloader(config.offload, self.catalogue, data_dir) if config.offload is not None else None
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
         self.live = LivePublisher(config.recorder.live_dir, lambda: [line.snapshot() for line in self.lines])
+        self.watchdog = Watchdog(self.capture_problem)
+
+    def reload(self, config: Config) -> list[str]:
+        """Take up a changed configuration without stopping: purposes, store limits and each line's
+        call settings apply at once. Returns what waits for a restart (wiring, lines added or removed)."""
+        self.store.purposes, self.store.settings = config.purpose, config.store
+        self.cleaner.interval = config.store.cleaner_interval_s
+        running = {line.line.name: line for line in self.lines}
+        pending = [f"line {name} added" for name in {line.name for line in config.line} - set(running)]
+        pending += [f"line {name} removed" for name in set(running) - {line.name for line in config.line}]
+        for line in config.line:
+            if line.name in running and not running[line.name].apply(line):
+                pending.append(f"line {line.name}: its pins, sound card or modem")
+        return pending
 
     def faults(self) -> set[int]:
         """What the fault LED shows: a missing sound card, the storage alarm, a lost modem."""
@@ -595,8 +630,23 @@ class Recorder:
             present.add(MODEM_LOST)
         return present
 
+    def capture_problem(self, stall_s: float) -> str | None:
+        """Why the recorder needs a restart, for the watchdog: a line whose capture thread died, or
+        that has its sound card open but got no audio from it for `stall_s`. A missing card is not
+        one: capture retries it by itself, and the fault LED shows it."""
+        now = time.monotonic()
+        for line in self.lines:
+            capture = line.capture
+            if not capture.is_alive():
+                return f"line {line.line.name}: capture thread ended"
+            since = max(capture.last_read or 0.0, capture.opened_at or 0.0)
+            if capture.connected.is_set() and now - since > stall_s:
+                return f"line {line.line.name}: no audio from {capture.device} for {now - since:.0f} s"
+        return None
+
     def _finished(self, row: dict) -> None:
-        """A call is in the archive (or missed): name its caller from the contacts, tell the CRM."""
+        """A call is in the archive (or missed): name its caller from the contacts, tell the CRM,
+        wake the offloader."""
         if row["number"]:
             with self.catalogue.transaction() as db:
                 contact = lookup(db, row["number"], self.config.recorder.country_code)
@@ -605,6 +655,8 @@ class Recorder:
                     row = {**row, "contact_name": contact.name}
         if self.webhook is not None:
             self.webhook.send(call_event(row))
+        if self.offload is not None:
+            self.offload.notify()
 
     def _mark_agreement(self, call_id: int, actor: str) -> None:
         """The agreement button: keep this call as the evidence of an agreement."""
@@ -619,28 +671,38 @@ class Recorder:
         self.finaliser.start()
         for line in self.lines:
             line.start()
+        for trunk in self.trunks:
+            trunk.start()
         self.cleaner.start()
         self.live.start()
         if self.fault_led is not None:
             self.fault_led.start()
         if self.webhook is not None:
             self.webhook.start()
+        if self.offload is not None:
+            self.offload.start()        # its first pass catches up with what is waiting
+        self.watchdog.start()
 
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
-        return all(line.idle for line in self.lines) and self.finaliser.jobs.unfinished_tasks == 0
+        return (all(line.idle for line in [*self.lines, *self.trunks])
+                and self.finaliser.jobs.unfinished_tasks == 0)
 
     def stop(self) -> None:
         """Stop all lines, finalise what was in progress, close the catalogue."""
+        notify("STOPPING=1")
+        self.watchdog.close()
         self.cleaner.stopping.set()
         self.live.stop()
         if self.fault_led is not None:
             self.fault_led.close()
-        for line in self.lines:
+        for line in [*self.lines, *self.trunks]:
             line.stop()
         self.finaliser.close()
         if self.webhook is not None:
             self.webhook.stop(timeout=5)
+        if self.offload is not None:
+            self.offload.stop(timeout=5)
         if self.cleaner.is_alive():
             self.cleaner.join()
         self.catalogue.close()

@@ -1,6 +1,7 @@
 """Shared test helpers: configs, scenarios, running `callrec` as a user would, reading recordings."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -70,6 +71,37 @@ def callrec(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> s
     if check and result.returncode != 0:
         raise AssertionError(f"callrec {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def feed(raw: Path, fifo: Path, period_frames: int = 160) -> subprocess.Popen:
+    """A feeder process writing `raw` (s16 mono at RATE) into `fifo` in real time, as a card would."""
+    return subprocess.Popen([sys.executable, "-m", "appliance.feeder", str(raw), str(fifo), "--rate", str(RATE),
+                             "--t0", repr(time.monotonic()), "--period-frames", str(period_frames)])
+
+
+def simulated_cards(data: Path, lines: list[str], audio: bytes | None = None) -> tuple[str, list]:
+    """Simulated sound cards for `lines` under `data`/simulation: capture PCMs each read from a FIFO
+    that a feeder process fills with `audio` (default: a minute of silence) in real time, and file
+    playback PCMs. Returns the value for ALSA_CONFIG_PATH and the feeders (give them to `stop`)."""
+    from appliance.simulate import ALSA_BASE_CONFIG, write_asoundrc
+
+    sim = data / "simulation"
+    sim.mkdir(parents=True, exist_ok=True)
+    raw = sim / "line.raw"
+    raw.write_bytes(audio if audio is not None else bytes(RATE * 2 * 60))
+    asoundrc = write_asoundrc(sim, lines)
+    feeders = []
+    for line in lines:
+        os.mkfifo(sim / f"line-in-{line}.fifo")
+        feeders.append(feed(raw, sim / f"line-in-{line}.fifo"))
+    return f"{ALSA_BASE_CONFIG}:{asoundrc}", feeders
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Kill and reap processes."""
+    for process in processes:
+        process.kill()
+        process.wait()
 
 
 def calls_json(data: Path) -> list[dict]:

@@ -1,15 +1,13 @@
 """Capture keeps going when the sound card is missing or goes away, and keeps a true timeline."""
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from appliance.capture import Capture
 from appliance.spool import SpoolWriter, repair_header
-from conftest import RATE, tone, wait_for, write_wav
+from conftest import RATE, feed, tone, wait_for, write_wav
 
 PERIOD = RATE // 50
 
@@ -45,9 +43,7 @@ def line(tmp_path, monkeypatch):
         # so that no backlog builds up in the pipe, as none would in a card.
         held.append(os.open(fifo, os.O_RDWR))
         assert wait_for(capture.connected.is_set, 8.0)
-        feeders.append(subprocess.Popen(
-            [sys.executable, "-m", "appliance.feeder", str(raw), str(fifo), "--rate", str(RATE),
-             "--t0", repr(time.monotonic()), "--period-frames", str(PERIOD)]))
+        feeders.append(feed(raw, fifo, PERIOD))
 
     def unplug():
         fifo.unlink()              # first, so that no reopen can block on a FIFO without writer

@@ -5,8 +5,6 @@ the real recorder. Each scenario runs once per module; the tests read what it le
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from appliance.catalogue import Catalogue
 from appliance.codec import decode_to_pcm
 from appliance.config import demo_path
 from appliance.simulate import line_out_path
-from conftest import (RATE, calls_json, callrec, iso_seconds, recording, tone, tone_level, wait_for,
+from conftest import (RATE, calls_json, callrec, iso_seconds, recording, simulated_cards, stop, tone, tone_level, wait_for,
                       write_config, write_scenario, write_wav)
 
 
@@ -190,16 +188,11 @@ def live_line(tmp_path, monkeypatch):
 
     from appliance.config import load_config
     from appliance.recorder import Recorder
-    from appliance.simulate import simulated, write_asoundrc
+    from appliance.simulate import simulated
 
     data = tmp_path / "data"
-    (data / "simulation").mkdir(parents=True)
-    monkeypatch.setenv("ALSA_CONFIG_PATH", f"/usr/share/alsa/alsa.conf:{write_asoundrc(data / 'simulation', ['t1'])}")
-    fifo = data / "simulation" / "line-in-t1.fifo"
-    os.mkfifo(fifo)
-    (tmp_path / "line.raw").write_bytes(bytes(RATE * 2 * 10))
-    feeder = subprocess.Popen([sys.executable, "-m", "appliance.feeder", str(tmp_path / "line.raw"), str(fifo),
-                               "--rate", str(RATE), "--t0", repr(time.monotonic()), "--period-frames", "160"])
+    alsa, feeders = simulated_cards(data, ["t1"])
+    monkeypatch.setenv("ALSA_CONFIG_PATH", alsa)
     factory = MockFactory()
     recorders = []
 
@@ -211,8 +204,7 @@ def live_line(tmp_path, monkeypatch):
     yield build
     for recorder in recorders:
         recorder.stop()
-    feeder.kill()
-    feeder.wait()
+    stop(feeders)
     factory.reset()
 
 
@@ -486,3 +478,29 @@ def test_the_live_state_shows_each_line_idle_then_in_call_with_its_input_level_a
     wait_idle(recorder)
     recorder.stop()
     assert read_live(folder) is None and recorder_pid(folder) is None
+
+
+def test_a_reloaded_configuration_applies_purposes_limits_and_notices_at_once_and_wiring_at_restart(live_line, tmp_path):
+    from appliance.config import load_config
+    from appliance.simulate import simulated
+    from conftest import write_config, write_wav
+
+    recorder, factory = live_line()
+    recorder.start()
+    notice = write_wav(tmp_path / "notice-fr.wav", tone(700, 1.0))
+    (tmp_path / "changed").mkdir()
+    changed = write_config(tmp_path / "changed", recorder={"preroll_s": 2.0},
+                           line={"purpose": "agreement", "notice": str(notice), "hook_pin": 22})
+    config = simulated(load_config(changed), recorder.config.recorder.data_dir)
+    config = config.model_copy(update={"store": config.store.model_copy(update={"min_free_mb": 7})})
+    pending = recorder.reload(config)
+    assert pending == ["line t1: its pins, sound card or modem"]
+    line = recorder.lines[0]
+    assert line.line.purpose == "agreement" and line.line.hook_pin == 17      # wiring waits for a restart
+    assert line.notice.path == notice and recorder.store.settings.min_free_mb == 7
+    factory.pin(17).drive_low()          # a call on the old pin, under the new purpose
+    time.sleep(0.5)
+    factory.pin(17).drive_high()
+    wait_idle(recorder)
+    [call] = recorder.catalogue.calls()
+    assert call["purpose"] == "agreement"

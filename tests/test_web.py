@@ -6,8 +6,7 @@ import zipfile
 
 import pytest
 
-from appliance.catalogue import Catalogue
-from conftest import PASSWORD, callrec, wait_for
+from conftest import PASSWORD, callrec, simulated_cards, stop, wait_for
 
 FORM = re.compile(rb'name="csrf_token" value="([^"]+)"')
 SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr",
@@ -285,3 +284,44 @@ def test_the_api_lists_calls_of_the_tokens_lines_and_exports_a_bundle_that_verif
     assert "1 call(s)" in callrec("verify", str(bundle)).stdout
     response = client.post("/api/v1/exports", json={"call_ids": "all"}, headers=office_only)
     assert response.status_code == 400 and "call_ids" in response.get_json()["error"]
+
+
+def test_a_setting_saved_in_the_web_ui_reaches_the_running_recorder_without_a_restart(web_appliance, tmp_path):
+    """`callrec run` on simulated hardware (mock pins, FIFO-fed ALSA file PCMs) and the web UI on the
+    same configuration: a changed retention is taken up by the recorder at once (SIGHUP)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from appliance.simulate import capture_pcm, playback_pcm
+    from web import create_app
+
+    config, data, calls = web_appliance
+    alsa, feeders = simulated_cards(data, ["shop", "office"])
+    text = config.read_text()
+    for line, card in (("shop", "1"), ("office", "2")):
+        text = text.replace(f'capture = "cap{card}"', f'capture = "{capture_pcm(line)}"')
+        text = text.replace(f'playback = "play{card}"', f'playback = "{playback_pcm(line)}"')
+    config.write_text(text)
+    env = {**os.environ, "ALSA_CONFIG_PATH": alsa, "GPIOZERO_PIN_FACTORY": "mock"}
+    recorder = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(config)], env=env,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        app = create_app(config, secure_cookies=False)
+        app.extensions["callrec"].accounts.add_user("admin", PASSWORD, "admin", None)
+        admin = login(app, "admin")
+        assert wait_for(lambda: admin.get("/status.json").get_json()["recorder_running"], 20)
+        status = admin.get("/status.json").get_json()
+        assert [(line["name"], line["state"]) for line in status["lines"]] == [("shop", "idle"), ("office", "idle")]
+        response = admin.post("/settings/purpose", data={"csrf_token": csrf(admin, "/"), "name": "training",
+                                                         "retention_days": "14", "legal_basis": "Training"},
+                              follow_redirects=True)
+        assert b"Saved and applied" in response.data
+    finally:
+        time.sleep(1.0)                  # the recorder's loop takes up the signal within half a second
+        recorder.terminate()
+        log = recorder.communicate(timeout=30)[1]
+        stop(feeders)
+    assert recorder.returncode == 0, log
+    assert "configuration reloaded" in log

@@ -114,6 +114,22 @@ class WebServer:
                        f"{'' if self.web.https_port == 443 else f':{self.web.https_port}'}/setup)")
             log.warning(message)       # the unit sends the log to the console too
 
+    def problem(self, timeout: float) -> str | None:
+        """Why the web UI should be restarted (for the watchdog): None while it answers its own
+        health check over HTTPS within `timeout` seconds."""
+        import ssl
+        import urllib.request
+
+        host = "127.0.0.1" if self.web.bind in ("0.0.0.0", "::") else self.web.bind
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE    # its own certificate
+        try:
+            with urllib.request.urlopen(f"https://{host}:{self.https.bind_addr[1]}/healthz", timeout=timeout,
+                                        context=context) as answer:
+                return None if answer.status == 200 else f"the web UI answers {answer.status} to its health check"
+        except OSError as exc:
+            return f"the web UI does not answer its health check: {exc}"
+
     def stop(self) -> None:
         """Stop serving and close the databases."""
         for server in filter(None, (self.https, self.http)):

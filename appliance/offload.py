@@ -1,0 +1,293 @@
+"""Offload: each finished recording is copied off the box too, with a signed manifest, to a NAS by
+rsync over SSH or to an S3-compatible bucket, from a thread of its own.
+
+The catalogue is the queue: a recording is waiting while its call has a file and no
+`offloaded_at`. So nothing is lost when the target is down or the recorder restarts, and at
+start-up the offloader catches up with whatever is waiting. The recorder only wakes the thread
+when a call is finished; it never waits for it. While the target fails, the thread retries after
+`retry_first_s`, doubling up to `retry_max_s`; recording goes on meanwhile. Each copy is marked in
+the catalogue (`offloaded_at`, `offload_target`) and in the ledger (`offloaded`) in one
+transaction, after the target has acknowledged both files.
+
+On the target, a recording keeps its archive path without the `archive/` folder
+(`2026/11/23/00000042-t1.opus`), and its manifest is next to it (`….opus.json`): the call's
+public fields, the recording's SHA-256, the call's ledger entries and the ledger head at the time
+(which anchors the chain off the box), the device's public key and fingerprint, and the device
+key's Ed25519 signature over the rest. The signature is made in a short-lived process, as the
+device key is made, so that the recorder never keeps the cryptography library loaded.
+"""
+
+import hashlib
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path, PurePosixPath
+
+from appliance import ledger
+from appliance.catalogue import Catalogue, public_fields
+from appliance.clock import iso_utc
+from appliance.config import OffloadConfig
+from appliance.errors import CallrecError
+from appliance.keys import fingerprint
+from appliance.s3 import Bucket, S3Error
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "callrec-offload-1"
+STAGING_DIR = "offload"         # in the data folder: manifests on their way to an rsync target
+BATCH = 50
+SIGN_TIMEOUT_S = 30.0
+OFFLOAD_FIELDS = ("offloaded_at", "offload_target")
+CONTENT_TYPES = {".opus": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav"}
+
+
+class OffloadError(CallrecError, OSError):
+    """The offload target could not take a recording (down, unreachable, refusing)."""
+
+
+def remote_path(row: dict) -> PurePosixPath:
+    """Where a call's recording goes on the target: its archive path without `archive/`."""
+    return PurePosixPath(*PurePosixPath(row["file"]).parts[1:])
+
+
+# -- targets --------------------------------------------------------------------------------------
+
+class RsyncTarget:
+    """A folder on a NAS or server, reached by rsync over SSH with a key of its own; the server's
+    host key must be in `known_hosts_file`, so the copies go to that server and no other."""
+
+    def __init__(self, settings: OffloadConfig, staging: Path):
+        self.name = f"rsync:{settings.destination}"
+        self.destination = settings.destination.rstrip("/")
+        self.timeout_s = settings.timeout_s
+        self.staging = staging
+        self.ssh = shlex.join([
+            "ssh", "-F", "/dev/null", "-p", str(settings.ssh_port), "-i", str(settings.ssh_key_file),
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={settings.known_hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"ConnectTimeout={int(settings.timeout_s)}"])
+
+    def put(self, recording: Path, manifest: bytes, remote: PurePosixPath, sha256: str) -> None:
+        """Copy the recording and its manifest into the remote folder `remote.parent` (rsync
+        checks each file it sends with its own checksum; `sha256` is not needed)."""
+        self.staging.mkdir(exist_ok=True)
+        staged = self.staging / f"{remote.name}.json"
+        staged.write_bytes(manifest)
+        folder = f"{self.destination}/{remote.parent}/"
+        try:
+            done = subprocess.run(
+                ["rsync", "--times", "--perms", "--chmod=D0750,F0640", "--mkpath",
+                 f"--timeout={int(self.timeout_s)}", "-e", self.ssh, "--", str(recording), str(staged), folder],
+                capture_output=True, text=True, timeout=self.timeout_s * 10)
+        except subprocess.TimeoutExpired:
+            raise OffloadError(f"rsync to {folder} took longer than {self.timeout_s * 10:g} s") from None
+        except OSError as exc:
+            raise OffloadError(f"cannot run rsync: {exc}") from None
+        finally:
+            staged.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise OffloadError(f"rsync failed: {_gist(done.stderr) or f'exit status {done.returncode}'}")
+
+
+def _gist(stderr: str) -> str:
+    """The lines of rsync's and ssh's complaint that say why (not rsync's own summary, nor the
+    banner of @ signs around a changed host key)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("@")]
+    telling = [line for line in lines if not line.startswith(("rsync:", "rsync error:"))] or lines
+    return " ".join(telling[-2:])
+
+
+class S3Target:
+    """A bucket of an S3-compatible store; the secret key is read from its file once."""
+
+    def __init__(self, settings: OffloadConfig):
+        self.name = f"s3:{settings.endpoint.rstrip('/')}/{settings.bucket}/{settings.prefix}"
+        self.prefix = settings.prefix
+        self.bucket = Bucket(settings.endpoint, settings.bucket, settings.region, settings.access_key_id,
+                             settings.secret_key_file.read_text().strip(), settings.timeout_s)
+
+    def put(self, recording: Path, manifest: bytes, remote: PurePosixPath, sha256: str) -> None:
+        """Store the recording, then its manifest, under the prefix; the store checks each
+        against its SHA-256."""
+        key = f"{self.prefix}{remote}"
+        try:
+            self.bucket.put(key, recording, sha256, CONTENT_TYPES.get(recording.suffix, "application/octet-stream"))
+            self.bucket.put(f"{key}.json", manifest, hashlib.sha256(manifest).hexdigest(), "application/json")
+        except S3Error as exc:
+            raise OffloadError(str(exc)) from None
+
+
+# -- manifests ------------------------------------------------------------------------------------
+
+def canonical(document: dict) -> bytes:
+    """The bytes a manifest's signature covers: its fields but `signature`, as canonical JSON."""
+    body = {key: value for key, value in document.items() if key != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def manifest(row: dict, entries: list[dict], head: dict | None) -> dict:
+    """The unsigned manifest of a call's recording."""
+    return {"format": MANIFEST_FORMAT, "created_at": iso_utc(time.time()),
+            "recording": PurePosixPath(row["file"]).name, "sha256": row["sha256"],
+            "call": {k: v for k, v in public_fields(row).items() if k not in OFFLOAD_FIELDS},
+            "ledger": entries, "ledger_head": head}
+
+
+def sign_manifest(document: dict, private_key) -> dict:
+    """The manifest with the device's public key, its fingerprint and the signature added."""
+    from appliance.keys import public_key_hex
+
+    public = public_key_hex(private_key)
+    signed = {**document, "device_public_key": public, "device_fingerprint": fingerprint(public)}
+    return {**signed, "signature": private_key.sign(canonical(signed)).hex()}
+
+
+def sign_apart(data_dir: Path, document: dict) -> dict:
+    """`sign_manifest` with the device key, in a short-lived process of its own."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "appliance.offload", "sign", str(data_dir)],
+                              input=json.dumps(document), capture_output=True, text=True,
+                              timeout=SIGN_TIMEOUT_S, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise OffloadError(f"cannot sign the manifest with the device key: {exc}") from None
+    return json.loads(done.stdout)
+
+
+def verify_manifest(document: dict, recording: bytes | None = None) -> list[str]:
+    """What is wrong with a manifest (and, given its bytes, the recording beside it)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    problems = []
+    public = document.get("device_public_key", "")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public)).verify(
+            bytes.fromhex(document.get("signature", "")), canonical(document))
+    except (InvalidSignature, ValueError):
+        problems.append("the manifest's signature does not match: it was changed, or not signed by this key")
+    if public and document.get("device_fingerprint") != fingerprint(public):
+        problems.append("the device fingerprint is not that of the public key")
+    if recording is not None and hashlib.sha256(recording).hexdigest() != document.get("sha256"):
+        problems.append(f"{document.get('recording')} does not match the manifest's SHA-256")
+    return problems
+
+
+# -- the thread -----------------------------------------------------------------------------------
+
+class Offloader(threading.Thread):
+    """Copies each recording not yet offloaded to the configured target, oldest first, from its
+    own thread. Call `start()` once, `notify()` when a call is finished, `stop()` at shutdown."""
+
+    def __init__(self, settings: OffloadConfig, catalogue: Catalogue, data_dir: Path):
+        super().__init__(name="offload", daemon=True)
+        self.settings = settings
+        self.catalogue = catalogue
+        self.data_dir = Path(data_dir)
+        self.target = (RsyncTarget(settings, self.data_dir / STAGING_DIR) if settings.type == "rsync"
+                       else S3Target(settings))
+        self.offloaded = self.failures = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._missing: set[int] = set()        # calls whose recording is gone, already reported
+
+    def notify(self) -> None:
+        """A call was finished: look for recordings to offload (returns at once)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the thread after the copy in progress; what waits is offloaded at the next start."""
+        self._stopping.set()
+        self._wake.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def run(self) -> None:
+        """Offload what waits, then wait for `notify()`; retry with back-off while the target fails."""
+        delay = self.settings.retry_first_s
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                problem = self._offload_waiting()
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break           # the recorder closed the catalogue under a copy that outlasted stop()
+                # A bug or a catalogue error must not end offloading for good: it is retried.
+                log.exception("offload to %s failed unexpectedly", self.target.name)
+                problem = str(exc)
+            if problem is None:
+                delay = self.settings.retry_first_s
+                self._wake.wait()
+                continue
+            self.failures += 1
+            log.warning("offload to %s failed: %s; retrying in %g s (recording goes on)",
+                        self.target.name, problem, delay)
+            if self._stopping.wait(delay):
+                break
+            delay = min(delay * 2, self.settings.retry_max_s)
+
+    def _offload_waiting(self) -> str | None:
+        """Offload every waiting recording; return the target's problem if one stops the pass."""
+        after = 0
+        while not self._stopping.is_set():
+            rows = self.catalogue.calls("id > ? AND offloaded_at IS NULL AND file IS NOT NULL", [after],
+                                        limit=BATCH)
+            if not rows:
+                return None
+            for row in rows:
+                if self._stopping.is_set():
+                    return None
+                after = row["id"]
+                try:
+                    self.offload(row)
+                except OffloadError as exc:
+                    return str(exc)
+        return None
+
+    def offload(self, row: dict) -> bool:
+        """Copy one call's recording and manifest to the target and mark it; False if the
+        recording is gone (the call was deleted meanwhile, or its file is missing)."""
+        recording = self.data_dir / row["file"]
+        if not recording.is_file():
+            self._report_missing(row)
+            return False
+        with self.catalogue.transaction() as db:
+            entries = [dict(e) for e in db.execute("SELECT * FROM ledger WHERE call_id = ? ORDER BY seq",
+                                                   [row["id"]])]
+            head = ledger.head(db)
+        document = sign_apart(self.data_dir, manifest(row, entries, head))
+        body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
+        self.target.put(recording, body, remote_path(row), row["sha256"])
+        with self.catalogue.transaction() as db:
+            current = db.execute("SELECT sha256 FROM calls WHERE id = ?", [row["id"]]).fetchone()
+            if current is None or current[0] != row["sha256"]:
+                return False        # erased or changed while it was copied: nothing to mark
+            db.execute("UPDATE calls SET offloaded_at = ?, offload_target = ? WHERE id = ?",
+                       [iso_utc(time.time()), self.target.name, row["id"]])
+            ledger.append(db, "offloaded", row["id"], row["sha256"], self.target.name)
+        self.offloaded += 1
+        log.info("call %s offloaded to %s", row["id"], self.target.name)
+        return True
+
+    def _report_missing(self, row: dict) -> None:
+        try:
+            self.catalogue.get_call(row["id"])
+        except KeyError:
+            return                  # deleted by the cleaner or erased since it was listed
+        if row["id"] not in self._missing:
+            self._missing.add(row["id"])
+            log.error("call %s: its recording %s is missing, so it cannot be offloaded "
+                      "(`callrec verify` lists what else is wrong)", row["id"], row["file"])
+
+
+if __name__ == "__main__":
+    # python -m appliance.offload sign DATA_DIR < manifest.json > signed.json
+    from appliance.keys import load_private_key
+
+    if sys.argv[1:2] != ["sign"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m appliance.offload sign DATA_DIR < manifest.json")
+    signed_document = sign_manifest(json.load(sys.stdin), load_private_key(Path(sys.argv[2])))
+    sys.stdout.write(json.dumps(signed_document, ensure_ascii=False))

@@ -1,0 +1,77 @@
+"""One SIP trunk in the recorder: its relay runs on an asyncio event loop in a thread of its own
+(SIP, RTP and timers, never blocking), its store work on the line's store thread.
+"""
+
+import asyncio
+import logging
+import threading
+
+from appliance.catalogue import Catalogue
+from appliance.config import RecorderConfig, SipTrunkConfig
+from appliance.errors import HardwareError
+from appliance.sip.line import SipLine
+from appliance.sip.proxy import Proxy
+
+log = logging.getLogger(__name__)
+
+
+class SipTrunk:
+    """Relays and records one configured SIP trunk."""
+
+    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, catalogue: Catalogue,
+                 finaliser, on_finished=None):
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.line = SipLine(config, settings, catalogue, finaliser, self._call_later, on_finished)
+        self.proxy: Proxy | None = None
+        self._ready = threading.Event()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sip-{config.name}", daemon=True)
+
+    def _call_later(self, delay: float, callback, *args):
+        return self.loop.call_later(delay, callback, *args)
+
+    def start(self) -> None:
+        """Listen on both sides and relay. Raises HardwareError when an address cannot be used."""
+        self.line.start()
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            self.line.stop()
+            raise HardwareError(f"sip_trunk {self.config.name!r}: cannot listen on "
+                                f"{self.config.trunk.listen} and {self.config.pbx.listen}: {self._error}")
+        log.info("sip trunk %s: relaying %s (operator %s) and %s (PBX %s)", self.config.name,
+                 self.config.trunk.listen, self.config.trunk.peer, self.config.pbx.listen,
+                 self.config.pbx.peer or "phones that register")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.proxy = Proxy(self.loop, self.config, self.line)
+            self.proxy.start()
+        except OSError as exc:
+            self._error = exc
+            self._ready.set()
+            self.loop.close()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.close()
+
+    def stop(self) -> None:
+        """Stop relaying; calls in progress are finalised as interrupted."""
+        if self.proxy is None:
+            return
+
+        def shut_down():
+            self.proxy.close()
+            self.loop.stop()
+        self.loop.call_soon_threadsafe(shut_down)
+        self._thread.join()
+        self.line.stop()
+
+    @property
+    def idle(self) -> bool:
+        """No call ringing or in progress, nothing queued for the store."""
+        return self.proxy is not None and not self.proxy.busy and self.line.idle

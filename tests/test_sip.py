@@ -1,0 +1,374 @@
+"""SIP trunks through the real recorder, with SIPp as the operator and as the shop's PBX on
+127.0.0.1: what each side sent ends up in its own channel, the caller hears the notice first, and
+calls that end in every other way leave the catalogue as they should."""
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.archive import SPOOL_DIR
+from appliance.config import load_config
+from appliance.recorder import Recorder
+from appliance.sip import g711
+from conftest import RATE, calls_json, tone, tone_level, wait_for, write_wav
+from sipp.harness import HOST, SIPP_PCAPS, RtpEndpoint, finish, free_port, pcap_audio, read_stereo, sipp, \
+    trunk_config, write_pcap
+
+NOTICE_HZ, CALLER_HZ, CALLEE_HZ = 1500.0, 440.0, 1000.0
+NOTICE_S = 1.0
+
+
+class Trunk:
+    """The recorder with one SIP trunk, and the ports of the SIPp parties around it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.notice = write_wav(folder / "notice.wav", tone(NOTICE_HZ, NOTICE_S, 0.5))
+        self.trunk_port, self.pbx_port = free_port(), free_port()
+        self.operator_port, self.phone_port = free_port(), free_port()      # SIPp as UAS
+        self.caller_port = free_port()                                       # SIPp as UAC
+        self.media = [free_port(4) for _ in range(2)]
+        self.recorder: Recorder | None = None
+
+    def config(self, pbx_peer: bool = True, rtp_ports: int = 100, archive_format: str = "flac", **settings) -> Path:
+        """Write the configuration: the operator's trunk and the PBX at the SIPp UAS ports."""
+        return trunk_config(self.folder, self.trunk_port, self.pbx_port, self.operator_port,
+                            self.phone_port if pbx_peer else None, self.notice, free_port(rtp_ports),
+                            rtp_ports=rtp_ports, archive_format=archive_format, **settings)
+
+    def start(self, **settings) -> Recorder:
+        """Start the recorder on a trunk configured with `settings`."""
+        self.recorder = Recorder(load_config(self.config(**settings)))
+        self.recorder.start()
+        return self.recorder
+
+    def calls(self) -> list[dict]:
+        """The catalogue's rows once every call is finalised."""
+        assert wait_for(self.recorder.idle, 15), "the recorder did not finish its calls"
+        return self.recorder.catalogue.calls()
+
+    def stop(self) -> None:
+        """Stop the recorder."""
+        if self.recorder is not None:
+            self.recorder.stop()
+
+
+@pytest.fixture
+def trunk(tmp_path):
+    """A SIP trunk of the recorder in a fresh data folder, stopped after the test."""
+    t = Trunk(tmp_path)
+    yield t
+    t.stop()
+
+
+def call_through(trunk: Trunk, caller: str, callee: str, duration_ms: int, inbound: bool = True,
+                 transport: str = "u1", caller_keys: dict | None = None, callee_keys: dict | None = None,
+                 service: str = "shop", calls: int = 1) -> None:
+    """One SIPp call (or `calls`) from the operator to the PBX (inbound) or the other way."""
+    folder = trunk.folder
+    listen, target = (trunk.phone_port, trunk.trunk_port) if inbound else (trunk.operator_port, trunk.pbx_port)
+    uas = sipp(callee, folder, listen, trunk.media[1], transport=transport, keys=callee_keys, calls=calls)
+    time.sleep(0.2)
+    uac = sipp(caller, folder, trunk.caller_port, trunk.media[0], remote=f"{HOST}:{target}",
+               duration_ms=duration_ms, transport=transport, keys=caller_keys, service=service, calls=calls)
+    finish(uac, folder)
+    finish(uas, folder)
+
+
+def levels(samples: np.ndarray, start_s: float, end_s: float) -> dict[float, float]:
+    """The level of each test frequency in a stretch of a channel."""
+    part = samples[int(start_s * RATE):int(end_s * RATE)]
+    return {f: tone_level(part, f) for f in (NOTICE_HZ, CALLER_HZ, CALLEE_HZ)}
+
+
+def best_match(recorded: np.ndarray, sent: np.ndarray) -> float:
+    """The normalised correlation of `recorded` with the best-aligned stretch of `sent`."""
+    scores = [np.dot(recorded, sent[lag:lag + len(recorded)]) /
+              (np.linalg.norm(recorded) * np.linalg.norm(sent[lag:lag + len(recorded)]) + 1e-9)
+              for lag in range(0, len(sent) - len(recorded))]
+    return max(scores)
+
+
+def test_an_incoming_call_has_each_side_in_its_channel_and_the_caller_hears_the_notice_first(trunk):
+    shutil.copy(SIPP_PCAPS / "g711a.pcap", trunk.folder / "callee.pcap")      # speech from the shop
+    trunk.start()
+    caller = RtpEndpoint(tone(CALLER_HZ, 4.0, 0.5))
+    caller.start()
+    try:
+        call_through(trunk, "uac_quiet.xml", "uas.xml", 4000, caller_keys={"rtp_port": str(caller.port)})
+    finally:
+        caller.close()
+    [call] = trunk.calls()
+    assert (call["line"], call["direction"], call["state"], call["channels"]) == ("sip1", "incoming", "complete", 2)
+    assert call["number"] == "+3225551234"          # P-Asserted-Identity wins over From
+    assert call["notice_played_at"] and call["end_reason"] == "hung up by the caller"
+
+    # What the caller heard: the notice from the first packet, then the shop's speech.
+    heard = caller.audio()
+    assert levels(heard, 0.0, 0.95)[NOTICE_HZ] > 0.4
+    speech = pcap_audio(trunk.folder / "callee.pcap")
+    assert best_match(heard[int(1.2 * RATE):int(2.2 * RATE)], speech) > 0.95
+
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert abs(len(left) / RATE - call["duration_s"]) < 0.01 and 3.5 < call["duration_s"] < 5.0
+    assert levels(left, 0.2, 3.5)[CALLER_HZ] > 0.4 and levels(right, 0.2, 3.5)[CALLER_HZ] < 0.01
+    assert levels(right, 0.0, 0.95)[NOTICE_HZ] > 0.4 and levels(left, 0.0, 0.95)[NOTICE_HZ] < 0.01
+    assert best_match(right[int(1.2 * RATE):int(2.2 * RATE)], speech) > 0.95   # the shop, sample for sample
+    assert levels(left, 1.2, 3.5)[CALLEE_HZ] < 0.01
+
+
+def test_an_outgoing_call_over_tcp_is_recorded_with_the_number_dialled_in_stereo_opus(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 3.0, 0.5), g711.PCMU, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 3.0, 0.5), g711.PCMU, 0x2222)
+    trunk.start(transport="tcp", archive_format="opus")
+    mu_law = {"pt": "0", "codec": "PCMU"}
+    call_through(trunk, "uac.xml", "uas.xml", 3000, inbound=False, transport="t1",
+                 caller_keys=mu_law, callee_keys=mu_law, service="0475123456")
+    [call] = trunk.calls()
+    assert (call["direction"], call["number"], call["state"]) == ("outgoing", "0475123456", "complete")
+    assert call["notice_played_at"] is None          # notice_outgoing is off by default
+    assert call["file"].endswith(".opus") and call["size_bytes"] * 8 / call["duration_s"] < 40000
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    # Opus (in its speech mode) codes the two channels together: the other side stays over 15 dB down.
+    assert levels(left, 0.2, 2.8)[CALLER_HZ] > 0.3 and levels(left, 0.2, 2.8)[CALLEE_HZ] < 0.05
+    assert levels(right, 0.2, 2.8)[CALLEE_HZ] > 0.3 and levels(right, 0.2, 2.8)[CALLER_HZ] < 0.05
+
+
+def test_a_call_cancelled_while_ringing_is_missed_without_a_recording(trunk):
+    trunk.start()
+    call_through(trunk, "uac_cancel.xml", "uas_cancel.xml", 0)
+    [call] = trunk.calls()
+    assert (call["state"], call["direction"], call["number"]) == ("missed", "incoming", "+3225551234")
+    assert call["file"] is None and call["end_reason"] == "487 cancelled"
+    assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
+
+
+def test_hold_and_resume_keep_one_recording_through_the_silence(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.5, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.5, 0.5), g711.PCMA, 0x2222)
+    trunk.start(rtp_timeout_s=1.5, notice_incoming=False)     # the hold is twice the RTP timeout
+    call_through(trunk, "uac_hold.xml", "uas_hold.xml", 2000)
+    [call] = trunk.calls()
+    assert call["state"] == "complete" and call["end_reason"] == "hung up by the caller"
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert 6.5 < call["duration_s"] < 8.0
+    for channel, freq in ((left, CALLER_HZ), (right, CALLEE_HZ)):
+        assert levels(channel, 0.1, 1.3)[freq] > 0.4                  # before the hold
+        assert levels(channel, 2.2, 4.8)[freq] < 0.01                 # on hold: silence
+        end = call["duration_s"]
+        assert levels(channel, end - 1.8, end - 0.7)[freq] > 0.4       # after the resume
+
+
+def test_a_call_whose_rtp_stops_is_ended_after_the_timeout(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(rtp_timeout_s=1.5, notice_incoming=False)
+    started = time.monotonic()
+    call_through(trunk, "uac_dead.xml", "uas.xml", 0)      # both sides wait for the appliance's BYE
+    assert time.monotonic() - started < 8
+    [call] = trunk.calls()
+    assert call["state"] == "complete" and call["end_reason"].startswith("no RTP from the")
+    assert 2.0 < call["duration_s"] < 3.5
+
+
+def test_the_opt_out_key_sent_as_rfc_4733_event_destroys_the_recording(trunk):
+    for name in ("key1.pcap", "key2.pcap"):
+        shutil.copy(SIPP_PCAPS / "dtmf_2833_9.pcap", trunk.folder / name)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 3.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(optout_digit="9")
+    call_through(trunk, "uac_keys.xml", "uas.xml", 500)
+    [call] = trunk.calls()
+    assert (call["state"], call["discard_reason"], call["number"], call["file"]) == \
+        ("discarded", "declined", None, None)
+    assert call["ended_at"] and trunk.recorder.catalogue.digits(call["id"]) == []
+    assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
+    assert not list((trunk.folder / "data").glob("archive/**/*.flac"))
+
+
+def test_the_pause_code_as_rfc_4733_events_writes_silence_until_keyed_again(trunk):
+    for name in ("key1.pcap", "key2.pcap"):
+        shutil.copy(SIPP_PCAPS / "dtmf_2833_pound.pcap", trunk.folder / name)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 5.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(pause_code="#", notice_incoming=False)
+    call_through(trunk, "uac_keys.xml", "uas.xml", 1500)
+    [call] = trunk.calls()
+    [(start, end, reason)] = trunk.recorder.catalogue.pauses(call["id"])
+    assert reason == "dtmf" and 0.9 < start < 1.4 and 2.4 < end < 3.1
+    _, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert levels(right, 0.2, start - 0.05)[CALLEE_HZ] > 0.4
+    assert np.abs(right[int(start * RATE) + 8:int(end * RATE) - 8]).max() == 0      # not a sample kept
+    assert levels(right, end + 0.1, call["duration_s"] - 0.2)[CALLEE_HZ] > 0.4
+
+
+def test_concurrent_calls_are_each_recorded_on_their_own(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(notice_incoming=False)
+    call_through(trunk, "uac.xml", "uas.xml", 2000, calls=5)
+    calls = trunk.calls()
+    assert len(calls) == 5 and len({c["file"] for c in calls}) == 5
+    for call in calls:
+        assert call["state"] == "complete"
+        left, right = read_stereo(trunk.folder / "data" / call["file"])
+        assert levels(left, 0.2, 1.8)[CALLER_HZ] > 0.4 and levels(right, 0.2, 1.8)[CALLEE_HZ] > 0.4
+        assert levels(left, 0.2, 1.8)[CALLEE_HZ] < 0.01 and levels(right, 0.2, 1.8)[CALLER_HZ] < 0.01
+
+
+def invite(trunk: Trunk, reply_port: int, n: int, sdp: str | None = None, **headers) -> bytes:
+    """An INVITE from the operator, with `headers` replacing or (None) removing some."""
+    sdp = sdp if sdp is not None else ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+                                       "t=0 0\r\nm=audio 40000 RTP/AVP 8\r\n")
+    fields = {"Via": f"SIP/2.0/UDP {HOST}:{reply_port};branch=z9hG4bK-fuzz{n}", "From": f"<sip:111@{HOST}>;tag=f{n}",
+              "To": f"<sip:shop@{HOST}>", "Call-ID": f"fuzz-{n}", "CSeq": "1 INVITE", "Max-Forwards": "70",
+              "Content-Type": "application/sdp", "Content-Length": str(len(sdp)), **headers}
+    head = f"INVITE sip:shop@{HOST}:{trunk.trunk_port} SIP/2.0\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in fields.items() if value is not None)
+    return (head + "\r\n" + sdp).encode()
+
+
+def mutate(message: bytes, rng) -> bytes:
+    """A message with random damage: flipped bytes, a header line lost or doubled, a cut."""
+    data = bytearray(message)
+    kind = rng.randrange(4)
+    if kind == 0:
+        for _ in range(rng.randrange(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind in (1, 2):
+        lines = bytes(data).split(b"\r\n")
+        at = rng.randrange(1, len(lines))
+        lines[at:at + 1] = [] if kind == 1 else [lines[at], lines[at]]
+        data = bytearray(b"\r\n".join(lines))
+    else:
+        data = data[:rng.randrange(len(data))]
+    return bytes(data)
+
+
+def test_malformed_sip_is_answered_with_an_error_or_dropped_and_never_stops_the_relay(tmp_path):
+    import random
+
+    trunk = Trunk(tmp_path)
+    config = trunk.config(rtp_ports=1000)
+    process = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.settimeout(0.3)
+    port = sock.getsockname()[1]
+
+    def answer(data: bytes) -> int | None:
+        sock.sendto(data, (HOST, trunk.trunk_port))
+        try:
+            reply = sock.recv(65536)
+        except socket.timeout:
+            return None
+        assert reply.startswith(b"SIP/2.0 "), reply[:60]
+        return int(reply.split()[1])
+
+    try:
+        assert wait_for(lambda: answer(invite(trunk, port, 0, **{"Call-ID": None})) == 400, 15)
+        cases = [
+            (b"\x00\xff\xfe not SIP at all \x80", None),
+            (invite(trunk, port, 1, **{"CSeq": "x INVITE"}), 400),
+            (invite(trunk, port, 2, **{"CSeq": "1 BYE"}), 400),
+            (invite(trunk, port, 3, **{"Content-Length": "999"}), 400),
+            (invite(trunk, port, 4, **{"From": "nobody"}), 400),
+            (invite(trunk, port, 5, sdp="v=0\r\nm=audio many RTP/AVP 8\r\n"), 400),
+            (invite(trunk, port, 6, sdp="v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 18\r\n"), 488),
+            (invite(trunk, port, 7, sdp="\xff\xfe"), 400),
+            (invite(trunk, port, 8, **{"Max-Forwards": "0"}), 483),
+            (invite(trunk, port, 9, **{"Via": "nonsense"}), None),
+            (invite(trunk, port, 10).replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL"), 481),
+            (invite(trunk, port, 11, To=f"<sip:shop@{HOST}>;tag=gone").replace(b"INVITE sip", b"BYE sip")
+             .replace(b"1 INVITE", b"1 BYE"), 481),
+            (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\n\r\n", None),
+            (invite(trunk, port, 12).replace(b"Max-Forwards: 70", b"Max-Forwards 70"), None),
+        ]
+        for data, expected in cases:
+            assert answer(data) == expected, data[:120]
+        rng = random.Random(2833)
+        sock.settimeout(0.001)
+        for n in range(300):
+            answer(mutate(invite(trunk, port, 100 + n), rng))
+        with socket.create_connection((HOST, trunk.trunk_port)) as tcp:
+            tcp.sendall(b"\x16\x03\x01 a TLS hello where SIP was expected " * 4000)
+        assert process.poll() is None, "the recorder died"
+
+        # The relay still relays and records.
+        write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.0, 0.5), g711.PCMA, 0x1111)
+        write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.0, 0.5), g711.PCMA, 0x2222)
+        call_through(trunk, "uac.xml", "uas.xml", 1500)
+    finally:
+        sock.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    calls = [c for c in calls_json(trunk.folder / "data") if c["state"] != "missed"]
+    assert [(c["state"], c["channels"]) for c in calls] == [("complete", 2)]
+
+
+def test_a_phone_registered_through_the_appliance_gets_its_calls(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(pbx_peer=False, notice_incoming=False)      # no PBX: only the registration says where
+    registrar = sipp("uas_registrar.xml", trunk.folder, trunk.operator_port, free_port(4), extra=("-trace_msg",))
+    time.sleep(0.2)
+    phone = sipp("uac_register.xml", trunk.folder, free_port(), free_port(4), remote=f"{HOST}:{trunk.pbx_port}",
+                 keys={"phone_port": str(trunk.phone_port)}, extra=("-trace_msg",))
+    finish(phone, trunk.folder)
+    finish(registrar, trunk.folder)
+    [log] = trunk.folder.glob("uas_registrar_*_messages.log")
+    assert f"Contact: <sip:201@{HOST}:{trunk.trunk_port}>" in log.read_text()   # the operator calls the appliance
+    [log] = trunk.folder.glob("uac_register_*_messages.log")
+    assert f"Contact: <sip:201@{HOST}:{trunk.phone_port}>;expires=300" in log.read_text()  # the phone sees its own
+    call_through(trunk, "uac.xml", "uas.xml", 1500, service="201")
+    [call] = trunk.calls()
+    assert call["state"] == "complete" and call["direction"] == "incoming"
+
+
+def test_a_session_timer_that_is_not_refreshed_ends_the_call(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 3.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 3.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(notice_incoming=False)
+    call_through(trunk, "uac_dead.xml", "uas_timer.xml", 0)     # both wait for the appliance's BYE
+    [call] = trunk.calls()
+    assert call["end_reason"] == "session timer expired" and 1.8 < call["duration_s"] < 3.0
+
+
+def test_a_call_in_progress_when_the_recorder_is_killed_is_recovered_at_the_next_start(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 6.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 6.0, 0.5), g711.PCMA, 0x2222)
+    config = trunk.config(notice_incoming=False)
+    run = [sys.executable, "-m", "appliance", "run", "--config", str(config)]
+    first = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    uas = sipp("uas.xml", trunk.folder, trunk.phone_port, trunk.media[1])
+    uac = sipp("uac.xml", trunk.folder, trunk.caller_port, trunk.media[0], remote=f"{HOST}:{trunk.trunk_port}",
+               duration_ms=6000)
+    spool = trunk.folder / "data" / SPOOL_DIR
+    try:
+        assert wait_for(lambda: any(spool.glob("*.wav")), 10)
+        answered = time.monotonic()
+        time.sleep(3.0)
+        first.kill()
+        first.wait()
+        lived = time.monotonic() - answered
+    finally:
+        for process in (uac, uas):
+            process.kill()
+            process.wait()
+    second = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0
+    [call] = calls_json(trunk.folder / "data")
+    assert (call["state"], call["channels"]) == ("interrupted", 2)
+    assert lived - 2.0 < call["duration_s"] < lived + 0.1       # a kill -9 loses under 2 s
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    end = call["duration_s"] - 0.1
+    assert levels(left, 0.2, end)[CALLER_HZ] > 0.4 and levels(right, 0.2, end)[CALLEE_HZ] > 0.4
