@@ -70,7 +70,7 @@ def _store(config_path: Path, data: Path | None):
     catalogue, data_dir = _catalogue(config_path, data)
     if config_path.exists():
         config = load_config(config_path)
-        return Store(catalogue, data_dir, config.purpose, config.store, len(config.line))
+        return Store(catalogue, data_dir, config.purpose, config.store, len(config.line_names))
     return Store(catalogue, data_dir, DEFAULT_PURPOSES, StoreConfig())
 
 
@@ -97,8 +97,8 @@ def run(config_path: Path) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     recorder.start()
-    log.info("recording %d line(s) into %s", len(recorder.lines), config.recorder.data_dir)
-    notify("READY=1", f"STATUS=recording {len(recorder.lines)} line(s)")
+    log.info("recording %d line(s) into %s", len(config.line_names), config.recorder.data_dir)
+    notify("READY=1", f"STATUS=recording {len(config.line_names)} line(s)")
     reload = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload.set())   # the web UI changed the configuration
     while not stop.wait(0.5):

@@ -272,6 +272,11 @@ class Config(_Strict):
     line: list[LineConfig] = []
     sip_trunk: list[SipTrunkConfig] = []
 
+    @property
+    def line_names(self) -> list[str]:
+        """Every line recorded, analog lines then SIP trunks: the names calls are catalogued under."""
+        return [line.name for line in self.line] + [trunk.name for trunk in self.sip_trunk]
+
     @field_validator("purpose", mode="after")
     @classmethod
     def _with_defaults(cls, purposes):

@@ -77,7 +77,7 @@ def check_config(path: Path) -> tuple[Result, Config | None]:
     except CallrecError as exc:
         return Result(FAIL, f"configuration: {exc}",
                       "correct the keys named above (docs/configuration.md describes each one)"), None
-    return Result(OK, f"configuration {path} is valid ({len(config.line)} line(s))"), config
+    return Result(OK, f"configuration {path} is valid ({len(config.line_names)} line(s))"), config
 
 
 def watch_live(live_dir: Path, seconds: float) -> list[dict]:
@@ -335,7 +335,7 @@ def check_disk(config: Config) -> Result:
     from appliance.catalogue import Catalogue
     from appliance.store import DEFAULT_BYTES_PER_HOUR, Store
 
-    data_dir, settings, lines = config.recorder.data_dir, config.store, len(config.line)
+    data_dir, settings, lines = config.recorder.data_dir, config.store, len(config.line_names)
     alarm = None
     if (data_dir / CATALOGUE_NAME).exists():
         store = Store(Catalogue(data_dir), data_dir, config.purpose, settings, lines)

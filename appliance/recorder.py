@@ -588,7 +588,7 @@ class Recorder:
         self.catalogue = Catalogue(data_dir)
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
                                  config.recorder.opus_bitrate)
-        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line))
+        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line_names))
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.finaliser = Finaliser()
         self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory,
@@ -603,12 +603,14 @@ class Recorder:
         self.offload = Offloader(config.offload, self.catalogue, data_dir) if config.offload is not None else None
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
-        self.live = LivePublisher(config.recorder.live_dir, lambda: [line.snapshot() for line in self.lines])
+        self.live = LivePublisher(config.recorder.live_dir,
+                                  lambda: [line.snapshot() for line in [*self.lines, *self.trunks]])
         self.watchdog = Watchdog(self.capture_problem)
 
     def reload(self, config: Config) -> list[str]:
         """Take up a changed configuration without stopping: purposes, store limits and each line's
-        call settings apply at once. Returns what waits for a restart (wiring, lines added or removed)."""
+        call settings apply at once. Returns what waits for a restart (wiring, lines added or removed,
+        any change to a SIP trunk)."""
         self.store.purposes, self.store.settings = config.purpose, config.store
         self.cleaner.interval = config.store.cleaner_interval_s
         running = {line.line.name: line for line in self.lines}
@@ -617,6 +619,9 @@ class Recorder:
         for line in config.line:
             if line.name in running and not running[line.name].apply(line):
                 pending.append(f"line {line.name}: its pins, sound card or modem")
+        trunks = {trunk.config.name: trunk.config for trunk in self.trunks}
+        wanted = {trunk.name: trunk for trunk in config.sip_trunk}
+        pending += [f"sip trunk {name}" for name in sorted(set(trunks) | set(wanted)) if trunks.get(name) != wanted.get(name)]
         return pending
 
     def faults(self) -> set[int]:

@@ -12,7 +12,7 @@ from appliance.config import DEFAULT_PURPOSES
 from conftest import write_config
 from web.accounts import MAX_FAILURES, ROLES, AccountError, Accounts
 from web.calls import DIRECTIONS, FLAGS
-from web.i18n_check import check_language, translations, used_texts
+from web.i18n_check import check_language, used_texts
 
 LANGS = ("fr", "nl", "pl")
 PASSWORD = "correct horse"

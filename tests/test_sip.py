@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from appliance.archive import SPOOL_DIR
 from appliance.config import load_config
+from appliance.live import read_live
 from appliance.recorder import Recorder
 from appliance.sip import g711
 from conftest import RATE, calls_json, tone, tone_level, wait_for, write_wav
@@ -210,8 +212,23 @@ def test_the_pause_code_as_rfc_4733_events_writes_silence_until_keyed_again(trun
 def test_concurrent_calls_are_each_recorded_on_their_own(trunk):
     write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
     write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
-    trunk.start(notice_incoming=False)
-    call_through(trunk, "uac.xml", "uas.xml", 2000, calls=5)
+    recorder = trunk.start(notice_incoming=False)
+    seen = []                           # what the web UI's status page reads meanwhile
+
+    def watch():
+        while not done.is_set():
+            live = read_live(recorder.config.recorder.live_dir)
+            seen.extend(live["lines"] if live else [])
+            time.sleep(0.2)
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        call_through(trunk, "uac.xml", "uas.xml", 2000, calls=5)
+    finally:
+        done.set()
+        watcher.join()
+    assert max(line["calls"] for line in seen if line["name"] == "sip1" and line["state"] == "in_call") == 5
     calls = trunk.calls()
     assert len(calls) == 5 and len({c["file"] for c in calls}) == 5
     for call in calls:

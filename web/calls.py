@@ -111,7 +111,7 @@ def index():
         page = 1
     config = backend().config
     principal = current()
-    lines = [line.name for line in config.line if principal.may_see(line.name)]
+    lines = [name for name in config.line_names if principal.may_see(name)]
     try:
         rows, shown = find_calls(request.args, principal, PAGE, (page - 1) * PAGE)
         error = None

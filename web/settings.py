@@ -240,7 +240,7 @@ def _spoken_notice(folder: Path) -> Path:
 def _lines_field() -> list[str] | None:
     if request.form.get("all_lines"):
         return None
-    known = {line.name for line in backend().config.line}
+    known = set(backend().config.line_names)
     return [name for name in request.form.getlist("lines") if name in known]
 
 
@@ -250,7 +250,7 @@ def users():
     """Users and API tokens."""
     accounts = backend().accounts
     return render_template("users.html", users=accounts.users(), tokens=accounts.tokens(), roles=ROLES,
-                           lines=[line.name for line in backend().config.line], new_token=None)
+                           lines=backend().config.line_names, new_token=None)
 
 
 def _account_change(action, what: str, done: str):
@@ -310,7 +310,7 @@ def add_token():
     with backend().catalogue.transaction() as db:
         audit(db, current().actor, "account", detail=f"API token {form.get('name')} created", address=client_address())
     return render_template("users.html", users=accounts.users(), tokens=accounts.tokens(), roles=ROLES,
-                           lines=[line.name for line in backend().config.line], new_token=token)
+                           lines=backend().config.line_names, new_token=token)
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])

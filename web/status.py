@@ -37,11 +37,11 @@ def snapshot() -> dict:
     live = backend().live()
     principal = current()
     lines = []
-    for line in backend().config.line:
-        if not principal.may_see(line.name):
+    for name in backend().config.line_names:
+        if not principal.may_see(name):
             continue
-        state = next((s for s in (live or {}).get("lines", []) if s["name"] == line.name), None)
-        lines.append(state or {"name": line.name, "state": "unknown"})
+        state = next((s for s in (live or {}).get("lines", []) if s["name"] == name), None)
+        lines.append(state or {"name": name, "state": "unknown"})
     return {"recorder_running": live is not None, "lines": lines, "disk": disk(),
             "alarm": backend().store.alarm(), "clock_synced": (live or {}).get("clock_synced"),
             "version": __version__, "now": iso_utc(time.time())}

@@ -7,6 +7,7 @@ import logging
 import threading
 
 from appliance.catalogue import Catalogue
+from appliance.clock import iso_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
 from appliance.errors import HardwareError
 from appliance.sip.line import SipLine
@@ -70,6 +71,19 @@ class SipTrunk:
         self.loop.call_soon_threadsafe(shut_down)
         self._thread.join()
         self.line.stop()
+
+    def snapshot(self) -> dict:
+        """This trunk's live state for the web UI: idle, ringing or in a call (the first of its
+        calls named, with how many there are)."""
+        active = [call for call in list(self.line.active) if not call.ended]
+        ringing = self.proxy is not None and any(d.state == "calling" for d in list(self.proxy.dialogs.values()))
+        first = active[0] if active else None
+        return {"name": self.config.name, "state": "in_call" if active else "ringing" if ringing else "idle",
+                "hook": None, "calls": len(active), "call_id": first.call_id if first else None,
+                "call_started_at": iso_from_mono(first.facts.answered) if first else None,
+                "direction": first.facts.direction if first else None, "number": first.facts.number if first else None,
+                "level_dbfs": None, "peak_dbfs": None, "clipping": False, "capture_connected": True,
+                "modem_connected": None}
 
     @property
     def idle(self) -> bool:

@@ -33,7 +33,8 @@ function describeLine(card, line, labels) {
   }
   state.textContent = text;
   state.className = `state state-${line.state}`;
-  card.querySelector("[data-field=call]").textContent = line.number || "";
+  const more = line.calls > 1 ? ` (×${line.calls})` : "";     // a SIP trunk carries several calls
+  card.querySelector("[data-field=call]").textContent = (line.number || "") + more;
   const level = line.level_dbfs === null || line.level_dbfs === undefined ? -90 : line.level_dbfs;
   card.querySelector("[data-field=level]").value = level;
   card.querySelector("[data-field=level-text]").textContent = line.level_dbfs === null ? "—" : `${line.level_dbfs} dBFS`;
