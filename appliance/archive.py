@@ -123,3 +123,15 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int) -
             (data_dir / QUARANTINE_DIR).mkdir(exist_ok=True)
             shutil.move(orphan, data_dir / QUARANTINE_DIR / orphan.name)
     return recovered
+
+
+def discard_declined(catalogue: Catalogue, call_id: int, spool, keep_number: bool) -> None:
+    """The caller declined recording: destroy what was recorded of the call (its spool, keys and
+    pauses) and keep a `discarded` row, without the number unless `keep_number`."""
+    spool.close()
+    spool.path.unlink(missing_ok=True)
+    with catalogue.transaction() as db:
+        db.execute("DELETE FROM digits WHERE call_id = ?", [call_id])
+        db.execute("DELETE FROM pauses WHERE call_id = ?", [call_id])
+        catalogue.update_call(call_id, state="discarded", discard_reason="declined", spool=None,
+                              recording_started_at=None, **({} if keep_number else {"number": None}))

@@ -13,7 +13,7 @@ import alsaaudio
 from gpiozero import LED
 
 from appliance import callstate
-from appliance.archive import SPOOL_DIR, finalise, recover
+from appliance.archive import SPOOL_DIR, discard_declined, finalise, recover
 from appliance.capture import Capture
 from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
@@ -446,17 +446,7 @@ class LineRecorder:
         self._show(call)
         log.info("line %s: the caller declined recording of call %s", self.line.name, call.id)
         keep_number = self.line.keep_declined_number
-
-        def job():
-            call.spool.close()
-            call.spool.path.unlink(missing_ok=True)
-            with self.catalogue.transaction() as db:
-                db.execute("DELETE FROM digits WHERE call_id = ?", [call.id])
-                db.execute("DELETE FROM pauses WHERE call_id = ?", [call.id])
-                self.catalogue.update_call(
-                    call.id, state="discarded", discard_reason="declined", spool=None,
-                    recording_started_at=None, **({} if keep_number else {"number": None}))
-        self.finaliser.submit(job)
+        self.finaliser.submit(lambda: discard_declined(self.catalogue, call.id, call.spool, keep_number))
 
     def _play_notice(self, call: ActiveCall) -> None:
         try:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from appliance.archive import SPOOL_DIR, finalise
+from appliance.archive import SPOOL_DIR, discard_declined, finalise
 from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
@@ -274,17 +274,7 @@ class SipLine:
         self.active.remove(recording)
         keep_number = self.config.keep_declined_number
         log.info("sip trunk %s: the caller declined recording", self.config.name)
-
-        def job():
-            recording.spool.close()
-            recording.spool.path.unlink(missing_ok=True)
-            with self.catalogue.transaction() as db:
-                db.execute("DELETE FROM digits WHERE call_id = ?", [recording.call_id])
-                db.execute("DELETE FROM pauses WHERE call_id = ?", [recording.call_id])
-                self.catalogue.update_call(
-                    recording.call_id, state="discarded", discard_reason="declined", spool=None,
-                    recording_started_at=None, **({} if keep_number else {"number": None}))
-        self.jobs.put(job)
+        self.jobs.put(lambda: discard_declined(self.catalogue, recording.call_id, recording.spool, keep_number))
 
     def ended(self, recording: CallRecording, t: float, reason: str, interrupted: bool = False) -> None:
         """The call ended at `t`: take the rest of its audio, then finalise it."""
