@@ -19,6 +19,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from appliance.catalogue import CATALOGUE_NAME
@@ -37,6 +38,7 @@ CLIP_SAMPLE = 32700          # within 0.02 dB of full scale
 CLIP_FRACTION = 0.001        # more than one sample in a thousand at full scale is clipping
 MODEM_TIMEOUT_S = 2.0
 WEB_TIMEOUT_S = 3.0
+OFFLOAD_LATE_S = 3600       # a recording waiting this long means the target does not take them
 UNITS = ("callrec-recorder.service", "callrec-web.service")
 
 
@@ -407,6 +409,37 @@ def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S) -> Result:
     return Result(OK, f"the web UI answers at {url}")
 
 
+def check_offload(config: Config, now: float | None = None) -> Result | None:
+    """Recordings not yet copied off the box (None without `[offload]`): a few just after calls
+    are normal; one waiting for over an hour means the target does not take them."""
+    from appliance.catalogue import Catalogue
+
+    offload = config.offload
+    if offload is None:
+        return None
+    target = offload.destination if offload.type == "rsync" else f"{offload.endpoint} bucket {offload.bucket}"
+    data_dir = config.recorder.data_dir
+    if not (data_dir / CATALOGUE_NAME).exists():
+        return Result(OK, f"offload to {target}: nothing recorded yet")
+    catalogue = Catalogue(data_dir)
+    try:
+        with catalogue.transaction() as db:
+            waiting, oldest = db.execute(
+                "SELECT COUNT(*), MIN(ended_at) FROM calls WHERE file IS NOT NULL AND offloaded_at IS NULL "
+                "AND state != 'recording'").fetchone()
+    finally:
+        catalogue.close()
+    if not waiting:
+        return Result(OK, f"offload to {target}: every recording is copied")
+    age = (time.time() if now is None else now) - datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp()
+    message = f"offload to {target}: {waiting} recording(s) waiting, the oldest for {age / 60:,.0f} min"
+    if age > OFFLOAD_LATE_S:
+        return Result(FAIL, message, "check that the target is up and reachable from the appliance (network, "
+                                     "key or credentials); the recorder's log says what it answers "
+                                     "(`journalctl -u callrec-recorder.service | grep offload`)")
+    return Result(OK, message)
+
+
 # -- all checks -------------------------------------------------------------------------------------
 
 def run_checks(config_path: Path, seconds: float = 3.0, *,
@@ -434,6 +467,8 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
             if line.modem is not None:
                 results.append(check_modem(line))
     results.append(check_disk(config))
+    if (offload := check_offload(config)) is not None:
+        results.append(offload)
     results.append(check_clock(clock))
     results.append(check_web(config.web))
     return results

@@ -346,3 +346,30 @@ def test_a_healthy_appliance_passes_every_check_and_a_broken_one_exits_non_zero(
     assert result.returncode == 1
     assert "✘ the recorder is not running" in result.stdout
     assert "✔ line t1: input level of card_speech is plausible" in result.stdout
+
+
+def test_recordings_waiting_for_offload_over_an_hour_are_a_failure(tmp_path):
+    from appliance.catalogue import Catalogue
+    from appliance.clock import iso_utc
+    from conftest import record_call
+
+    secret = tmp_path / "s3.secret"
+    secret.write_text("not used")
+    path = write_config(tmp_path, recorder={"data_dir": str(tmp_path / "data")})
+    path.write_text(path.read_text() + f'\n[offload]\ntype = "s3"\nendpoint = "http://127.0.0.1:9"\n'
+                                       f'bucket = "shop-calls"\naccess_key_id = "k"\nsecret_key_file = "{secret}"\n')
+    config = load_config(path)
+    assert doctor.check_offload(config).status == doctor.OK             # nothing recorded yet
+    catalogue = Catalogue(tmp_path / "data")
+    recent = record_call(catalogue, tmp_path / "data", started_at=iso_utc(time.time() - 120))
+    result = doctor.check_offload(config)
+    assert result.status == doctor.OK and "1 recording(s) waiting, the oldest for 2 min" in result.message
+    late = record_call(catalogue, tmp_path / "data", started_at=iso_utc(time.time() - 7200))
+    result = doctor.check_offload(config)
+    assert result.status == doctor.FAIL and "2 recording(s) waiting, the oldest for 120 min" in result.message
+    assert "http://127.0.0.1:9 bucket shop-calls" in result.message and result.fix
+    for call in (recent, late):
+        catalogue.update_call(call["id"], offloaded_at=iso_utc(time.time()), offload_target="s3")
+    assert "every recording is copied" in doctor.check_offload(config).message
+    catalogue.close()
+    assert doctor.check_offload(load_config(write_config(tmp_path))) is None    # no [offload]: no check
