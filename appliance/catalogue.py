@@ -149,9 +149,16 @@ def _migration_8(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN end_reason TEXT")
 
 
+def _migration_9(db: sqlite3.Connection) -> None:
+    """Copies to delete at the offload target: those of calls erased or expired on the box."""
+    db.execute("""CREATE TABLE offload_deletions (
+        id INTEGER PRIMARY KEY, call_id INTEGER NOT NULL, file TEXT NOT NULL, target TEXT NOT NULL,
+        reason TEXT NOT NULL)""")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
-              _migration_7, _migration_8)
+              _migration_7, _migration_8, _migration_9)
 
 
 def _columns(fields: dict) -> list[str]:

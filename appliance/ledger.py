@@ -1,5 +1,6 @@
 """The evidence ledger: an append-only chain in the catalogue, one entry per event in a call's life
-(recorded, re-classified, held, released, erased, expired, evicted, exported, offloaded).
+(recorded, re-classified, held, released, erased, expired, evicted, exported, offloaded, and
+offload-deleted when the copy of an erased or expired call is removed from the offload target).
 
 Each entry carries the hash of the one before, the recording's SHA-256 where there is one, a
 sequence number and the boot's monotonic clock, so order is provable even when the wall clock was

@@ -41,6 +41,7 @@ MANIFEST_FORMAT = "callrec-offload-1"
 STAGING_DIR = "offload"         # in the data folder: manifests on their way to an rsync target
 BATCH = 50
 SIGN_TIMEOUT_S = 30.0
+POLL_S = 60.0           # how often an idle offloader looks for copies to delete
 OFFLOAD_FIELDS = ("offloaded_at", "offload_target")
 CONTENT_TYPES = {".opus": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav"}
 
@@ -65,11 +66,12 @@ class RsyncTarget:
         self.destination = settings.destination.rstrip("/")
         self.timeout_s = settings.timeout_s
         self.staging = staging
-        self.ssh = shlex.join([
+        self.ssh_args = [
             "ssh", "-F", "/dev/null", "-p", str(settings.ssh_port), "-i", str(settings.ssh_key_file),
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={settings.known_hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", f"ConnectTimeout={int(settings.timeout_s)}"])
+            "-o", f"ConnectTimeout={int(settings.timeout_s)}"]
+        self.ssh = shlex.join(self.ssh_args)
 
     def put(self, recording: Path, manifest: bytes, remote: PurePosixPath, sha256: str) -> None:
         """Copy the recording and its manifest into the remote folder `remote.parent` (rsync
@@ -91,6 +93,22 @@ class RsyncTarget:
             staged.unlink(missing_ok=True)
         if done.returncode != 0:
             raise OffloadError(f"rsync failed: {_gist(done.stderr) or f'exit status {done.returncode}'}")
+
+
+    def delete(self, remote: PurePosixPath) -> None:
+        """Remove a recording and its manifest from the remote folder (gone already is fine)."""
+        login, _, folder = self.destination.partition(":")
+        path = f"{folder or '.'}/{remote}"
+        command = f"rm -f -- {shlex.quote(path)} {shlex.quote(path + '.json')}"
+        try:
+            done = subprocess.run([*self.ssh_args, "--", login, command], capture_output=True, text=True,
+                                  timeout=self.timeout_s * 2)
+        except subprocess.TimeoutExpired:
+            raise OffloadError(f"deleting {path} on {login} took longer than {self.timeout_s * 2:g} s") from None
+        except OSError as exc:
+            raise OffloadError(f"cannot run ssh: {exc}") from None
+        if done.returncode != 0:
+            raise OffloadError(f"deleting {path} on {login} failed: {_gist(done.stderr) or done.returncode}")
 
 
 def _gist(stderr: str) -> str:
@@ -117,6 +135,15 @@ class S3Target:
         try:
             self.bucket.put(key, recording, sha256, CONTENT_TYPES.get(recording.suffix, "application/octet-stream"))
             self.bucket.put(f"{key}.json", manifest, hashlib.sha256(manifest).hexdigest(), "application/json")
+        except S3Error as exc:
+            raise OffloadError(str(exc)) from None
+
+    def delete(self, remote: PurePosixPath) -> None:
+        """Remove a recording and its manifest from the bucket."""
+        key = f"{self.prefix}{remote}"
+        try:
+            self.bucket.delete(key)
+            self.bucket.delete(f"{key}.json")
         except S3Error as exc:
             raise OffloadError(str(exc)) from None
 
@@ -220,7 +247,8 @@ class Offloader(threading.Thread):
                 problem = str(exc)
             if problem is None:
                 delay = self.settings.retry_first_s
-                self._wake.wait()
+                # Erasures made by the web UI (another process) are only seen in the catalogue.
+                self._wake.wait(POLL_S)
                 continue
             self.failures += 1
             log.warning("offload to %s failed: %s; retrying in %g s (recording goes on)",
@@ -230,7 +258,12 @@ class Offloader(threading.Thread):
             delay = min(delay * 2, self.settings.retry_max_s)
 
     def _offload_waiting(self) -> str | None:
-        """Offload every waiting recording; return the target's problem if one stops the pass."""
+        """Delete the copies of erased and expired calls, then offload every waiting recording;
+        return the target's problem if one stops the pass."""
+        try:
+            self._delete_copies()
+        except OffloadError as exc:
+            return str(exc)
         after = 0
         while not self._stopping.is_set():
             rows = self.catalogue.calls("id > ? AND offloaded_at IS NULL AND file IS NOT NULL", [after],
@@ -271,6 +304,21 @@ class Offloader(threading.Thread):
         self.offloaded += 1
         log.info("call %s offloaded to %s", row["id"], self.target.name)
         return True
+
+    def _delete_copies(self) -> None:
+        """Remove from the target the copies of calls erased or expired on the box: an erasure must
+        reach every copy. Each is marked in the ledger once the target has removed it."""
+        with self.catalogue.transaction() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM offload_deletions WHERE target = ? ORDER BY id",
+                                                [self.target.name])]
+        for row in rows:
+            if self._stopping.is_set():
+                return
+            self.target.delete(remote_path(row))
+            with self.catalogue.transaction() as db:
+                db.execute("DELETE FROM offload_deletions WHERE id = ?", [row["id"]])
+                ledger.append(db, "offload-deleted", row["call_id"], None, f"{row['reason']} at {self.target.name}")
+            log.info("call %s (%s): its copy at %s is deleted", row["call_id"], row["reason"], self.target.name)
 
     def _report_missing(self, row: dict) -> None:
         try:

@@ -78,29 +78,36 @@ class Bucket:
     def put(self, key: str, body: bytes | Path, sha256: str, content_type: str) -> None:
         """Store `body` (bytes, or a file streamed from disk) under `key`; `sha256` is its hash,
         which the store checks. Raises S3Error unless the store answers 200."""
-        path = "/" + urllib.parse.quote(f"{self.bucket}/{key}", safe="/" + UNRESERVED)
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
-        headers = sign("PUT", path, {"host": self.host, "content-length": str(size),
-                                     "content-type": content_type},
-                       sha256, self.access_key, self.secret_key, self.region, datetime.now(timezone.utc))
+        self._request("PUT", key, body, sha256, {"content-length": str(size), "content-type": content_type}, (200,))
+
+    def delete(self, key: str) -> None:
+        """Remove the object `key` (gone already is fine). Raises S3Error on any other answer."""
+        self._request("DELETE", key, b"", hashlib.sha256(b"").hexdigest(), {}, (200, 204))
+
+    def _request(self, method: str, key: str, body: bytes | Path, sha256: str, headers: dict[str, str],
+                 expected: tuple[int, ...]) -> None:
+        path = "/" + urllib.parse.quote(f"{self.bucket}/{key}", safe="/" + UNRESERVED)
+        headers = sign(method, path, {"host": self.host, **headers}, sha256, self.access_key, self.secret_key,
+                       self.region, datetime.now(timezone.utc))
         connection = (http.client.HTTPSConnection(self.host, timeout=self.timeout_s,
                                                   context=ssl.create_default_context())
                       if self.https else http.client.HTTPConnection(self.host, timeout=self.timeout_s))
         try:
             if isinstance(body, bytes):
-                connection.request("PUT", path, body=body, headers=headers)
+                connection.request(method, path, body=body, headers=headers)
             else:
                 with open(body, "rb") as f:
-                    connection.request("PUT", path, body=f, headers=headers)
+                    connection.request(method, path, body=f, headers=headers)
             response = connection.getresponse()
             answer = response.read(64 * 1024).decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
             raise S3Error(f"cannot reach {self.host}: {exc}") from None
         finally:
             connection.close()
-        if response.status != 200:
+        if response.status not in expected:
             code = re.search(r"<Code>([^<]*)</Code>", answer)
             message = re.search(r"<Message>([^<]*)</Message>", answer)
-            raise S3Error(f"PUT {key} in bucket {self.bucket}: HTTP {response.status} "
+            raise S3Error(f"{method} {key} in bucket {self.bucket}: HTTP {response.status} "
                           f"{code.group(1) if code else response.reason}"
                           + (f": {message.group(1)}" if message else ""))

@@ -32,6 +32,11 @@ DEFAULT_BYTES_PER_HOUR = 8_000_000     # Opus at 16 kbit/s with headroom, before
 ALARM_KEY = "storage_alarm"
 
 
+# Deletions that reach the offloaded copy too: an erasure, and the end of the purpose's retention.
+# An eviction for space does not: keeping calls beyond the box's room is what offload is for.
+COPIES_GO_TOO = ("erased", "expired")
+
+
 class StoreActionError(CallrecError):
     """A store action that is not allowed on this call (held, being recorded, unknown)."""
 
@@ -135,6 +140,9 @@ class Store:
                 ledger.append(db, reason, call["id"], call["sha256"])
                 if call["file"]:
                     db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
+                if call.get("offloaded_at") and reason in COPIES_GO_TOO:
+                    db.execute("INSERT INTO offload_deletions (call_id, file, target, reason) VALUES (?, ?, ?, ?)",
+                               [call["id"], call["file"], call["offload_target"], reason])
                 if actor is not None:
                     self._audit(db, actor, reason, call["id"], detail, address)
             marks = ", ".join("?" * len(calls))

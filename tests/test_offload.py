@@ -155,6 +155,35 @@ def test_recordings_waiting_at_start_are_copied_by_rsync_with_signed_manifests_a
     assert not list((data / "offload").iterdir())          # no manifest left behind
 
 
+def test_an_erased_or_expired_call_loses_its_copy_on_the_nas_but_an_evicted_one_keeps_it(tmp_path, nas):
+    from appliance.config import StoreConfig
+    from appliance.store import Store
+
+    nas.start()
+    config = appliance(tmp_path, nas.settings())
+    data = config.recorder.data_dir
+    erased, expired, evicted = record_calls(data, 3)
+    copies = {call["id"]: nas.folder / Path(call["file"]).relative_to("archive") for call in (erased, expired, evicted)}
+    run_offloader(config, lambda _: len(offloaded(data)) == 3)
+    catalogue = Catalogue(data)
+    store = Store(catalogue, data, config.purpose, StoreConfig(min_free_mb=0, min_free_hours=0))
+    store.erase(erased["id"], "user:owner")                                   # a customer's request
+    catalogue.update_call(expired["id"], started_at="2020-01-01T00:00:00.000Z")   # long past its retention
+    store.clean()
+    Store(catalogue, data, config.purpose, StoreConfig(min_free_mb=10 ** 9)).clean()   # the disk is "full"
+    assert catalogue.calls() == []
+    catalogue.close()
+    run_offloader(config, lambda _: not copies[erased["id"]].exists() and not copies[expired["id"]].exists())
+    assert not Path(f"{copies[erased['id']]}.json").exists() and not Path(f"{copies[expired['id']]}.json").exists()
+    assert copies[evicted["id"]].exists()           # kept off the box: that is what offload is for
+    with Catalogue(data).transaction() as db:
+        deleted = [tuple(row) for row in db.execute("SELECT call_id, detail FROM ledger WHERE event = 'offload-deleted'")]
+        assert db.execute("SELECT COUNT(*) FROM offload_deletions").fetchone()[0] == 0
+    assert sorted(deleted) == [(erased["id"], f"erased at rsync:{getpass.getuser()}@127.0.0.1:{nas.folder}"),
+                               (expired["id"], f"expired at rsync:{getpass.getuser()}@127.0.0.1:{nas.folder}")]
+    assert callrec("verify", "--data", str(data)).returncode == 0
+
+
 def test_a_server_whose_host_key_is_not_the_known_one_gets_nothing(tmp_path, nas, caplog):
     nas.start()
     (nas.root / "known_hosts").write_text(
@@ -294,6 +323,29 @@ def test_recordings_go_to_an_s3_bucket_signed_and_checked_by_the_server(tmp_path
         key = "shop-1/" + str(Path(call["file"]).relative_to("archive"))
         check_copy(call, object_store.get(key), object_store.get(key + ".json"))
         assert call["offload_target"] == f"s3:{object_store.endpoint}/shop-calls/shop-1/"
+
+
+def test_an_erased_call_loses_its_copy_in_the_bucket(tmp_path, object_store):
+    from appliance.config import StoreConfig
+    from appliance.store import Store
+
+    config = appliance(tmp_path, object_store.settings(prefix="erasure/"))
+    data = config.recorder.data_dir
+    [call] = record_calls(data, 1)
+    key = "erasure/" + str(Path(call["file"]).relative_to("archive"))
+    run_offloader(config, lambda _: len(offloaded(data)) == 1)
+    assert object_store.get(key)
+    catalogue = Catalogue(data)
+    Store(catalogue, data, config.purpose, StoreConfig(min_free_mb=0, min_free_hours=0)).erase(call["id"], "user:owner")
+    catalogue.close()
+
+    def gone(name: str) -> bool:
+        try:
+            object_store.get(name)
+        except object_store.client.exceptions.NoSuchKey:
+            return True
+        return False
+    run_offloader(config, lambda _: gone(key) and gone(key + ".json"))
 
 
 def test_a_wrong_s3_secret_is_refused_by_the_server_and_nothing_is_marked(tmp_path, object_store, caplog):
