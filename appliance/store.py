@@ -35,6 +35,7 @@ ALARM_KEY = "storage_alarm"
 # Deletions that reach the offloaded copy too: an erasure, and the end of the purpose's retention.
 # An eviction for space does not: keeping calls beyond the box's room is what offload is for.
 COPIES_GO_TOO = ("erased", "expired")
+MAX_REASON = 500
 
 
 class StoreActionError(CallrecError):
@@ -88,6 +89,8 @@ class Store:
         """Keep a call whatever its retention or the disk says, until released."""
         if not reason.strip():
             raise StoreActionError("a hold needs a reason (a dispute, a restriction request…)")
+        if len(reason) > MAX_REASON:
+            raise StoreActionError(f"a hold reason is at most {MAX_REASON} characters")
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?", [reason, call_id])

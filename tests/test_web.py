@@ -282,6 +282,8 @@ def test_the_api_lists_calls_of_the_tokens_lines_and_exports_a_bundle_that_verif
     call = client.get(f"/api/v1/calls/{calls['office']['id']}", headers=office_only).get_json()
     audio = client.get(call["audio_url"], headers=office_only).data
     assert audio == (app.extensions["callrec"].data_dir / calls["office"]["file"]).read_bytes()
+    assert client.post("/api/v1/exports", json={"number": "+3225550202"}, headers=office_only).status_code == 403
+    office_only = {"Authorization": f"Bearer {accounts.add_token('dpo', 'supervisor', ['office'], 'test')}"}
     started = client.post("/api/v1/exports", json={"number": "+3225550202"}, headers=office_only)
     assert started.status_code == 202
     job = started.get_json()["id"]
@@ -334,3 +336,110 @@ def test_a_setting_saved_in_the_web_ui_reaches_the_running_recorder_without_a_re
         stop(feeders)
     assert recorder.returncode == 0, log
     assert "configuration reloaded" in log
+
+
+def test_a_deleted_users_cookie_does_not_fit_the_next_user_made(web):
+    app, _ = web
+    accounts = app.extensions["callrec"].accounts
+    doomed = accounts.add_user("temp", PASSWORD, "staff", None)
+    old = login(app, "temp")
+    accounts.delete_user(doomed.id)
+    accounts.add_user("boss", PASSWORD, "admin", None)       # may get the same id
+    assert old.get("/settings/users").status_code == 302    # sent to the login page
+
+
+def test_names_that_are_no_account_lock_like_accounts_do(web):
+    app, _ = web
+    client = app.test_client()
+    for name in ("super", "nobody"):
+        answers = [client.post("/login", data={"csrf_token": csrf(client), "name": name, "password": "wrong"}).data
+                   for _ in range(6)]
+        assert b"locked" in answers[-1] and b"locked" not in answers[0], name
+
+
+def test_login_without_the_forms_token_is_refused(web):
+    app, _ = web
+    response = app.test_client().post("/login", data={"name": "admin", "password": PASSWORD})
+    assert response.status_code == 400 and b"reload the page" in response.data
+
+
+def test_live_status_streams_are_limited_and_the_others_are_told_to_poll(web):
+    app, _ = web
+    admin = login(app, "admin")
+    streams = [admin.get("/status/events", buffered=False) for _ in range(4)]     # [web] threads = 8: 4 stream
+    assert [r.status_code for r in streams] == [200] * 4
+    assert admin.get("/status/events", buffered=False).status_code == 503
+    streams.pop().close()               # a page closed: its place is free
+    streams.append(admin.get("/status/events", buffered=False))
+    assert streams[-1].status_code == 200 and next(streams[-1].response).startswith(b"data: ")
+    while streams:
+        streams.pop().close()
+
+
+def test_every_listen_is_audited_whatever_range_the_player_asks_for_first(web):
+    app, calls = web
+    clerk = login(app, "clerk")
+    call_id = calls["office"]["id"]
+    assert clerk.get(f"/calls/{call_id}/audio", headers={"Range": "bytes=1-"}).status_code == 206
+    clerk.get(f"/calls/{call_id}/audio", headers={"Range": "bytes=500-"})      # a seek: the same listen
+    with app.extensions["callrec"].catalogue.transaction() as db:
+        listens = db.execute("SELECT actor FROM audit WHERE action = 'listen' AND call_id = ?", [call_id]).fetchall()
+    assert [row[0] for row in listens] == ["user:clerk"]
+
+
+def test_an_export_that_would_eat_the_recording_reserve_is_refused(web_appliance):
+    from web import create_app
+
+    config, _, calls = web_appliance
+    config.write_text(config.read_text() + "\n[store]\nmin_free_mb = 100000000\n")
+    app = create_app(config, secure_cookies=False)
+    app.extensions["callrec"].accounts.add_user("admin", PASSWORD, "admin", None)
+    admin = login(app, "admin")
+    response = admin.post("/privacy/export", data={"csrf_token": csrf(admin, "/"), "number": "+3225550101"},
+                          follow_redirects=True)
+    assert b"free above what the appliance keeps for recording" in response.data
+    assert not list((app.extensions["callrec"].exports_dir).iterdir())
+    app.extensions["callrec"].close()
+
+
+def test_an_erased_call_takes_the_bundles_holding_it_with_it(web):
+    app, calls = web
+    admin = login(app, "admin")
+    job = post(admin, "/privacy/export", number="+3225550101").location.rsplit("/", 1)[1]
+    assert wait_for(lambda: admin.get(f"/exports/{job}.json").get_json()["state"] == "ready", 10)
+    post(admin, f"/calls/{calls['supplier']['id']}/delete", confirm="yes")
+    assert admin.get(f"/exports/{job}/bundle").status_code == 404
+    assert not list(app.extensions["callrec"].exports_dir.iterdir())
+
+
+def test_odd_queries_get_a_page_or_a_clear_error_never_a_server_error(web):
+    app, _ = web
+    admin = login(app, "admin")
+    for url in ("/?until=9999-12-31", "/?since=0001-01-01", "/api/v1/calls?until=9999-12-31"):
+        response = admin.get(url, headers={"Authorization": f"Bearer {app.extensions['callrec'].accounts.add_token('t', 'admin', None, 'x')}"})
+        assert response.status_code == 400, url
+    for url in ("/?page=1000000000000000000000", "/?_anchor=x&page=2", "/?endpoint=x&page=2", "/audit?_method=x&page=2"):
+        assert admin.get(url).status_code == 200, url
+
+
+def test_the_audit_csv_keeps_typed_text_from_becoming_a_spreadsheet_formula(web):
+    app, calls = web
+    admin = login(app, "admin")
+    post(admin, f"/calls/{calls['office']['id']}/hold", reason='=HYPERLINK("http://evil/","x")')
+    assert "'=HYPERLINK" in admin.get("/audit.csv").data.decode()
+    response = post(admin, f"/calls/{calls['office']['id']}/release")
+    response = admin.post(f"/calls/{calls['office']['id']}/hold", data={"csrf_token": csrf(admin, "/"), "reason": "x" * 501},
+                          follow_redirects=True)
+    assert b"at most 500 characters" in response.data
+
+
+def test_the_waveform_shows_where_the_call_is_loud_and_where_it_is_silent(tmp_path):
+    import numpy as np
+
+    from conftest import tone, write_wav
+    from web.waveform import peaks
+
+    path = write_wav(tmp_path / "call.wav", np.concatenate([tone(440, 2, 0.5), np.zeros(16000), tone(440, 2, 0.1)]))
+    columns = peaks(path, 6.0)
+    assert len(columns) == 600
+    assert min(columns[:190]) > 0.45 and max(columns[210:390]) == 0 and 0.08 < min(columns[410:]) < 0.12

@@ -69,6 +69,10 @@ def test_plain_http_is_sent_to_https(server):
         opener.open(f"http://127.0.0.1:{web['http_port']}/calls/1?x=y", timeout=5)
     assert answer.value.code == 301
     assert answer.value.headers["Location"] == f"https://127.0.0.1:{web['https_port']}/calls/1?x=y"
+    with pytest.raises(urllib.error.HTTPError) as answer:       # no header can be slipped in
+        opener.open(f"http://127.0.0.1:{web['http_port']}/a%0d%0aSet-Cookie:%20x=1", timeout=5)
+    assert answer.value.headers["Location"] == f"https://127.0.0.1:{web['https_port']}/a%0D%0ASet-Cookie:%20x=1"
+    assert "Set-Cookie" not in answer.value.headers
 
 
 def test_an_owner_sets_up_finds_plays_downloads_exports_and_erases_a_call(server, browser, tmp_path):

@@ -6,6 +6,7 @@ never touches the hardware. `web.server` serves it over HTTPS in its own process
 
 import os
 import secrets
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     app = Flask(__name__)
     the_backend = Backend(config_path)
     app.extensions["callrec"] = the_backend
-    app.extensions["exports"] = Exports(the_backend.catalogue, the_backend.data_dir, the_backend.exports_dir)
     web_config = the_backend.config.web
+    app.extensions["exports"] = Exports(the_backend, the_backend.exports_dir)
+    app.extensions["listens"] = calls.RecentListens()
+    app.extensions["status_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 2))
     app.config.update(
         SECRET_KEY=_secret_key(the_backend.accounts.folder),
         SESSION_COOKIE_NAME="callrec_session",
@@ -55,7 +58,6 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     for blueprint in (auth.bp, calls.bp, privacy.bp, status.bp, settings.bp, audit.bp, api.bp):
         app.register_blueprint(blueprint)
     app.context_processor(template_helpers)
-    app.jinja_env.filters["reject_page"] = lambda args: {k: v for k, v in dict(args).items() if k != "page"}
 
     @app.before_request
     def _language():

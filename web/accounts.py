@@ -26,6 +26,9 @@ MIN_PASSWORD = 10
 SETUP_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"     # no 0/O, 1/I: read aloud from a console
 NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
 
+LOCKED = ("this account is locked after repeated wrong passwords: "
+          "try again in 15 minutes or ask an admin to unlock it")
+
 _hasher = PasswordHasher()
 
 
@@ -58,6 +61,11 @@ class Principal:
         """The name the audit trail records."""
         return f"{self.kind}:{self.name}"
 
+    @property
+    def key(self) -> str:
+        """Who this is, for owning things such as export bundles (names may be reused, ids not)."""
+        return f"{self.kind}:{self.id}"
+
 
 def _lines_text(lines) -> str | None:
     return None if lines is None else json.dumps(sorted(set(lines)))
@@ -83,6 +91,7 @@ class Accounts:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
+        self._unknown: dict[str, int] = {}     # wrong logins per name that is no account
         self.db = sqlite3.connect(self.folder / "accounts.db", check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode = WAL")
@@ -90,14 +99,14 @@ class Accounts:
         with self._lock:
             self.db.executescript("""
                 CREATE TABLE IF NOT EXISTS users (
-                    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
                     password_hash TEXT NOT NULL,
                     role TEXT NOT NULL CHECK (role IN ('admin', 'supervisor', 'staff')),
                     lines TEXT, language TEXT, created_at TEXT NOT NULL,
                     failures INTEGER NOT NULL DEFAULT 0, locked_until REAL NOT NULL DEFAULT 0,
                     session_version INTEGER NOT NULL DEFAULT 0);
                 CREATE TABLE IF NOT EXISTS tokens (
-                    id INTEGER PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE,
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE,
                     role TEXT NOT NULL CHECK (role IN ('admin', 'supervisor', 'staff')),
                     lines TEXT, created_at TEXT NOT NULL, created_by TEXT NOT NULL, last_used_at TEXT);
             """)
@@ -151,9 +160,12 @@ class Accounts:
         _check_password(password)
         with self._lock:
             try:
+                # A random first session version: a cookie of a deleted user never fits a new one.
                 cursor = self.db.execute(
-                    "INSERT INTO users (name, password_hash, role, lines, language, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [name, _hasher.hash(password), role, _lines_text(lines), language, iso_utc(time.time())])
+                    "INSERT INTO users (name, password_hash, role, lines, language, created_at, session_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [name, _hasher.hash(password), role, _lines_text(lines), language, iso_utc(time.time()),
+                     secrets.randbits(62)])
             except sqlite3.IntegrityError:
                 raise AccountError(f"there is already a user {name!r}") from None
         return self.user(cursor.lastrowid)
@@ -174,27 +186,33 @@ class Accounts:
 
     def authenticate(self, name: str, password: str) -> Principal:
         """Check a login. Five wrong passwords in a row lock the account for 15 minutes; while
-        locked, even the right password is refused."""
+        locked, even the right password is refused. A name that is no account is answered the
+        same way, so the answers do not tell which names exist."""
         with self._lock:
             row = self.db.execute("SELECT * FROM users WHERE name = ?", [name]).fetchone()
-            if row is None:
-                _hasher.hash(password)         # the same time whether the user exists or not
-                raise AccountError("wrong user name or password")
-            if row["locked_until"] > time.time():
-                raise AccountError("this account is locked after repeated wrong passwords: "
-                                   "try again in 15 minutes or ask an admin to unlock it")
-            try:
-                _hasher.verify(row["password_hash"], password)
-            except (VerificationError, InvalidHashError):
-                failures = row["failures"] + 1
-                locked = time.time() + LOCKOUT_S if failures >= MAX_FAILURES else 0
-                self.db.execute("UPDATE users SET failures = ?, locked_until = ? WHERE id = ?",
-                                [failures, locked, row["id"]])
-                raise AccountError("wrong user name or password") from None
+            unknown_failures = self._unknown.get(name.lower(), 0)
+        if row is None:
+            _hasher.hash(password)         # the same time whether the user exists or not
+            with self._lock:
+                self._unknown[name.lower()] = unknown_failures + 1
+            if unknown_failures >= MAX_FAILURES:
+                raise AccountError(LOCKED)
+            raise AccountError("wrong user name or password")
+        if row["locked_until"] > time.time():
+            raise AccountError(LOCKED)
+        # Hashing takes a good part of a second on a Pi: never while holding the lock.
+        try:
+            _hasher.verify(row["password_hash"], password)
+        except (VerificationError, InvalidHashError):
+            with self._lock:
+                self.db.execute("UPDATE users SET failures = failures + 1, locked_until = CASE WHEN failures + 1 "
+                                ">= ? THEN ? ELSE 0 END WHERE id = ?", [MAX_FAILURES, time.time() + LOCKOUT_S, row["id"]])
+            raise AccountError("wrong user name or password") from None
+        rehash = _hasher.hash(password) if _hasher.check_needs_rehash(row["password_hash"]) else None
+        with self._lock:
             self.db.execute("UPDATE users SET failures = 0, locked_until = 0 WHERE id = ?", [row["id"]])
-            if _hasher.check_needs_rehash(row["password_hash"]):
-                self.db.execute("UPDATE users SET password_hash = ? WHERE id = ?",
-                                [_hasher.hash(password), row["id"]])
+            if rehash is not None:
+                self.db.execute("UPDATE users SET password_hash = ? WHERE id = ?", [rehash, row["id"]])
         return _principal("user", row)
 
     def update_user(self, user_id: int, *, role: str | None = None, lines=..., password: str | None = None,

@@ -7,6 +7,7 @@ from werkzeug.exceptions import HTTPException
 from appliance.catalogue import public_fields
 from web.backend import backend
 from web.calls import BadFilter, find_calls, send_recording
+from web.exports import ExportRefused
 from web.openapi import document
 from web.privacy import calls_of, exports
 from web.security import current, visible_call
@@ -72,6 +73,8 @@ def audio(call_id: int):
 @bp.route("/v1/exports", methods=["POST"])
 def start_export():
     """Start a signed bundle of the given calls, or of every call of a number."""
+    if not current().at_least("supervisor"):
+        abort(403, description="exports need a supervisor or admin token")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         abort(400, description="send a JSON object with call_ids (a list of call ids) or number")
@@ -89,12 +92,15 @@ def start_export():
         abort(400, description="call_ids: a non-empty list of call ids")
     if not ids:
         abort(404, description="no recordings to export")
-    job = exports().start(ids, current().actor, request.remote_addr)
+    try:
+        job = exports().start(ids, current().key, current().actor, request.remote_addr)
+    except ExportRefused as exc:
+        abort(409, description=str(exc))
     return jsonify(**job.public(), status_url=url_for("api.export_status", job_id=job.id)), 202
 
 
 def _job(job_id: str):
-    job = exports().get(job_id, current().actor)
+    job = exports().get(job_id, current().key)
     if job is None:
         abort(404, description="no such export (bundles are kept for an hour)")
     return job

@@ -7,12 +7,24 @@ import io
 from flask import Blueprint, Response, render_template, request
 
 from web.backend import backend
+from web.calls import known_args, page_number
 from web.security import require
 
 bp = Blueprint("audit", __name__)
 
 PAGE = 100
 COLUMNS = ("id", "at", "actor", "action", "call_id", "detail", "address")
+
+
+FILTER_KEYS = ("actor", "action", "call", "since", "until")
+
+
+def _inert(value):
+    """A cell a spreadsheet shows as text: a leading = + - @ would make it a formula (a hold
+    reason typed as `=HYPERLINK(…)`, say)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _query(args) -> tuple[str, list]:
@@ -37,17 +49,14 @@ def _query(args) -> tuple[str, list]:
 @require("admin")
 def page():
     """The newest entries first."""
-    try:
-        number = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        number = 1
+    number = page_number(request.args)
     where, params = _query(request.args)
     with backend().catalogue.transaction() as db:
         rows = [dict(r) for r in db.execute(
             f"SELECT {', '.join(COLUMNS)} FROM audit{where} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, PAGE + 1, (number - 1) * PAGE])]
     return render_template("audit.html", entries=rows[:PAGE], more=len(rows) > PAGE, page=number,
-                           args=request.args)
+                           args=request.args, filters=known_args(request.args, FILTER_KEYS))
 
 
 @bp.route("/audit.csv")
@@ -70,7 +79,7 @@ def export_csv():
             if not batch:
                 break
             for row in batch:
-                writer.writerow(tuple(row))
+                writer.writerow([_inert(value) for value in row])
             last = batch[-1]["id"]
             yield out.getvalue()
             out.seek(0)

@@ -1,9 +1,11 @@
 """The calls: the list with its filters, a call's page with the player, and the actions on a call
 (notes, agreement, hold, release, delete). Audio and downloads are read only from the archive."""
 
+import threading
+import time
 from datetime import date, datetime, time as dtime, timedelta
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
 from appliance.catalogue import audit
 from appliance.clock import iso_utc
@@ -21,6 +23,23 @@ DIRECTIONS = ("incoming", "outgoing", "unknown")
 MAX_NOTES = 4000
 
 
+FILTER_KEYS = ("q", "since", "until", "line", "direction", "number", "purpose", "min_s", "max_s", "flag")
+MAX_PAGE = 100_000
+
+
+def page_number(args) -> int:
+    """The page asked for, 1 to MAX_PAGE whatever was sent."""
+    try:
+        return min(max(1, int(args.get("page", "1"))), MAX_PAGE)
+    except ValueError:
+        return 1
+
+
+def known_args(args, keys) -> dict[str, list[str]]:
+    """The query's filters that the page knows, for its links to other pages of the same list."""
+    return {key: args.getlist(key) for key in keys if key in args}
+
+
 class BadFilter(ValueError):
     """A filter value that cannot be understood; its message says which."""
 
@@ -28,10 +47,9 @@ class BadFilter(ValueError):
 def _local_day_start(text: str, field: str) -> str:
     """The start of a local day (YYYY-MM-DD) as the catalogue's UTC timestamps are written."""
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
+        return iso_utc(datetime.combine(date.fromisoformat(text), dtime()).astimezone().timestamp())
+    except (ValueError, OverflowError, OSError):
         raise BadFilter(_("{field}: not a date (YYYY-MM-DD)", field=field)) from None
-    return iso_utc(datetime.combine(day, dtime()).astimezone().timestamp())
 
 
 def call_query(args, principal) -> tuple[str, list, dict]:
@@ -49,7 +67,11 @@ def call_query(args, principal) -> tuple[str, list, dict]:
     if until := args.get("until", "").strip():
         _local_day_start(until, "until")
         where.append("started_at < ?")
-        params.append(_local_day_start((date.fromisoformat(until) + timedelta(days=1)).isoformat(), "until"))
+        try:
+            following = (date.fromisoformat(until) + timedelta(days=1)).isoformat()
+        except OverflowError:
+            raise BadFilter(_("{field}: not a date (YYYY-MM-DD)", field="until")) from None
+        params.append(_local_day_start(following, "until"))
         shown["until"] = until
     if line := args.get("line", "").strip():
         where.append("line = ?")
@@ -105,10 +127,7 @@ def find_calls(args, principal, limit: int, offset: int = 0) -> tuple[list[dict]
 @bp.route("/")
 def index():
     """The newest calls first, filtered and paged."""
-    try:
-        page = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = page_number(request.args)
     config = backend().config
     principal = current()
     lines = [name for name in config.line_names if principal.may_see(name)]
@@ -119,6 +138,7 @@ def index():
         rows, shown, error = [], {}, str(exc)
     more = len(rows) > PAGE
     return render_template("calls.html", calls=rows[:PAGE], shown=shown, page=page, more=more, error=error,
+                           filters=known_args(request.args, FILTER_KEYS),
                            lines=lines, purposes=sorted(config.purpose), flags=list(FLAGS),
                            directions=DIRECTIONS), 400 if error else 200
 
@@ -149,12 +169,32 @@ def archived_file(call: dict):
 MIMETYPES = {".opus": "audio/ogg", ".ogg": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav"}
 
 
+LISTEN_AUDIT_S = 600            # a player's range requests within this time are one listen
+
+
+class RecentListens:
+    """Who listened to which call lately, so that a player's seeks are not each a new listen."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, int], float] = {}
+
+    def first(self, principal, call_id: int) -> bool:
+        """Whether this request starts a listen (not a seek within one already audited)."""
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, t in self._last.items() if now - t > LISTEN_AUDIT_S]:
+                del self._last[key]
+            first = (principal.key, call_id) not in self._last
+            self._last[(principal.key, call_id)] = now
+        return first
+
+
 def send_recording(call: dict, as_attachment: bool, principal) -> Response:
-    """The recording with Range support; a listen is audited once per request from the start, a
-    download every time."""
+    """The recording with Range support; a download is audited every time, a listen once per
+    quarter of an hour of seeking (whatever ranges the player asks for)."""
     path = archived_file(call)
-    starts_at_zero = request.headers.get("Range", "bytes=0-").startswith("bytes=0-")
-    if as_attachment or starts_at_zero:
+    if as_attachment or current_app.extensions["listens"].first(principal, call["id"]):
         with backend().catalogue.transaction() as db:
             audit(db, principal.actor, "download" if as_attachment else "listen", call["id"],
                   path.name, client_address())
@@ -180,9 +220,9 @@ def download(call_id: int):
 @bp.route("/calls/<int:call_id>/waveform.svg")
 def waveform(call_id: int):
     """A picture of the recording's loudness over time."""
-    path = archived_file(visible_call(call_id))
-    response = Response(waveform_svg(path), mimetype="image/svg+xml")
-    response.headers["Cache-Control"] = "private, max-age=3600"
+    call = visible_call(call_id)
+    response = Response(waveform_svg(archived_file(call), call["duration_s"] or 0.0), mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = "private, no-store"
     return response
 
 
@@ -261,5 +301,6 @@ def delete(call_id: int):
     except CallrecError as exc:
         flash(str(exc), "error")
         return redirect(url_for("calls.detail", call_id=call_id))
+    current_app.extensions["exports"].forget_calls({call_id})
     flash(_("Call {id} is erased.", id=call_id))
     return redirect(url_for("calls.index"))

@@ -1,6 +1,11 @@
 """Signed export bundles made in the background: the page (or API client) follows the progress and
 downloads the bundle when it is ready. The bundle is written to disk and streamed from there, so
-memory stays flat whatever its size; it is removed an hour after it was made.
+memory stays flat whatever its size.
+
+A bundle is a copy of personal data: each principal has one at a time (a new export replaces the
+last), it is removed an hour after it was made, at once when one of its calls is erased, and at
+the next start. An export that would eat into the free space the store keeps for recording is
+refused: the cleaner would otherwise delete recordings to make room for it.
 """
 
 import logging
@@ -10,12 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.catalogue import Catalogue
+from appliance.errors import CallrecError
 from appliance.evidence import export_bundle
 
 log = logging.getLogger(__name__)
 
 KEEP_S = 3600
+SWEEP_S = 60
+
+
+class ExportRefused(CallrecError):
+    """An export that cannot be made now; the message says why."""
 
 
 @dataclass
@@ -23,7 +33,8 @@ class ExportJob:
     """One bundle being made for one principal."""
 
     id: str
-    owner: str                  # the actor who asked; only they may follow or fetch it
+    owner: str                  # the principal's key; only they may follow or fetch it
+    actor: str                  # for the audit trail
     call_ids: list[int]
     path: Path
     done: int = 0
@@ -41,33 +52,56 @@ class ExportJob:
 class Exports:
     """The export jobs of the web process."""
 
-    def __init__(self, catalogue: Catalogue, data_dir: Path, folder: Path):
-        self.catalogue = catalogue
-        self.data_dir = data_dir
+    def __init__(self, backend, folder: Path):
+        self.backend = backend
         self.folder = folder
         self._jobs: dict[str, ExportJob] = {}
+        self._erased: set[int] = set()         # calls erased since the start: no bundle may keep them
         self._lock = threading.Lock()
-        self.sweep(keep_s=0)            # bundles left by an earlier run are stale personal data
+        for path in self.folder.glob("*.zip*"):     # bundles left by an earlier run are stale
+            path.unlink(missing_ok=True)
+        threading.Thread(target=self._sweeper, name="export-sweeper", daemon=True).start()
 
-    def start(self, call_ids: list[int], owner: str, address: str | None) -> ExportJob:
-        """Start making a bundle of `call_ids` in the background."""
-        self.sweep()
+    def start(self, call_ids: list[int], owner: str, actor: str, address: str | None) -> ExportJob:
+        """Start making a bundle of `call_ids` in the background (replacing the owner's last one)."""
+        with self._lock:
+            for job in [j for j in self._jobs.values() if j.owner == owner and j.state != "running"]:
+                self._drop(job)
+            if any(j.owner == owner for j in self._jobs.values()):
+                raise ExportRefused("an export of yours is still being made: wait for it to finish")
+        self._check_room(call_ids)
         job_id = secrets.token_urlsafe(12)
-        job = ExportJob(job_id, owner, list(call_ids), self.folder / f"{job_id}.zip", total=len(call_ids))
+        job = ExportJob(job_id, owner, actor, list(call_ids), self.folder / f"{job_id}.zip", total=len(call_ids))
         with self._lock:
             self._jobs[job_id] = job
         threading.Thread(target=self._run, args=(job, address), name=f"export-{job_id}", daemon=True).start()
         return job
 
+    def _check_room(self, call_ids: list[int]) -> None:
+        store = self.backend.store
+        marks = ", ".join("?" * len(call_ids))
+        with self.backend.catalogue.transaction() as db:
+            size = db.execute(f"SELECT COALESCE(SUM(size_bytes), 0) FROM calls WHERE id IN ({marks})",
+                              call_ids).fetchone()[0]
+        room = store.free_bytes() - store.floor_bytes()
+        if size > room:
+            raise ExportRefused(f"this export needs {size / 1e6:,.0f} MB, and only {max(room, 0) / 1e6:,.0f} MB "
+                                f"are free above what the appliance keeps for recording: export fewer calls")
+
     def _run(self, job: ExportJob, address: str | None) -> None:
         def progress(done, total):
             job.done, job.total = done, total
         try:
-            export_bundle(self.catalogue, self.data_dir, job.call_ids, job.path, job.owner, address, progress)
+            export_bundle(self.backend.catalogue, self.backend.data_dir, job.call_ids, job.path, job.actor,
+                          address, progress)
+            with self._lock:
+                if self._erased & set(job.call_ids):
+                    raise ExportRefused("a call in this export was erased while it was being made")
             job.state = "ready"
         except Exception as exc:        # the page must say what went wrong, whatever it was
             log.exception("export %s failed", job.id)
             job.state, job.error = "failed", str(exc)
+            job.path.unlink(missing_ok=True)
 
     def get(self, job_id: str, owner: str) -> ExportJob | None:
         """A job of `owner`'s, or None."""
@@ -75,15 +109,26 @@ class Exports:
             job = self._jobs.get(job_id)
         return job if job is not None and job.owner == owner else None
 
+    def forget_calls(self, call_ids: set[int]) -> None:
+        """Remove the bundles holding any of these calls (they were just erased)."""
+        with self._lock:
+            self._erased |= call_ids
+            for job in [j for j in self._jobs.values() if call_ids & set(j.call_ids) and j.state != "running"]:
+                self._drop(job)
+
     def sweep(self, keep_s: float = KEEP_S) -> None:
-        """Remove bundles older than `keep_s` seconds."""
+        """Remove finished bundles older than `keep_s` seconds."""
         now = time.time()
         with self._lock:
-            for job_id, job in list(self._jobs.items()):
-                if now - job.created > keep_s and job.state != "running":
-                    job.path.unlink(missing_ok=True)
-                    del self._jobs[job_id]
-        known = {job.path for job in self._jobs.values()}
-        for path in self.folder.glob("*.zip*"):
-            if path not in known and now - path.stat().st_mtime > keep_s:
-                path.unlink(missing_ok=True)
+            for job in [j for j in self._jobs.values() if now - j.created > keep_s and j.state != "running"]:
+                self._drop(job)
+
+    def _drop(self, job: ExportJob) -> None:
+        job.path.unlink(missing_ok=True)
+        Path(f"{job.path}.part").unlink(missing_ok=True)
+        self._jobs.pop(job.id, None)
+
+    def _sweeper(self) -> None:
+        while True:
+            time.sleep(SWEEP_S)
+            self.sweep()

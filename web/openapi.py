@@ -104,7 +104,9 @@ def document(server: str) -> dict:
                     "202": {"description": "The export started", "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Job"}}}},
                     "400": _error("A malformed request"), "401": _UNAUTHORISED,
-                    "404": _error("No such call, or nothing to export")}}},
+                    "403": _error("The token's role is below supervisor"),
+                    "404": _error("No such call, or nothing to export"),
+                    "409": _error("An export of this token's is still running, or there is no room for it")}}},
             "/api/v1/exports/{job_id}": {"get": {
                 "summary": "An export's progress", "parameters": [_JOB_ID],
                 "responses": {

@@ -7,6 +7,7 @@ from flask import Blueprint, abort, current_app, flash, jsonify, redirect, rende
 from appliance.contacts import normalise
 from appliance.errors import CallrecError
 from web.backend import backend
+from web.exports import ExportRefused
 from web.i18n import gettext as _
 from web.security import client_address, current, line_filter, require
 
@@ -73,7 +74,11 @@ def export():
     calls = [c for c in _selected(request.form.get("number", "").strip()) if c["file"]]
     if not calls:
         abort(404, description=_("None of these calls has a recording to export."))
-    job = exports().start([c["id"] for c in calls], current().actor, client_address())
+    try:
+        job = exports().start([c["id"] for c in calls], current().key, current().actor, client_address())
+    except ExportRefused as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("privacy.index", number=request.form.get("number", "").strip()))
     return redirect(url_for("privacy.export_page", job_id=job.id))
 
 
@@ -85,14 +90,15 @@ def erase():
     if request.form.get("confirm", "").strip() != number:
         flash(_("To erase, type the number again in the confirmation box."), "error")
         return redirect(url_for("privacy.index", number=number))
-    erased, refused = 0, []
+    erased, refused = set(), []
     for call in _selected(number):
         try:
             backend().store.erase(call["id"], current().actor, f"erasure request for {number}", client_address())
-            erased += 1
+            erased.add(call["id"])
         except CallrecError as exc:
             refused.append(str(exc))
-    flash(_("{n} call(s) erased.", n=erased))
+    exports().forget_calls(erased)
+    flash(_("{n} call(s) erased.", n=len(erased)))
     for reason in refused:
         flash(reason, "error")
     return redirect(url_for("privacy.index", number=number))
@@ -119,7 +125,7 @@ def hold():
 @bp.route("/exports/<job_id>")
 def export_page(job_id: str):
     """The progress of a bundle, then its download link."""
-    job = exports().get(job_id, current().actor)
+    job = exports().get(job_id, current().key)
     if job is None:
         abort(404, description=_("There is no such export (bundles are kept for an hour)."))
     return render_template("export.html", job=job.public())
@@ -128,7 +134,7 @@ def export_page(job_id: str):
 @bp.route("/exports/<job_id>.json")
 def export_status(job_id: str):
     """The progress of a bundle, for the progress bar."""
-    job = exports().get(job_id, current().actor)
+    job = exports().get(job_id, current().key)
     if job is None:
         abort(404)
     return jsonify(job.public())
@@ -137,7 +143,7 @@ def export_status(job_id: str):
 @bp.route("/exports/<job_id>/bundle")
 def export_download(job_id: str):
     """The finished bundle, streamed from disk."""
-    job = exports().get(job_id, current().actor)
+    job = exports().get(job_id, current().key)
     if job is None or job.state != "ready":
         abort(404, description=_("This bundle is not ready."))
     return send_file(job.path, mimetype="application/zip", as_attachment=True,

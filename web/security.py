@@ -79,16 +79,17 @@ def _load_principal() -> Principal | None:
 
 def _before():
     g.principal = _load_principal()
-    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
-        return None
     if is_api():
-        if g.principal is None:
+        if g.principal is None and request.endpoint not in PUBLIC_ENDPOINTS:
             return jsonify(error="a valid API token is required (Authorization: Bearer …)"), 401
         return None
     if request.method in UNSAFE:
+        # Login and setup forms too: another site must not log a browser in, nor lock accounts.
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
         if not sent or "csrf" not in session or not secrets.compare_digest(sent, session["csrf"]):
             abort(400, description=_("The form has expired or did not come from this site: reload the page and try again."))
+    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        return None
     if g.principal is None:
         if backend().accounts.needs_setup():
             return redirect(url_for("auth.setup"))

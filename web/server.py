@@ -5,8 +5,10 @@ import datetime
 import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
+import urllib.parse
 from pathlib import Path
 
 from cheroot import wsgi
@@ -60,14 +62,21 @@ def ensure_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
     return cert, key_path
 
 
-def redirect_app(https_port: int):
-    """A WSGI app that sends every request to the same path over HTTPS."""
+HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def redirect_app(https_port: int, hostname: str):
+    """A WSGI app that sends every request to the same path over HTTPS: on the host the browser
+    asked for when it is a plain name or address, else on `hostname`."""
     def app(environ, start_response):
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "localhost")
-        host = host[:host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+        asked = environ.get("HTTP_HOST", "")
+        asked = asked[:asked.index("]") + 1] if asked.startswith("[") and "]" in asked else asked.split(":")[0]
+        host = asked if HOST_PATTERN.fullmatch(asked) else hostname
         port = "" if https_port == 443 else f":{https_port}"
-        path = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
-        start_response("301 Moved Permanently", [("Location", f"https://{host}{port}{path}"),
+        # The path is decoded by the server: quote it again, so no CR/LF or space reaches the header.
+        path = urllib.parse.quote(environ.get("PATH_INFO", "/"), safe="/%:@!$&'()*+,;=-._~")
+        query = urllib.parse.quote(environ.get("QUERY_STRING", ""), safe="/%:@!$&'()*+,;=-._~?")
+        start_response("301 Moved Permanently", [("Location", f"https://{host}{port}{path}{'?' + query if query else ''}"),
                                                  ("Content-Length", "0")])
         return [b""]
     return app
@@ -98,7 +107,7 @@ class WebServer:
         self.https = wsgi.Server((web.bind, web.https_port), with_file_wrapper(self.app),
                                  numthreads=web.threads, server_name=web.hostname)
         self.https.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
-        self.http = (wsgi.Server((web.bind, web.http_port), redirect_app(web.https_port), numthreads=2)
+        self.http = (wsgi.Server((web.bind, web.http_port), redirect_app(web.https_port, web.hostname), numthreads=2)
                      if web.http_port else None)
         self.setup_code = accounts.setup_code()
         self.web = web

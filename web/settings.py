@@ -228,7 +228,7 @@ def _spoken_notice(folder: Path) -> Path:
     if len(text) > MAX_SPEECH_CHARS:
         raise SettingsError(_("The text is too long ({n} characters at most).", n=MAX_SPEECH_CHARS))
     try:
-        wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True,
+        wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", "--", text], capture_output=True,
                              timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SettingsError(_("Speech synthesis failed: {error}", error=str(exc))) from None

@@ -5,7 +5,7 @@ import json
 import time
 from datetime import date, datetime, timedelta
 
-from flask import Blueprint, Response, jsonify, render_template, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, render_template, stream_with_context
 
 from appliance import __version__
 from appliance.clock import iso_utc
@@ -77,12 +77,20 @@ def status_json():
 
 @bp.route("/status/events")
 def events():
-    """The status every second as Server-Sent Events."""
+    """The status every second as Server-Sent Events. Each stream holds one of the server's
+    threads, so at most half of them stream; beyond that the page polls `/status.json`."""
+    streams = current_app.extensions["status_streams"]
+    if not streams.acquire(blocking=False):
+        return Response("busy: poll /status.json", status=503, mimetype="text/plain")
+
     def produce():
-        deadline = time.monotonic() + EVENT_STREAM_S
-        while time.monotonic() < deadline:
-            yield f"data: {json.dumps(snapshot())}\n\n"
-            time.sleep(EVENT_INTERVAL_S)
+        try:
+            deadline = time.monotonic() + EVENT_STREAM_S
+            while time.monotonic() < deadline:
+                yield f"data: {json.dumps(snapshot())}\n\n"
+                time.sleep(EVENT_INTERVAL_S)
+        finally:
+            streams.release()
     response = Response(stream_with_context(produce()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"

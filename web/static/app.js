@@ -44,9 +44,7 @@ function setUpStatus() {
   const root = document.getElementById("status");
   if (!root || !window.EventSource) return;
   const labels = JSON.parse(root.dataset.labels);
-  const source = new EventSource(root.dataset.events);
-  source.onmessage = (event) => {
-    const status = JSON.parse(event.data);
+  const show = (status) => {
     const recorder = document.getElementById("recorder");
     recorder.textContent = status.recorder_running ? labels.running : labels.stopped;
     recorder.className = status.recorder_running ? "flash" : "flash error";
@@ -57,6 +55,16 @@ function setUpStatus() {
     if (status.disk.hours_left !== null) document.getElementById("hours-left").textContent = `${status.disk.hours_left} h`;
     const synced = status.clock_synced;
     document.getElementById("clock").textContent = synced === null ? "—" : synced ? labels.yes : labels.no;
+  };
+  const source = new EventSource(root.dataset.events);
+  source.onmessage = (event) => show(JSON.parse(event.data));
+  source.onerror = () => {
+    // The server streams to a few pages at once only: the others poll.
+    if (source.readyState !== EventSource.CLOSED) return;
+    setInterval(async () => {
+      const response = await fetch(root.dataset.poll, { credentials: "same-origin" });
+      if (response.ok) show(await response.json());
+    }, 2000);
   };
 }
 
