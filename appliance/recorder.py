@@ -599,8 +599,8 @@ class Recorder:
 
     def reload(self, config: Config) -> list[str]:
         """Take up a changed configuration without stopping: purposes, store limits and each line's
-        call settings apply at once. Returns what waits for a restart (wiring, lines added or removed,
-        any change to a SIP trunk)."""
+        and trunk's call settings apply at once. Returns what waits for a restart (wiring, addresses,
+        lines or trunks added or removed)."""
         self.store.purposes, self.store.settings = config.purpose, config.store
         self.cleaner.interval = config.store.cleaner_interval_s
         running = {line.line.name: line for line in self.lines}
@@ -609,9 +609,13 @@ class Recorder:
         for line in config.line:
             if line.name in running and not running[line.name].apply(line):
                 pending.append(f"line {line.name}: its pins, sound card or modem")
-        trunks = {trunk.config.name: trunk.config for trunk in self.trunks}
+        trunks = {trunk.config.name: trunk for trunk in self.trunks}
         wanted = {trunk.name: trunk for trunk in config.sip_trunk}
-        pending += [f"sip trunk {name}" for name in sorted(set(trunks) | set(wanted)) if trunks.get(name) != wanted.get(name)]
+        pending += [f"sip trunk {name} added" for name in sorted(set(wanted) - set(trunks))]
+        pending += [f"sip trunk {name} removed" for name in sorted(set(trunks) - set(wanted))]
+        for name in sorted(set(trunks) & set(wanted)):
+            if not trunks[name].apply(wanted[name]):
+                pending.append(f"sip trunk {name}: its addresses or RTP ports")
         return pending
 
     def faults(self) -> set[int]:

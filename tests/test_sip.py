@@ -152,6 +152,19 @@ def test_a_call_cancelled_while_ringing_is_missed_without_a_recording(trunk):
     assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
 
 
+def test_a_reloaded_configuration_gives_the_next_call_the_trunks_new_rules_and_keeps_its_ports(trunk):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.0, 0.5), g711.PCMA, 0x2222)
+    recorder = trunk.start(notice_incoming=False)
+    ports = recorder.trunks[0].config.rtp_port_min
+    changed = load_config(trunk.config(notice_incoming=False, purpose="agreement", rtp_timeout_s=7.0))
+    assert recorder.reload(changed) == ["sip trunk sip1: its addresses or RTP ports"]   # a new RTP range
+    assert recorder.trunks[0].config.rtp_port_min == ports and recorder.trunks[0].proxy.config.rtp_timeout_s == 7.0
+    call_through(trunk, "uac.xml", "uas.xml", 1000)
+    [call] = trunk.calls()
+    assert call["purpose"] == "agreement" and call["state"] == "complete"
+
+
 def test_hold_and_resume_keep_one_recording_through_the_silence(trunk):
     write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.5, 0.5), g711.PCMA, 0x1111)
     write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.5, 0.5), g711.PCMA, 0x2222)

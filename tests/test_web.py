@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from conftest import PASSWORD, callrec, simulated_cards, stop, wait_for
+from conftest import PASSWORD, callrec, demo_path, simulated_cards, stop, wait_for
 
 FORM = re.compile(rb'name="csrf_token" value="([^"]+)"')
 SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr",
@@ -443,3 +443,39 @@ def test_the_waveform_shows_where_the_call_is_loud_and_where_it_is_silent(tmp_pa
     columns = peaks(path, 6.0)
     assert len(columns) == 600
     assert min(columns[:190]) > 0.45 and max(columns[210:390]) == 0 and 0.08 < min(columns[410:]) < 0.12
+
+
+def test_a_sip_trunks_call_rules_and_notice_are_set_in_the_settings_and_it_is_a_line_like_the_others(web_appliance):
+    from web import create_app
+
+    config, _, _ = web_appliance
+    config.write_text(config.read_text() + f"""
+[[sip_trunk]]
+name = "sip1"
+notice = "{demo_path('notice-en.wav')}"
+
+[sip_trunk.trunk]
+listen = "127.0.0.1:15060"
+peer = "192.0.2.1:5060"
+
+[sip_trunk.pbx]
+listen = "127.0.0.1:15062"
+""")
+    app = create_app(config, secure_cookies=False)
+    backend = app.extensions["callrec"]
+    backend.accounts.add_user("admin", PASSWORD, "admin", None)
+    admin = login(app, "admin")
+    assert "sip1" in admin.get("/settings/").data.decode()
+    post(admin, "/settings/trunk/sip1", purpose="agreement", notice_incoming=["off", "on"],
+         notice_outgoing=["off", "on"], record_from="notice_end", optout_digit="9", optout_window_s="10",
+         pause_max_s="120", rtp_timeout_s="20", keep_declined_number=["off"])
+    [trunk] = backend.config.sip_trunk
+    assert (trunk.purpose, trunk.notice_outgoing, trunk.record_from, trunk.optout_digit, trunk.rtp_timeout_s) == \
+        ("agreement", True, "notice_end", "9", 20.0)
+    assert trunk.trunk.peer == "192.0.2.1:5060"                  # the addresses are kept as written
+    post(admin, "/settings/notice", source="text", text="Dit gesprek kan worden opgenomen.", language="nl",
+         lines="sip1")
+    assert backend.config.sip_trunk[0].notice.parent == backend.data_dir / "notices"
+    assert [line["name"] for line in admin.get("/status.json").get_json()["lines"]] == ["shop", "office", "sip1"]
+    assert "<option>sip1</option>" in admin.get("/").data.decode()      # a line to filter calls by
+    backend.close()

@@ -54,6 +54,11 @@ LINE_FIELDS = {
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
     "modem": _opt(str), "keep_declined_number": _flag,
 }
+TRUNK_FIELDS = {
+    "purpose": str, "notice_incoming": _flag, "notice_outgoing": _flag, "record_from": str,
+    "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
+    "keep_declined_number": _flag, "rtp_timeout_s": float,
+}
 STORE_FIELDS = {"max_archive_mb": int, "min_free_mb": int, "min_free_hours": float, "cleaner_interval_s": float}
 
 
@@ -150,6 +155,18 @@ def line(name: str):
     return _saving(change, f"line {name}", f"line-{name}")
 
 
+@bp.route("/trunk/<name>", methods=["POST"])
+@require("admin")
+def trunk(name: str):
+    """Change one SIP trunk's call rules (its addresses stay as the file has them)."""
+    def change(raw):
+        trunks = [entry for entry in raw.get("sip_trunk", []) if entry.get("name") == name]
+        if not trunks:
+            abort(404)
+        _apply(trunks[0], _form_values(TRUNK_FIELDS))
+    return _saving(change, f"sip trunk {name}", f"trunk-{name}")
+
+
 @bp.route("/store", methods=["POST"])
 @require("admin")
 def store():
@@ -192,7 +209,7 @@ def notice():
             path.unlink(missing_ok=True)
             raise SettingsError(_("This file is not a sound file the appliance can play: {error}", error=str(exc))) from None
         raw = raw_config()
-        for entry in raw.get("line", []):
+        for entry in [*raw.get("line", []), *raw.get("sip_trunk", [])]:
             if entry.get("name") in targets:
                 entry["notice"] = str(path)
         save_config(raw, f"notice {path.name} for {', '.join(targets)}")

@@ -140,6 +140,12 @@ class SipLine:
         self._spools = 0
         self._thread = threading.Thread(target=self._run, name=f"sip-store-{config.name}", daemon=True)
 
+    def apply(self, config: SipTrunkConfig) -> None:
+        """New call rules (notice, purpose, opt-out, pause), from the next call on."""
+        notice = load_notice(config.notice, RATE)
+        self.notice_codes = {law: g711.encode(notice.pcm, law) for law in g711.LAWS}
+        self.notice, self.config = notice, config
+
     # -- the store thread -----------------------------------------------------------------------
 
     def start(self) -> None:

@@ -15,6 +15,8 @@ from appliance.sip.proxy import Proxy
 
 log = logging.getLogger(__name__)
 
+NETWORK = ("trunk", "pbx", "rtp_port_min", "rtp_port_max")     # these change only at a restart
+
 
 class SipTrunk:
     """Relays and records one configured SIP trunk."""
@@ -71,6 +73,17 @@ class SipTrunk:
         self.loop.call_soon_threadsafe(shut_down)
         self._thread.join()
         self.line.stop()
+
+    def apply(self, config: SipTrunkConfig) -> bool:
+        """Take up new call rules (notice, purpose, opt-out, pause, RTP timeout) from the next call.
+        The addresses and RTP ports stay until a restart: returns False when they changed."""
+        network = {name: getattr(self.config, name) for name in NETWORK}
+        kept = config.model_copy(update=network)
+        self.line.apply(kept)
+        if self.proxy is not None:
+            self.proxy.config = kept
+        self.config = kept
+        return all(getattr(config, name) == value for name, value in network.items())
 
     def snapshot(self) -> dict:
         """This trunk's live state for the web UI: idle, ringing or in a call (the first of its
