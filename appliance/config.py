@@ -379,18 +379,16 @@ def resolve_paths(config: Config, source: Path) -> Config:
     """Make the data folder and notice paths absolute against the folder of `source`, the file the
     config came from, and check that the notices exist."""
     base = source.parent
-    lines = []
-    for index, line in enumerate(config.line):
-        notice = line.notice if line.notice.is_absolute() else base / line.notice
-        if not notice.is_file():
-            raise ConfigError(f"invalid configuration in {source}:\n  line[{index}].notice: no such file {notice}")
-        lines.append(line.model_copy(update={"notice": notice}))
-    trunks = []
-    for index, trunk in enumerate(config.sip_trunk):
-        notice = trunk.notice if trunk.notice.is_absolute() else base / trunk.notice
-        if not notice.is_file():
-            raise ConfigError(f"invalid configuration in {source}:\n  sip_trunk[{index}].notice: no such file {notice}")
-        trunks.append(trunk.model_copy(update={"notice": notice}))
+
+    def with_notice(entries: list, table: str) -> list:
+        resolved = []
+        for index, entry in enumerate(entries):
+            notice = entry.notice if entry.notice.is_absolute() else base / entry.notice
+            if not notice.is_file():
+                raise ConfigError(f"invalid configuration in {source}:\n  {table}[{index}].notice: no such file {notice}")
+            resolved.append(entry.model_copy(update={"notice": notice}))
+        return resolved
+    lines, trunks = with_notice(config.line, "line"), with_notice(config.sip_trunk, "sip_trunk")
     data_dir = config.recorder.data_dir
     runtime_dir = config.recorder.runtime_dir
     if runtime_dir is not None and not runtime_dir.is_absolute():

@@ -136,33 +136,29 @@ def test_callrec_run_is_ready_keeps_pinging_while_a_card_is_missing_and_says_whe
     config = write_config(tmp_path, recorder={"data_dir": str(tmp_path / "data"),
                                               "runtime_dir": str(tmp_path / "run")},
                           line={"capture": "callrec_no_such_card"})
+    log = run_as_a_service(systemd, ["run", "--config", str(config)], "STATUS=recording 1 line(s)")
+    assert "cannot open capture device callrec_no_such_card" in log
+
+
+def run_as_a_service(systemd, args: list[str], status: str) -> str:
+    """Start `callrec ARGS` as systemd would: it says READY=1 with `status` and pings the
+    watchdog; SIGTERM makes it say STOPPING=1 and exit 0. Returns what it logged."""
     env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
     del env["WATCHDOG_PID"]             # systemd sets it to the service's pid: unknown before the start
-    run = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(config)], env=env,
-                           stderr=subprocess.PIPE, text=True)
+    service = subprocess.Popen([sys.executable, "-m", "appliance", *args], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        assert "READY=1\nSTATUS=recording 1 line(s)" in systemd.wait_for("READY=1", 20)
+        assert f"READY=1\n{status}" in systemd.wait_for("READY=1", 20)
         assert pings(systemd.messages(2.0)) >= 3
     finally:
-        run.send_signal(signal.SIGTERM)
+        service.send_signal(signal.SIGTERM)
     systemd.wait_for("STOPPING=1", 10)
-    assert run.wait(10) == 0
-    assert "cannot open capture device callrec_no_such_card" in run.stderr.read()
+    assert service.wait(10) == 0
+    return service.stderr.read()
 
 
 def test_callrec_web_is_ready_and_pings_while_it_answers_its_health_check(systemd, web_appliance):
     config, _, _ = web_appliance
-    env = dict(os.environ)
-    del env["WATCHDOG_PID"]
-    web = subprocess.Popen([sys.executable, "-m", "appliance", "web", "--config", str(config)], env=env,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        assert "READY=1\nSTATUS=serving the web UI" in systemd.wait_for("READY=1", 20)
-        assert pings(systemd.messages(2.0)) >= 3
-    finally:
-        web.send_signal(signal.SIGTERM)
-    systemd.wait_for("STOPPING=1", 10)
-    assert web.wait(10) == 0
+    run_as_a_service(systemd, ["web", "--config", str(config)], "STATUS=serving the web UI")
 
 
 def test_the_web_health_check_fails_once_https_stops_answering(web_appliance):

@@ -143,28 +143,28 @@ def index():
                            notices=notices, config_path=backend().config_path)
 
 
+def _change_entry(table: str, name: str, fields: dict, what: str, anchor: str):
+    """Change the `[[table]]` entry called `name` from the form's `fields`."""
+    def change(raw):
+        entries = [entry for entry in raw.get(table, []) if entry.get("name") == name]
+        if not entries:
+            abort(404)
+        _apply(entries[0], _form_values(fields))
+    return _saving(change, what, anchor)
+
+
 @bp.route("/line/<name>", methods=["POST"])
 @require("admin")
 def line(name: str):
     """Change one line's settings."""
-    def change(raw):
-        lines = [entry for entry in raw.get("line", []) if entry.get("name") == name]
-        if not lines:
-            abort(404)
-        _apply(lines[0], _form_values(LINE_FIELDS))
-    return _saving(change, f"line {name}", f"line-{name}")
+    return _change_entry("line", name, LINE_FIELDS, f"line {name}", f"line-{name}")
 
 
 @bp.route("/trunk/<name>", methods=["POST"])
 @require("admin")
 def trunk(name: str):
     """Change one SIP trunk's call rules (its addresses stay as the file has them)."""
-    def change(raw):
-        trunks = [entry for entry in raw.get("sip_trunk", []) if entry.get("name") == name]
-        if not trunks:
-            abort(404)
-        _apply(trunks[0], _form_values(TRUNK_FIELDS))
-    return _saving(change, f"sip trunk {name}", f"trunk-{name}")
+    return _change_entry("sip_trunk", name, TRUNK_FIELDS, f"sip trunk {name}", f"trunk-{name}")
 
 
 @bp.route("/store", methods=["POST"])
