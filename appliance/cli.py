@@ -351,3 +351,47 @@ def setup_code(config_path: Path) -> None:
         click.echo("the web UI is set up already: log in with an admin account", err=True)
         sys.exit(1)
     click.echo(code)
+
+
+@main.group()
+def user() -> None:
+    """Web UI accounts, for the technician: when the only admin is locked out or forgot the password."""
+
+
+def _accounts(config_path: Path, data: Path | None):
+    from web.accounts import Accounts
+
+    return Accounts(_data_dir(config_path, data) / "web")
+
+
+@user.command("list")
+@_config_option
+@_data_option
+def user_list(config_path: Path, data: Path | None) -> None:
+    """List the web UI's users, their roles and lines, and who is locked out."""
+    for entry in _accounts(config_path, data).users():
+        lines = ", ".join(entry["lines"]) if entry["lines"] is not None else "all lines"
+        click.echo(f"{entry['name']:<24} {entry['role']:<10} {lines}{'  LOCKED' if entry['locked'] else ''}")
+
+
+@user.command("password")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "supervisor", "staff"]),
+              help="Create the user with this role if there is none by that name.")
+@_config_option
+@_data_option
+def user_password(name: str, role: str | None, config_path: Path, data: Path | None) -> None:
+    """Set NAME's password (asked twice), unlock the account and end its sessions; with --role,
+    create the user if needed."""
+    from web.accounts import AccountError
+
+    accounts = _accounts(config_path, data)
+    found = [entry for entry in accounts.users() if entry["name"].lower() == name.lower()]
+    if not found and role is None:
+        raise AccountError(f"there is no user {name!r}: add --role to create one")
+    password = click.prompt(f"new password for {name}", hide_input=True, confirmation_prompt=True)
+    if found:
+        accounts.update_user(found[0]["id"], password=password, unlock=True)
+    else:
+        accounts.add_user(name, password, role, None)
+    click.echo(f"{name}: password set{'' if found else f', created as {role}'}")

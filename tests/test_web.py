@@ -479,3 +479,20 @@ listen = "127.0.0.1:15062"
     assert [line["name"] for line in admin.get("/status.json").get_json()["lines"]] == ["shop", "office", "sip1"]
     assert "<option>sip1</option>" in admin.get("/").data.decode()      # a line to filter calls by
     backend.close()
+
+
+def test_the_technician_resets_a_locked_out_admins_password_from_the_command_line(web):
+    app, _ = web
+    config = str(app.extensions["callrec"].config_path)
+    client = app.test_client()
+    for _ in range(6):
+        client.post("/login", data={"csrf_token": csrf(client), "name": "admin", "password": "forgotten"})
+    assert "admin" in callrec("user", "list", "--config", config).stdout.split("LOCKED")[0]
+    new = "a brand new passphrase"
+    done = callrec("user", "password", "admin", "--config", config, input=f"{new}\n{new}\n")
+    assert "admin: password set" in done.stdout
+    login(app, "admin", new)
+    refused = callrec("user", "password", "ghost", "--config", config, check=False)
+    assert refused.returncode == 2 and "there is no user 'ghost': add --role" in refused.stderr
+    callrec("user", "password", "owner2", "--role", "admin", "--config", config, input=f"{new}\n{new}\n")
+    login(app, "owner2", new)

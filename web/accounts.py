@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from appliance.clock import iso_utc
+from appliance.errors import CallrecError
 
 ROLES = ("admin", "supervisor", "staff")
 MAX_FAILURES = 5                # the 6th wrong password in a row finds the account locked
@@ -32,7 +33,7 @@ LOCKED = ("this account is locked after repeated wrong passwords: "
 _hasher = PasswordHasher()
 
 
-class AccountError(ValueError):
+class AccountError(CallrecError, ValueError):
     """A refused account change, with a message for the user."""
 
 
