@@ -20,16 +20,9 @@ import pytest
 from appliance import doctor
 from appliance.config import load_config
 from appliance.live import write_atomically
-from conftest import RATE, callrec, tone, write_config
+from conftest import RATE, callrec, free_port, tone, write_config
 
 SECONDS = "0.5"
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -21,15 +21,9 @@ from appliance.clock import iso_utc
 from appliance.config import ConfigError, load_config
 from appliance.offload import Offloader, verify_manifest
 from appliance.spool import SpoolWriter
-from conftest import RATE, callrec, simulated_cards, stop, tone, wait_for, write_config
+from conftest import RATE, callrec, free_port, simulated_cards, stop, tone, wait_for, write_config
 
 FAST = {"timeout_s": 1, "retry_first_s": 0.2, "retry_max_s": 0.5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
