@@ -369,7 +369,8 @@ def test_unplugged_modem_is_reopened(fake, start_modem, tmp_path):
 
     first.close()
     wait_until(lambda: not modem.connected.is_set())
-    assert isinstance(modem.last_error, serial.SerialException)
+    # the pty's hang-up shows as EIO from pyserial's read or straight from an ioctl, by timing
+    assert isinstance(modem.last_error, OSError)
     second = fake()
     os.symlink(second.path, tmp_path / "next")
     os.replace(tmp_path / "next", link)
