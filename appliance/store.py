@@ -78,7 +78,8 @@ class Store:
     def classify(self, call_id: int, purpose: str, actor: str, address: str | None = None) -> None:
         """Give a call another purpose (e.g. `agreement`), which changes how long it is kept."""
         if purpose not in self.purposes:
-            raise StoreActionError(f"unknown purpose {purpose!r}: one of {', '.join(sorted(self.purposes))}")
+            raise StoreActionError("unknown purpose {purpose}: one of {purposes}", purpose=repr(purpose),
+                                   purposes=", ".join(sorted(self.purposes)))
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET purpose = ? WHERE id = ?", [purpose, call_id])
@@ -90,7 +91,7 @@ class Store:
         if not reason.strip():
             raise StoreActionError("a hold needs a reason (a dispute, a restriction request…)")
         if len(reason) > MAX_REASON:
-            raise StoreActionError(f"a hold reason is at most {MAX_REASON} characters")
+            raise StoreActionError("a hold reason is at most {n} characters", n=MAX_REASON)
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?", [reason, call_id])
@@ -101,7 +102,7 @@ class Store:
         """End a hold: the call's retention applies again."""
         call = self._call(call_id)
         if not call["held"]:
-            raise StoreActionError(f"call {call_id} is not on hold")
+            raise StoreActionError("call {id} is not on hold", id=call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 0, hold_reason = NULL WHERE id = ?", [call_id])
             ledger.append(db, "released", call_id, call["sha256"])
@@ -111,9 +112,10 @@ class Store:
         """Delete one call (recording, row) for a data subject's request; a tombstone remains."""
         call = self._call(call_id)
         if call["held"]:
-            raise StoreActionError(f"call {call_id} is on hold ({call['hold_reason']}): release it first")
+            raise StoreActionError("call {id} is on hold ({reason}): release it first", id=call_id,
+                                   reason=call["hold_reason"])
         if call["state"] == "recording":
-            raise StoreActionError(f"call {call_id} is being recorded: erase it once it has ended")
+            raise StoreActionError("call {id} is being recorded: erase it once it has ended", id=call_id)
         self._delete([call], "erased", actor=actor, detail=reason, address=address)
         # secure_delete overwrites the row when its page reaches the database file: make that now
         # (it waits for the next automatic checkpoint if another connection is reading).
@@ -123,7 +125,7 @@ class Store:
         try:
             return self.catalogue.get_call(call_id)
         except KeyError:
-            raise StoreActionError(f"there is no call {call_id}") from None
+            raise StoreActionError("there is no call {id}", id=call_id) from None
 
     @staticmethod
     def _audit(db, actor: str, action: str, call_id: int | None, detail: str | None,

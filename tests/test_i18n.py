@@ -35,18 +35,18 @@ def test_no_translation_is_left_over(lang):
 
 
 def refusals(attempts) -> set[str]:
-    """The AccountError messages the attempts end with."""
+    """The texts (before their values are filled in) of the AccountErrors the attempts end with."""
     messages = set()
     for attempt in attempts:
         try:
             attempt()
         except AccountError as exc:
-            messages.add(str(exc))
+            messages.add(exc.text)
     return messages
 
 
 def account_errors(folder) -> set[str]:
-    """The message of each refusal the accounts can make (the constant ones)."""
+    """The text of each refusal the accounts can make."""
     accounts = Accounts(folder)
     try:
         messages = refusals([

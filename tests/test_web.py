@@ -1,6 +1,7 @@
 """The web UI through Flask's test client: access control on every route, CSRF, path traversal,
 lockout, first-run setup, privacy requests, settings, and the API."""
 
+import html
 import re
 import zipfile
 
@@ -255,6 +256,43 @@ def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing
     response = post(admin, "/settings/line/shop", capture="cap1", playback="play1", hook_pin="18",
                     hook_active="low")
     assert "each GPIO pin may serve one input only" in admin.get("/settings/").data.decode()
+
+
+def test_a_setting_saved_keeps_the_technicians_comments_and_changes_only_its_value(web):
+    app, _ = web
+    path = app.extensions["callrec"].config_path
+    commented = "# Installed at the bakery, 2026-11-02\n" + path.read_text().replace(
+        "hook_pin = 17", "# the tap's hook output, via the opto-coupler\nhook_pin = 17  # header pin 11", 1)
+    path.write_text(commented)
+    admin = login(app, "admin")
+    post(admin, "/settings/line/shop", purpose="agreement", capture="cap1", playback="play1", hook_pin="17",
+         hook_active="low")
+    post(admin, "/settings/store", max_archive_mb="2000", min_free_mb="100", min_free_hours="1",
+         cleaner_interval_s="60")
+    post(admin, "/settings/purpose", name="training", retention_days="14", legal_basis="Training staff")
+    saved = path.read_text()
+    assert "# Installed at the bakery, 2026-11-02" in saved
+    assert "# the tap's hook output, via the opto-coupler\nhook_pin = 17  # header pin 11" in saved
+    assert 'purpose = "agreement"' in saved and "max_archive_mb = 2000" in saved
+    assert 'legal_basis = "Training staff"' in saved
+    assert path.with_name(path.name + ".bak").read_text().startswith("# Installed at the bakery")
+    assert app.extensions["callrec"].store.purposes["training"].retention_days == 14
+
+
+def test_a_refused_action_and_a_missing_page_are_explained_in_the_users_language(web):
+    app, calls = web
+    admin = login(app, "admin")
+    admin.set_cookie("lang", "pl")
+    call_id = calls["supplier"]["id"]
+    page = admin.post(f"/calls/{call_id}/release", data={"csrf_token": csrf(admin, "/")},
+                      follow_redirects=True).get_data(as_text=True)
+    assert f"usunięcie rozmowy {call_id} nie jest wstrzymane" in page and "is not on hold" not in page
+    admin.set_cookie("lang", "fr")
+    for url in ("/no-such-page", "/settings/line/no-such-line"):
+        response = admin.get(url) if url == "/no-such-page" else post(admin, url, purpose="training")
+        page = html.unescape(response.get_data(as_text=True))
+        assert response.status_code == 404 and "Cette page n'existe pas" in page
+        assert "requested URL" not in page
 
 
 def test_a_notice_spoken_from_text_is_made_checked_and_given_to_the_line(web):

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from web import api, audit, auth, calls, privacy, settings, status
 from web.backend import Backend
 from web.exports import Exports
+from web.i18n import gettext as _
 from web.i18n import pick_language, template_helpers
 from web.security import install
 
@@ -75,6 +76,22 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
             return jsonify(error=exc.description or exc.name), exc.code
         if not hasattr(g, "lang"):
             g.lang = "en"
-        return render_template("error.html", error=exc), exc.code
+        own = exc.description != type(exc).description
+        return render_template("error.html", error=exc,
+                               description=exc.description if own else plain_description(exc.code)), exc.code
 
     return app
+
+
+def plain_description(code: int | None) -> str:
+    """What a page says of an error raised without a description of its own (werkzeug's are
+    English only, and written for developers)."""
+    descriptions = {
+        400: _("The request could not be understood. Go back and try again."),
+        401: _("Log in to see this page."),
+        403: _("Your role does not allow this."),
+        404: _("There is no such page. It may have been erased, or the address is mistyped."),
+        405: _("This page cannot be used this way. Go back and use its buttons."),
+        413: _("The upload is too large."),
+    }
+    return descriptions.get(code, _("Something went wrong on the appliance. Its log says what; the recording goes on."))

@@ -27,6 +27,7 @@ MIN_PASSWORD = 10
 SETUP_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"     # no 0/O, 1/I: read aloud from a console
 NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
 
+BAD_ROLE = "the role must be one of admin, supervisor, staff"
 LOCKED = ("this account is locked after repeated wrong passwords: "
           "try again in 15 minutes or ask an admin to unlock it")
 
@@ -157,7 +158,7 @@ class Accounts:
         if not re.fullmatch(NAME_PATTERN, name or ""):
             raise AccountError("a user name is 1 to 64 letters, digits or . _ @ -")
         if role not in ROLES:
-            raise AccountError(f"the role must be one of {', '.join(ROLES)}")
+            raise AccountError(BAD_ROLE)
         _check_password(password)
         with self._lock:
             try:
@@ -168,7 +169,7 @@ class Accounts:
                     [name, _hasher.hash(password), role, _lines_text(lines), language, iso_utc(time.time()),
                      secrets.randbits(62)])
             except sqlite3.IntegrityError:
-                raise AccountError(f"there is already a user {name!r}") from None
+                raise AccountError("there is already a user {name}", name=repr(name)) from None
         return self.user(cursor.lastrowid)
 
     def user(self, user_id: int) -> Principal | None:
@@ -220,7 +221,7 @@ class Accounts:
                     language=..., unlock: bool = False) -> None:
         """Change a user; a new password or role ends the user's other sessions."""
         if role is not None and role not in ROLES:
-            raise AccountError(f"the role must be one of {', '.join(ROLES)}")
+            raise AccountError(BAD_ROLE)
         sets, params = [], []
         if role is not None:
             sets += ["role = ?", "session_version = session_version + 1"]
@@ -262,7 +263,7 @@ class Accounts:
         if not name.strip():
             raise AccountError("give the token a name (what uses it, e.g. the CRM)")
         if role not in ROLES:
-            raise AccountError(f"the role must be one of {', '.join(ROLES)}")
+            raise AccountError(BAD_ROLE)
         token = "crt_" + secrets.token_urlsafe(32)
         with self._lock:
             self.db.execute("INSERT INTO tokens (name, digest, role, lines, created_at, created_by) "
@@ -300,4 +301,4 @@ class Accounts:
 
 def _check_password(password: str) -> None:
     if len(password or "") < MIN_PASSWORD:
-        raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
+        raise AccountError("a password has at least {n} characters", n=MIN_PASSWORD)

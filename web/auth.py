@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 from appliance.catalogue import audit
 from web.accounts import AccountError
 from web.backend import backend
-from web.i18n import LANG_COOKIE, LANGUAGES
+from web.i18n import LANG_COOKIE, LANGUAGES, error_text
 from web.i18n import gettext as _
 from web.security import client_address
 
@@ -47,7 +47,7 @@ def setup():
                 user = accounts.complete_setup(form.get("code", ""), form.get("name", ""), form.get("password", ""))
             except AccountError as exc:
                 limiter.failed(client_address())
-                error = _(str(exc))
+                error = error_text(exc)
             else:
                 with backend().catalogue.transaction() as db:
                     audit(db, user.actor, "setup", detail="first admin created", address=client_address())
@@ -73,7 +73,7 @@ def login():
                 user = accounts.authenticate(name, request.form.get("password", ""))
             except AccountError as exc:
                 limiter.failed(client_address())
-                error = _(str(exc))
+                error = error_text(exc)
                 with backend().catalogue.transaction() as db:
                     audit(db, f"user:{name[:64]}", "login-failed", detail=str(exc), address=client_address())
             else:

@@ -11,7 +11,7 @@ from appliance.catalogue import audit
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from web.backend import backend
-from web.i18n import gettext as _
+from web.i18n import error_text, gettext as _
 from web.security import client_address, current, line_filter, require, visible_call
 from web.waveform import waveform_svg
 
@@ -233,7 +233,7 @@ def _act(call_id: int, action, done: str):
         action(call)
         flash(done)
     except CallrecError as exc:
-        flash(str(exc), "error")
+        flash(error_text(exc), "error")
     return redirect(url_for("calls.detail", call_id=call_id))
 
 
@@ -299,7 +299,7 @@ def delete(call_id: int):
         backend().store.erase(call["id"], current().actor, request.form.get("reason") or "deleted in the web UI",
                               client_address())
     except CallrecError as exc:
-        flash(str(exc), "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("calls.detail", call_id=call_id))
     current_app.extensions["exports"].forget_calls({call_id})
     flash(_("Call {id} is erased.", id=call_id))

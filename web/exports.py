@@ -85,8 +85,9 @@ class Exports:
                               call_ids).fetchone()[0]
         room = store.free_bytes() - store.floor_bytes()
         if size > room:
-            raise ExportRefused(f"this export needs {size / 1e6:,.0f} MB, and only {max(room, 0) / 1e6:,.0f} MB "
-                                f"are free above what the appliance keeps for recording: export fewer calls")
+            raise ExportRefused("this export needs {needed:,.0f} MB, and only {free:,.0f} MB are free above what "
+                                "the appliance keeps for recording: export fewer calls",
+                                needed=size / 1e6, free=max(room, 0) / 1e6)
 
     def _run(self, job: ExportJob, address: str | None) -> None:
         def progress(done, total):

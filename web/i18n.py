@@ -14,6 +14,8 @@ from babel.dates import format_date, format_datetime, format_time, format_timede
 from babel.numbers import format_decimal
 from flask import g, request
 
+from appliance.errors import CallrecError
+
 LANGUAGES = {"en": "English", "fr": "Français", "nl": "Nederlands", "pl": "Polski"}
 LANG_COOKIE = "lang"
 
@@ -30,18 +32,6 @@ DYNAMIC_TEXTS = (
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",
-    # web.accounts.AccountError messages
-    "setup is already done: log in",
-    "the setup code is wrong (it is printed in the appliance's log and console)",
-    "a user name is 1 to 64 letters, digits or . _ @ -",
-    "the role must be one of admin, supervisor, staff",
-    "a password has at least 10 characters",
-    "wrong user name or password",
-    "this account is locked after repeated wrong passwords: "
-    "try again in 15 minutes or ask an admin to unlock it",
-    "the last admin cannot lose the admin role",
-    "the last admin cannot be deleted",
-    "give the token a name (what uses it, e.g. the CRM)",
 )
 
 
@@ -67,6 +57,14 @@ def gettext(text: str, **values) -> str:
     lang = getattr(g, "lang", "en")
     translated = catalogue(lang).get(text) or text
     return translated.format(**values) if values else translated
+
+
+def error_text(exc: Exception) -> str:
+    """An error's message in the request's language: a CallrecError's text translated and filled
+    with its values, any other error's message as it is."""
+    if isinstance(exc, CallrecError) and isinstance(exc.text, str):
+        return gettext(exc.text, **exc.values)
+    return str(exc)
 
 
 def _local(value: str | datetime | None) -> datetime | None:

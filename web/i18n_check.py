@@ -1,5 +1,6 @@
 """Whether the translations fit the UI: which texts the templates and web modules show through `_()`
-(their `_("…")` literals, read with Jinja's and Python's own parsers, plus `DYNAMIC_TEXTS`), and for
+(their `_("…")` literals, read with Jinja's and Python's own parsers, the texts of the errors the
+pages show, and `DYNAMIC_TEXTS`), and for
 each language which of them lack a translation, which translations nothing uses any more, and which
 lose a `{placeholder}` or a `code` span of the English.
 """
@@ -18,6 +19,9 @@ from web.i18n import DYNAMIC_TEXTS
 
 WEB = Path(__file__).resolve().parent
 CODE_SPAN = re.compile(r"`[^`]*`")
+# The errors whose messages the pages show translated (through `error_text`), and where they are raised.
+SHOWN_ERRORS = {"AccountError", "ExportRefused", "StoreActionError"}
+ERROR_SOURCES = ("web/*.py", "appliance/store.py")
 
 
 def template_texts(source: str) -> list[tuple[int, str]]:
@@ -37,11 +41,32 @@ def python_texts(source: str) -> list[tuple[int, str]]:
             and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)]
 
 
+def raised_texts(source: str) -> list[tuple[int, str]]:
+    """The texts of a Python module's `raise SomeError("…", …)` for the errors in `SHOWN_ERRORS`;
+    a text may also be a module-level string constant."""
+    tree = ast.parse(source)
+    constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 for target in node.targets if isinstance(target, ast.Name)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args
+                and isinstance(node.exc.func, ast.Name) and node.exc.func.id in SHOWN_ERRORS):
+            continue
+        first = node.exc.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            found.append((node.lineno, first.value))
+        elif isinstance(first, ast.Name) and first.id in constants:
+            found.append((node.lineno, constants[first.id]))
+    return found
+
+
 def used_texts(web: Path = WEB) -> dict[str, str]:
     """Every text the UI passes through `_()`, with where it is first used."""
     used = {}
     sources = [(path, template_texts) for path in sorted((web / "templates").glob("*.html"))]
     sources += [(path, python_texts) for path in sorted(web.glob("*.py"))]
+    sources += [(path, raised_texts) for pattern in ERROR_SOURCES for path in sorted(web.parent.glob(pattern))]
     for path, extract in sources:
         for line, text in extract(path.read_text(encoding="utf-8")):
             used.setdefault(text, f"{path.relative_to(web.parent)}:{line}")

@@ -8,7 +8,7 @@ from appliance.contacts import normalise
 from appliance.errors import CallrecError
 from web.backend import backend
 from web.exports import ExportRefused
-from web.i18n import gettext as _
+from web.i18n import error_text, gettext as _
 from web.security import client_address, current, line_filter, require
 
 bp = Blueprint("privacy", __name__)
@@ -77,7 +77,7 @@ def export():
     try:
         job = exports().start([c["id"] for c in calls], current().key, current().actor, client_address())
     except ExportRefused as exc:
-        flash(str(exc), "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("privacy.index", number=request.form.get("number", "").strip()))
     return redirect(url_for("privacy.export_page", job_id=job.id))
 
@@ -96,7 +96,7 @@ def erase():
             backend().store.erase(call["id"], current().actor, f"erasure request for {number}", client_address())
             erased.add(call["id"])
         except CallrecError as exc:
-            refused.append(str(exc))
+            refused.append(error_text(exc))
     exports().forget_calls(erased)
     flash(_("{n} call(s) erased.", n=len(erased)))
     for reason in refused:

@@ -2,18 +2,17 @@
 purposes and retention, store limits, users and API tokens.
 
 A change is validated exactly as the configuration file is at start-up (the same model, the same
-messages), written atomically with a backup of the previous file, and the recorder is told to
-reload: purposes, limits and notices apply at once, a line's wiring at the recorder's next start.
+messages), written atomically with a backup of the previous file, keeping the technician's comments
+and layout around the values it changes, and the recorder is told to reload: purposes, limits and notices apply at once, a line's wiring at the recorder's next start.
 """
 
 import hashlib
 import os
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
-import tomli_w
+import tomlkit
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from appliance.catalogue import audit
@@ -23,7 +22,7 @@ from appliance.notice import load_notice
 from pydantic import ValidationError
 from web.accounts import ROLES, AccountError
 from web.backend import backend
-from web.i18n import gettext as _
+from web.i18n import error_text, gettext as _
 from web.security import client_address, current, require
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -66,23 +65,23 @@ class SettingsError(ValueError):
     """A refused change; the message names the key, as a config file error would."""
 
 
-def raw_config() -> dict:
-    """The configuration file as written (paths relative as the technician wrote them)."""
-    with open(backend().config_path, "rb") as source:
-        return tomllib.load(source)
+def raw_config() -> tomlkit.TOMLDocument:
+    """The configuration file as written (paths relative as the technician wrote them), as a
+    document that keeps its comments and layout when changed and written back."""
+    return tomlkit.parse(backend().config_path.read_text(encoding="utf-8"))
 
 
-def save_config(raw: dict, what: str) -> None:
+def save_config(raw: tomlkit.TOMLDocument, what: str) -> None:
     """Validate `raw` like the file at start-up; if it passes, replace the file (keeping a backup),
     reload, audit, and tell the recorder."""
     path = backend().config_path
     try:
-        resolve_paths(Config.model_validate(raw), path)
+        resolve_paths(Config.model_validate(raw.unwrap()), path)
     except ValidationError as exc:
         raise SettingsError(format_validation_error(path, exc)) from None
     except CallrecError as exc:
         raise SettingsError(str(exc)) from None
-    text = tomli_w.dumps(raw)
+    text = tomlkit.dumps(raw)
     shutil.copy2(path, path.with_name(path.name + ".bak"))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -137,7 +136,7 @@ def _saving(change, what: str, anchor: str):
 @require("admin")
 def index():
     """Lines, notice, purposes, store limits."""
-    raw = raw_config()
+    raw = raw_config().unwrap()
     notices = sorted((backend().data_dir / "notices").glob("*")) if (backend().data_dir / "notices").is_dir() else []
     return render_template("settings.html", raw=raw, config=backend().config, voices=SPEECH_VOICES,
                            notices=notices, config_path=backend().config_path)
@@ -187,8 +186,8 @@ def purpose():
             days = int(request.form.get("retention_days", ""))
         except ValueError:
             raise SettingsError(_("purpose.{name}.retention_days: a whole number of days", name=name)) from None
-        raw.setdefault("purpose", {})[name] = {"retention_days": days,
-                                               "legal_basis": request.form.get("legal_basis", "").strip()}
+        _apply(raw.setdefault("purpose", {}).setdefault(name, {}),
+               {"retention_days": days, "legal_basis": request.form.get("legal_basis", "").strip()})
     return _saving(change, f"purpose {name}", "purposes")
 
 
@@ -274,7 +273,7 @@ def _account_change(action, what: str, done: str):
     try:
         action()
     except AccountError as exc:
-        flash(_(str(exc)), "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("settings.users"))
     with backend().catalogue.transaction() as db:
         audit(db, current().actor, "account", detail=what, address=client_address())
@@ -322,7 +321,7 @@ def add_token():
     try:
         token = accounts.add_token(form.get("name", ""), form.get("role", ""), _lines_field(), current().actor)
     except AccountError as exc:
-        flash(_(str(exc)), "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("settings.users"))
     with backend().catalogue.transaction() as db:
         audit(db, current().actor, "account", detail=f"API token {form.get('name')} created", address=client_address())
