@@ -176,10 +176,7 @@ class Catalogue:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout = 5000")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db = connect(self.path)
             self.db.execute("PRAGMA synchronous = FULL")
             # Erased and expired rows are personal data: overwrite them, don't just unlink pages.
             self.db.execute("PRAGMA secure_delete = ON")
@@ -191,12 +188,13 @@ class Catalogue:
             raise StoreError(f"cannot open the catalogue {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
-        with self._lock:
+        # The version is read inside the write transaction: the recorder, the web UI and the doctor
+        # may open a new catalogue at the same moment, and only the first may migrate it.
+        with self._lock, self._transaction():
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-                with self._transaction():
-                    step(self.db)
-                    self.db.execute(f"PRAGMA user_version = {number}")
+                step(self.db)
+                self.db.execute(f"PRAGMA user_version = {number}")
 
     def _transaction(self):
         """A write transaction taken at once, so concurrent writers wait instead of failing."""
@@ -286,6 +284,26 @@ class Catalogue:
         """Close the connection."""
         with self._lock:
             self.db.close()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file `path` in WAL mode, usable from any thread, in autocommit
+    mode, waiting up to 5 s for other writers."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+    db.row_factory = sqlite3.Row
+    # Switching a new file to WAL needs it alone for an instant, and SQLite then answers "locked"
+    # at once instead of waiting: another process is opening it too (the web UI and the recorder at
+    # first boot). Try again for as long as a writer is waited for.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return db
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                db.close()
+                raise
+            time.sleep(0.02)
 
 
 class _Immediate:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance import ledger
-from appliance.catalogue import Catalogue
+from appliance.catalogue import MIGRATIONS, Catalogue
 from appliance.clock import iso_utc
 from appliance.config import DEFAULT_PURPOSES, StoreConfig
 from appliance.evidence import export_bundle, verify_bundle, verify_store
@@ -193,3 +193,25 @@ def test_the_device_key_is_readable_by_the_appliance_only(store, tmp_path):
     key = tmp_path / "keys" / "device-ed25519.pem"
     assert key.stat().st_mode & 0o777 == 0o600
     assert key.parent.stat().st_mode & 0o777 == 0o700
+
+
+def _open_catalogue(data_dir: str, start) -> str:
+    start.wait()
+    try:
+        Catalogue(Path(data_dir)).close()
+        return "ok"
+    except Exception as exc:        # reported to the test, which shows it
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_processes_opening_a_new_catalogue_at_once_all_get_it(tmp_path):
+    # At first boot the recorder, the web UI and the doctor may all create the catalogue at once.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        for attempt in range(6):
+            start = manager.Barrier(4)
+            folder = str(tmp_path / f"data{attempt}")
+            assert pool.starmap(_open_catalogue, [(folder, start)] * 4) == ["ok"] * 4
+            assert Catalogue(Path(folder)).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -17,6 +17,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from appliance.catalogue import connect
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 
@@ -94,9 +95,7 @@ class Accounts:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
         self._unknown: dict[str, int] = {}     # wrong logins per name that is no account
-        self.db = sqlite3.connect(self.folder / "accounts.db", check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db = connect(self.folder / "accounts.db")
         self.db.execute("PRAGMA secure_delete = ON")
         with self._lock:
             self.db.executescript("""
