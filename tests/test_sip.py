@@ -2,6 +2,8 @@
 127.0.0.1: what each side sent ends up in its own channel, the caller hears the notice first, and
 calls that end in every other way leave the catalogue as they should."""
 
+import logging
+import re
 import shutil
 import signal
 import socket
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from appliance.archive import SPOOL_DIR
 from appliance.config import load_config
 from appliance.live import read_live
 from appliance.recorder import Recorder
-from appliance.sip import g711
+from appliance.sip import client, g711
 from conftest import RATE, calls_json, tone, tone_level, wait_for, write_wav
 from sipp.harness import HOST, SIPP_PCAPS, RtpEndpoint, finish, free_port, pcap_audio, read_stereo, sipp, \
     trunk_config, write_pcap
@@ -193,6 +196,61 @@ def test_a_call_whose_rtp_stops_is_ended_after_the_timeout(trunk):
     [call] = trunk.calls()
     assert call["state"] == "complete" and call["end_reason"].startswith("no RTP from the")
     assert 2.0 < call["duration_s"] < 3.5
+
+
+def received_byes(folder: Path, scenario: str) -> list[tuple[float, str]]:
+    """The BYEs a SIPp party run with -trace_msg received: when each came (epoch s), and its text."""
+    [log] = folder.glob(f"{scenario}_*_messages.log")
+    found = re.finditer(r"^-+ (\S+ \S+)\n\w+ message received \[\d+\] bytes :\n\n(BYE .*?)\n\n",
+                        log.read_text(), re.MULTILINE | re.DOTALL)
+    return [(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f").timestamp(), m[2]) for m in found]
+
+
+def dead_call(trunk: Trunk, callee: str, **sipp_options) -> None:
+    """An incoming call whose RTP stops after 1 s on both sides, the callee being SIPp on `callee`,
+    so that the appliance hangs up: both SIPp see their scenario through, and the recording is kept
+    with the reason."""
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 1.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 1.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(rtp_timeout_s=1.5, notice_incoming=False)
+    uas = sipp(callee, trunk.folder, trunk.phone_port, trunk.media[1], **sipp_options)
+    time.sleep(0.2)
+    uac = sipp("uac_dead.xml", trunk.folder, trunk.caller_port, trunk.media[0], remote=f"{HOST}:{trunk.trunk_port}",
+               duration_ms=0, extra=("-trace_msg",))
+    finish(uac, trunk.folder)
+    finish(uas, trunk.folder)
+    [call] = trunk.calls()
+    assert call["state"] == "complete" and call["end_reason"] == "no RTP from the caller for 1.5 s"
+    assert (trunk.folder / "data" / call["file"]).stat().st_size > 0 and 2.0 < call["duration_s"] < 3.5
+
+
+def test_a_bye_of_the_appliance_that_is_lost_is_sent_again_until_it_is_answered(trunk):
+    # The callee takes the first BYE as lost (-nr: SIPp does not drop the second as a repeat) and
+    # answers the second; both SIPp fail unless they get a BYE and answer it.
+    dead_call(trunk, "uas_bye_lost.xml", extra=("-nr", "-trace_msg"))
+    (first, bye), (again, repeated) = received_byes(trunk.folder, "uas_bye_lost")   # none after the answer
+    assert repeated == bye and client.T1_S - 0.05 < again - first < 2 * client.T1_S
+    assert len(received_byes(trunk.folder, "uac_dead")) == 1      # the caller answered the first
+
+
+def test_a_bye_that_is_never_answered_is_sent_a_bounded_number_of_times_then_given_up(trunk, monkeypatch, caplog):
+    # RFC 3261's timers at half their values, to save the test 16 s.
+    t1, t2, timer_f = client.T1_S / 2, client.T2_S / 2, client.TIMER_F_S / 2
+    for name, value in (("T1_S", t1), ("T2_S", t2), ("TIMER_F_S", timer_f)):
+        monkeypatch.setattr(client, name, value)
+    caplog.set_level(logging.WARNING)
+    dead_call(trunk, "uas_deaf.xml", duration_ms=int((timer_f + 1.5) * 1000), extra=("-trace_msg",))
+    byes = received_byes(trunk.folder, "uas_deaf")
+    assert {text for _, text in byes} == {byes[0][1]}
+    # After T1, 2*T1, 4*T1, then every T2 until 64*T1 have passed: 10 retransmissions.
+    gaps = [b[0] - a[0] for a, b in zip(byes, byes[1:])]
+    assert len(gaps) == 10, gaps
+    for gap, expected in zip(gaps, [t1, 2 * t1, 4 * t1] + [t2] * 7):
+        assert expected / 1.5 < gap < expected * 1.5, gaps     # doubling, with room for a loaded machine
+    call_id = re.search(r"^Call-ID: (.*)$", byes[0][1], re.MULTILINE)[1]
+    [given_up] = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+    assert f"the BYE to the pbx side of call {call_id} got no final answer in {timer_f:g} s" in given_up
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 def test_the_opt_out_key_sent_as_rfc_4733_event_destroys_the_recording(trunk):

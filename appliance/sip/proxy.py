@@ -11,7 +11,9 @@ side ends at the appliance), and rewrites each SDP to the media anchor.
 From the messages it follows each INVITE dialog: the 2xx starts the recording and the notice; a
 final error before the answer (busy, CANCEL's 487, a failure) makes a `missed` row; BYE from either
 side ends it; RTP that stops for `rtp_timeout_s` (not while on hold) or a session timer (RFC 4028)
-that expires without a refresh ends it too, with a BYE from the appliance to both sides.
+that expires without a refresh ends it too, with a BYE from the appliance to both sides. Those BYEs
+are the appliance's own requests: it sends them again over UDP until they are answered, as an RFC
+3261 client transaction (`client.py`).
 """
 
 import functools
@@ -24,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from appliance.config import SipSideConfig, SipTrunkConfig
+from appliance.sip.client import ClientTransactions
 from appliance.sip.line import CallFacts, CallRecording, SipLine
 from appliance.sip.media import Leg, MediaSession, NoPortsError, PortPool
 from appliance.sip.message import Message, NameAddr, SipError, Uri, Via, parse, response
@@ -135,6 +138,7 @@ class Proxy:
         self.dialogs: dict[str, Dialog] = {}
         self.bindings: dict[str, Binding] = {}
         self._resolved: dict[str, str] = {}
+        self.client = ClientTransactions(loop, config.name)
         self.transports = {}
         for name, side in self.sides.items():
             self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name))
@@ -162,6 +166,7 @@ class Proxy:
             if dialog.media is not None:
                 dialog.media.close()
         self.dialogs.clear()
+        self.client.close()
         for transport in self.transports.values():
             transport.close()
 
@@ -262,9 +267,10 @@ class Proxy:
         if not self._ours(message.get("via")):
             log.warning("sip trunk %s: dropped a response not meant for the appliance", self.config.name)
             return
-        message.pop_first("via")
-        if not message.get("via"):
-            return                          # the answer to a request the appliance sent itself
+        ours = Via.parse(message.pop_first("via"))
+        if not message.get("via"):          # the answer to a request the appliance sent itself
+            self.client.answered(ours.branch, message.status)
+            return
         out = other(side)
         next_hop = Via.parse(message.get("via"))
         dialog = self.dialogs.get(message.call_id)
@@ -499,12 +505,14 @@ class Proxy:
             dialog.cseq[sender] = dialog.cseq.get(sender, dialog.invite_cseq if sender == caller else 0) + 1
             bye = Message(method="BYE", uri=str(contact))
             here = self.sides[side]
-            via = Via(transport, here.host, here.port, {"branch": f"{BRANCH}{random.getrandbits(64):016x}", "rport": None})
+            branch = f"{BRANCH}{random.getrandbits(64):016x}"
+            via = Via(transport, here.host, here.port, {"branch": branch, "rport": None})
             for name, value in (("via", str(via)), ("max-forwards", "70"), ("from", from_), ("to", to),
                                 ("call-id", dialog.call_id), ("cseq", f"{dialog.cseq[sender]} BYE"),
                                 ("reason", f'SIP;cause={cause};text="{reason}"')):
                 bye.headers.append([name, value])
-            self.transports[side].send(bye.to_bytes(), address, transport)
+            self.client.start(branch, functools.partial(self.transports[side].send, bye.to_bytes(), address, transport),
+                              transport == "TCP", f"the BYE to the {side} side of call {dialog.call_id}")
         self._end(dialog, time.monotonic(), reason)
 
     def _forget(self, dialog: Dialog) -> None:
