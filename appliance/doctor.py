@@ -10,6 +10,8 @@ the hardware itself.
 import errno
 import json
 import math
+import os
+import pwd
 import shutil
 import ssl
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from appliance.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
-from appliance.config import Config, LineConfig, RecorderConfig, StoreConfig, WebConfig, load_config
+from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, StoreConfig, WebConfig, load_config
 from appliance.errors import CallrecError
 from appliance.live import FRESH_S, read_live
 
@@ -39,6 +41,7 @@ CLIP_FRACTION = 0.001        # more than one sample in a thousand at full scale 
 MODEM_TIMEOUT_S = 2.0
 WEB_TIMEOUT_S = 3.0
 OFFLOAD_LATE_S = 3600       # a recording waiting this long means the target does not take them
+OFFLOAD_PROBE_S = 5.0       # the offload target's time to connect and to answer, at each step of the test copy
 UNITS = ("callrec-recorder.service", "callrec-web.service")
 
 
@@ -409,15 +412,134 @@ def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S) -> Result:
     return Result(OK, f"the web UI answers at {url}")
 
 
-def check_offload(config: Config, now: float | None = None) -> Result | None:
+def _offload_target(offload: OffloadConfig) -> str:
+    return offload.destination if offload.type == "rsync" else f"{offload.endpoint} bucket {offload.bucket}"
+
+
+def check_offload_target(config: Config, timeout_s: float = OFFLOAD_PROBE_S) -> Result | None:
+    """Does the offload target take a test file and let it be deleted, with the offloader's own key,
+    host key check or credentials? (None without `[offload]`.) Each step gets `timeout_s`."""
+    from appliance.offload import PROBE_NAME, OffloadError, ProbeLeftOver, probe
+
+    offload = config.offload
+    if offload is None:
+        return None
+    where = f"offload to {_offload_target(offload)}"
+    started = time.monotonic()
+    try:
+        probe(offload, timeout_s)
+    except ProbeLeftOver as exc:
+        return Result(FAIL, f"{where}: a test file was copied there but cannot be deleted ({exc})",
+                      f"{_offload_fix(offload, str(exc), deleting=True)}; then delete {PROBE_NAME} and "
+                      f"{PROBE_NAME}.json there by hand")
+    except OffloadError as exc:
+        return Result(FAIL, f"{where}: the target does not take a test file ({exc})", _offload_fix(offload, str(exc)))
+    done = f"{where}: a test file was copied there and deleted again ({time.monotonic() - started:.1f} s)"
+    recorder_user = _other_owner(config.recorder.data_dir) if os.geteuid() == 0 else None
+    if recorder_user is not None:
+        return Result(WARN, f"{done}, but as root, who may read files the recorder's user ({recorder_user}) cannot",
+                      f"check as that user: `sudo -u {recorder_user} callrec doctor` (the installed "
+                      f"`sudo callrec doctor` runs as callrec)")
+    return Result(OK, done)
+
+
+def _other_owner(path: Path) -> str | None:
+    """The user who owns `path` when it is not root (the recorder's user owns its data folder)."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return None
+    if uid == 0:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _offload_fix(offload: OffloadConfig, problem: str, deleting: bool = False) -> str:
+    """What to do about what the offload target answered: the first fix whose words are in it."""
+    if offload.type == "rsync":
+        login, _, folder = offload.destination.partition(":")
+        user, _, host = login.rpartition("@")
+        user, folder, port = user or "the login user", folder or "the home folder", offload.ssh_port
+        key, known = offload.ssh_key_file, offload.known_hosts_file
+        scan = (f"take it with `ssh-keyscan -p {port} {host} > {known}` and compare its fingerprint "
+                f"(`ssh-keygen -lf {known}`) with the one the server's admin page shows")
+        fixes = [
+            (("cannot run",), "install rsync and ssh on the appliance (`sudo apt install rsync openssh-client`)"),
+            (("host key is known for",), f"{known} holds no host key for {host} port {port}: {scan}"),
+            (("Host key verification failed", "HOST IDENTIFICATION HAS CHANGED"),
+             f"the server at {host} port {port} shows another host key than the one in {known}. If it was "
+             f"reinstalled or replaced, {scan}; if not, another machine answers at that address: find out "
+             f"which before sending it recordings"),
+            (("Load key", "UNPROTECTED PRIVATE KEY"),
+             f"ssh cannot use the key {key}: it must be readable by the recorder's user and by no one else "
+             f"(`sudo chown callrec: {key} && sudo chmod 600 {key}`)"),
+            (("Permission denied (publickey",),
+             f"the server does not let {login} in with the key {key}: add the line of {key}.pub to "
+             f"~/.ssh/authorized_keys of {user} on the server, and check the user in offload.destination"),
+            (("Connection refused",), f"nothing answers on port {port} of {host}: check that the server is on "
+                                      f"and that its SSH service runs on that port (offload.ssh_port)"),
+            (("Could not resolve",), f"the name {host} is not known: check offload.destination, and that the "
+                                     f"appliance's network has a DNS server that knows the name"),
+            (("timed out", "No route to host", "Network is unreachable", "took longer than"),
+             f"{host} does not answer: check that it is on and that the network lets the appliance reach "
+             f"it on port {port}"),
+            (("command not found", "rsync: not found"), "install rsync on the server (on a NAS: turn on its "
+                                                        "rsync service)"),
+            (("Permission denied", "Read-only file system", "No such file or directory"),
+             f"{user} may not delete files in {folder} on the server: give it that right (the appliance "
+             f"deletes the copies of erased and expired calls)" if deleting else
+             f"{user} cannot write to {folder} on the server: check the folder in offload.destination and "
+             f"give {user} the right to write there"),
+        ]
+    else:
+        secret, key_id, bucket = offload.secret_key_file, offload.access_key_id, offload.bucket
+        rights = f"on arn:aws:s3:::{bucket}/{offload.prefix}*"
+        fixes = [
+            (("cannot read",), f"make {secret} readable by the recorder's user and by no one else "
+                               f"(`sudo chown callrec: {secret} && sudo chmod 600 {secret}`)"),
+            (("NoSuchBucket",), f"there is no bucket {bucket} at {offload.endpoint}: check offload.bucket "
+                                f"(the appliance does not make the bucket)"),
+            (("InvalidAccessKeyId",), f"the store does not know the access key {key_id}: check "
+                                      f"offload.access_key_id"),
+            (("SignatureDoesNotMatch",), f"the secret key in {secret} is not the one of access key {key_id}: "
+                                         f"put the right one there"),
+            (("RequestTimeTooSkewed",), "the appliance's clock is too far off for the store to accept its "
+                                        "signatures: see the clock check"),
+            (("AuthorizationHeaderMalformed", "PermanentRedirect"),
+             f"the bucket is not in region {offload.region}: set offload.region to the bucket's region"),
+            (("AccessDenied",), f"the access key may put objects but not delete them: give it s3:DeleteObject "
+                                f"{rights} as well (the appliance deletes the copies of erased and expired calls)"
+                                if deleting else f"the access key may not put objects in {bucket}: give it "
+                                                 f"s3:PutObject and s3:DeleteObject {rights}"),
+            (("Connection refused",), f"nothing answers at {offload.endpoint}: check the address and port in "
+                                      f"offload.endpoint and that the object store runs"),
+            (("SSL", "CERTIFICATE"), f"{offload.endpoint} does not speak HTTPS with a certificate the appliance "
+                                     f"trusts: check http:// or https:// in offload.endpoint; a store with a "
+                                     f"certificate of its own needs it in /usr/local/share/ca-certificates "
+                                     f"(then `sudo update-ca-certificates`)"),
+            (("timed out", "Name or service not known", "name resolution", "No route to host", "unreachable"),
+             f"{offload.endpoint} does not answer: check offload.endpoint and that the network lets the "
+             f"appliance reach it"),
+        ]
+    for words, fix in fixes:
+        if any(word in problem for word in words):
+            return fix
+    return "check the [offload] settings (docs/doctor-and-offload.md) and what the target's own log says"
+
+
+def check_offload(config: Config, now: float | None = None, target_works: bool = False) -> Result | None:
     """Recordings not yet copied off the box (None without `[offload]`): a few just after calls
-    are normal; one waiting for over an hour means the target does not take them."""
+    are normal; one waiting for over an hour means the target does not take them, or did not
+    until now (`target_works`: it took the doctor's test file)."""
     from appliance.catalogue import Catalogue
 
     offload = config.offload
     if offload is None:
         return None
-    target = offload.destination if offload.type == "rsync" else f"{offload.endpoint} bucket {offload.bucket}"
+    target = _offload_target(offload)
     data_dir = config.recorder.data_dir
     if not (data_dir / CATALOGUE_NAME).exists():
         return Result(OK, f"offload to {target}: nothing recorded yet")
@@ -425,14 +547,19 @@ def check_offload(config: Config, now: float | None = None) -> Result | None:
     try:
         with catalogue.transaction() as db:
             waiting, oldest = db.execute(
-                "SELECT COUNT(*), MIN(ended_at) FROM calls WHERE file IS NOT NULL AND offloaded_at IS NULL "
-                "AND state != 'recording'").fetchone()
+                "SELECT COUNT(*), MIN(COALESCE(ended_at, started_at)) FROM calls "
+                "WHERE file IS NOT NULL AND offloaded_at IS NULL AND state != 'recording'").fetchone()
     finally:
         catalogue.close()
     if not waiting:
         return Result(OK, f"offload to {target}: every recording is copied")
     age = (time.time() if now is None else now) - datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp()
     message = f"offload to {target}: {waiting} recording(s) waiting, the oldest for {age / 60:,.0f} min"
+    if age > OFFLOAD_LATE_S and target_works:
+        return Result(FAIL, message, f"the target works now: the recorder copies what waits at its next attempt, "
+                                     f"at most offload.retry_max_s ({offload.retry_max_s:g} s) after its last "
+                                     f"failure; if recordings still wait after that, its log says why "
+                                     f"(`journalctl -u callrec-recorder.service | grep offload`)")
     if age > OFFLOAD_LATE_S:
         return Result(FAIL, message, "check that the target is up and reachable from the appliance (network, "
                                      "key or credentials); the recorder's log says what it answers "
@@ -467,8 +594,8 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
             if line.modem is not None:
                 results.append(check_modem(line))
     results.append(check_disk(config))
-    if (offload := check_offload(config)) is not None:
-        results.append(offload)
+    if (target := check_offload_target(config)) is not None:
+        results += [target, check_offload(config, target_works=target.status != FAIL)]
     results.append(check_clock(clock))
     results.append(check_web(config.web))
     return results

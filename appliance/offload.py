@@ -23,6 +23,7 @@ import logging
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -44,10 +45,16 @@ SIGN_TIMEOUT_S = 30.0
 POLL_S = 60.0           # how often an idle offloader looks for copies to delete
 OFFLOAD_FIELDS = ("offloaded_at", "offload_target")
 CONTENT_TYPES = {".opus": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav"}
+PROBE_NAME = ".callrec-doctor-probe"    # the test file `probe` copies to the target and deletes
+PROBE_BODY = b"A test file of `callrec doctor`, deleted as soon as it was copied.\n"
 
 
 class OffloadError(CallrecError, OSError):
     """The offload target could not take a recording (down, unreachable, refusing)."""
+
+
+class ProbeLeftOver(OffloadError):
+    """The probe's test file reached the target, but the target would not let it be deleted."""
 
 
 def remote_path(row: dict) -> PurePosixPath:
@@ -79,7 +86,10 @@ class RsyncTarget:
         self.staging.mkdir(exist_ok=True)
         staged = self.staging / f"{remote.name}.json"
         staged.write_bytes(manifest)
-        folder = f"{self.destination}/{remote.parent}/"
+        login, _, base = self.destination.partition(":")
+        # Relative to the login's home when the destination names no folder, as `delete` is; and
+        # never "./" in it: --mkpath fails on that.
+        folder = f"{login}:" + "/".join([*([base.rstrip("/")] if base else []), *remote.parent.parts, ""])
         try:
             done = subprocess.run(
                 ["rsync", "--times", "--perms", "--chmod=D0750,F0640", "--mkpath",
@@ -148,6 +158,34 @@ class S3Target:
             raise OffloadError(str(exc)) from None
 
 
+def target_for(settings: OffloadConfig, staging: Path) -> RsyncTarget | S3Target:
+    """The configured target; an rsync target stages manifests in `staging`."""
+    return RsyncTarget(settings, staging) if settings.type == "rsync" else S3Target(settings)
+
+
+def probe(settings: OffloadConfig, timeout_s: float) -> None:
+    """Copy a small test file and its manifest to the target as a recording is copied (same
+    key, host key check or credentials), then delete both as the copy of an erased call is
+    deleted. The target gets `timeout_s` (at most) to connect and to answer at each step.
+    Raises OffloadError if the copy fails, ProbeLeftOver if only the deletion does."""
+    settings = settings.model_copy(update={"timeout_s": min(settings.timeout_s, timeout_s)})
+    remote = PurePosixPath(PROBE_NAME)
+    # A folder of its own rather than the data folder's staging: the doctor may run as root, and
+    # a folder it made there would be one the recorder's user cannot write to.
+    with tempfile.TemporaryDirectory(prefix="callrec-probe-") as scratch:
+        try:
+            target = target_for(settings, Path(scratch))
+        except OSError as exc:              # the secret key file, read as the target is made
+            raise OffloadError(f"cannot read {settings.secret_key_file}: {exc.strerror or exc}") from None
+        sample = Path(scratch) / PROBE_NAME
+        sample.write_bytes(PROBE_BODY)
+        target.put(sample, PROBE_BODY, remote, hashlib.sha256(PROBE_BODY).hexdigest())
+    try:
+        target.delete(remote)
+    except OffloadError as exc:
+        raise ProbeLeftOver(str(exc)) from None
+
+
 # -- manifests ------------------------------------------------------------------------------------
 
 def canonical(document: dict) -> bytes:
@@ -214,8 +252,7 @@ class Offloader(threading.Thread):
         self.settings = settings
         self.catalogue = catalogue
         self.data_dir = Path(data_dir)
-        self.target = (RsyncTarget(settings, self.data_dir / STAGING_DIR) if settings.type == "rsync"
-                       else S3Target(settings))
+        self.target = target_for(settings, self.data_dir / STAGING_DIR)
         self.offloaded = self.failures = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()

@@ -360,7 +360,10 @@ def test_recordings_waiting_for_offload_over_an_hour_are_a_failure(tmp_path):
     late = record_call(catalogue, tmp_path / "data", started_at=iso_utc(time.time() - 7200))
     result = doctor.check_offload(config)
     assert result.status == doctor.FAIL and "2 recording(s) waiting, the oldest for 120 min" in result.message
-    assert "http://127.0.0.1:9 bucket shop-calls" in result.message and result.fix
+    assert "http://127.0.0.1:9 bucket shop-calls" in result.message and "key or credentials" in result.fix
+    worked_off = doctor.check_offload(config, target_works=True)       # it took the doctor's test file
+    assert worked_off.status == doctor.FAIL and worked_off.fix.startswith("the target works now")
+    assert "at most offload.retry_max_s (900 s) after its last failure" in worked_off.fix
     for call in (recent, late):
         catalogue.update_call(call["id"], offloaded_at=iso_utc(time.time()), offload_target="s3")
     assert "every recording is copied" in doctor.check_offload(config).message

@@ -248,15 +248,16 @@ def test_recording_goes_on_while_the_nas_is_down_and_the_backlog_drains_when_it_
 # -- S3 ---------------------------------------------------------------------------------------------
 
 class ObjectStore:
-    """moto's S3 server on 127.0.0.1 with request signatures checked: after the first actions
-    (which make a user, its key, its policy and the bucket) every request must be signed."""
+    """moto's S3 server on 127.0.0.1 with request signatures and rights checked: after the first
+    actions (which make two users, their keys and policies, and the bucket) every request must be
+    signed. The user `callrec` may do anything in S3; `putter` may only put objects."""
 
     def __init__(self, root: Path):
         import boto3
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"}
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
                                          "-p", str(self.port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -264,11 +265,17 @@ class ObjectStore:
         anyone = {"endpoint_url": self.endpoint, "region_name": "eu-west-1",
                   "aws_access_key_id": "x", "aws_secret_access_key": "x"}
         iam = boto3.client("iam", **anyone)
-        iam.create_user(UserName="callrec")
-        key = iam.create_access_key(UserName="callrec")["AccessKey"]
-        iam.put_user_policy(UserName="callrec", PolicyName="offload", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        keys = {}
+        for user, action in (("callrec", "s3:*"), ("putter", "s3:PutObject")):
+            iam.create_user(UserName=user)
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+            iam.put_user_policy(UserName=user, PolicyName="offload", PolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}]}))
+        key = keys["callrec"]
         self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        self.putter_id = keys["putter"]["AccessKeyId"]
+        (root / "putter-secret").write_text(keys["putter"]["SecretAccessKey"])
+        self.putter_secret_file = root / "putter-secret"
         self.client = boto3.client("s3", **{**anyone, "aws_access_key_id": self.key_id,
                                             "aws_secret_access_key": self.secret})
         self.client.create_bucket(Bucket="shop-calls", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
@@ -371,6 +378,116 @@ def test_an_s3_server_that_stops_answering_is_retried_until_it_is_back(tmp_path,
         offloader.stop(5)
         catalogue.close()
     assert len(offloaded(data)) == 2
+
+
+# -- `callrec doctor`'s test of the target -----------------------------------------------------------
+
+def test_the_doctor_copies_a_test_file_to_a_working_nas_and_deletes_it(tmp_path, nas):
+    from appliance.doctor import check_offload_target
+
+    nas.start()
+    config = appliance(tmp_path, nas.settings())
+    result = check_offload_target(config)
+    assert result.status == "ok", result.line()
+    assert result.message.startswith(f"offload to {getpass.getuser()}@127.0.0.1:{nas.folder}: a test file was "
+                                     "copied there and deleted again")
+    assert list(nas.folder.iterdir()) == []         # the folder is made, as for the first recording
+    assert not (config.recorder.data_dir / "offload").exists()     # nothing staged in the data folder
+
+
+def test_the_doctor_names_why_a_nas_does_not_take_the_test_file(tmp_path, nas):
+    from appliance.doctor import check_offload_target
+
+    down = check_offload_target(appliance(tmp_path, nas.settings()))
+    assert down.status == "fail" and "Connection refused" in down.message
+    assert down.fix.startswith(f"nothing answers on port {nas.port} of 127.0.0.1")
+    nas.start()
+    other_server = tmp_path / "other-server"
+    other_server.write_text(f"[127.0.0.1]:{nas.port} {(nas.root / 'other_host_key.pub').read_text()}")
+    impostor = check_offload_target(appliance(tmp_path, nas.settings(known_hosts_file=str(other_server))))
+    assert impostor.status == "fail" and "Host key verification failed" in impostor.message
+    assert "shows another host key than the one in" in impostor.fix and "ssh-keyscan" in impostor.fix
+    not_let_in = nas.settings(ssh_key_file=str(nas.root / "other_host_key"))
+    unknown_key = check_offload_target(appliance(tmp_path, not_let_in))
+    assert unknown_key.status == "fail" and "Permission denied (publickey)" in unknown_key.message
+    assert "other_host_key.pub to ~/.ssh/authorized_keys" in unknown_key.fix
+    assert not nas.folder.exists()
+    nas.process.send_signal(signal.SIGSTOP)          # it hangs: connections get no answer
+    try:
+        started = time.monotonic()
+        frozen = check_offload_target(appliance(tmp_path, nas.settings()), timeout_s=1)
+        took = time.monotonic() - started
+    finally:
+        nas.process.send_signal(signal.SIGCONT)
+    assert frozen.status == "fail" and "timed out" in frozen.message and took < 5
+    assert frozen.fix.startswith("127.0.0.1 does not answer")
+
+
+def bucket_keys(object_store: ObjectStore, prefix: str) -> list[str]:
+    listed = object_store.client.list_objects_v2(Bucket="shop-calls", Prefix=prefix)
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def test_the_doctor_copies_a_test_file_to_a_working_bucket_and_deletes_it(tmp_path, object_store):
+    from appliance.doctor import check_offload_target
+
+    result = check_offload_target(appliance(tmp_path, object_store.settings(prefix="probe/")))
+    assert result.status == "ok", result.line()
+    assert result.message.startswith(f"offload to {object_store.endpoint} bucket shop-calls: a test file was "
+                                     "copied there and deleted again")
+    assert bucket_keys(object_store, "probe/") == []
+
+
+def test_the_doctor_names_why_a_bucket_does_not_take_the_test_file(tmp_path, object_store):
+    from appliance.doctor import check_offload_target
+
+    def probe(**changes):
+        return check_offload_target(appliance(tmp_path, object_store.settings(**changes)))
+
+    closed = free_port()
+    down = probe(endpoint=f"http://127.0.0.1:{closed}")
+    assert down.status == "fail" and "Connection refused" in down.message
+    assert down.fix.startswith(f"nothing answers at http://127.0.0.1:{closed}")
+    no_bucket = probe(bucket="shop-calls-typo")
+    assert no_bucket.status == "fail" and "HTTP 404 NoSuchBucket" in no_bucket.message
+    assert no_bucket.fix.startswith("there is no bucket shop-calls-typo")
+    (tmp_path / "wrong").write_text("not-the-secret")
+    wrong_secret = probe(secret_key_file=str(tmp_path / "wrong"))
+    assert wrong_secret.status == "fail" and "HTTP 403 SignatureDoesNotMatch" in wrong_secret.message
+    assert wrong_secret.fix.startswith(f"the secret key in {tmp_path / 'wrong'} is not the one of access key")
+    put_only = probe(prefix="put-only/", access_key_id=object_store.putter_id,
+                     secret_key_file=str(object_store.putter_secret_file))
+    assert put_only.status == "fail" and "copied there but cannot be deleted" in put_only.message
+    assert "HTTP 403 AccessDenied" in put_only.message and "give it s3:DeleteObject" in put_only.fix
+    left = bucket_keys(object_store, "put-only/")        # said so, since the key may not delete it
+    assert left == ["put-only/.callrec-doctor-probe", "put-only/.callrec-doctor-probe.json"]
+    assert ".callrec-doctor-probe" in put_only.fix
+    for key in left:
+        object_store.client.delete_object(Bucket="shop-calls", Key=key)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run as root and give a folder to another user")
+def test_the_doctor_run_as_root_warns_that_the_recorder_reads_the_files_as_its_own_user(tmp_path, object_store):
+    from appliance.doctor import check_offload_target
+
+    config = appliance(tmp_path, object_store.settings(prefix="root/"))
+    config.recorder.data_dir.mkdir(parents=True)
+    os.chown(config.recorder.data_dir, 65534, 65534)
+    result = check_offload_target(config)
+    assert result.status == "warn" and "but as root" in result.message
+    assert "sudo -u nobody callrec doctor" in result.fix
+
+
+def test_the_doctors_report_has_the_test_of_the_target_before_the_recordings_waiting(tmp_path, object_store):
+    config = appliance(tmp_path, object_store.settings(prefix="report/"))
+    record_calls(config.recorder.data_dir, 1)
+    report = callrec("doctor", "--config", str(tmp_path / "appliance.toml"), "--seconds", "0.5", "--json",
+                     check=False, env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    checks = [check for check in json.loads(report.stdout)["checks"] if check["message"].startswith("offload to")]
+    assert all(set(check) == {"status", "message", "fix"} for check in checks)     # as every check
+    target, waiting = checks
+    assert target["status"] == "ok" and "a test file was copied there and deleted again" in target["message"]
+    assert waiting["status"] == "ok" and "1 recording(s) waiting" in waiting["message"]
 
 
 # -- configuration ------------------------------------------------------------------------------------
