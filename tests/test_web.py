@@ -335,6 +335,16 @@ def test_the_api_lists_calls_of_the_tokens_lines_and_exports_a_bundle_that_verif
     assert response.status_code == 400 and "call_ids" in response.get_json()["error"]
 
 
+def test_dates_at_the_ends_of_the_calendar_select_every_call_and_a_bad_one_is_named(web):
+    app, calls = web
+    token = app.extensions["callrec"].accounts.add_token("crm", "admin", None, "test")
+    client, headers = app.test_client(), {"Authorization": f"Bearer {token}"}
+    listed = client.get("/api/v1/calls?since=0001-01-01&until=9999-12-31", headers=headers)
+    assert listed.status_code == 200 and len(listed.get_json()["calls"]) == len(calls)
+    refused = client.get("/api/v1/calls?until=2026-02-30", headers=headers)
+    assert refused.status_code == 400 and "until" in refused.get_json()["error"]
+
+
 def test_a_setting_saved_in_the_web_ui_reaches_the_running_recorder_without_a_restart(web_appliance, tmp_path):
     """`callrec run` on simulated hardware (mock pins, FIFO-fed ALSA file PCMs) and the web UI on the
     same configuration: a changed retention is taken up by the recorder at once (SIGHUP)."""
@@ -384,6 +394,40 @@ def test_a_deleted_users_cookie_does_not_fit_the_next_user_made(web):
     accounts.delete_user(doomed.id)
     accounts.add_user("boss", PASSWORD, "admin", None)       # may get the same id
     assert old.get("/settings/users").status_code == 302    # sent to the login page
+
+
+def test_a_session_ends_on_the_appliance_at_logout_or_when_an_admin_ends_it(web):
+    app, calls = web
+    cookie = app.config["SESSION_COOKIE_NAME"]
+
+    def replay(value: str):
+        """Another browser holding a copy of the cookie."""
+        thief = app.test_client()
+        thief.set_cookie(cookie, value)
+        return thief
+
+    clerk = login(app, "clerk")
+    copied = clerk.get_cookie(cookie).value
+    assert replay(copied).get("/").status_code == 200
+    post(clerk, "/logout")
+    assert replay(copied).get("/").status_code == 302          # the copy is worth nothing now
+
+    phone, desk, admin = login(app, "clerk"), login(app, "clerk"), login(app, "admin")
+    clerk_id = next(u["id"] for u in app.extensions["callrec"].accounts.users() if u["name"] == "clerk")
+    page = admin.get("/settings/users").get_data(as_text=True)
+    assert "Logged in on 2 device(s)" in page and "127.0.0.1" in page
+    # A new role or lines apply at the next request, without logging out.
+    assert phone.get(f"/calls/{calls['supplier']['id']}").status_code == 404
+    post(admin, f"/settings/users/{clerk_id}", action="change", role="staff", all_lines="1")
+    assert phone.get(f"/calls/{calls['supplier']['id']}").status_code == 200
+    post(admin, f"/settings/users/{clerk_id}", action="end_sessions")     # the phone was lost
+    assert phone.get("/").status_code == 302 and desk.get("/").status_code == 302
+    assert "sessions of clerk ended" in admin.get("/audit.csv").get_data(as_text=True)
+    # An admin's new password ends their other sessions, not the one that changed it.
+    other_admin = login(app, "admin")
+    admin_id = next(u["id"] for u in app.extensions["callrec"].accounts.users() if u["name"] == "admin")
+    post(admin, f"/settings/users/{admin_id}", action="password", password="a new long password")
+    assert other_admin.get("/").status_code == 302 and admin.get("/").status_code == 200
 
 
 def test_names_that_are_no_account_lock_like_accounts_do(web):

@@ -1,5 +1,5 @@
 """Who may use the web UI and the API: users (argon2-hashed passwords, a role, the lines they may
-see), API tokens, login failures and the one-time setup code. Kept in `<data>/web/accounts.db`,
+see), their sessions, API tokens, login failures and the one-time setup code. Kept in `<data>/web/accounts.db`,
 apart from the catalogue: accounts are the UI's business, not evidence.
 """
 
@@ -27,6 +27,7 @@ LOCKOUT_S = 15 * 60
 MIN_PASSWORD = 10
 SETUP_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"     # no 0/O, 1/I: read aloud from a console
 NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
+SEEN_EVERY_S = 60               # a session's last use is written at most this often: spare the SD card
 
 BAD_ROLE = "the role must be one of admin, supervisor, staff"
 LOCKED = ("this account is locked after repeated wrong passwords: "
@@ -49,7 +50,6 @@ class Principal:
     role: str
     lines: tuple[str, ...] | None   # None: every line
     language: str | None = None
-    session_version: int = 0
 
     def may_see(self, line: str) -> bool:
         """Whether this principal may see (and hear) calls of `line`."""
@@ -76,10 +76,8 @@ def _lines_text(lines) -> str | None:
 
 def _principal(kind: str, row: sqlite3.Row) -> Principal:
     lines = None if row["lines"] is None else tuple(json.loads(row["lines"]))
-    keys = row.keys()
     return Principal(kind, row["id"], row["name"], row["role"], lines,
-                     row["language"] if "language" in keys else None,
-                     row["session_version"] if "session_version" in keys else 0)
+                     row["language"] if "language" in row.keys() else None)
 
 
 def token_digest(token: str) -> str:
@@ -97,6 +95,7 @@ class Accounts:
         self._unknown: dict[str, int] = {}     # wrong logins per name that is no account
         self.db = connect(self.folder / "accounts.db")
         self.db.execute("PRAGMA secure_delete = ON")
+        self.db.execute("PRAGMA foreign_keys = ON")
         with self._lock:
             self.db.executescript("""
                 CREATE TABLE IF NOT EXISTS users (
@@ -104,13 +103,18 @@ class Accounts:
                     password_hash TEXT NOT NULL,
                     role TEXT NOT NULL CHECK (role IN ('admin', 'supervisor', 'staff')),
                     lines TEXT, language TEXT, created_at TEXT NOT NULL,
-                    failures INTEGER NOT NULL DEFAULT 0, locked_until REAL NOT NULL DEFAULT 0,
-                    session_version INTEGER NOT NULL DEFAULT 0);
+                    failures INTEGER NOT NULL DEFAULT 0, locked_until REAL NOT NULL DEFAULT 0);
+                CREATE TABLE IF NOT EXISTS sessions (
+                    digest TEXT PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                    started_at TEXT NOT NULL, last_seen REAL NOT NULL, address TEXT, agent TEXT);
                 CREATE TABLE IF NOT EXISTS tokens (
                     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE,
                     role TEXT NOT NULL CHECK (role IN ('admin', 'supervisor', 'staff')),
                     lines TEXT, created_at TEXT NOT NULL, created_by TEXT NOT NULL, last_used_at TEXT);
             """)
+            if "session_version" in {row["name"] for row in self.db.execute("PRAGMA table_info(users)")}:
+                # Sessions were a counter on the user before they were rows of their own.
+                self.db.execute("ALTER TABLE users DROP COLUMN session_version")
 
     # -- first run ------------------------------------------------------------------------------------
 
@@ -161,12 +165,9 @@ class Accounts:
         _check_password(password)
         with self._lock:
             try:
-                # A random first session version: a cookie of a deleted user never fits a new one.
                 cursor = self.db.execute(
-                    "INSERT INTO users (name, password_hash, role, lines, language, created_at, session_version) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [name, _hasher.hash(password), role, _lines_text(lines), language, iso_utc(time.time()),
-                     secrets.randbits(62)])
+                    "INSERT INTO users (name, password_hash, role, lines, language, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [name, _hasher.hash(password), role, _lines_text(lines), language, iso_utc(time.time())])
             except sqlite3.IntegrityError:
                 raise AccountError("there is already a user {name}", name=repr(name)) from None
         return self.user(cursor.lastrowid)
@@ -217,20 +218,21 @@ class Accounts:
         return _principal("user", row)
 
     def update_user(self, user_id: int, *, role: str | None = None, lines=..., password: str | None = None,
-                    language=..., unlock: bool = False) -> None:
-        """Change a user; a new password or role ends the user's other sessions."""
+                    language=..., unlock: bool = False, keep_session: str | None = None) -> None:
+        """Change a user. A new role or lines apply at the user's next request; a new password ends
+        the user's sessions (all but `keep_session`, the one making the change)."""
         if role is not None and role not in ROLES:
             raise AccountError(BAD_ROLE)
         sets, params = [], []
         if role is not None:
-            sets += ["role = ?", "session_version = session_version + 1"]
+            sets.append("role = ?")
             params.append(role)
         if lines is not ...:
-            sets += ["lines = ?", "session_version = session_version + 1"]
+            sets.append("lines = ?")
             params.append(_lines_text(lines))
         if password is not None:
             _check_password(password)
-            sets += ["password_hash = ?", "session_version = session_version + 1"]
+            sets.append("password_hash = ?")
             params.append(_hasher.hash(password))
         if language is not ...:
             sets.append("language = ?")
@@ -243,6 +245,8 @@ class Accounts:
             if role is not None and role != "admin" and self._last_admin(user_id):
                 raise AccountError("the last admin cannot lose the admin role")
             self.db.execute(f"UPDATE users SET {', '.join(sets)} WHERE id = ?", [*params, user_id])
+            if password is not None:
+                self.end_sessions(user_id, keep=keep_session)
 
     def delete_user(self, user_id: int) -> None:
         """Remove a user (never the last admin)."""
@@ -250,6 +254,56 @@ class Accounts:
             if self._last_admin(user_id):
                 raise AccountError("the last admin cannot be deleted")
             self.db.execute("DELETE FROM users WHERE id = ?", [user_id])
+
+    # -- sessions ----------------------------------------------------------------------------------------
+
+    def start_session(self, user_id: int, address: str | None, agent: str | None, idle_s: float) -> str:
+        """A new session of the user: the token for its cookie (only its digest is kept). Sessions
+        unused for `idle_s` are forgotten on the way."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            self.db.execute("DELETE FROM sessions WHERE last_seen < ?", [now - idle_s])
+            self.db.execute("INSERT INTO sessions (digest, user_id, started_at, last_seen, address, agent) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            [token_digest(token), user_id, iso_utc(now), now, address, (agent or "")[:200]])
+        return token
+
+    def session_user(self, token: str, idle_s: float) -> Principal | None:
+        """The user of a session still open (used within `idle_s`), or None."""
+        digest, now = token_digest(token), time.time()
+        with self._lock:
+            row = self.db.execute("SELECT users.*, sessions.last_seen FROM sessions JOIN users "
+                                  "ON users.id = sessions.user_id WHERE digest = ?", [digest]).fetchone()
+            if row is None:
+                return None
+            if row["last_seen"] < now - idle_s:
+                self.db.execute("DELETE FROM sessions WHERE digest = ?", [digest])
+                return None
+            if row["last_seen"] < now - SEEN_EVERY_S:
+                self.db.execute("UPDATE sessions SET last_seen = ? WHERE digest = ?", [now, digest])
+        return _principal("user", row)
+
+    def end_session(self, token: str) -> None:
+        """Log one session out."""
+        with self._lock:
+            self.db.execute("DELETE FROM sessions WHERE digest = ?", [token_digest(token)])
+
+    def end_sessions(self, user_id: int, keep: str | None = None) -> int:
+        """Log the user out everywhere (but the session `keep`); how many sessions ended."""
+        with self._lock:
+            return self.db.execute("DELETE FROM sessions WHERE user_id = ? AND digest != ?",
+                                   [user_id, token_digest(keep) if keep else ""]).rowcount
+
+    def sessions(self, idle_s: float) -> dict[int, list[dict]]:
+        """The open sessions of each user (by id), most recently used first."""
+        with self._lock:
+            rows = self.db.execute("SELECT user_id, started_at, last_seen, address, agent FROM sessions "
+                                   "WHERE last_seen >= ? ORDER BY last_seen DESC", [time.time() - idle_s]).fetchall()
+        found: dict[int, list[dict]] = {}
+        for row in rows:
+            found.setdefault(row["user_id"], []).append({**dict(row), "last_seen": iso_utc(row["last_seen"])})
+        return found
 
     def _last_admin(self, user_id: int) -> bool:
         admins = [row[0] for row in self.db.execute("SELECT id FROM users WHERE role = 'admin'")]

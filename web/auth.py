@@ -9,7 +9,7 @@ from web.accounts import AccountError
 from web.backend import backend
 from web.i18n import LANG_COOKIE, LANGUAGES, error_text
 from web.i18n import gettext as _
-from web.security import client_address
+from web.security import client_address, session_idle_s
 
 bp = Blueprint("auth", __name__)
 
@@ -17,8 +17,8 @@ bp = Blueprint("auth", __name__)
 def _start_session(user) -> None:
     session.clear()
     session.permanent = True
-    session["user"] = user.id
-    session["version"] = user.session_version
+    session["sid"] = backend().accounts.start_session(user.id, client_address(), request.user_agent.string,
+                                                      session_idle_s())
 
 
 def _safe_next(target: str | None) -> str:
@@ -86,7 +86,9 @@ def login():
 
 @bp.route("/logout", methods=["POST"])
 def logout():
-    """End the session."""
+    """End the session, on the appliance too: its cookie is worth nothing afterwards."""
+    if "sid" in session:
+        backend().accounts.end_session(session["sid"])
     session.clear()
     flash(_("You are logged out."))
     return redirect(url_for("auth.login"))

@@ -40,16 +40,26 @@ def known_args(args, keys) -> dict[str, list[str]]:
     return {key: args.getlist(key) for key in keys if key in args}
 
 
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9999, 12, 30)
+
+
 class BadFilter(ValueError):
     """A filter value that cannot be understood; its message says which."""
 
 
-def _local_day_start(text: str, field: str) -> str:
-    """The start of a local day (YYYY-MM-DD) as the catalogue's UTC timestamps are written."""
+def _day(text: str, field: str) -> date:
+    """A local day (YYYY-MM-DD); one far before or after any call counts as the first or last day
+    the clock can convert, which selects the same calls."""
     try:
-        return iso_utc(datetime.combine(date.fromisoformat(text), dtime()).astimezone().timestamp())
-    except (ValueError, OverflowError, OSError):
+        day = date.fromisoformat(text)
+    except ValueError:
         raise BadFilter(_("{field}: not a date (YYYY-MM-DD)", field=field)) from None
+    return min(max(day, FIRST_DAY), LAST_DAY)
+
+
+def _day_start(day: date) -> str:
+    """The start of a local day as the catalogue's UTC timestamps are written."""
+    return iso_utc(datetime.combine(day, dtime()).astimezone().timestamp())
 
 
 def call_query(args, principal) -> tuple[str, list, dict]:
@@ -62,16 +72,11 @@ def call_query(args, principal) -> tuple[str, list, dict]:
         params += values
     if since := args.get("since", "").strip():
         where.append("started_at >= ?")
-        params.append(_local_day_start(since, "since"))
+        params.append(_day_start(_day(since, "since")))
         shown["since"] = since
     if until := args.get("until", "").strip():
-        _local_day_start(until, "until")
         where.append("started_at < ?")
-        try:
-            following = (date.fromisoformat(until) + timedelta(days=1)).isoformat()
-        except OverflowError:
-            raise BadFilter(_("{field}: not a date (YYYY-MM-DD)", field="until")) from None
-        params.append(_local_day_start(following, "until"))
+        params.append(_day_start(_day(until, "until") + timedelta(days=1)))
         shown["until"] = until
     if line := args.get("line", "").strip():
         where.append("line = ?")

@@ -67,14 +67,18 @@ def _load_principal() -> Principal | None:
         if header.startswith("Bearer "):
             return accounts.token(header[len("Bearer "):].strip())
         return None
-    user_id = session.get("user")
-    if user_id is None:
+    token = session.get("sid")
+    if token is None:
         return None
-    user = accounts.user(user_id)
-    if user is None or session.get("version") != user.session_version:
-        session.clear()             # deleted, or the password or role changed since this login
-        return None
+    user = accounts.session_user(token, session_idle_s())
+    if user is None:
+        session.clear()             # logged out (here or by an admin), idle too long, or the user deleted
     return user
+
+
+def session_idle_s() -> float:
+    """How long a session lasts unused."""
+    return backend().config.web.session_hours * 3600
 
 
 def _before():

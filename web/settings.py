@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import tomlkit
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 
 from appliance.catalogue import audit
 from appliance.config import Config, format_validation_error, resolve_paths
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from web.accounts import ROLES, AccountError
 from web.backend import backend
 from web.i18n import error_text, gettext as _
-from web.security import client_address, current, require
+from web.security import client_address, current, require, session_idle_s
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -263,10 +263,15 @@ def _lines_field() -> list[str] | None:
 @bp.route("/users")
 @require("admin")
 def users():
-    """Users and API tokens."""
+    """Users, where they are logged in, and API tokens."""
+    return _users_page()
+
+
+def _users_page(new_token: str | None = None):
     accounts = backend().accounts
-    return render_template("users.html", users=accounts.users(), tokens=accounts.tokens(), roles=ROLES,
-                           lines=backend().config.line_names, new_token=None)
+    return render_template("users.html", users=accounts.users(), sessions=accounts.sessions(session_idle_s()),
+                           tokens=accounts.tokens(), roles=ROLES, lines=backend().config.line_names,
+                           new_token=new_token)
 
 
 def _account_change(action, what: str, done: str):
@@ -307,8 +312,13 @@ def change_user(user_id: int):
         return _account_change(lambda: accounts.update_user(user_id, unlock=True), f"user {user.name} unlocked",
                                _("User unlocked."))
     if action == "password":
-        return _account_change(lambda: accounts.update_user(user_id, password=form.get("password", "")),
+        own = session.get("sid") if user_id == current().id else None
+        return _account_change(lambda: accounts.update_user(user_id, password=form.get("password", ""), keep_session=own),
                                f"password of {user.name} reset", _("Password changed."))
+    if action == "end_sessions":
+        own = session.get("sid") if user_id == current().id else None
+        return _account_change(lambda: accounts.end_sessions(user_id, keep=own), f"sessions of {user.name} ended",
+                               _("{name} is logged out everywhere.", name=user.name))
     return _account_change(lambda: accounts.update_user(user_id, role=form.get("role"), lines=_lines_field()),
                            f"user {user.name} now {form.get('role')}", _("User changed."))
 
@@ -325,8 +335,7 @@ def add_token():
         return redirect(url_for("settings.users"))
     with backend().catalogue.transaction() as db:
         audit(db, current().actor, "account", detail=f"API token {form.get('name')} created", address=client_address())
-    return render_template("users.html", users=accounts.users(), tokens=accounts.tokens(), roles=ROLES,
-                           lines=backend().config.line_names, new_token=token)
+    return _users_page(new_token=token)
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
