@@ -28,6 +28,7 @@ from appliance.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
 from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, StoreConfig, WebConfig, load_config
 from appliance.errors import CallrecError
+from appliance.keys import certificate_fingerprint
 from appliance.live import FRESH_S, read_live
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
@@ -335,6 +336,44 @@ def check_live_modem(line: LineConfig, entries: list[dict]) -> Result:
 
 # -- disk, clock, web -------------------------------------------------------------------------------
 
+def check_data_dir(config: Config, systemd: bool) -> Result:
+    """May the recorder write its data folder: as this user, and (under systemd) through its
+    services' sandbox, which keeps every folder but those they name read-only?"""
+    folder = Path(os.path.realpath(config.recorder.data_dir))      # as the units must name it
+    fix = ("run `sudo ./install.sh` again after changing data_dir: it makes the folder, gives it to "
+           "callrec and lets the services write there")
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"user {os.geteuid()}"
+    try:
+        writable = os.access(_existing(folder), os.W_OK | os.X_OK)
+    except OSError:         # a folder above it that this user may not enter
+        writable = False
+    if not writable:
+        return Result(FAIL, f"data folder {folder} is not writable by {user}", fix)
+    closed = [unit for unit in UNITS if systemd and not _unit_may_write(unit, folder)]
+    if closed:
+        return Result(FAIL, f"data folder {folder} is read-only for {' and '.join(closed)} "
+                            f"(ProtectSystem=strict without ReadWritePaths= for it)", fix)
+    return Result(OK, f"data folder {folder} is writable by {user}")
+
+
+def _unit_may_write(unit: str, folder: Path) -> bool:
+    """Does a unit's sandbox leave `folder` writable? (A unit that is not installed has none.)"""
+    try:
+        shown = subprocess.run(["systemctl", "show", "-p", "LoadState", "-p", "ProtectSystem",
+                                "-p", "ReadWritePaths", unit], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    settings = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    if settings.get("LoadState") != "loaded" or settings.get("ProtectSystem") != "strict":
+        return True
+    # Paths separated by spaces, those that may be missing marked "-"; a path may hold a space.
+    listed = " " + settings.get("ReadWritePaths", "").replace(" -", " ").removeprefix("-") + " "
+    return any(f" {path} " in listed for path in (folder, *folder.parents))
+
+
 def check_disk(config: Config) -> Result:
     """Free space for recordings: above the floor, and how many hours of recording it holds."""
     from appliance.catalogue import Catalogue
@@ -409,7 +448,13 @@ def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S) -> Result:
     except ValueError:
         return Result(FAIL, f"something other than the web UI answers at {url}",
                       f"free port {web.https_port} or set web.https_port to another port")
-    return Result(OK, f"the web UI answers at {url}")
+    try:
+        served = ssl.get_server_certificate((host, web.https_port), timeout=timeout)
+    except (OSError, ValueError):
+        return Result(OK, f"the web UI answers at {url}")
+    # What a browser's warning about the self-signed certificate can be checked against.
+    return Result(OK, f"the web UI answers at {url}; its certificate's SHA-256 fingerprint is "
+                      f"{certificate_fingerprint(served)}")
 
 
 def _offload_target(offload: OffloadConfig) -> str:
@@ -593,6 +638,7 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
             results.append(check_inputs(line))
             if line.modem is not None:
                 results.append(check_modem(line))
+    results.append(check_data_dir(config, systemd))
     results.append(check_disk(config))
     if (target := check_offload_target(config)) is not None:
         results += [target, check_offload(config, target_works=target.status != FAIL)]

@@ -57,6 +57,13 @@ def fingerprint(public_hex: str) -> str:
     return ":".join(digest[i:i + 4] for i in range(0, len(digest), 4))
 
 
+def certificate_fingerprint(pem: str) -> str:
+    """A TLS certificate's SHA-256 fingerprint, as browsers show it (AB:CD:…)."""
+    import ssl
+
+    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).digest())
+
+
 def ensure_device_key_apart(data_dir: Path) -> Path:
     """`ensure_device_key` in a short-lived process of its own, so that the long-running recorder
     does not keep the cryptography library (about 9 MB) in memory for a one-time job."""

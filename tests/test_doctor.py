@@ -3,12 +3,18 @@ gpiozero's MockFactory for the pins, ptys for the modems, a live-state file as t
 recorder writes it, a real HTTPS server for the web UI. Each failure it detects is shown once."""
 
 import datetime
+import hashlib
 import http.server
 import json
 import os
 import pty
+import pwd
+import re
 import shutil
 import ssl
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import tty
@@ -211,6 +217,37 @@ def test_a_storage_alarm_in_the_catalogue_is_a_failure(tmp_path):
     assert "callrec release" in result.fix
 
 
+@pytest.fixture
+def open_folder():
+    """A folder every user may enter (pytest's own are root's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="callrec-doctor-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv, to run the doctor as another user")
+def test_a_data_folder_the_user_may_not_write_fails_with_the_fix(open_folder):
+    config = config_file(open_folder)
+    data = open_folder / "data"
+    data.mkdir(mode=0o755)          # root's, as a folder made by hand is
+    nobody = pwd.getpwnam("nobody")
+
+    def checked_as_nobody() -> dict:
+        result = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                                 "--", sys.executable, "-m", "appliance", "doctor", "--config", str(config),
+                                 "--seconds", SECONDS, "--json"], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "HOME": str(open_folder)})
+        return find(json.loads(result.stdout)["checks"], "data folder")
+
+    check = checked_as_nobody()
+    assert check["status"] == "fail" and check["message"] == f"data folder {data} is not writable by nobody"
+    assert check["fix"].startswith("run `sudo ./install.sh` again after changing data_dir")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    assert checked_as_nobody() == {"status": "ok", "message": f"data folder {data} is writable by nobody", "fix": None}
+
+
 def test_an_unsynchronised_clock_fails_because_times_are_evidence():
     assert doctor.check_clock(lambda: True).status == "ok"
     result = doctor.check_clock(lambda: False)
@@ -321,7 +358,9 @@ def web_ui(tmp_path):
 
 def test_the_web_ui_must_answer_its_health_check_over_https(tmp_path, web_ui):
     up = doctor.check_web(load_config(config_file(tmp_path, web_port=web_ui)).web)
-    assert up.status == "ok" and up.message == f"the web UI answers at https://127.0.0.1:{web_ui}/healthz"
+    served = hashlib.sha256(ssl.PEM_cert_to_DER_cert((tmp_path / "cert.pem").read_text())).hexdigest().upper()
+    assert up.status == "ok" and up.message == (f"the web UI answers at https://127.0.0.1:{web_ui}/healthz; its "
+                                                f"certificate's SHA-256 fingerprint is {':'.join(re.findall('..', served))}")
     closed = free_port()
     down = doctor.check_web(load_config(config_file(tmp_path, web_port=closed)).web, timeout=1)
     assert down.status == "fail" and f"does not answer at https://127.0.0.1:{closed}/healthz" in down.message

@@ -10,7 +10,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, g, jsonify, render_template, request
+from flask import Flask, abort, g, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from web import api, audit, auth, calls, privacy, settings, status
@@ -19,6 +19,7 @@ from web.exports import Exports
 from web.i18n import gettext as _
 from web.i18n import pick_language, template_helpers
 from web.security import install
+from web.server import CERT_NAME, TLS_DIR
 
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
 
@@ -69,6 +70,16 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     def healthz():
         """For `callrec doctor` and monitoring: the web process answers, and whether the recorder runs."""
         return jsonify(ok=True, recorder_running=the_backend.live() is not None)
+
+    @app.route("/certificate.crt")
+    def certificate():
+        """The appliance's own certificate, to install as trusted on the shop's computers (after
+        comparing its fingerprint with the one `callrec doctor` prints on the appliance)."""
+        path = the_backend.accounts.folder / TLS_DIR / CERT_NAME
+        if not path.is_file():
+            abort(404)
+        return send_file(path, mimetype="application/x-x509-ca-cert", as_attachment=True,
+                         download_name=f"{web_config.hostname}.crt")
 
     @app.errorhandler(HTTPException)
     def _error(exc: HTTPException):

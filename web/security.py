@@ -14,7 +14,7 @@ from web.accounts import Principal
 from web.backend import backend
 from web.i18n import gettext as _
 
-PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.language", "static", "healthz", "api.openapi"}
+PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.language", "static", "healthz", "certificate", "api.openapi"}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 IP_FAILURES = 20            # wrong logins from one address within IP_WINDOW_S before it must wait
 IP_WINDOW_S = 15 * 60

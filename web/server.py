@@ -16,10 +16,11 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from werkzeug.wsgi import FileWrapper
 
 from appliance.config import load_config
+from appliance.keys import certificate_fingerprint
 
 log = logging.getLogger(__name__)
 
-CERT_NAME, KEY_NAME = "cert.pem", "key.pem"
+TLS_DIR, CERT_NAME, KEY_NAME = "tls", "cert.pem", "key.pem"
 CERT_YEARS = 10
 # cheroot offers no wsgi.file_wrapper, so send_file would read 8 KB at a time, each piece a small TLS
 # record through cheroot's Python writer: half nginx's throughput (bench/web). 128 KB matches it.
@@ -103,10 +104,11 @@ class WebServer:
         web = config.web
         self.app = create_app(config_path)
         accounts = self.app.extensions["callrec"].accounts
-        cert, key = ensure_certificate(accounts.folder / "tls", web.hostname)
+        cert, key = ensure_certificate(accounts.folder / TLS_DIR, web.hostname)
         self.https = wsgi.Server((web.bind, web.https_port), with_file_wrapper(self.app),
                                  numthreads=web.threads, server_name=web.hostname)
         self.https.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+        self.cert = cert
         self.http = (wsgi.Server((web.bind, web.http_port), redirect_app(web.https_port, web.hostname), numthreads=2)
                      if web.http_port else None)
         self.setup_code = accounts.setup_code()
@@ -117,7 +119,8 @@ class WebServer:
         for server in filter(None, (self.https, self.http)):
             server.prepare()
             threading.Thread(target=server.serve, name=f"web-{server.bind_addr[1]}", daemon=True).start()
-        log.info("web UI on https://%s:%s/", self.web.hostname, self.https.bind_addr[1])
+        log.info("web UI on https://%s:%s/, certificate SHA-256 fingerprint %s", self.web.hostname,
+                 self.https.bind_addr[1], certificate_fingerprint(self.cert.read_text()))
         if self.setup_code:
             message = (f"callrec web setup code: {self.setup_code}  (open https://{self.web.hostname}"
                        f"{'' if self.web.https_port == 443 else f':{self.web.https_port}'}/setup)")
