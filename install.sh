@@ -15,8 +15,9 @@ VENV=$PREFIX/venv
 SHIPPED=$PREFIX/share/shipped       # each file as this installer last wrote it: edited or not?
 CONF_DIR=/etc/callrec
 CONFIG=$CONF_DIR/appliance.toml
-DATA_DIR=/var/lib/callrec
+DATA_DIR=/var/lib/callrec           # the default data_dir, and callrec's home
 UNIT_DIR=/etc/systemd/system
+DROP_IN=50-callrec-data-dir.conf    # in each unit's .d folder while data_dir is elsewhere
 USER_NAME=callrec
 UNITS=(callrec-recorder.service callrec-web.service)
 # As scripts/setup-env (rsync and ssh offload recordings to a NAS), and the system tools the
@@ -229,13 +230,98 @@ install_config() {
     fi
 }
 
+# -- the data folder -----------------------------------------------------------------------------------
+
+read_data_dir() {   # CONFIGURED_DATA_DIR: [recorder] data_dir, resolved by the program's own loader
+    local out
+    # -I: the installed program, not the source folder this may be run from. realpath: the
+    # folder the kernel ends in, as the units must name it (no "..", no symlink).
+    if ! out=$("$VENV/bin/python" -I -c 'import os, sys
+from appliance.config import load_config
+from appliance.errors import CallrecError
+try:
+    print(os.path.realpath(load_config(sys.argv[1]).recorder.data_dir))
+except CallrecError as exc:
+    sys.exit(str(exc))' "$CONFIG" 2>&1); then
+        fail "the data folder ([recorder] data_dir) is not known: $out
+  Correct $CONFIG and run me again."
+    fi
+    CONFIGURED_DATA_DIR=$out
+}
+
 install_data_dir() {
     if [ "$(stat -c '%a %U:%G' "$DATA_DIR" 2>/dev/null)" = "750 $USER_NAME:$USER_NAME" ]; then
         report "data folder" "nothing changed"
-        return
+    else
+        install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$DATA_DIR"
+        report "data folder" "made $DATA_DIR $USER_NAME:$USER_NAME 0750"
     fi
-    install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$DATA_DIR"
-    report "data folder" "made $DATA_DIR $USER_NAME:$USER_NAME 0750"
+    if [ "$CONFIGURED_DATA_DIR" != "$DATA_DIR" ]; then
+        install_data_dir_elsewhere "$CONFIGURED_DATA_DIR"
+    fi
+}
+
+# install_data_dir_elsewhere DIR: data_dir on another disk, made as $DATA_DIR is. A folder that
+# already holds someone else's files is refused: their owners are never changed.
+install_data_dir_elsewhere() {
+    local dir=$1 target was foreign error
+    case "$dir" in *[\"\\]*|*$'\n'*)
+        fail "data_dir $dir in $CONFIG: a path with a quote, a backslash or a line break cannot go into a systemd unit; choose another" ;;
+    esac
+    case "$dir/" in //|/usr/*|/etc/*|/boot/*|/proc/*|/sys/*|/dev/*|/run/*|/tmp/*|/var/tmp/*|/home/*|/root/*)
+        fail "data_dir $dir in $CONFIG: the services may not write there (their sandbox keeps the system read-only and hides /home, /root and /tmp); choose a folder on a data disk, e.g. /srv/callrec or /mnt/usb/callrec" ;;
+    esac
+    while IFS= read -r target; do
+        case "$dir/" in "${target%/}"/*) ;; *) continue ;; esac
+        [ "$target" = / ] || mountpoint -q "$target" \
+            || fail "data_dir $dir is on the disk that /etc/fstab mounts on $target, which is not mounted: plug it in and mount it (sudo mount $target), then run me again (or the folder would be made on the system disk under $target)"
+    done < <(findmnt --fstab --list --noheadings --output TARGET 2>/dev/null || true)
+    [ ! -e "$dir" ] || [ -d "$dir" ] || fail "data_dir $dir in $CONFIG is a file, not a folder"
+    was=$(stat -c '%a %U:%G' "$dir" 2>/dev/null || true)
+    if [ "$was" = "750 $USER_NAME:$USER_NAME" ]; then
+        report "data_dir" "nothing changed"
+    else
+        foreign=$([ -z "$was" ] || find "$dir" -mindepth 1 ! -user "$USER_NAME" -print -quit)
+        [ -z "$foreign" ] || fail "data_dir $dir already holds files that are not $USER_NAME's (e.g. $foreign, owned by $(stat -c %U "$foreign")), and I change no one else's files. Give data_dir a folder of its own (e.g. $dir/callrec), or make this one $USER_NAME's yourself (sudo chown -R $USER_NAME:$USER_NAME $dir), then run me again."
+        if ! error=$(install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$dir" 2>&1); then
+            fail "cannot make $dir $USER_NAME:$USER_NAME 0750 ($error). A disk formatted FAT, exFAT or NTFS has no Unix owners: format it as ext4, or mount it with uid=$USER_NAME,gid=$USER_NAME,umask=0027"
+        fi
+        report "data_dir" "made $dir $USER_NAME:$USER_NAME 0750${was:+ (it was $was)}"
+    fi
+    as_callrec test -w "$dir" -a -x "$dir" \
+        || fail "$USER_NAME cannot reach $dir: a folder above it is closed to others (ls -ld each one); open it (chmod o+x) and run me again"
+}
+
+data_dir_drop_in() {    # what lets a unit write data_dir elsewhere (quoted: a path may have spaces)
+    local path="\"${CONFIGURED_DATA_DIR//'%'/%%}\""
+    cat <<END
+# Written by install.sh for [recorder] data_dir in $CONFIG: each run
+# replaces or removes this file, so run it again after changing data_dir. Put other local
+# changes in another drop-in.
+[Unit]
+# At boot, wait until the disk that holds it is mounted (an /etc/fstab entry), rather than
+# record onto the system disk under an empty mount point.
+RequiresMountsFor=$path
+
+[Service]
+ReadWritePaths=$path
+END
+}
+
+install_drop_in() {     # install_drop_in UNIT: the data_dir drop-in while data_dir is elsewhere. Sets CHANGED.
+    local unit=$1 drop_in=$UNIT_DIR/$1.d/$DROP_IN file
+    CHANGED=false
+    if [ "$CONFIGURED_DATA_DIR" != "$DATA_DIR" ]; then
+        file=$(mktemp)
+        data_dir_drop_in > "$file"
+        install_file "drop-in ${unit%.service}" "$file" "$drop_in" 0644 root:root
+        rm -f "$file"
+    elif [ -e "$drop_in" ]; then
+        rm -f "$drop_in"
+        rmdir --ignore-fail-on-non-empty "$UNIT_DIR/$unit.d"
+        report "drop-in ${unit%.service}" "removed $drop_in (data_dir is $DATA_DIR again)"
+        CHANGED=true
+    fi
 }
 
 install_system_files() {
@@ -282,6 +368,8 @@ install_units() {
     local unit units_changed=false wrapper
     for unit in "${UNITS[@]}"; do
         install_file "unit ${unit%.service}" "$SOURCE/systemd/$unit" "$UNIT_DIR/$unit" 0644 root:root
+        if $CHANGED; then units_changed=true; fi
+        install_drop_in "$unit"
         if $CHANGED; then units_changed=true; fi
     done
     wrapper=$(mktemp)
@@ -372,6 +460,7 @@ CONFIG_CHANGED=false
 SERVICE_FAILED=false
 install_program
 install_config
+read_data_dir
 install_data_dir
 install_system_files
 install_units

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pwd
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -369,9 +370,13 @@ def _unit_may_write(unit: str, folder: Path) -> bool:
     settings = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
     if settings.get("LoadState") != "loaded" or settings.get("ProtectSystem") != "strict":
         return True
-    # Paths separated by spaces, those that may be missing marked "-"; a path may hold a space.
-    listed = " " + settings.get("ReadWritePaths", "").replace(" -", " ").removeprefix("-") + " "
-    return any(f" {path} " in listed for path in (folder, *folder.parents))
+    # Quoted where a path holds a space; "-" marks a path that may be missing.
+    try:
+        listed = shlex.split(settings.get("ReadWritePaths", ""))
+    except ValueError:
+        listed = settings.get("ReadWritePaths", "").split()
+    writable = {Path(path.lstrip("-+")) for path in listed}
+    return any(path in writable for path in (folder, *folder.parents))
 
 
 def check_disk(config: Config) -> Result:

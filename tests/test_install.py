@@ -2,8 +2,9 @@
 clean Debian bookworm root made by debootstrap (Raspberry Pi OS Lite is bookworm with systemd),
 entered with chroot. There systemd is not running, as in any chroot: the installer enables the
 units and leaves starting them to the next boot. Then a second run, an upgrade over an edited
-configuration, systemd's own checks of the units, a boot of that root with systemd-nspawn (the
-services running hardened, the installer run again with systemd up) and the uninstaller.
+configuration, data_dir moved to a disk of its own, systemd's own checks of the units, a boot of
+that root with systemd-nspawn (the services running hardened, the installer run again with systemd
+up) and the uninstaller.
 
 The base root is built once and kept as a tarball in /var/cache/callrec-test (about 30 s to
 build); Debian packages and PyPI downloads are cached there too, between runs."""
@@ -12,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -30,9 +32,13 @@ BASE_PACKAGES = "systemd,udev,dbus"     # what Raspberry Pi OS Lite has; the ins
 CACHE = Path("/var/cache/callrec-test")
 UNITS = ("callrec-recorder.service", "callrec-web.service")
 SOURCE_IN_ROOT = "/root/callrec"    # the technician's clone
+ELSEWHERE = "/srv/call recordings"      # data_dir on a disk of its own, named as a disk's label may be
+# Relative to the config's folder (/etc/callrec), as the recorder reads it.
+ELSEWHERE_IN_CONFIG = 'data_dir = "../../srv/call recordings"'
+DROP_IN = "etc/systemd/system/{unit}.d/50-callrec-data-dir.conf"
 # Not the installer's business: kernel filesystems, caches, logs, what the program itself writes.
 NOT_COMPARED = ("proc", "sys", "dev", "run", "tmp", "var/cache", "var/log", "var/lib/apt/lists",
-                "root/.cache", "var/lib/callrec/")
+                "root/.cache", "var/lib/callrec/", f"{ELSEWHERE[1:]}/")
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("debootstrap") is None
                                 or shutil.which("unshare") is None,
@@ -69,11 +75,24 @@ for unit in recorder web; do
     grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$(systemctl show -p MainPID --value callrec-$unit)/status > $out/$unit.status
 done
 ls /run/callrec > $out/run
+# data_dir is on a disk of its own since before the boot.
+systemctl show -p ReadWritePaths -p RequiresMountsFor callrec-recorder.service callrec-web.service > $out/sandbox
+stat -c '%U %n' "/srv/call recordings/catalogue.db" "/srv/call recordings/spool" > $out/data 2>&1
+ls -A /var/lib/callrec > $out/default.data
 cd /root/callrec
 ./install.sh > $out/install.again 2>&1 || echo "exit $?" >> $out/install.again
 echo "# changed" >> systemd/callrec-web.service
 ./install.sh > $out/install.changed 2>&1 || echo "exit $?" >> $out/install.changed
 systemctl is-active callrec-recorder.service callrec-web.service > $out/active.after
+# data_dir back to the default; then elsewhere again, and the doctor before install.sh runs again.
+# (Rewritten in place: the file keeps its owner and mode.)
+config=/etc/callrec/appliance.toml
+grep -v '^data_dir = ' $config > /tmp/config; cat /tmp/config > $config
+./install.sh > $out/install.default 2>&1 || echo "exit $?" >> $out/install.default
+systemctl show -p ReadWritePaths callrec-recorder.service > $out/sandbox.default
+sed 's|^\[recorder\]$|&\ndata_dir = "../../srv/call recordings"|' $config > /tmp/config; cat /tmp/config > $config
+callrec doctor --seconds 0.5 > $out/doctor.forgotten 2>&1
+./install.sh > $out/install.elsewhere 2>&1 || echo "exit $?" >> $out/install.elsewhere
 systemctl stop callrec-recorder.service
 systemctl show -p Result callrec-recorder.service > $out/recorder.stopped
 journalctl -b -u callrec-recorder -u callrec-web > $out/journal
@@ -159,7 +178,7 @@ def boot(root: Path) -> dict[str, str] | None:
     (root / "etc/systemd/system/probe.service").write_text(PROBE_UNIT)
     (root / "etc/systemd/system/multi-user.target.wants/probe.service").symlink_to("/etc/systemd/system/probe.service")
     drop_in = root / "etc/systemd/system/callrec-recorder.service.d/container.conf"
-    drop_in.parent.mkdir()
+    drop_in.parent.mkdir(exist_ok=True)         # the installer's may be there
     drop_in.write_text(RECORDER_IN_A_CONTAINER)
     # CAP_SYS_TIME: without it systemd-nspawn forbids the @clock system calls to the whole
     # container, even adjtimex(2) to read, unlike a real machine; the units drop it themselves.
@@ -168,7 +187,8 @@ def boot(root: Path) -> dict[str, str] | None:
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=180)
     found = {path.name: path.read_text() for path in (root / "root/probe").iterdir()}
     drop_in.unlink()
-    drop_in.parent.rmdir()
+    if not any(drop_in.parent.iterdir()):
+        drop_in.parent.rmdir()
     return found
 
 
@@ -212,8 +232,14 @@ def steps(output: str) -> dict[str, list[str]]:
 
 def owner(root: Path, rel: str) -> tuple[str, str, str]:
     """Mode, user and group of a path in the root, as `stat` shows them there."""
-    out = in_root(root, f"stat -c '%a %U %G' {rel}").stdout.split()
+    out = in_root(root, f"stat -c '%a %U %G' {shlex.quote(rel)}").stdout.split()
     return tuple(out)
+
+
+def with_data_dir(config: str, line: str) -> str:
+    """The config's text with `line` (e.g. a data_dir) first in its [recorder] table."""
+    assert "[recorder]\n" in config
+    return config.replace("[recorder]\n", f"[recorder]\n{line}\n", 1)
 
 
 @pytest.fixture(scope="module")
@@ -276,19 +302,63 @@ def _tell(root: Path, seen: dict):
     seen["journald"] = (root / "etc/systemd/journald.conf.d/50-callrec.conf").read_text()
 
     t = time.monotonic()
+    _move_data_dir(root, seen, install)
+    timings["data_dir elsewhere"] = time.monotonic() - t
+
+    t = time.monotonic()
     seen["booted"] = boot(root)
     timings["boot with systemd"] = time.monotonic() - t
 
     seen["uninstall"] = in_root(root, f"cd {SOURCE_IN_ROOT} && ./uninstall.sh").stdout
     seen["after uninstall"] = {rel: (root / rel).exists() for rel in (
-        "opt/callrec", "usr/local/bin/callrec", "etc/callrec/appliance.toml", "var/lib/callrec",
-        *(f"etc/systemd/system/{u}" for u in UNITS), *(f"etc/systemd/system/multi-user.target.wants/{u}" for u in UNITS))}
+        "opt/callrec", "usr/local/bin/callrec", "etc/callrec/appliance.toml", "var/lib/callrec", ELSEWHERE[1:],
+        *(f"etc/systemd/system/{u}" for u in UNITS), *(f"etc/systemd/system/{u}.d" for u in UNITS),
+        *(f"etc/systemd/system/multi-user.target.wants/{u}" for u in UNITS))}
     seen["user after uninstall"] = in_root(root, "getent passwd callrec", check=False).returncode
     seen["purge"] = in_root(root, f"cd {SOURCE_IN_ROOT} && ./uninstall.sh --purge").stdout
-    seen["after purge"] = {rel: (root / rel).exists() for rel in ("etc/callrec", "var/lib/callrec")}
+    seen["after purge"] = {rel: (root / rel).exists()
+                           for rel in ("etc/callrec", "var/lib/callrec", ELSEWHERE[1:], "srv")}
     seen["user after purge"] = in_root(root, "getent passwd callrec", check=False).returncode
     print("\n" + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in timings.items()))
     yield seen
+
+
+def _move_data_dir(root: Path, seen: dict, install: str):
+    """The technician puts the recordings on a disk of their own (data_dir), runs the installer
+    twice, then tries what it refuses; data_dir stays elsewhere for the boot."""
+    config = root / "etc/callrec/appliance.toml"
+    edited = config.read_text()
+    config.write_text(with_data_dir(edited, ELSEWHERE_IN_CONFIG))
+    seen["elsewhere"] = in_root(root, install).stdout
+    seen["elsewhere folder"] = owner(root, ELSEWHERE)
+    drop_ins = {unit: DROP_IN.format(unit=unit) for unit in UNITS}
+    seen["drop-ins"] = {unit: ((root / path).read_text(), owner(root, f"/{path}")) for unit, path in drop_ins.items()}
+    units = " ".join(f"/etc/systemd/system/{u}" for u in UNITS)
+    verify = in_root(root, f"systemd-analyze verify {units}", check=False)
+    seen["verify with drop-ins"] = (verify.returncode, verify.stdout + verify.stderr)
+    before = listing(root)
+    seen["elsewhere again"] = in_root(root, install).stdout
+    seen["elsewhere again changes"] = differences(before, listing(root))
+
+    refused = {}
+    config.write_text(with_data_dir(edited, 'data_dri = "/srv/callrec"'))
+    refused["a key that does not load"] = in_root(root, install, check=False)
+    shared = root / "srv/shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("the shop's own\n")
+    config.write_text(with_data_dir(edited, 'data_dir = "/srv/shared"'))
+    refused["someone else's files"] = in_root(root, install, check=False)
+    seen["someone else's folder after"] = owner(root, "/srv/shared")
+    fstab = root / "etc/fstab"
+    fstab_before = fstab.read_text()
+    fstab.write_text(fstab_before + "LABEL=CALLREC /mnt/usb ext4 defaults,nofail 0 2\n")
+    (root / "mnt/usb").mkdir(parents=True, exist_ok=True)
+    config.write_text(with_data_dir(edited, 'data_dir = "/mnt/usb/callrec"'))
+    refused["a disk not mounted"] = in_root(root, install, check=False)
+    seen["made under the mount point"] = (root / "mnt/usb/callrec").exists()
+    fstab.write_text(fstab_before)
+    seen["refused"] = {what: (result.returncode, result.stderr) for what, result in refused.items()}
+    config.write_text(with_data_dir(edited, ELSEWHERE_IN_CONFIG))
 
 
 @needs_root
@@ -356,12 +426,55 @@ def test_an_upgrade_keeps_an_edited_config_and_upgrades_what_nobody_edited(story
 def test_uninstall_keeps_the_recordings_unless_purged(story):
     gone = story["after uninstall"]
     assert gone == {"opt/callrec": False, "usr/local/bin/callrec": False, "etc/callrec/appliance.toml": True,
-                    "var/lib/callrec": True, **{f"etc/systemd/system/{u}": False for u in UNITS},
+                    "var/lib/callrec": True, ELSEWHERE[1:]: True, **{f"etc/systemd/system/{u}": False for u in UNITS},
+                    **{f"etc/systemd/system/{u}.d": False for u in UNITS},
                     **{f"etc/systemd/system/multi-user.target.wants/{u}": False for u in UNITS}}
     assert "kept the recordings and the catalogue in /var/lib/callrec" in story["uninstall"]
+    assert f"kept the recordings and the catalogue in {ELSEWHERE} (" in story["uninstall"]
     assert story["user after uninstall"] == 0
-    assert story["after purge"] == {"etc/callrec": False, "var/lib/callrec": False}
+    assert story["after purge"] == {"etc/callrec": False, "var/lib/callrec": False, ELSEWHERE[1:]: False, "srv": True}
+    assert (f"removed every recording in data_dir {ELSEWHERE} (from [recorder] data_dir in /etc/callrec/appliance.toml)"
+            in story["purge"])
     assert story["user after purge"] == 2          # getent: no such user
+
+
+@needs_root
+def test_data_dir_elsewhere_gets_its_folder_and_a_drop_in_per_unit_and_a_second_run_changes_nothing(story):
+    said = steps(story["elsewhere"])
+    assert said["data_dir"] == [f"made {ELSEWHERE} callrec:callrec 0750"]
+    assert story["elsewhere folder"] == ("750", "callrec", "callrec")
+    for unit in UNITS:
+        drop_in = DROP_IN.format(unit=unit)
+        assert said[f"drop-in {unit.removesuffix('.service')}"] == [f"installed /{drop_in}"]
+        text, owned = story["drop-ins"][unit]
+        assert owned == ("644", "root", "root")
+        assert text.startswith("# Written by install.sh for [recorder] data_dir in /etc/callrec/appliance.toml")
+        assert re.findall(r"^\w+=.*$", text, re.M) == [f'RequiresMountsFor="{ELSEWHERE}"', f'ReadWritePaths="{ELSEWHERE}"']
+    assert story["verify with drop-ins"] == (0, "")
+    again = steps(story["elsewhere again"])
+    assert again["data_dir"] == ["nothing changed"]
+    assert again["drop-in callrec-recorder"] == again["drop-in callrec-web"] == ["nothing changed"]
+    assert "this run changed nothing" in story["elsewhere again"]
+    assert story["elsewhere again changes"] == []
+
+
+@needs_root
+def test_the_installer_refuses_a_data_dir_it_cannot_set_up_and_says_why(story):
+    refused = story["refused"]
+    status, said = refused["a key that does not load"]
+    assert status == 1
+    assert ("install.sh: the data folder ([recorder] data_dir) is not known: invalid configuration in "
+            "/etc/callrec/appliance.toml:\n  recorder.data_dri: unknown key") in said
+    status, said = refused["someone else's files"]
+    assert status == 1
+    assert ("data_dir /srv/shared already holds files that are not callrec's (e.g. /srv/shared/notes.txt, "
+            "owned by root), and I change no one else's files") in said
+    assert story["someone else's folder after"] == ("755", "root", "root")
+    status, said = refused["a disk not mounted"]
+    assert status == 1
+    assert ("data_dir /mnt/usb/callrec is on the disk that /etc/fstab mounts on /mnt/usb, which is not mounted: "
+            "plug it in and mount it (sudo mount /mnt/usb)") in said
+    assert not story["made under the mount point"]
 
 
 @needs_root
@@ -393,6 +506,40 @@ def test_booted_the_services_run_hardened_and_the_recorder_feeds_its_watchdog(st
     assert "cannot open capture device callrec_capture" in booted["journal"]
     assert re.search(r"adjtimex gives [0-5] errno 0", booted["journal"]), booted["journal"]
     assert booted["recorder.stopped"].strip() == "Result=success"
+
+
+@needs_root
+def test_booted_the_recorder_writes_to_data_dir_elsewhere_through_the_hardened_unit(story):
+    booted = story["booted"]
+    if booted is None:
+        pytest.skip("needs systemd-nspawn (Debian: systemd-container)")
+    for unit in booted["sandbox"].strip().split("\n\n"):       # as systemd read the drop-ins
+        shown = dict(line.split("=", 1) for line in unit.splitlines())
+        assert ELSEWHERE in shlex.split(shown["ReadWritePaths"]), booted["sandbox"]
+        assert ELSEWHERE in shlex.split(shown["RequiresMountsFor"]), booted["sandbox"]
+    assert booted["data"].splitlines() == [f"callrec {ELSEWHERE}/catalogue.db", f"callrec {ELSEWHERE}/spool"]
+    assert "catalogue.db" not in booted["default.data"].split()
+    assert f"✔ data folder {ELSEWHERE} is writable by callrec" in booted["install.again"]
+
+
+@needs_root
+def test_with_systemd_data_dir_back_to_the_default_then_elsewhere_again(story):
+    booted = story["booted"]
+    if booted is None:
+        pytest.skip("needs systemd-nspawn (Debian: systemd-container)")
+    default = steps(booted["install.default"])
+    for unit in UNITS:
+        name = unit.removesuffix(".service")
+        assert default[f"drop-in {name}"] == [f"removed /{DROP_IN.format(unit=unit)} (data_dir is /var/lib/callrec again)"]
+        assert default[f"start {name}"] == [f"restarted {unit}"]
+    assert booted["sandbox.default"].strip() == "ReadWritePaths=/var/lib/callrec"
+    # data_dir changed again, the installer not run yet: the doctor says what to do.
+    assert (f"✘ data folder {ELSEWHERE} is read-only for callrec-recorder.service and callrec-web.service "
+            "(ProtectSystem=strict without ReadWritePaths= for it) — run `sudo ./install.sh` again after "
+            "changing data_dir") in booted["doctor.forgotten"]
+    elsewhere = steps(booted["install.elsewhere"])
+    assert elsewhere["start callrec-recorder"] == ["restarted callrec-recorder.service"], booted["install.elsewhere"]
+    assert f"✔ data folder {ELSEWHERE} is writable by callrec" in booted["install.elsewhere"]
 
 
 @needs_root
