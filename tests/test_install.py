@@ -486,11 +486,16 @@ def test_systemd_finds_nothing_wrong_with_the_installed_units(story):
     assert all(float(score) <= 2.0 for score in scores.values()), scores
 
 
-@needs_root
-def test_booted_the_services_run_hardened_and_the_recorder_feeds_its_watchdog(story):
-    booted = story["booted"]
-    if booted is None:
+@pytest.fixture
+def booted(story):
+    """What the root showed when booted with systemd (the test is skipped without systemd-nspawn)."""
+    if story["booted"] is None:
         pytest.skip("needs systemd-nspawn (Debian: systemd-container)")
+    return story["booted"]
+
+
+@needs_root
+def test_booted_the_services_run_hardened_and_the_recorder_feeds_its_watchdog(booted):
     recorder = dict(line.split("=", 1) for line in booted["recorder"].splitlines())
     assert recorder["ActiveState"] == "active" and recorder["NRestarts"] == "0", booted["journal"]
     assert recorder["WatchdogUSec"] == "3s"
@@ -509,10 +514,7 @@ def test_booted_the_services_run_hardened_and_the_recorder_feeds_its_watchdog(st
 
 
 @needs_root
-def test_booted_the_recorder_writes_to_data_dir_elsewhere_through_the_hardened_unit(story):
-    booted = story["booted"]
-    if booted is None:
-        pytest.skip("needs systemd-nspawn (Debian: systemd-container)")
+def test_booted_the_recorder_writes_to_data_dir_elsewhere_through_the_hardened_unit(booted):
     for unit in booted["sandbox"].strip().split("\n\n"):       # as systemd read the drop-ins
         shown = dict(line.split("=", 1) for line in unit.splitlines())
         assert ELSEWHERE in shlex.split(shown["ReadWritePaths"]), booted["sandbox"]
@@ -523,10 +525,7 @@ def test_booted_the_recorder_writes_to_data_dir_elsewhere_through_the_hardened_u
 
 
 @needs_root
-def test_with_systemd_data_dir_back_to_the_default_then_elsewhere_again(story):
-    booted = story["booted"]
-    if booted is None:
-        pytest.skip("needs systemd-nspawn (Debian: systemd-container)")
+def test_with_systemd_data_dir_back_to_the_default_then_elsewhere_again(booted):
     default = steps(booted["install.default"])
     for unit in UNITS:
         name = unit.removesuffix(".service")
@@ -543,10 +542,7 @@ def test_with_systemd_data_dir_back_to_the_default_then_elsewhere_again(story):
 
 
 @needs_root
-def test_with_systemd_running_the_installer_starts_what_changed(story):
-    booted = story["booted"]
-    if booted is None:
-        pytest.skip("needs systemd-nspawn (Debian: systemd-container)")
+def test_with_systemd_running_the_installer_starts_what_changed(booted):
     again = steps(booted["install.again"])
     assert again["start callrec-recorder"] == again["start callrec-web"] == ["nothing changed"], booted["install.again"]
     assert "this run changed nothing" in booted["install.again"]
