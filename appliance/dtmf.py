@@ -4,11 +4,13 @@ make digits ("talk-off") and short tones of a real keypad are not missed.
 
 Windows start every quarter window; a digit needs four consecutive windows that hold it (44 ms of
 span), which tones of 30 ms or more give wherever they fall, and tones of 15 ms never do.
-Pure Python on purpose: the recorder process does not load numpy; the filters cost about 10 ms of
-CPU per second of audio here, under one per cent of a core while a call is recorded.
+Pure Python on purpose: the recorder process does not load numpy. The row filters run first and
+most windows of speech or noise fail there, so the filters cost about 6 ms of CPU per second of
+speech here (11 ms running all eight), under one per cent of a core per channel listened to.
 """
 
 import math
+import operator
 from array import array
 from dataclasses import dataclass
 
@@ -47,6 +49,12 @@ def _level_db(amplitude: float) -> float:
     return 20 * math.log10(amplitude) if amplitude > 0 else -200.0
 
 
+def _dominant(amplitudes: list[float], best: int) -> bool:
+    """Whether the chosen tone stands MIN_DOMINANCE_DB above the others of its group."""
+    return all(_level_db(a) <= _level_db(amplitudes[best]) - MIN_DOMINANCE_DB
+               for i, a in enumerate(amplitudes) if i != best)
+
+
 class DtmfDetector:
     """Feed mono s16 PCM in any chunk sizes; get the digits it holds, each once, at its end."""
 
@@ -72,6 +80,12 @@ class DtmfDetector:
             self._position += self.step
         return digits
 
+    @property
+    def settled(self) -> int:
+        """The samples fed so far before which every digit has been returned: a key still held,
+        or audio short of a whole block, may yet make one that starts later."""
+        return self._run_start if self._current is not None else self._position
+
     def scan(self, pcm: bytes, period_bytes: int = 320) -> list[Digit]:
         """All the digits in a stretch of audio, fed period by period as capture delivers it."""
         digits = []
@@ -85,33 +99,41 @@ class DtmfDetector:
 
     def classify(self, block) -> str | None:
         """The key one block holds, or None: levels, twist, dominance and share of the energy."""
-        total = sum(x * x for x in block)
+        total = sum(map(operator.mul, block, block))
         if total == 0:
             return None
         n = len(block)
-        amplitudes = []
-        for coefficient in self._coefficients:
-            s1 = s2 = 0.0
-            for x in block:
-                s1, s2 = x + coefficient * s1 - s2, s1
-            power = s1 * s1 + s2 * s2 - coefficient * s1 * s2
-            amplitudes.append(2 * math.sqrt(max(power, 0.0)) / n / 32768)
-        rows, columns = amplitudes[:4], amplitudes[4:]
+        rows = self._amplitudes(block, self._coefficients[:4])
         row = max(range(4), key=rows.__getitem__)
+        row_db = _level_db(rows[row])
+        # The checks the rows alone can fail, before the column filters are run: the column tone is
+        # at most MAX_REVERSE_TWIST_DB above the row tone, so this is the most the two can hold.
+        most = rows[row] ** 2 * (1 + 10 ** (MAX_REVERSE_TWIST_DB / 10)) / 2 * n * 32768 ** 2
+        if row_db < MIN_LEVEL_DBFS or not _dominant(rows, row) or most < MIN_TONE_SHARE * total:
+            return None
+        columns = self._amplitudes(block, self._coefficients[4:])
         column = max(range(4), key=columns.__getitem__)
-        row_db, column_db = _level_db(rows[row]), _level_db(columns[column])
-        if row_db < MIN_LEVEL_DBFS or column_db < MIN_LEVEL_DBFS:
+        column_db = _level_db(columns[column])
+        if column_db < MIN_LEVEL_DBFS or not _dominant(columns, column):
             return None
         if row_db - column_db > MAX_NORMAL_TWIST_DB or column_db - row_db > MAX_REVERSE_TWIST_DB:
             return None
-        for group, best in ((rows, row), (columns, column)):
-            if any(_level_db(a) > _level_db(group[best]) - MIN_DOMINANCE_DB
-                   for i, a in enumerate(group) if i != best):
-                return None
         tone_energy = (rows[row] ** 2 + columns[column] ** 2) / 2 * n * 32768 ** 2
         if tone_energy < MIN_TONE_SHARE * total:
             return None
         return KEYS[row][column]
+
+    @staticmethod
+    def _amplitudes(block, coefficients) -> list[float]:
+        """Goertzel: the amplitude (full scale 1.0) in the block of each filter's frequency."""
+        amplitudes = []
+        for coefficient in coefficients:
+            s1 = s2 = 0.0
+            for x in block:
+                s1, s2 = x + coefficient * s1 - s2, s1
+            power = s1 * s1 + s2 * s2 - coefficient * s1 * s2
+            amplitudes.append(2 * math.sqrt(max(power, 0.0)) / len(block) / 32768)
+        return amplitudes
 
     def _track(self, key: str | None, final: bool = False) -> list[Digit]:
         """Turn per-block keys into digits: held long enough, ended by a long enough pause."""

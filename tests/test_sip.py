@@ -253,18 +253,23 @@ def test_a_bye_that_is_never_answered_is_sent_a_bounded_number_of_times_then_giv
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
-def test_the_opt_out_key_sent_as_rfc_4733_event_destroys_the_recording(trunk):
-    for name in ("key1.pcap", "key2.pcap"):
-        shutil.copy(SIPP_PCAPS / "dtmf_2833_9.pcap", trunk.folder / name)
-    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 3.0, 0.5), g711.PCMA, 0x2222)
-    trunk.start(optout_digit="9")
-    call_through(trunk, "uac_keys.xml", "uas.xml", 500)
+def assert_declined(trunk: Trunk) -> None:
+    """The trunk's one call was opted out of: nothing of it is kept, not even the number."""
     [call] = trunk.calls()
     assert (call["state"], call["discard_reason"], call["number"], call["file"]) == \
         ("discarded", "declined", None, None)
     assert call["ended_at"] and trunk.recorder.catalogue.digits(call["id"]) == []
     assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
     assert not list((trunk.folder / "data").glob("archive/**/*.flac"))
+
+
+def test_the_opt_out_key_sent_as_rfc_4733_event_destroys_the_recording(trunk):
+    for name in ("key1.pcap", "key2.pcap"):
+        shutil.copy(SIPP_PCAPS / "dtmf_2833_9.pcap", trunk.folder / name)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 3.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(optout_digit="9")
+    call_through(trunk, "uac_keys.xml", "uas.xml", 500)
+    assert_declined(trunk)
 
 
 def test_the_pause_code_as_rfc_4733_events_writes_silence_until_keyed_again(trunk):

@@ -6,18 +6,32 @@ and queues the rest: a store thread per trunk creates rows and spools, notes key
 hands ended calls to the shared finaliser. The caller's choices work as on an analog line: the
 opt-out key (from the outside party, within its window after the notice) destroys what was
 recorded; the pause code writes silence until it is keyed again or `pause_max_s` passes.
+
+Keys come as RFC 4733 telephone events (acted on as they arrive) or as DTMF tones in the audio.
+The tones are listened for where an analog line listens for them (the whole call when there is a
+pause code, else the outside party until the opt-out window ends): each tick hands the listened
+channels' new audio to the store thread, whose detectors find the keys, and a later tick acts on
+them. While a pause code is listened for, audio leaves the timeline for the spool only once it
+has been listened to, so a pause keyed in-band silences everything from its key on. One
+press counts once: a side that has sent a telephone event is no longer listened to (phones that
+send events often leave the tone in the audio too), and a key heard in one channel within
+`ECHO_S` of the same key from the other side is that press's echo. An ended call is closed once
+its last audio has been listened to, so that an opt-out keyed just before hanging up counts.
 """
 
+import functools
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from appliance.archive import SPOOL_DIR, discard_declined, finalise
 from appliance.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
+from appliance.dtmf import DtmfDetector
 from appliance.notice import load_notice
 from appliance.sip import g711
 from appliance.sip.media import parse_rtp
@@ -29,6 +43,9 @@ log = logging.getLogger(__name__)
 CHANNELS = 2
 JITTER_S = 0.2          # audio is taken off the timeline this far behind real time
 EVENT_KEYS = "0123456789*#ABCD"     # RFC 4733 events 0-15
+ECHO_S = 0.25           # the same key in the other channel this close to a press is that press
+NEVER = 1 << 62         # a frame no call reaches
+HEAR_BYTES = 320        # 20 ms: the detectors let the relay's loop run between pieces this long
 
 
 @dataclass
@@ -63,7 +80,17 @@ class CallRecording:
         self.pause_timer = None
         self.keys = ""
         self.last_event: dict[str, tuple[int, int, bool]] = {}    # by side: ssrc, timestamp, ended
+        self.key_times: dict[tuple[str, str], float] = {}       # (side, key): when last taken
+        self.sides = (facts.caller_side, "pbx" if facts.caller_side == "trunk" else "trunk")   # by channel
+        # In-band keys. The loop's side: by channel, the next frame to listen to (None: not, or no
+        # longer); whether to the end of the call, else until the opt-out window ends.
+        self.listening: list[int | None] = [None, None]
+        self.listen_whole_call = False
+        self.detectors: list[tuple[int, DtmfDetector] | None] = [None, None]   # the store thread's
+        self.heard: deque = deque()     # (frame, side, key) found, for the loop; None: the last audio
+        self.checked = 0                # the store thread has listened up to this frame
         self.ended = False
+        self.closing: tuple[float, str, bool] | None = None     # when the call ended, why, interrupted
 
     def channel_from(self, side: str) -> int:
         """Left (0) carries what the caller's side sends, right (1) what the callee's sends."""
@@ -99,8 +126,17 @@ class CallRecording:
         """Seconds into the kept recording of monotonic instant `t`."""
         return max(0, self.timeline.frame_at(t) - self.keep_from) / RATE
 
-    def flush(self, until: int) -> None:
-        """Move the timeline's audio up to frame `until` to the spool (or hold it for the spool)."""
+    def flush(self, until: int, checked: int | None = None) -> None:
+        """Hand the audio up to frame `until` that is listened to to the store thread's key
+        detectors, and move the timeline's audio to the spool (or hold it for the spool): up to
+        `until`, or while a pause code is listened for, only what was `checked` for keys, so that
+        a pause keyed in-band hides everything from its key on."""
+        holding = checked is not None and self.listen_whole_call and self.listening != [None, None]
+        listened = self._listened(until)
+        if listened:
+            self.line.jobs.put(functools.partial(self.hear, listened))
+        if holding:
+            until = min(until, checked)
         pcm = self.timeline.take(until)
         start = until - len(pcm) // 4
         if start < self.keep_from:
@@ -112,6 +148,47 @@ class CallRecording:
                 self.spool.append(pcm)
             else:
                 self.pending.append(pcm)
+
+    def _listened(self, until: int) -> list:
+        """Each listened channel's audio up to frame `until`, read before `take` (which writes a
+        pause as silence, and the code that ends it must be heard): (channel, first frame, s16le,
+        whether it is the last)."""
+        parts = []
+        for channel, start in enumerate(self.listening):
+            if start is None:
+                continue
+            end = until if self.listen_whole_call else \
+                min(until, self.keep_from + round(self.optout_until_s * RATE))
+            last = self.ended or end < until or self.sides[channel] in self.last_event
+            first = max(self.timeline.taken, start)
+            if end > first or last:
+                parts.append((channel, first, self.timeline.peek(channel, first, end), last))
+            self.listening[channel] = None if last else max(first, end)
+        return parts
+
+    def hear(self, parts: list) -> None:
+        """Find the keys in listened audio (on the store thread) and queue them for the loop, the
+        earliest first (a press before its echo); then move `checked` up to where no key can
+        still be found that starts before it."""
+        found, settled = [], []
+        for channel, first, pcm, last in parts:
+            end = first + len(pcm) // 2
+            if self.detectors[channel] is None:
+                if not pcm:
+                    settled.append(end)
+                    continue
+                self.detectors[channel] = (first, DtmfDetector(RATE))
+            base, detector = self.detectors[channel]
+            digits = []
+            for at in range(0, len(pcm), HEAR_BYTES):
+                digits += detector.feed(pcm[at:at + HEAR_BYTES])
+                time.sleep(0)       # hands the GIL to the loop if it waits, rather than after 5 ms
+            digits += detector.flush() if last else []
+            found += [(base + digit.start, self.sides[channel], digit.key) for digit in digits]
+            settled.append(end if last else base + detector.settled)
+        self.heard.extend(sorted(found))
+        # After the keys: whoever sees this frame finds every key before it queued.
+        self.checked = max(self.checked, min(settled, default=self.checked))
 
     def attach(self, spool: SpoolWriter, call_id: int) -> None:
         """The store thread made the spool and the row: hand over what waited for them."""
@@ -153,7 +230,12 @@ class SipLine:
         self._thread.start()
 
     def stop(self) -> None:
-        """Run what is queued, then end the store thread."""
+        """Run what is queued, close the calls whose last audio was still being listened to (the
+        relay's loop has stopped), then end the store thread."""
+        self.jobs.join()
+        for recording in [r for r in self.active if r.ended]:
+            self._act_on_heard(recording)
+            self._close(recording)
         self.jobs.put(None)
         self._thread.join()
 
@@ -188,6 +270,14 @@ class SipLine:
         if with_notice:
             lead = 0.0 if wait_for_notice else self.notice.duration_s
             recording.optout_until_s = lead + self.config.optout_window_s
+        if self.config.pause_code is not None or (self.config.optout_digit is not None and recording.optout_until_s):
+            # In-band keys are listened for where they mean something: a pause code comes at any
+            # time from either side, the opt-out from the outside party. The notice replaces what
+            # the other side sends until it ends: nothing to hear there meanwhile.
+            outside = recording.channel_from(facts.outside_side)
+            recording.listen_whole_call = self.config.pause_code is not None
+            for channel in (0, 1) if recording.listen_whole_call else (outside,):
+                recording.listening[channel] = NEVER if with_notice and channel != outside else 0
         self.active.append(recording)
         self._spools += 1
         spool_name = f"{self.config.name}-{int(wall_from_mono(facts.answered) * 1000)}-{self._spools}.wav"
@@ -216,19 +306,48 @@ class SipLine:
 
     def notice_ended(self, recording: CallRecording, t: float) -> None:
         """The notice has been played: with `record_from = notice_end`, recording starts now."""
+        recording.listening = [recording.timeline.frame_at(t) if start == NEVER else start
+                               for start in recording.listening]
         if recording.keep_from > recording.timeline.frame_at(t):
             recording.keep_from = recording.timeline.frame_at(t)
             started = iso_from_mono(t)
             self.jobs.put(lambda: self.catalogue.update_call(recording.call_id, recording_started_at=started))
 
     def flush(self, now: float) -> None:
-        """Move each call's audio from its timeline toward its spool, a little behind real time."""
-        for recording in self.active:
-            recording.flush(recording.timeline.frame_at(now - JITTER_S))
+        """Act on the keys heard in-band since the last tick; move each call's audio from its
+        timeline toward its spool, a little behind real time; close the ended calls whose last
+        audio has been listened to."""
+        for recording in list(self.active):
+            checked = recording.checked         # read before the keys, which are queued before it
+            all_heard = self._act_on_heard(recording)
+            if recording.ended:
+                if all_heard or recording.declined:
+                    self._close(recording)
+            elif not recording.declined:
+                recording.flush(recording.timeline.frame_at(now - JITTER_S), checked)
+
+    def _act_on_heard(self, recording: CallRecording) -> bool:
+        """Take the keys found in-band, each press once; True when the call's last audio has been
+        listened to."""
+        while recording.heard:
+            heard = recording.heard.popleft()
+            if heard is None:
+                return True
+            frame, side, key = heard
+            t = recording.timeline.start + frame / RATE
+            pressed = recording.key_times.get((recording.sides[1 - recording.channel_from(side)], key))
+            if recording.declined or side in recording.last_event:
+                continue            # this side sends its keys as telephone events: the tone is the same press
+            if pressed is not None and abs(pressed - t) <= ECHO_S:
+                continue            # the other side's press, heard again in this channel
+            self.key(recording, side, key, t)
+        return False
 
     def key(self, recording: CallRecording, side: str, key: str, t: float) -> None:
-        """An RFC 4733 key from `side`: the pause code, the opt-out key, or a digit to note."""
+        """A key from `side` pressed at `t` (an RFC 4733 event, or a tone heard in-band): the pause
+        code, the opt-out key, or a digit to note."""
         config = self.config
+        recording.key_times[side, key] = t
         recording.keys = (recording.keys + key)[-4:]
         if config.pause_code is not None and recording.keys.endswith(config.pause_code):
             recording.keys = ""
@@ -243,6 +362,7 @@ class SipLine:
             self._decline(recording)
 
     def _pause(self, recording: CallRecording, t: float, reason: str = "dtmf") -> None:
+        t = max(t, recording.timeline.start + recording.timeline.taken / RATE)  # what left for the spool stays
         recording.paused_since = t
         recording.timeline.mute(recording.timeline.frame_at(t))
         offset = round(recording.offset_s(t), 3)
@@ -253,6 +373,7 @@ class SipLine:
         log.info("sip trunk %s: a call paused", self.config.name)
 
     def _resume(self, recording: CallRecording, t: float) -> None:
+        t = max(t, recording.timeline.start + recording.timeline.taken / RATE)  # silence already written
         recording.paused_since = None
         if recording.pause_timer is not None:
             recording.pause_timer.cancel()
@@ -283,12 +404,27 @@ class SipLine:
         self.jobs.put(lambda: discard_declined(self.catalogue, recording.call_id, recording.spool, keep_number))
 
     def ended(self, recording: CallRecording, t: float, reason: str, interrupted: bool = False) -> None:
-        """The call ended at `t`: take the rest of its audio, then finalise it."""
+        """The call ended at `t`: take the rest of its audio, then finalise it; when in-band keys
+        are listened for, once that last audio has been listened to (a tick later)."""
         if recording.ended:
             return
+        recording.ended = True
+        recording.closing = (t, reason, interrupted)
+        if recording.declined or interrupted:
+            recording.listening = [None, None]      # no tick will act on what is heard now
+        if recording.listening == [None, None]:
+            self._close(recording)
+            return
+        checked = recording.checked         # as a tick does: the keys before it first
+        self._act_on_heard(recording)
+        recording.flush(recording.timeline.frame_at(t), checked)
+        self.jobs.put(lambda: recording.heard.append(None))
+
+    def _close(self, recording: CallRecording) -> None:
+        """Finalise an ended call (or just note its end when declined)."""
+        t, reason, interrupted = recording.closing
         if recording.paused_since is not None:
             self._resume(recording, t)          # closes the pause at the end of the recording
-        recording.ended = True
         ended_at = iso_from_mono(t)
         if recording.declined:
             self.jobs.put(lambda: self.catalogue.update_call(recording.call_id, ended_at=ended_at,

@@ -70,6 +70,15 @@ class Timeline:
             if interval[1] is None:
                 interval[1] = max(frame, interval[0])
 
+    def peek(self, channel: int, first: int, end: int) -> bytes:
+        """One channel's s16le frames `first` to `end` (not taken yet), as received: pauses not
+        applied, what has not arrived silent."""
+        first = max(first, self.taken)
+        if end <= first:
+            return b""
+        pcm = bytes(self.channels[channel].buffer[2 * (first - self.taken):2 * (end - self.taken)])
+        return pcm + bytes(2 * (end - first) - len(pcm))
+
     def take(self, until: int) -> bytes:
         """The interleaved stereo frames from the last take up to frame `until`."""
         count = until - self.taken

@@ -52,23 +52,32 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError("no free port")
 
 
-def write_pcap(path: Path, samples: np.ndarray, payload_type: int, ssrc: int, ptime: float = 0.02) -> Path:
-    """Write float samples (full scale 1.0) as G.711 RTP packets in a pcap SIPp can play."""
-    pcm = (np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
-    codes = g711.encode(pcm, payload_type)
-    step = int(RATE * ptime)
+def write_rtp_pcap(path: Path, packets) -> Path:
+    """Write (seconds, RTP packet) pairs as the UDP frames of a pcap SIPp can play."""
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for index, at in enumerate(range(0, len(codes) - step + 1, step)):
-        rtp = struct.pack("!BBHII", 0x80, payload_type | (0x80 if index == 0 else 0), index + 1000,
-                          at + 160, ssrc) + codes[at:at + step]
+    for index, (t, rtp) in enumerate(packets):
         udp = struct.pack("!HHHH", 5000, 6000, 8 + len(rtp), 0) + rtp
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), index, 0, 64, 17, 0,
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), index & 0xFFFF, 0, 64, 17, 0,
                          socket.inet_aton(HOST), socket.inet_aton(HOST)) + udp
         frame = bytes(12) + b"\x08\x00" + ip
-        t = index * ptime
-        out.append(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
+        out.append(struct.pack("<IIII", int(t), round((t % 1) * 1e6), len(frame), len(frame)) + frame)
     path.write_bytes(b"".join(out))
     return path
+
+
+def g711_codes(samples: np.ndarray, payload_type: int) -> bytes:
+    """Float samples (full scale 1.0) encoded in G.711."""
+    return g711.encode((np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2").tobytes(), payload_type)
+
+
+def write_pcap(path: Path, samples: np.ndarray, payload_type: int, ssrc: int, ptime: float = 0.02) -> Path:
+    """Write float samples (full scale 1.0) as G.711 RTP packets in a pcap SIPp can play."""
+    codes = g711_codes(samples, payload_type)
+    step = int(RATE * ptime)
+    return write_rtp_pcap(path, [
+        (index * ptime, struct.pack("!BBHII", 0x80, payload_type | (0x80 if index == 0 else 0), index + 1000,
+                                    at + 160, ssrc) + codes[at:at + step])
+        for index, at in enumerate(range(0, len(codes) - step + 1, step))])
 
 
 def pcap_audio(path: Path) -> np.ndarray:
