@@ -428,6 +428,11 @@ def test_a_session_ends_on_the_appliance_at_logout_or_when_an_admin_ends_it(web)
     clerk_id = next(u["id"] for u in app.extensions["callrec"].accounts.users() if u["name"] == "clerk")
     page = admin.get("/settings/users").get_data(as_text=True)
     assert "Logged in on 2 device(s)" in page and "127.0.0.1" in page
+    from web.settings import device_name
+    assert device_name("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+                       "Chrome/131.0.0.0 Mobile Safari/537.36") == "Chrome / Android"
+    assert device_name("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                       "Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0") == "Edge / Windows"
     # A new role or lines apply at the next request, without logging out.
     assert phone.get(f"/calls/{calls['supplier']['id']}").status_code == 404
     post(admin, f"/settings/users/{clerk_id}", action="change", role="staff", all_lines="1")

@@ -269,9 +269,25 @@ def users():
 
 def _users_page(new_token: str | None = None):
     accounts = backend().accounts
-    return render_template("users.html", users=accounts.users(), sessions=accounts.sessions(session_idle_s()),
-                           tokens=accounts.tokens(), roles=ROLES, lines=backend().config.line_names,
-                           new_token=new_token)
+    sessions = {user_id: [{**s, "device": device_name(s["agent"])} for s in open_sessions]
+                for user_id, open_sessions in accounts.sessions(session_idle_s()).items()}
+    return render_template("users.html", users=accounts.users(), sessions=sessions, tokens=accounts.tokens(),
+                           roles=ROLES, lines=backend().config.line_names, new_token=new_token)
+
+
+# Tokens of a User-Agent header, most telling first (Edge and Opera also say Chrome, Chrome also Safari).
+BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+            ("Safari/", "Safari"))
+SYSTEMS = (("Android", "Android"), ("iPhone", "iPhone"), ("iPad", "iPad"), ("Windows", "Windows"),
+           ("Mac OS X", "macOS"), ("Linux", "Linux"))
+
+
+def device_name(agent: str | None) -> str:
+    """A browser's User-Agent as a person names it: "Firefox / Android"."""
+    agent = agent or ""
+    browser = next((name for token, name in BROWSERS if token in agent), None)
+    system = next((name for token, name in SYSTEMS if token in agent), None)
+    return " / ".join(filter(None, (browser, system))) or agent[:40] or "?"
 
 
 def _account_change(action, what: str, done: str):
