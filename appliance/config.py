@@ -378,7 +378,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> Config:
 def resolve_paths(config: Config, source: Path) -> Config:
     """Make the data folder and notice paths absolute against the folder of `source`, the file the
     config came from, and check that the notices exist."""
-    base = source.parent
+    base = source.absolute().parent
 
     def with_notice(entries: list, table: str) -> list:
         resolved = []

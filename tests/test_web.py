@@ -4,6 +4,7 @@ lockout, first-run setup, privacy requests, settings, and the API."""
 import html
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -345,6 +346,24 @@ def test_anyone_may_download_the_appliances_certificate_to_trust_it(web):
     response = client.get("/certificate.crt")
     assert response.status_code == 200 and response.data == cert.read_bytes()
     assert "attachment" in response.headers["Content-Disposition"] and b"PRIVATE" not in response.data
+
+
+def test_a_config_named_by_a_relative_path_serves_files_from_its_own_folder(web_appliance, monkeypatch):
+    # As `./run-demo` starts it: `callrec web --config callrec-data/appliance.toml`.
+    from web import create_app
+    from web.server import TLS_DIR, ensure_certificate
+
+    config, data, calls = web_appliance
+    monkeypatch.chdir(config.parent.parent)
+    app = create_app(Path(config.parent.name) / config.name, secure_cookies=False)
+    try:
+        ensure_certificate(app.extensions["callrec"].accounts.folder / TLS_DIR, "localhost")
+        assert app.test_client().get("/certificate.crt").status_code == 200
+        app.extensions["callrec"].accounts.add_user("admin", PASSWORD, "admin", None)
+        audio = login(app, "admin").get(f"/calls/{calls['office']['id']}/download")
+        assert audio.status_code == 200 and audio.data == (data / calls["office"]["file"]).read_bytes()
+    finally:
+        app.extensions["callrec"].close()
 
 
 def test_dates_at_the_ends_of_the_calendar_select_every_call_and_a_bad_one_is_named(web):
