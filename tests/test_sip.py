@@ -272,19 +272,25 @@ def test_the_opt_out_key_sent_as_rfc_4733_event_destroys_the_recording(trunk):
     assert_declined(trunk)
 
 
+def assert_paused(trunk: Trunk, starts: tuple[float, float], ends: tuple[float, float]) -> None:
+    """The trunk's one call was paused once by keys, from within `starts` to within `ends`
+    (seconds): the shop's tone is kept before and after, and not a sample of it in between."""
+    [call] = trunk.calls()
+    [(start, end, reason)] = trunk.recorder.catalogue.pauses(call["id"])
+    assert reason == "dtmf" and starts[0] < start < starts[1] and ends[0] < end < ends[1]
+    _, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert levels(right, 0.2, start - 0.05)[CALLEE_HZ] > 0.4
+    assert np.abs(right[int(start * RATE) + 8:int(end * RATE) - 8]).max() == 0      # not a sample kept
+    assert levels(right, end + 0.1, call["duration_s"] - 0.2)[CALLEE_HZ] > 0.4
+
+
 def test_the_pause_code_as_rfc_4733_events_writes_silence_until_keyed_again(trunk):
     for name in ("key1.pcap", "key2.pcap"):
         shutil.copy(SIPP_PCAPS / "dtmf_2833_pound.pcap", trunk.folder / name)
     write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 5.0, 0.5), g711.PCMA, 0x2222)
     trunk.start(pause_code="#", notice_incoming=False)
     call_through(trunk, "uac_keys.xml", "uas.xml", 1500)
-    [call] = trunk.calls()
-    [(start, end, reason)] = trunk.recorder.catalogue.pauses(call["id"])
-    assert reason == "dtmf" and 0.9 < start < 1.4 and 2.4 < end < 3.1
-    _, right = read_stereo(trunk.folder / "data" / call["file"])
-    assert levels(right, 0.2, start - 0.05)[CALLEE_HZ] > 0.4
-    assert np.abs(right[int(start * RATE) + 8:int(end * RATE) - 8]).max() == 0      # not a sample kept
-    assert levels(right, end + 0.1, call["duration_s"] - 0.2)[CALLEE_HZ] > 0.4
+    assert_paused(trunk, (0.9, 1.4), (2.4, 3.1))
 
 
 def test_concurrent_calls_are_each_recorded_on_their_own(trunk):
