@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__
-from appliance.catalogue import Catalogue, public_fields
+from appliance.store.catalogue import Catalogue, public_fields
 from appliance.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, load_config
 from appliance.errors import CallrecError, ConfigError, StoreError
 
@@ -65,7 +65,7 @@ def _catalogue(config_path: Path, data: Path | None) -> tuple[Catalogue, Path]:
 def _store(config_path: Path, data: Path | None):
     """The store of the configured data folder, with the configured purposes (or the defaults)."""
     from appliance.config import DEFAULT_PURPOSES, StoreConfig
-    from appliance.store import Store
+    from appliance.store.retention import Store
 
     catalogue, data_dir = _catalogue(config_path, data)
     if config_path.exists():
@@ -253,8 +253,8 @@ def clean(config_path: Path, data: Path | None) -> None:
 @_actor_option
 def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str) -> None:
     """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`."""
-    from appliance.evidence import export_bundle
-    from appliance.store import StoreActionError
+    from appliance.store.evidence import export_bundle
+    from appliance.store.retention import StoreActionError
 
     catalogue, data_dir = _catalogue(config_path, data)
     try:
@@ -276,7 +276,7 @@ def verify(bundle: Path | None, expected: str | None, config_path: Path, data: P
 
     Exits with status 1 and names each mismatch when something does not match.
     """
-    from appliance.evidence import verify_bundle, verify_store
+    from appliance.store.evidence import verify_bundle, verify_store
 
     if bundle is not None:
         problems, manifest = verify_bundle(bundle, expected)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from appliance.catalogue import CATALOGUE_NAME
+from appliance.store.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
 from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, StoreConfig, WebConfig, load_config
 from appliance.errors import CallrecError
@@ -192,7 +192,7 @@ def check_sound_card(line: LineConfig, settings: RecorderConfig, seconds: float)
     """Open a line's capture device at the configured rate and listen to it for `seconds`."""
     import alsaaudio
 
-    from appliance.capture import open_capture
+    from appliance.analog.capture import open_capture
 
     rate, device = settings.sample_rate, line.capture
     period = rate * settings.period_ms // 1000
@@ -265,7 +265,7 @@ def _pins(line: LineConfig) -> str:
 
 def check_inputs(line: LineConfig, pin_factory=None) -> Result:
     """Open a line's GPIO inputs through gpiozero and read the hook."""
-    from appliance.hook import LineInputs
+    from appliance.analog.hook import LineInputs
 
     try:
         with warnings.catch_warnings():     # gpiozero warns of each pin library it tries: the result says it all
@@ -381,8 +381,8 @@ def _unit_may_write(unit: str, folder: Path) -> bool:
 
 def check_disk(config: Config) -> Result:
     """Free space for recordings: above the floor, and how many hours of recording it holds."""
-    from appliance.catalogue import Catalogue
-    from appliance.store import DEFAULT_BYTES_PER_HOUR, Store
+    from appliance.store.catalogue import Catalogue
+    from appliance.store.retention import DEFAULT_BYTES_PER_HOUR, Store
 
     data_dir, settings, lines = config.recorder.data_dir, config.store, len(config.line_names)
     alarm = None
@@ -584,7 +584,7 @@ def check_offload(config: Config, now: float | None = None, target_works: bool =
     """Recordings not yet copied off the box (None without `[offload]`): a few just after calls
     are normal; one waiting for over an hour means the target does not take them, or did not
     until now (`target_works`: it took the doctor's test file)."""
-    from appliance.catalogue import Catalogue
+    from appliance.store.catalogue import Catalogue
 
     offload = config.offload
     if offload is None:

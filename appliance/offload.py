@@ -28,8 +28,8 @@ import threading
 import time
 from pathlib import Path, PurePosixPath
 
-from appliance import ledger
-from appliance.catalogue import Catalogue, public_fields
+from appliance.store import ledger
+from appliance.store.catalogue import Catalogue, public_fields
 from appliance.clock import iso_utc
 from appliance.config import OffloadConfig
 from appliance.errors import CallrecError

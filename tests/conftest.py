@@ -53,7 +53,7 @@ def write_scenario(folder: Path, calls: list[dict], **top) -> Path:
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
     """Write float samples (full scale 1.0) as a 16-bit mono WAV."""
-    from appliance.spool import wav_header
+    from appliance.store.spool import wav_header
     pcm = (np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
     path.write_bytes(wav_header(rate, 1, len(pcm)) + pcm)
     return path
@@ -159,7 +159,7 @@ def record_call(catalogue, data_dir: Path, line: str = "t1", number: str | None 
                 seconds: float = 3.0, freq: float = 440.0, started_at: str | None = None,
                 direction: str = "incoming", fmt: str = "opus") -> dict:
     """A finished call with a real recording (a tone), archived and catalogued as the recorder does."""
-    from appliance.archive import SPOOL_DIR, finalise
+    from appliance.store.archive import SPOOL_DIR, finalise
     from appliance.clock import iso_utc
 
     started_at = started_at or iso_utc(time.time())
@@ -212,7 +212,7 @@ def free_port() -> int:
 def web_appliance(tmp_path):
     """An appliance with two lines (shop, office) and real recorded calls, ready for the web UI:
     yields (config_path, data_dir, calls), calls keyed by name."""
-    from appliance.catalogue import Catalogue
+    from appliance.store.catalogue import Catalogue
     from appliance.clock import iso_utc
     from appliance.keys import ensure_device_key
 

@@ -1,7 +1,7 @@
 """The hook debouncer and the call state machine, on exact synthetic times."""
 
-from appliance.callstate import CallMachine, End, Flash, Missed, PlayNotice, Start
-from appliance.hook import Debouncer, RingMonitor
+from appliance.analog.callstate import CallMachine, End, Flash, Missed, PlayNotice, Start
+from appliance.analog.hook import Debouncer, RingMonitor
 
 
 def settle(debouncer: Debouncer, edges: list[tuple[float, bool]], until: float) -> list:

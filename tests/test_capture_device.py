@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from appliance.capture import Capture
-from appliance.spool import SpoolWriter, repair_header
+from appliance.analog.capture import Capture
+from appliance.store.spool import SpoolWriter, repair_header
 from conftest import RATE, feed, tone, wait_for, write_wav
 
 PERIOD = RATE // 50

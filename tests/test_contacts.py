@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from appliance.catalogue import Catalogue
+from appliance.store.catalogue import Catalogue
 from appliance.contacts import (Contact, ContactsError, ensure_schema, import_contacts, lookup,
                                 normalise, read_csv, remove)
 from appliance.errors import CallrecError

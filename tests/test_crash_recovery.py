@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from appliance.catalogue import Catalogue
+from appliance.store.catalogue import Catalogue
 from conftest import RATE, calls_json, callrec, iso_seconds, recording, tone, tone_level, write_config, \
     write_scenario, write_wav
 

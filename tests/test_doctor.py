@@ -205,8 +205,8 @@ def test_free_space_and_hours_of_recording_left_against_the_floor(tmp_path):
 
 
 def test_a_storage_alarm_in_the_catalogue_is_a_failure(tmp_path):
-    from appliance.catalogue import Catalogue
-    from appliance.store import Store
+    from appliance.store.catalogue import Catalogue
+    from appliance.store.retention import Store
 
     config = load_config(config_file(tmp_path, store="[store]\nmin_free_mb = 1000000000\n"))
     store = Store(Catalogue(config.recorder.data_dir), config.recorder.data_dir, config.purpose, config.store)
@@ -381,7 +381,7 @@ def test_a_healthy_appliance_passes_every_check_and_a_broken_one_exits_non_zero(
 
 
 def test_recordings_waiting_for_offload_over_an_hour_are_a_failure(tmp_path):
-    from appliance.catalogue import Catalogue
+    from appliance.store.catalogue import Catalogue
     from appliance.clock import iso_utc
     from conftest import record_call
 

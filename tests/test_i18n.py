@@ -7,7 +7,7 @@ import re
 import pytest
 from werkzeug.exceptions import default_exceptions
 
-from appliance.catalogue import STATES
+from appliance.store.catalogue import STATES
 from appliance.config import DEFAULT_PURPOSES
 from conftest import write_config
 from web.accounts import MAX_FAILURES, ROLES, AccountError, Accounts

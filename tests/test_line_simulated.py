@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.catalogue import Catalogue
+from appliance.store.catalogue import Catalogue
 from appliance.codec import decode_to_pcm
 from appliance.config import demo_path
 from appliance.simulate import line_out_path

@@ -15,7 +15,7 @@ from unittest.mock import ANY
 import pytest
 import serial
 
-from appliance.modem import (CallerId, CallerIdModem, CallerIdParser, ModemNotAnswering, Ring,
+from appliance.analog.modem import (CallerId, CallerIdModem, CallerIdParser, ModemNotAnswering, Ring,
                              parse_line)
 
 FAST = {"reply_timeout_s": 0.3, "block_gap_s": 0.15, "retry_first_s": 0.05, "retry_max_s": 0.2,
@@ -337,7 +337,7 @@ def test_handler_failure_does_not_stop_the_modem(fake, start_modem, caplog):
 
 
 def test_silent_modem_is_reinitialised(fake, start_modem, caplog):
-    caplog.set_level(logging.INFO, logger="appliance.modem")
+    caplog.set_level(logging.INFO, logger="appliance.analog.modem")
     line = fake()
     modem, events = start_modem(line.path, health_interval_s=0.2, reply_timeout_s=0.2)
     wait_until(lambda: "AT" in line.commands)                   # a health check, answered
@@ -352,7 +352,7 @@ def test_silent_modem_is_reinitialised(fake, start_modem, caplog):
     assert isinstance(modem.last_error, ModemNotAnswering)
     assert str(modem.last_error) == "no reply to ATZ within 0.2 s"
     errors = [r for r in caplog.records
-              if r.name == "appliance.modem" and r.levelno >= logging.ERROR]
+              if r.name == "appliance.analog.modem" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "no reply to AT within 0.2 s" in errors[0].getMessage()
     assert any("is back" in r.getMessage() for r in caplog.records)
     line.send("RING", "NMBR = 5551234", "RING")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.archive import finalise
-from appliance.catalogue import Catalogue
+from appliance.store.archive import finalise
+from appliance.store.catalogue import Catalogue
 from appliance.clock import iso_utc
 from appliance.config import ConfigError, load_config
 from appliance.offload import Offloader, verify_manifest
-from appliance.spool import SpoolWriter
+from appliance.store.spool import SpoolWriter
 from conftest import RATE, callrec, free_port, simulated_cards, stop, tone, wait_for, write_config
 
 FAST = {"timeout_s": 1, "retry_first_s": 0.2, "retry_max_s": 0.5}
@@ -151,7 +151,7 @@ def test_recordings_waiting_at_start_are_copied_by_rsync_with_signed_manifests_a
 
 def test_an_erased_or_expired_call_loses_its_copy_on_the_nas_but_an_evicted_one_keeps_it(tmp_path, nas):
     from appliance.config import StoreConfig
-    from appliance.store import Store
+    from appliance.store.retention import Store
 
     nas.start()
     config = appliance(tmp_path, nas.settings())
@@ -328,7 +328,7 @@ def test_recordings_go_to_an_s3_bucket_signed_and_checked_by_the_server(tmp_path
 
 def test_an_erased_call_loses_its_copy_in_the_bucket(tmp_path, object_store):
     from appliance.config import StoreConfig
-    from appliance.store import Store
+    from appliance.store.retention import Store
 
     config = appliance(tmp_path, object_store.settings(prefix="erasure/"))
     data = config.recorder.data_dir

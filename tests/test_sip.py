@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.archive import SPOOL_DIR
+from appliance.store.archive import SPOOL_DIR
 from appliance.config import load_config
 from appliance.live import read_live
 from appliance.recorder import Recorder

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from appliance.archive import QUARANTINE_DIR, SPOOL_DIR, finalise, recover
-from appliance.catalogue import MIGRATIONS, Catalogue
-from appliance.spool import HEADER_BYTES, SpoolWriter, read_header, repair_header
+from appliance.store.archive import QUARANTINE_DIR, SPOOL_DIR, finalise, recover
+from appliance.store.catalogue import MIGRATIONS, Catalogue
+from appliance.store.spool import HEADER_BYTES, SpoolWriter, read_header, repair_header
 from conftest import RATE, recording, tone, tone_level
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance import ledger
-from appliance.catalogue import MIGRATIONS, Catalogue
+from appliance.store import ledger
+from appliance.store.catalogue import MIGRATIONS, Catalogue
 from appliance.clock import iso_utc
 from appliance.config import DEFAULT_PURPOSES, StoreConfig
-from appliance.evidence import export_bundle, verify_bundle, verify_store
-from appliance.store import Store, StoreActionError
+from appliance.store.evidence import export_bundle, verify_bundle, verify_store
+from appliance.store.retention import Store, StoreActionError
 from conftest import callrec
 
 DAY = 86400

@@ -17,7 +17,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from appliance.catalogue import connect
+from appliance.store.catalogue import connect
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 

@@ -4,7 +4,7 @@
 from flask import Blueprint, abort, jsonify, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
-from appliance.catalogue import public_fields
+from appliance.store.catalogue import public_fields
 from web.backend import backend
 from web.calls import BadFilter, find_calls, send_recording
 from web.exports import ExportRefused

@@ -4,7 +4,7 @@ from urllib.parse import urlparse
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 
-from appliance.catalogue import audit
+from appliance.store.catalogue import audit
 from web.accounts import AccountError
 from web.backend import backend
 from web.i18n import LANG_COOKIE, LANGUAGES, error_text

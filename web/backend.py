@@ -12,10 +12,10 @@ from pathlib import Path
 
 from flask import current_app
 
-from appliance.catalogue import Catalogue
+from appliance.store.catalogue import Catalogue
 from appliance.config import Config, load_config
 from appliance.live import read_live, recorder_pid
-from appliance.store import Store
+from appliance.store.retention import Store
 from web.accounts import Accounts
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from datetime import date, datetime, time as dtime, timedelta
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
-from appliance.catalogue import audit
+from appliance.store.catalogue import audit
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from web.backend import backend

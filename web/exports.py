@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.errors import CallrecError
-from appliance.evidence import export_bundle
+from appliance.store.evidence import export_bundle
 
 log = logging.getLogger(__name__)
 

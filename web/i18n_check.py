@@ -21,7 +21,7 @@ WEB = Path(__file__).resolve().parent
 CODE_SPAN = re.compile(r"`[^`]*`")
 # The errors whose messages the pages show translated (through `error_text`), and where they are raised.
 SHOWN_ERRORS = {"AccountError", "ExportRefused", "StoreActionError"}
-ERROR_SOURCES = ("web/*.py", "appliance/store.py")
+ERROR_SOURCES = ("web/*.py", "appliance/store/*.py")
 
 
 def template_texts(source: str) -> list[tuple[int, str]]:

@@ -1,7 +1,7 @@
 """The OpenAPI 3 document of the JSON API (served at `/api/openapi.json`)."""
 
 from appliance import __version__
-from appliance.catalogue import CALL_FIELDS
+from appliance.store.catalogue import CALL_FIELDS
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _CALL_TYPES = {

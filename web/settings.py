@@ -15,7 +15,7 @@ from pathlib import Path
 import tomlkit
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 
-from appliance.catalogue import audit
+from appliance.store.catalogue import audit
 from appliance.config import Config, format_validation_error, resolve_paths
 from appliance.errors import CallrecError
 from appliance.notice import load_notice

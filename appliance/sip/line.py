@@ -27,8 +27,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from appliance.archive import SPOOL_DIR, discard_declined, finalise
-from appliance.catalogue import Catalogue
+from appliance.store.archive import SPOOL_DIR, discard_declined, finalise
+from appliance.store.catalogue import Catalogue
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
 from appliance.dtmf import DtmfDetector
@@ -36,7 +36,7 @@ from appliance.notice import load_notice
 from appliance.sip import g711
 from appliance.sip.media import parse_rtp
 from appliance.sip.stereo import RATE, Timeline
-from appliance.spool import SpoolWriter
+from appliance.store.spool import SpoolWriter
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 
-from appliance.catalogue import Catalogue
+from appliance.store.catalogue import Catalogue
 from appliance.clock import iso_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
 from appliance.errors import HardwareError

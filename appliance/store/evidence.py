@@ -13,9 +13,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from appliance import ledger
-from appliance.archive import ARCHIVE_DIR, sha256_file
-from appliance.catalogue import Catalogue, audit, public_fields
+from appliance.store import ledger
+from appliance.store.archive import ARCHIVE_DIR, sha256_file
+from appliance.store.catalogue import Catalogue, audit, public_fields
 from appliance.clock import iso_utc
 from appliance.keys import fingerprint, load_private_key, public_key_hex
 

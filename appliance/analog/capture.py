@@ -17,7 +17,7 @@ import alsaaudio
 
 from appliance.live import LevelMeter
 
-from appliance.spool import SAMPLE_BYTES
+from appliance.store.spool import SAMPLE_BYTES
 
 log = logging.getLogger(__name__)
 

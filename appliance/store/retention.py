@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from appliance import ledger
-from appliance.catalogue import Catalogue, audit
+from appliance.store import ledger
+from appliance.store.catalogue import Catalogue, audit
 from appliance.clock import iso_utc
 from appliance.config import PurposeConfig, StoreConfig
 from appliance.errors import CallrecError
-from appliance.spool import fsync_dir
+from appliance.store.spool import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance import ledger
-from appliance.catalogue import Catalogue
+from appliance.store import ledger
+from appliance.store.catalogue import Catalogue
 from appliance.clock import iso_utc
 from appliance.codec import encode, suffix
-from appliance.spool import fsync_dir, read_header, read_pcm, repair_header
+from appliance.store.spool import fsync_dir, read_header, read_pcm, repair_header
 
 log = logging.getLogger(__name__)
 

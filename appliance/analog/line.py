@@ -1,0 +1,504 @@
+"""An analog line: the hook and ring inputs, the call state machine, the notice, capture and spool
+of one tapped line, driven by one controller thread.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import alsaaudio
+from gpiozero import LED
+
+from appliance.analog import callstate
+from appliance.analog.capture import Capture
+from appliance.analog.hook import Debouncer, LineInputs, RingMonitor
+from appliance.analog.modem import CallerId, CallerIdModem, Ring
+from appliance.analog.playback import play
+from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
+from appliance.config import LineConfig, RecorderConfig
+from appliance.dtmf import ClipDecoder, DtmfDetector
+from appliance.notice import load_notice
+from appliance.store.archive import SPOOL_DIR, discard_declined, finalise
+from appliance.store.catalogue import Catalogue
+from appliance.store.spool import SpoolWriter
+
+log = logging.getLogger(__name__)
+
+WIRING = ("hook_pin", "hook_active", "ring_pin", "ring_active", "capture", "playback", "modem", "modem_commands",
+          "dtmf_caller_id", "pause_button_pin", "agreement_button_pin", "recording_led_pin")
+TICK_S = 0.25  # longest sleep of a line's thread with nothing due
+BUTTON_SETTLE_S = 0.03
+CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP lines), not earlier
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A DTMF key heard `offset_s` seconds into the recording of call `call_id`."""
+
+    call_id: int
+    key: str
+    offset_s: float
+
+
+class DigitListener(threading.Thread):
+    """Runs the DTMF detector on audio off the capture thread, and reports each digit. With a
+    `budget`, only on that many samples: the window in which digits mean something (the number
+    dialled, the caller's opt-out), so that a long call costs no detection time after it."""
+
+    def __init__(self, name: str, rate: int, budget: int | None, report):
+        super().__init__(name=name, daemon=True)
+        self.rate = rate
+        self.budget = budget
+        self.report = report
+        self.audio: "queue.Queue[bytes | None]" = queue.Queue()
+        self._queued = 0
+
+    def append(self, pcm: bytes) -> None:
+        """Take a period of audio (cheap: the capture thread calls it)."""
+        if self.budget is None:
+            self.audio.put(pcm)
+        elif self._queued < self.budget:
+            self._queued += len(pcm) // 2
+            self.audio.put(pcm)
+            if self._queued >= self.budget:
+                self.audio.put(None)
+
+    def close(self) -> None:
+        """No more audio is coming."""
+        self.audio.put(None)
+
+    def run(self) -> None:
+        detector = DtmfDetector(self.rate)
+        while (pcm := self.audio.get()) is not None:
+            for digit in detector.feed(pcm):
+                self.report(digit)
+        for digit in detector.flush():
+            self.report(digit)
+
+
+class CallAudio:
+    """A call's audio goes to its spool and, within its window, to its digit listener; while
+    paused, silence of the same length goes to the spool instead, so durations stay true."""
+
+    def __init__(self, spool: SpoolWriter, listener: DigitListener | None):
+        self.spool = spool
+        self.listener = listener
+        self.paused = False
+
+    def append(self, pcm: bytes) -> None:
+        """Take a period of audio."""
+        self.spool.append(bytes(len(pcm)) if self.paused else pcm)
+        if self.listener is not None:
+            self.listener.append(pcm)       # while paused, only to hear the resume code
+
+
+@dataclass
+class ActiveCall:
+    """What the line controller keeps about the call in progress."""
+
+    id: int
+    direction: str
+    audio: CallAudio
+    recording: bool
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ended: bool = False
+    declined: bool = False
+    digits: list = field(default_factory=list)
+    paused_until: float | None = None       # monotonic time of the automatic resume
+    keys: str = ""                          # the latest keys, to match the pause code
+    optout_until_s: float = 0.0             # the opt-out key counts up to this offset
+
+    @property
+    def spool(self) -> SpoolWriter:
+        """The call's spool writer."""
+        return self.audio.spool
+
+
+class LineRecorder:
+    """Records one analog line."""
+
+    def __init__(self, line: LineConfig, settings: RecorderConfig, catalogue: Catalogue,
+                 finaliser, pin_factory=None, on_agreement=None, on_finished=None):
+        self.line = line
+        self.settings = settings
+        self.catalogue = catalogue
+        self.finaliser = finaliser
+        self.period_frames = settings.sample_rate * settings.period_ms // 1000
+        self.notice = load_notice(line.notice, settings.sample_rate)
+        self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
+                                 buttons={"pause": line.pause_button_pin,
+                                          "agreement": line.agreement_button_pin},
+                                 pin_factory=pin_factory)
+        self.buttons = {name: Debouncer(BUTTON_SETTLE_S) for name in self.inputs.buttons}
+        self.led = LED(line.recording_led_pin, pin_factory=pin_factory) if line.recording_led_pin is not None else None
+        self.on_agreement = on_agreement
+        self.on_finished = on_finished or (lambda row: None)
+        self.last_call_id: int | None = None
+        self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
+                               settings.preroll_s, status=self)
+        self.modem = (CallerIdModem(line.modem, self.inputs.edges.put, cid_commands=tuple(line.modem_commands))
+                      if line.modem else None)
+        self.clip = None
+        if line.dtmf_caller_id:
+            # Listens to the line all the time (about 1 % of a core): CLIP comes before the call.
+            decoder = ClipDecoder()
+            self.clip = DigitListener(f"clip-{line.name}", settings.sample_rate, None,
+                                      lambda digit: self._clip_key(decoder, digit.key))
+            self.capture.tap = self.clip.append
+        self.caller: CallerId | None = None     # caller ID of the ringing or current call
+        self.machine = callstate.CallMachine(
+            flash_max=settings.flash_max_ms / 1000,
+            has_ring_detector=line.ring_pin is not None or self.modem is not None,
+            notice_incoming=line.notice_incoming, notice_outgoing_after=line.notice_outgoing_after_s)
+        self.hook = Debouncer(settings.debounce_ms / 1000, level=False)
+        self.ring = RingMonitor(settings.ring_gap_s)
+        self.call: ActiveCall | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"line-{line.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start capturing and watching the hook. A handset already off-hook starts a call."""
+        self.capture.start()
+        if self.clip is not None:
+            self.clip.start()
+        if self.modem is not None:
+            self.modem.start()
+        if self.inputs.off_hook():
+            self.hook = Debouncer(self.hook.settle, level=True)
+            self._perform(self.machine.already_off_hook(time.monotonic()))
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; a call in progress is finalised as interrupted."""
+        self._stop.set()
+        self._thread.join()
+        if self.call is not None:
+            self._end(time.monotonic(), interrupted=True)
+        self.capture.stop()
+        self.capture.join(timeout=2)
+        if self.modem is not None:
+            self.modem.stop()
+        if self.clip is not None:
+            self.clip.close()
+        if self.led is not None:
+            self.led.close()
+        self.inputs.close()
+
+    @property
+    def idle(self) -> bool:
+        """True when no call is in progress or pending on the hook."""
+        return self.machine.state == "idle" and self.hook.deadline() is None
+
+    # -- the line's thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                edge = self.inputs.edges.get(timeout=self._sleep_time())
+            except queue.Empty:
+                edge = None
+            try:
+                if isinstance(edge, Heard):
+                    self._on_digit(edge)
+                elif isinstance(edge, Ring):
+                    self._on_ring_activity(edge.t, True)
+                    self._on_ring_activity(edge.t, False)
+                elif isinstance(edge, CallerId):
+                    self._on_caller_id(edge)
+                elif edge is not None:
+                    self._on_edge(edge)
+                self._advance(time.monotonic())
+            except Exception:
+                # The line must keep recording whatever one event does wrong.
+                log.exception("line %s: error while handling an event", self.line.name)
+
+    def _sleep_time(self) -> float:
+        ring_over = self.ring.deadline() if self.machine.state == "ringing" else None
+        resume = self.call.paused_until if self.call is not None else None
+        deadlines = [d for d in (self.hook.deadline(), self.machine.deadline(), ring_over, resume,
+                                 *(b.deadline() for b in self.buttons.values())) if d is not None]
+        if not deadlines:
+            return TICK_S
+        return min(TICK_S, max(0.0, min(deadlines) - time.monotonic()))
+
+    def _on_edge(self, edge) -> None:
+        if edge.input == "hook":
+            self.hook.edge(edge.t, edge.active)
+        elif edge.input in self.buttons:
+            self.buttons[edge.input].edge(edge.t, edge.active)
+        else:
+            self._on_ring_activity(edge.t, edge.active)
+
+    def _on_ring_activity(self, t: float, active: bool) -> None:
+        """A ring detector edge, or a modem's RING: either keeps the ringing episode going."""
+        if self.ring.edge(t, active):
+            if self.caller is not None and t - self.caller.t > CALLER_ID_LEAD_S:
+                self.caller = None          # a caller ID long before this ringing is not its own
+            self._perform(self.machine.ring(t))
+
+    def _clip_key(self, decoder: ClipDecoder, key: str) -> None:
+        """A key heard on the line, for the DTMF caller-ID decoder (on the listener's thread)."""
+        if (message := decoder.key(key)) is not None:
+            number, reason = message
+            self.inputs.edges.put(CallerId(time.monotonic(), number, None, None, None,
+                                           (f"DTMF CLIP {number or reason}",), number_reason=reason))
+
+    def _on_caller_id(self, caller: CallerId) -> None:
+        """Caller ID arrives between rings; a late one still names the call it belongs to."""
+        self.caller = caller
+        call = self.call
+        if call is not None and call.direction == "incoming" and caller.number:
+            self.catalogue.update_call(call.id, number=caller.number)
+
+    def _advance(self, now: float) -> None:
+        while (transition := self.hook.poll(now)) is not None:
+            self._perform(self.machine.hook(*transition))
+        if self.machine.state == "ringing" and not self.ring.ringing(now):
+            self._perform(self.machine.ring_over(now, self.ring.last_activity))
+        self._perform(self.machine.tick(self.hook.settled_until(now)))
+        for name, button in self.buttons.items():
+            while (press := button.poll(now)) is not None:
+                if press[1]:
+                    self._on_button(name)
+        call = self.call
+        if call is not None and call.paused_until is not None and now >= call.paused_until:
+            log.warning("line %s: pause of call %s left on; resuming", self.line.name, call.id)
+            self._resume(call)
+
+    def _on_button(self, name: str) -> None:
+        call = self.call
+        if name == "agreement":
+            target = call.id if call is not None else self.last_call_id
+            if target is not None and self.on_agreement is not None:
+                self.on_agreement(target, f"button:{self.line.name}")
+        elif call is not None and call.recording:
+            self._resume(call) if call.audio.paused else self._pause(call)
+
+    def _pause(self, call: ActiveCall, reason: str = "button") -> None:
+        """Write silence instead of the line until resumed, or for `pause_max_s` at most."""
+        call.audio.paused = True
+        call.paused_until = time.monotonic() + self.line.pause_max_s
+        offset = call.spool.frames / self.settings.sample_rate
+        with self.catalogue.transaction() as db:
+            db.execute("INSERT INTO pauses (call_id, start_s, reason) VALUES (?, ?, ?)",
+                       [call.id, round(offset, 3), reason])
+        self._show(call)
+        log.info("line %s: call %s paused", self.line.name, call.id)
+
+    def _resume(self, call: ActiveCall) -> None:
+        call.audio.paused, call.paused_until = False, None
+        # What was said during the pause (a card number) must not wait in RAM for the next call.
+        self.capture.clear_preroll()
+        offset = call.spool.frames / self.settings.sample_rate
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE pauses SET end_s = ? WHERE call_id = ? AND end_s IS NULL",
+                       [round(offset, 3), call.id])
+        self._show(call)
+        log.info("line %s: call %s resumed", self.line.name, call.id)
+
+    def _show(self, call: ActiveCall | None) -> None:
+        """The recording LED: lit while audio of a call is being recorded."""
+        if self.led is not None:
+            on = call is not None and call.recording and not call.audio.paused and not call.ended
+            self.led.on() if on else self.led.off()
+
+    def _perform(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, callstate.Start):
+                self._start(action)
+            elif isinstance(action, callstate.PlayNotice):
+                threading.Thread(target=self._play_notice, args=(self.call,),
+                                 name=f"notice-{self.line.name}", daemon=True).start()
+            elif isinstance(action, callstate.Flash):
+                log.info("line %s: hook flash of %.0f ms", self.line.name, action.length * 1000)
+                self.catalogue.increment(self.call.id, "flashes")
+            elif isinstance(action, callstate.End):
+                self._end(action.t)
+            elif isinstance(action, callstate.Missed):
+                log.info("line %s: missed call", self.line.name)
+                caller, self.caller = self.caller, None
+                missed = self.catalogue.add_call(
+                    line=self.line.name, direction="incoming", number=caller and caller.number,
+                    started_at=iso_from_mono(action.t),
+                    ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed",
+                    clock_synced=clock_synchronised())
+                self.finaliser.submit(lambda: self.on_finished(self.catalogue.get_call(missed)))
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def _start(self, action: callstate.Start) -> None:
+        settings = self.settings
+        spool_dir = settings.data_dir / SPOOL_DIR
+        spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
+        spool = SpoolWriter(spool_dir / spool_name, settings.sample_rate,
+                            flush_interval=settings.flush_interval_s)
+        wait_for_notice = settings.record_from == "notice_end" and action.notice
+        started = action.ringing_since if action.ringing_since is not None else action.t
+        caller = self.caller if action.direction == "incoming" else None
+        call_id = self.catalogue.add_call(
+            line=self.line.name, direction=action.direction, number=caller and caller.number,
+            started_at=iso_from_mono(started),
+            answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
+            purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
+            sample_rate=settings.sample_rate, clock_synced=clock_synchronised())
+        listener = self._digit_listener(call_id, action)
+        audio = CallAudio(spool, listener)
+        self.call = ActiveCall(call_id, action.direction, audio, recording=not wait_for_notice)
+        if action.notice and action.direction != "outgoing":
+            # Offsets of keys count from the first sample listened to: the pre-roll's, or the
+            # notice's end when nothing before it is kept.
+            lead = 0.0 if wait_for_notice else settings.preroll_s + self.notice.duration_s
+            self.call.optout_until_s = lead + self.line.optout_window_s
+        self.last_call_id = call_id
+        if not wait_for_notice:
+            first_frame = self.capture.start_recording(audio)
+            self.catalogue.update_call(call_id, recording_started_at=iso_from_mono(first_frame))
+        self._show(self.call)
+        log.info("line %s: %s call %s started", self.line.name, action.direction, call_id)
+
+    def _digit_listener(self, call_id: int, action: callstate.Start) -> DigitListener | None:
+        """A listener for the digits that matter in this call: the number an outgoing call dials;
+        the opt-out key, until a while after the notice."""
+        rate = self.settings.sample_rate
+        preroll = self.settings.preroll_s
+        if self.line.pause_code is not None or self.line.dtmf_whole_call:
+            window = None                   # a code can come at any time: listen to it all
+        elif action.direction == "outgoing":
+            window = preroll + self.settings.dialling_window_s
+        elif self.line.optout_digit is not None and action.notice:
+            window = preroll + self.notice.duration_s + self.line.optout_window_s
+        else:
+            return None
+        listener = DigitListener(f"digits-{call_id}", rate, None if window is None else int(window * rate),
+                                 lambda digit: self.inputs.edges.put(Heard(call_id, digit.key, digit.start / rate)))
+        listener.start()
+        return listener
+
+    def _on_digit(self, heard: Heard) -> None:
+        call = self.call
+        if call is None or call.id != heard.call_id or call.declined:
+            return
+        code = self.line.pause_code
+        call.keys = (call.keys + heard.key)[-4:]
+        if code is not None and call.keys.endswith(code):
+            call.keys = ""
+            self._resume(call) if call.audio.paused else self._pause(call, "dtmf")
+            return
+        if call.audio.paused:
+            return                  # keys typed during a pause (a card number) are not kept
+        call.digits.append((heard.offset_s, heard.key))
+        self.catalogue.add_digit(call.id, heard.offset_s, heard.key)
+        if (call.direction != "outgoing" and heard.key == self.line.optout_digit
+                and heard.offset_s <= call.optout_until_s):
+            self._decline(call)
+
+    def _decline(self, call: ActiveCall) -> None:
+        """The caller pressed the opt-out key: stop, and destroy what was recorded of the call."""
+        with call.lock:
+            call.declined, call.recording = True, False
+            self.capture.stop_recording()
+            self.capture.clear_preroll()
+        self._show(call)
+        log.info("line %s: the caller declined recording of call %s", self.line.name, call.id)
+        keep_number = self.line.keep_declined_number
+        self.finaliser.submit(lambda: discard_declined(self.catalogue, call.id, call.spool, keep_number))
+
+    def _play_notice(self, call: ActiveCall) -> None:
+        try:
+            started = play(self.notice, self.line.playback, self.period_frames)
+        except alsaaudio.ALSAAudioError as exc:
+            log.error("line %s: cannot play the notice on %s: %s", self.line.name,
+                      self.line.playback, exc)
+            return
+        self.catalogue.update_call(call.id, notice_played_at=iso_from_mono(started),
+                                   notice_sha256=self.notice.sha256)
+        with call.lock:
+            if not call.recording and not call.ended and not call.declined:
+                first = self.capture.start_recording(call.audio, with_preroll=False)
+                call.recording = True
+                self.catalogue.update_call(call.id, recording_started_at=iso_from_mono(first))
+        self._show(call)
+
+    def _end(self, t: float, interrupted: bool = False) -> None:
+        call, self.call, self.caller = self.call, None, None
+        with call.lock:
+            call.ended = True
+            self.capture.stop_recording()
+        self._show(None)
+        if call.audio.paused:
+            self._resume(call)      # closes the pause at the end of the recording
+        if call.audio.listener is not None:
+            call.audio.listener.close()
+        if call.declined:
+            # Nothing to finalise: the decline removed it. The conversation went on after it, so
+            # what the pre-roll holds now is theirs too.
+            self.capture.clear_preroll()
+            ended_at = iso_from_mono(t)
+            self.finaliser.submit(lambda: self.catalogue.update_call(call.id, ended_at=ended_at))
+            return
+        if interrupted:
+            state = "interrupted"
+        else:
+            state = "complete" if call.recording else "discarded"
+        settings, ended_at = self.settings, iso_from_mono(t)
+        fields = {"ended_at": ended_at}
+        if call.direction == "outgoing" and (number := dialled_number(call.digits)):
+            fields["number"] = number
+        log.info("line %s: call %s ended (%s)", self.line.name, call.id, state)
+
+        def job():
+            call.spool.close()
+            self.on_finished(finalise(self.catalogue, settings.data_dir, call.id, state,
+                                      settings.format, settings.opus_bitrate, **fields))
+        self.finaliser.submit(job)
+
+    def apply(self, line: LineConfig) -> bool:
+        """Take up new settings for this line while it runs: its notice, purpose, opt-out, pause and
+        notice rules apply from the next call. Its wiring (pins, sound card, modem) is kept until a
+        restart: returns False when that changed."""
+        wiring = {name: getattr(self.line, name) for name in WIRING}
+        self.notice = load_notice(line.notice, self.settings.sample_rate)     # it may be a new file by the same name
+        self.machine.notice_incoming = line.notice_incoming
+        self.machine.notice_outgoing_after = line.notice_outgoing_after_s
+        rewired = any(getattr(line, name) != value for name, value in wiring.items())
+        self.line = line.model_copy(update=wiring)
+        return not rewired
+
+    def snapshot(self) -> dict:
+        """This line's live state for the web UI: call state, hook, levels, devices."""
+        call, state = self.call, self.machine.state
+        if call is not None and not call.ended:
+            state = "paused" if call.audio.paused else "in_call"
+        elif state != "ringing":
+            state = "idle"
+        row = self.catalogue.get_call(call.id) if call is not None else None
+        return {"name": self.line.name, "state": state,
+                "hook": "off" if self.hook.level else "on",
+                "call_id": call.id if call is not None else None,
+                "call_started_at": row and row["started_at"],
+                "direction": row and row["direction"], "number": row and row["number"],
+                **self.capture.meter.read(),
+                "capture_connected": self.capture.connected.is_set(),
+                "modem_connected": self.modem.connected.is_set() if self.modem is not None else None}
+
+    def capture_fault(self, kind: str) -> None:
+        """Count an overrun or a capture error against the call being recorded."""
+        call = self.call
+        if call is not None:
+            self.catalogue.increment(call.id, kind)
+
+
+DIGIT_GAP_S = 3.0   # a longer pause ends the number being dialled
+
+
+def dialled_number(digits: list[tuple[float, str]]) -> str | None:
+    """The number an outgoing call dialled: its first run of keys, each within a few seconds of
+    the one before."""
+    number, last = "", None
+    for offset, key in digits:
+        if last is not None and offset - last > DIGIT_GAP_S:
+            break
+        number, last = number + key, offset
+    return number or None
