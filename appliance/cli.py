@@ -90,7 +90,9 @@ def run(config_path: Path) -> None:
     """Record the configured lines until stopped (SIGTERM or Ctrl-C)."""
     from appliance.recorder import Recorder
     from appliance.sdnotify import notify
+    from appliance.service import install_excepthook
 
+    install_excepthook()
     config = load_config(config_path)
     recorder = Recorder(config)
     stop = threading.Event()
@@ -125,8 +127,10 @@ def simulate(scenario: Path | None, config_path: Path | None, data: Path | None)
 
     Returns when the last call is finalised and prints the calls recorded.
     """
+    from appliance.service import install_excepthook
     from appliance.simulate import run_simulation
 
+    install_excepthook()
     calls = run_simulation(scenario, config_path, data)
     for call in calls:
         click.echo(f"call {call['id']}: {call['line']} {call['direction']} {call['state']} "

@@ -1,5 +1,8 @@
 """Time stamps: events are taken on the monotonic clock and shown as UTC wall time."""
 
+import ctypes
+import ctypes.util
+import functools
 import time
 from datetime import datetime, timezone
 
@@ -22,13 +25,16 @@ def iso_from_mono(t: float) -> str:
 TIME_ERROR = 5   # adjtimex(2): the kernel says the clock is not synchronised
 
 
+@functools.cache
+def _libc():
+    # find_library runs ldconfig: once per process, not at every call's start.
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def clock_synchronised() -> bool:
     """Is the system clock synchronised (NTP or another source disciplined it)? A Pi has no
     battery clock: after a boot without network its time can be far off."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     timex = ctypes.create_string_buffer(512)   # struct timex, modes = 0: only read
     state = libc.adjtimex(timex)
     return state not in (-1, TIME_ERROR)

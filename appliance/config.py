@@ -4,6 +4,7 @@ Every key is typed; an unknown, missing or wrongly typed key fails with the file
 was expected, so the technician can fix it without reading code.
 """
 
+import logging
 import re
 import tomllib
 from importlib import resources
@@ -13,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/callrec/appliance.toml")
 DEFAULT_DATA_DIR = Path("/var/lib/callrec")
@@ -34,7 +37,6 @@ class RecorderConfig(_Strict):
     flush_interval_s: float = Field(1.0, ge=0.1, le=2.0)
     format: Literal["opus", "flac", "wav"] = "opus"
     opus_bitrate: int = Field(16000, ge=6000, le=128000)
-    record_from: Literal["preroll", "notice_end"] = "preroll"
     debounce_ms: int = Field(40, ge=0, le=500)
     flash_max_ms: int = Field(700, ge=50, le=5000)
     ring_gap_s: float = Field(6.0, ge=0.5, le=30)
@@ -54,30 +56,18 @@ class RecorderConfig(_Strict):
         return self.runtime_dir if self.runtime_dir is not None else self.data_dir / "run"
 
 
-class LineConfig(_Strict):
-    """One analog line: its hook (and ring) inputs, its sound card, its notice and default purpose."""
+class CallRulesConfig(_Strict):
+    """The rules of a line's calls, with the same names and values for analog lines and SIP trunks:
+    the notice and where the recording starts, the purpose, the caller's opt-out, the pause."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
-    hook_pin: int | str
-    hook_active: Level
-    ring_pin: int | str | None = None
-    ring_active: Level = "low"
-    capture: str = Field(min_length=1)
-    playback: str = Field(min_length=1)
     notice: Path
-    notice_incoming: bool = True
-    notice_outgoing_after_s: float | None = Field(None, ge=0, le=120)
+    notice_incoming: bool = True                # incoming calls hear the notice when answered
+    notice_outgoing: bool = False               # outgoing calls too…
+    notice_outgoing_after_s: float = Field(0.0, ge=0, le=120)    # …this long after they start
+    record_from: Literal["start", "notice_end"] = "start"        # or only once the notice has played
     purpose: str = Field("training", min_length=1)
-    modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
-    modem_commands: list[Annotated[str, Field(pattern=r"^AT\S+$")]] = Field(
-        ["AT+VCID=1", "AT#CID=1", "AT%CCID=1", "AT+CLIP=1"], min_length=1)
-    dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
-    dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
-    pause_button_pin: int | str | None = None               # pauses recording (card payments)
     pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")   # DTMF keys that pause / resume
     pause_max_s: float = Field(300.0, ge=1, le=3600)         # a pause left on resumes by itself
-    agreement_button_pin: int | str | None = None           # marks the current or last call
-    recording_led_pin: int | str | None = None              # lit while a call is recorded
     optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
     optout_window_s: float = Field(15.0, ge=1, le=120)     # after the notice ends
     keep_declined_number: bool = False
@@ -86,6 +76,47 @@ class LineConfig(_Strict):
     @classmethod
     def _path_from_str(cls, value):
         return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, raw):
+        """Keys as earlier versions wrote them still load, with a warning that says the new spelling."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        name = raw.get("name", "?")
+        if raw.get("record_from") in ("preroll", "answer"):
+            log.warning("%s: record_from = %r is now written record_from = \"start\"", name, raw["record_from"])
+            raw["record_from"] = "start"
+        if "notice_outgoing_after_s" in raw and "notice_outgoing" not in raw:
+            # It used to be the only key: given, it meant "play the notice on outgoing calls".
+            log.warning("%s: notice_outgoing_after_s alone is now written notice_outgoing = true with "
+                        "notice_outgoing_after_s", name)
+            raw["notice_outgoing"] = raw["notice_outgoing_after_s"] is not None
+        if raw.get("notice_outgoing_after_s", 0) is None:
+            del raw["notice_outgoing_after_s"]
+        return raw
+
+
+class LineConfig(CallRulesConfig):
+    """One analog line: its hook (and ring) inputs, its sound card and modem, its buttons and LED,
+    and its calls' rules."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    hook_pin: int | str
+    hook_active: Level
+    ring_pin: int | str | None = None
+    ring_active: Level = "low"
+    capture: str = Field(min_length=1)
+    playback: str = Field(min_length=1)
+    modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
+    modem_commands: list[Annotated[str, Field(pattern=r"^AT\S+$")]] = Field(
+        ["AT+VCID=1", "AT#CID=1", "AT%CCID=1", "AT+CLIP=1"], min_length=1)
+    dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
+    dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
+    pause_button_pin: int | str | None = None               # pauses recording (card payments)
+    agreement_button_pin: int | str | None = None           # marks the current or last call
+    recording_led_pin: int | str | None = None              # lit while a call is recorded
 
 
 class PurposeConfig(_Strict):
@@ -224,7 +255,7 @@ class SipSideConfig(_Strict):
         return None if value is None else _address(value, 5060)
 
 
-class SipTrunkConfig(_Strict):
+class SipTrunkConfig(CallRulesConfig):
     """A SIP trunk relayed through the appliance: the operator's side, the shop's PBX (or phones)
     side, the RTP ports, and the notice, purpose and caller controls of its calls."""
 
@@ -234,26 +265,14 @@ class SipTrunkConfig(_Strict):
     rtp_port_min: int = Field(20000, ge=1024, le=65534)
     rtp_port_max: int = Field(20999, ge=1025, le=65535)
     rtp_timeout_s: float = Field(30.0, ge=1, le=3600)     # no RTP from a side this long ends the call
-    notice: Path
-    notice_incoming: bool = True
-    notice_outgoing: bool = False
-    record_from: Literal["answer", "notice_end"] = "answer"
-    purpose: str = Field("training", min_length=1)
-    pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")
-    pause_max_s: float = Field(300.0, ge=1, le=3600)
-    optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
-    optout_window_s: float = Field(15.0, ge=1, le=120)
-    keep_declined_number: bool = False
-
-    @field_validator("notice", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _usable(self):
         if self.trunk.peer is None:
             raise ValueError(f"sip_trunk {self.name!r}: trunk.peer (the operator's SIP server) is required")
+        if self.notice_outgoing_after_s:
+            raise ValueError(f"sip_trunk {self.name!r}: notice_outgoing_after_s must be 0 (a trunk plays the "
+                             "notice to the called party when it answers)")
         if self.rtp_port_max - self.rtp_port_min < 3:
             raise ValueError(f"sip_trunk {self.name!r}: rtp_port_max must be at least rtp_port_min + 3")
         return self
@@ -277,6 +296,19 @@ class Config(_Strict):
         """Every line recorded, analog lines then SIP trunks: the names calls are catalogued under."""
         return [line.name for line in self.line] + [trunk.name for trunk in self.sip_trunk]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _record_from_per_line(cls, raw):
+        """`[recorder] record_from` of earlier versions applies to each line that sets none."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("recorder"), dict) or "record_from" not in raw["recorder"]:
+            return raw
+        recorder = dict(raw["recorder"])
+        value = recorder.pop("record_from")
+        log.warning("[recorder] record_from is now a setting of each line ([[line]] record_from)")
+        lines = [line if not isinstance(line, dict) or "record_from" in line else {**line, "record_from": value}
+                 for line in raw.get("line", [])]
+        return {**raw, "recorder": recorder, "line": lines}
+
     @field_validator("purpose", mode="after")
     @classmethod
     def _with_defaults(cls, purposes):
@@ -292,16 +324,27 @@ class Config(_Strict):
                 raise ValueError(f"line {line.name!r}: purpose {line.purpose!r} is not one of "
                                  f"{', '.join(sorted(self.purpose))} (define it in a [purpose.NAME] table)")
         names = [line.name for line in [*self.line, *self.sip_trunk]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"line names must be distinct, got {names}")
         listens = [side.listen for trunk in self.sip_trunk for side in (trunk.trunk, trunk.pbx)]
         if len(set(listens)) != len(listens):
             raise ValueError(f"each SIP side needs its own listen address, got {listens}")
-        pins = [p for line in self.line for p in (line.hook_pin, line.ring_pin, line.pause_button_pin,
-                                                  line.agreement_button_pin, line.recording_led_pin)
-                if p is not None] + ([self.recorder.fault_led_pin] if self.recorder.fault_led_pin is not None else [])
-        if len(set(names)) != len(names):
-            raise ValueError(f"line names must be distinct, got {names}")
-        if len(set(map(_pin_key, pins))) != len(pins):
-            raise ValueError(f"each GPIO pin may serve one input only, got {pins}")
+        wiring = {"GPIO pin": [], "capture device": [], "playback device": [], "modem": []}
+        for index, line in enumerate(self.line):
+            for key in ("hook_pin", "ring_pin", "pause_button_pin", "agreement_button_pin", "recording_led_pin"):
+                wiring["GPIO pin"].append((f"line[{index}].{key}", getattr(line, key)))
+            for kind, key in (("capture device", "capture"), ("playback device", "playback"), ("modem", "modem")):
+                wiring[kind].append((f"line[{index}].{key}", getattr(line, key)))
+        wiring["GPIO pin"].append(("recorder.fault_led_pin", self.recorder.fault_led_pin))
+        for kind, uses in wiring.items():
+            seen = {}
+            for key, value in uses:
+                if value is None:
+                    continue
+                same = _pin_key(value) if kind == "GPIO pin" else str(value)
+                if same in seen:
+                    raise ValueError(f"{kind} {value} is used twice: by {seen[same]} and by {key}")
+                seen[same] = key
         return self
 
 

@@ -324,7 +324,7 @@ class Offloader(threading.Thread):
         if not recording.is_file():
             self._report_missing(row)
             return False
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             entries = [dict(e) for e in db.execute("SELECT * FROM ledger WHERE call_id = ? ORDER BY seq",
                                                    [row["id"]])]
             head = ledger.head(db)
@@ -345,7 +345,7 @@ class Offloader(threading.Thread):
     def _delete_copies(self) -> None:
         """Remove from the target the copies of calls erased or expired on the box: an erasure must
         reach every copy. Each is marked in the ledger once the target has removed it."""
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             rows = [dict(r) for r in db.execute("SELECT * FROM offload_deletions WHERE target = ? ORDER BY id",
                                                 [self.target.name])]
         for row in rows:

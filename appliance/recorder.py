@@ -3,8 +3,6 @@ offloader, webhook, live state and watchdog.
 """
 
 import logging
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -17,64 +15,37 @@ from appliance.keys import ensure_device_key_apart
 from appliance.live import LivePublisher
 from appliance.offload import Offloader
 from appliance.sdnotify import Watchdog, notify
+from appliance.service import Service
 from appliance.sip.trunk import SipTrunk
 from appliance.store.archive import SPOOL_DIR, recover
+from appliance.store.callrow import CallRow, Desk
 from appliance.store.catalogue import Catalogue
+from appliance.store.finaliser import Finaliser
 from appliance.store.retention import Store
+from appliance.store.writer import CatalogueWriter
 from appliance.webhook import Webhook, call_event
 
 log = logging.getLogger(__name__)
 
-
-class Finaliser(threading.Thread):
-    """Runs finalisation jobs one at a time, so encoding never holds up a line."""
-
-    def __init__(self):
-        super().__init__(name="finaliser", daemon=True)
-        self.jobs: "queue.Queue" = queue.Queue()
-
-    def submit(self, job) -> None:
-        """Queue a callable."""
-        self.jobs.put(job)
-
-    def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                job()
-            except Exception:
-                # A failed job leaves its spool in place: it is recovered at the next start.
-                log.exception("finalising a call failed")
-            finally:
-                self.jobs.task_done()
-        self.jobs.task_done()
-
-    def wait_idle(self) -> None:
-        """Block until every queued job has run."""
-        self.jobs.join()
-
-    def close(self) -> None:
-        """Run what is queued, then end the thread."""
-        self.jobs.put(None)
-        self.join()
+DRAIN_REFUSED_S = 10.0  # at a stop, how long ended calls wait for a catalogue that refuses writes
 
 
-class Cleaner(threading.Thread):
+class Cleaner(Service):
     """Runs the store's cleaner at start and then every `interval` seconds."""
 
     def __init__(self, store: Store, interval: float):
-        super().__init__(name="cleaner", daemon=True)
+        super().__init__("cleaner")
         self.store = store
         self.interval = interval
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
+    def serve(self) -> None:
         while True:
             try:
                 self.store.clean()
             except Exception:
                 # Cleaning must never stop recording; the next pass tries again.
                 log.exception("cleaner pass failed")
-            if self.stopping.wait(self.interval):
+            if self.wait(self.interval):
                 return
 
 
@@ -87,26 +58,28 @@ class Recorder:
         (data_dir / SPOOL_DIR).mkdir(parents=True, exist_ok=True)
         ensure_device_key_apart(data_dir)
         self.catalogue = Catalogue(data_dir)
+        purposes = {line.name: line.purpose for line in [*config.line, *config.sip_trunk]}
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
-                                 config.recorder.opus_bitrate)
+                                 config.recorder.opus_bitrate, purposes)
         self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line_names))
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
+        self.writer = CatalogueWriter()
         self.finaliser = Finaliser()
-        self.lines = [LineRecorder(line, config.recorder, self.catalogue, self.finaliser, pin_factory,
-                                   on_agreement=self._mark_agreement, on_finished=self._finished)
+        self.desk = Desk(self.catalogue, self.writer, self.finaliser, data_dir, config.recorder.format,
+                         config.recorder.opus_bitrate, self._finished)
+        self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
-        self.trunks = [SipTrunk(trunk, config.recorder, self.catalogue, self.finaliser, self._finished)
-                       for trunk in config.sip_trunk]
+        self.trunks = [SipTrunk(trunk, config.recorder, self.desk) for trunk in config.sip_trunk]
         self.webhook = None
         if config.webhook is not None:
             secret = config.webhook.secret_file.read_text().strip()
-            self.webhook = Webhook(config.webhook.url, secret)
+            self.webhook = Webhook(config.webhook.url, secret, self.catalogue)
         self.offload = Offloader(config.offload, self.catalogue, data_dir) if config.offload is not None else None
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
         self.live = LivePublisher(config.recorder.live_dir,
                                   lambda: [line.snapshot() for line in [*self.lines, *self.trunks]])
-        self.watchdog = Watchdog(self.capture_problem)
+        self.watchdog = Watchdog(self.problem)
 
     def reload(self, config: Config) -> list[str]:
         """Take up a changed configuration without stopping: purposes, store limits and each line's
@@ -140,10 +113,12 @@ class Recorder:
             present.add(MODEM_LOST)
         return present
 
-    def capture_problem(self, stall_s: float) -> str | None:
+    def problem(self, stall_s: float) -> str | None:
         """Why the recorder needs a restart, for the watchdog: a line whose capture thread died, or
-        that has its sound card open but got no audio from it for `stall_s`. A missing card is not
-        one: capture retries it by itself, and the fault LED shows it."""
+        that has its sound card open but got no audio from it for `stall_s`; a service (catalogue
+        writer, finaliser, cleaner, a trunk's relay or store thread, the webhook, the offloader)
+        dead or stuck. A missing card is not one: capture retries it by itself, and the fault
+        LED shows it."""
         now = time.monotonic()
         for line in self.lines:
             capture = line.capture
@@ -152,6 +127,12 @@ class Recorder:
             since = max(capture.last_read or 0.0, capture.opened_at or 0.0)
             if capture.connected.is_set() and now - since > stall_s:
                 return f"line {line.line.name}: no audio from {capture.device} for {now - since:.0f} s"
+        for service in (self.writer, self.finaliser, self.cleaner, *self.trunks):
+            if (problem := service.problem(stall_s)) is not None:
+                return problem
+        for thread in (self.webhook, self.offload, self.live):
+            if thread is not None and thread.ident is not None and not thread.is_alive():
+                return f"{thread.name} ended"
         return None
 
     def _finished(self, row: dict) -> None:
@@ -168,16 +149,20 @@ class Recorder:
         if self.offload is not None:
             self.offload.notify()
 
-    def _mark_agreement(self, call_id: int, actor: str) -> None:
-        """The agreement button: keep this call as the evidence of an agreement."""
-        try:
-            self.store.classify(call_id, "agreement", actor)
-            log.info("call %s marked as an agreement by %s", call_id, actor)
-        except CallrecError as exc:
-            log.error("cannot mark call %s as an agreement: %s", call_id, exc)
+    def _mark_agreement(self, row: CallRow, actor: str) -> None:
+        """The agreement button: keep this call as the evidence of an agreement (once its row is
+        written)."""
+        def step():
+            try:
+                self.store.classify(row.id, "agreement", actor)
+                log.info("call %s marked as an agreement by %s", row.id, actor)
+            except CallrecError as exc:
+                log.error("cannot mark call %s as an agreement: %s", row.id, exc)
+        self.writer.submit(step)
 
     def start(self) -> None:
         """Start every line, then the cleaner."""
+        self.writer.start()
         self.finaliser.start()
         for line in self.lines:
             line.start()
@@ -196,7 +181,20 @@ class Recorder:
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
         return (all(line.idle for line in [*self.lines, *self.trunks])
-                and self.finaliser.jobs.unfinished_tasks == 0)
+                and self.finaliser.jobs.unfinished_tasks == 0 and self.writer.steps.unfinished_tasks == 0)
+
+    def _drain(self) -> None:
+        """Let the writer and the finaliser finish the calls ended (each hands work to the other),
+        unless the catalogue keeps refusing writes: what is left then is recovered at the next start."""
+        while self.writer.steps.unfinished_tasks or self.finaliser.jobs.unfinished_tasks:
+            if not (self.writer.is_alive() and self.finaliser.is_alive()):
+                break           # one of them died: what is left is recovered at the next start
+            refusing = self.writer.refusing_since
+            if refusing is not None and time.monotonic() - refusing > DRAIN_REFUSED_S:
+                break
+            time.sleep(0.02)
+        self.finaliser.close()
+        self.writer.close(timeout=DRAIN_REFUSED_S)
 
     def stop(self) -> None:
         """Stop all lines, finalise what was in progress, close the catalogue."""
@@ -208,7 +206,7 @@ class Recorder:
             self.fault_led.close()
         for line in [*self.lines, *self.trunks]:
             line.stop()
-        self.finaliser.close()
+        self._drain()
         if self.webhook is not None:
             self.webhook.stop(timeout=5)
         if self.offload is not None:

@@ -1,6 +1,6 @@
-"""The hook debouncer and the call state machine, on exact synthetic times."""
+"""The hook debouncer and the hook state machine, on exact synthetic times."""
 
-from appliance.analog.callstate import CallMachine, End, Flash, Missed, PlayNotice, Start
+from appliance.analog.callstate import CallMachine, End, Flash, Missed, Start
 from appliance.analog.hook import Debouncer, RingMonitor
 
 
@@ -44,32 +44,22 @@ def machine(**kw) -> CallMachine:
     return CallMachine(flash_max=0.7, has_ring_detector=True, **kw)
 
 
-def test_ringing_then_off_hook_is_an_incoming_call_with_the_notice():
+def test_ringing_then_off_hook_is_an_incoming_call():
     m = machine()
     m.ring(1.0)
-    actions = m.hook(5.0, True)
-    assert actions == [Start(5.0, "incoming", 1.0, notice=True), PlayNotice(5.0)]
+    assert m.hook(5.0, True) == [Start(5.0, "incoming", 1.0)]
 
 
-def test_off_hook_without_ringing_is_outgoing_and_gets_no_notice_by_default():
+def test_off_hook_without_ringing_is_outgoing():
     assert machine().hook(2.0, True) == [Start(2.0, "outgoing", None)]
-
-
-def test_outgoing_notice_after_a_delay_when_configured():
-    m = machine(notice_outgoing_after=8.0)
-    assert m.hook(2.0, True) == [Start(2.0, "outgoing", None, notice=True)]
-    assert m.deadline() == 10.0
-    assert m.tick(9.9) == []
-    assert m.tick(10.0) == [PlayNotice(10.0)]
-    assert m.tick(11.0) == []
 
 
 def test_a_line_without_ring_detector_cannot_tell_the_direction():
     m = CallMachine(flash_max=0.7, has_ring_detector=False)
-    assert m.hook(2.0, True)[0] == Start(2.0, "unknown", None, notice=True)
+    assert m.hook(2.0, True) == [Start(2.0, "unknown", None)]
 
 
-def test_a_short_on_hook_is_a_flash_and_the_notice_is_not_replayed():
+def test_a_short_on_hook_is_a_flash_and_keeps_the_call():
     m = machine()
     m.ring(1.0)
     m.hook(5.0, True)
@@ -116,9 +106,9 @@ def test_ringing_during_a_call_is_ignored():
     assert m.ring(3.0) == [] and m.state == "call"
 
 
-def test_a_handset_off_hook_at_start_is_recorded_without_replaying_the_notice():
+def test_a_handset_off_hook_at_start_is_a_call_already_in_progress():
     m = machine()
-    assert m.already_off_hook(3.0) == [Start(3.0, "unknown", None)]
+    assert m.already_off_hook(3.0) == [Start(3.0, "unknown", None, in_progress=True)]
     m.hook(5.0, False)
     assert m.hook(5.2, True) == [Flash(5.0, 5.2 - 5.0)]
     m.hook(6.0, False)

@@ -36,12 +36,32 @@ def test_an_invalid_config_names_file_and_key(tmp_path, recorder, line, key, wor
     assert words in message
 
 
-def test_two_lines_on_one_pin_are_refused(tmp_path):
+def second_line(path, **wiring) -> None:
+    """Add line t2 to the config at `path`, wired as `wiring` says (else on its own pins and cards)."""
+    wiring = {"hook_pin": 22, "capture": "c2", "playback": "p2", **wiring}
+    path.write_text(path.read_text() + '\n[[line]]\nname = "t2"\nhook_active = "low"\n'
+                    + "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in wiring.items())
+                    + 'notice = "' + load_config(path).line[0].notice.as_posix() + '"\n')
+
+
+@pytest.mark.parametrize("wiring, words", [
+    ({"hook_pin": 17}, "GPIO pin 17 is used twice: by line[0].hook_pin and by line[1].hook_pin"),
+    ({"pause_button_pin": 27}, "GPIO pin 27 is used twice: by line[0].ring_pin and by line[1].pause_button_pin"),
+    ({"capture": "cap"}, "capture device cap is used twice: by line[0].capture and by line[1].capture"),
+    ({"playback": "play"}, "playback device play is used twice: by line[0].playback and by line[1].playback"),
+])
+def test_a_pin_or_card_used_by_two_lines_is_refused_naming_both_keys(tmp_path, wiring, words):
     path = write_config(tmp_path)
-    path.write_text(path.read_text() + '\n[[line]]\nname = "t2"\nhook_pin = 17\nhook_active = "low"\n'
-                    'capture = "c2"\nplayback = "p2"\nnotice = "' + load_config(path).line[0].notice.as_posix() + '"\n')
-    with pytest.raises(ConfigError, match="one input only"):
+    second_line(path, **wiring)
+    with pytest.raises(ConfigError) as caught:
         load_config(path)
+    assert words in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_two_lines_on_their_own_pins_and_cards_load(tmp_path):
+    path = write_config(tmp_path)
+    second_line(path)
+    assert [line.name for line in load_config(path).line] == ["t1", "t2"]
 
 
 def test_not_toml_is_reported_with_the_file_name(tmp_path):
@@ -61,7 +81,7 @@ def test_the_command_refuses_a_bad_config_with_a_message_not_a_traceback(tmp_pat
 
 def test_one_pin_spelt_two_ways_is_still_one_pin(tmp_path):
     path = write_config(tmp_path, line={"hook_pin": "GPIO27", "ring_pin": 27})
-    with pytest.raises(ConfigError, match="one input only"):
+    with pytest.raises(ConfigError, match="GPIO pin 27 is used twice: by line.0..hook_pin and by line.0..ring_pin"):
         load_config(path)
 
 

@@ -5,6 +5,8 @@ the real recorder. Each scenario runs once per module; the tests read what it le
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -504,3 +506,46 @@ def test_a_reloaded_configuration_applies_purposes_limits_and_notices_at_once_an
     wait_idle(recorder)
     [call] = recorder.catalogue.calls()
     assert call["purpose"] == "agreement"
+
+
+HOLD_S = 8.0
+
+
+def test_a_catalogue_locked_by_another_process_delays_the_row_never_the_audio(live_line, tmp_path):
+    """Another process holds the catalogue's write lock for 8 s around an off-hook (what a long
+    web export or `verify` did): the call is recorded from its pre-roll to its end, and its row
+    catches up, complete, once the lock is gone; a process reading meanwhile sees a snapshot."""
+    recorder, factory = live_line()
+    hook = factory.pin(17)
+    recorder.start()
+    time.sleep(2.5)                     # the pre-roll fills
+    data = recorder.catalogue.path.parent
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"db = sqlite3.connect({str(data / 'catalogue.db')!r}, isolation_level=None)\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({HOLD_S})\n"
+        "db.execute('COMMIT')\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        locked_at = time.monotonic()
+        hook.drive_low()                # off-hook while the catalogue is locked
+        off_hook = time.time()
+        time.sleep(3.0)
+        hook.drive_high()               # …and on-hook, still locked
+        time.sleep(1.0)
+        assert time.monotonic() - locked_at < HOLD_S
+        assert recorder.catalogue.calls() == []       # no row yet…
+        spools = list((data / "spool").iterdir())
+        assert len(spools) == 1 and spools[0].stat().st_size > 44 + 2 * RATE * 2   # …but the audio is on disk
+    finally:
+        holder.wait(timeout=HOLD_S + 5)
+    wait_idle(recorder, timeout=15)
+    [call] = recorder.catalogue.calls()
+    assert call["state"] == "complete" and call["file"]
+    assert abs(iso_seconds(call["started_at"]) - off_hook) < 0.3
+    # Two seconds of pre-roll, the three seconds off-hook, the flash window after the hang-up.
+    assert 2.0 + 3.0 + 0.5 < call["duration_s"] < 2.0 + 3.0 + 1.0
+    assert abs(iso_seconds(call["started_at"]) - iso_seconds(call["recording_started_at"]) - 2.0) < 0.1
+    assert not list((data / "spool").iterdir())

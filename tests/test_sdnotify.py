@@ -173,3 +173,21 @@ def test_the_web_health_check_fails_once_https_stops_answering(web_appliance):
         assert "does not answer its health check" in server.problem(2.0)
     finally:
         server.stop()
+
+
+class Defect(BaseException):
+    """Escapes every `except Exception`: a bug that ends the thread it happens in."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("service", ["catalogue-writer", "finaliser"])
+def test_a_service_that_dies_stops_the_watchdog_being_fed(systemd, fed_line, service):
+    recorder, _ = fed_line
+    recorder.start()
+    systemd.wait_for("WATCHDOG=1", 5)
+
+    def defect():
+        raise Defect("a bug")
+    {"catalogue-writer": recorder.writer, "finaliser": recorder.finaliser}[service].submit(defect)
+    systemd.wait_for(f"STATUS={service} died (Defect: a bug)", 3)
+    assert pings(systemd.messages(2.0)) == 0

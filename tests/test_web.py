@@ -256,7 +256,7 @@ def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing
     assert shop.purpose == "agreement" and shop.optout_digit == "9" and shop.notice_incoming is True
     response = post(admin, "/settings/line/shop", capture="cap1", playback="play1", hook_pin="18",
                     hook_active="low")
-    assert "each GPIO pin may serve one input only" in admin.get("/settings/").data.decode()
+    assert "GPIO pin 18 is used twice" in admin.get("/settings/").data.decode()
 
 
 def test_a_setting_saved_keeps_the_technicians_comments_and_changes_only_its_value(web):

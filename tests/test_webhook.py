@@ -1,9 +1,11 @@
-"""Call-end webhooks against a real HTTP server on 127.0.0.1, with tiny retry times."""
+"""Call-end webhooks against a real HTTP server on 127.0.0.1, with tiny retry times, through the
+outbox of a real catalogue in a temporary folder."""
 
 import hashlib
 import hmac
 import json
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -11,7 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from appliance import webhook as webhook_module
 from appliance.errors import CallrecError
+from appliance.store.catalogue import Catalogue
+from appliance.store.outbox import Outbox
 from appliance.webhook import Webhook, WebhookError, call_event, sign, verify
 
 SECRET = "s3cret-shared-with-the-crm"
@@ -20,9 +25,9 @@ FAST = {"timeout_s": 0.2, "retry_first_s": 0.01, "retry_max_s": 0.02}
 
 class Receiver:
     """An HTTP server that records every request and answers with the scripted statuses in turn
-    (200 once they are used up), after `delay_s`."""
+    (200 once they are used up), after `delay_s`. On `port` if given, else on a free one."""
 
-    def __init__(self, statuses=(), delay_s=0.0):
+    def __init__(self, statuses=(), delay_s=0.0, port=0):
         self.statuses = list(statuses)
         self.delay_s = delay_s
         self.requests: list[dict] = []
@@ -56,7 +61,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
 
@@ -76,17 +81,69 @@ def _no_proxy(monkeypatch):
 
 
 @pytest.fixture
-def webhooks():
-    """Make webhooks that are stopped at the end of the test."""
+def data(tmp_path):
+    """The data folder whose catalogue holds the outbox."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def catalogues(data):
+    """Open the catalogue of `data` (once per simulated process); closed at the end of the test."""
+    opened = []
+
+    def open_catalogue():
+        catalogue = Catalogue(data)
+        opened.append(catalogue)
+        return catalogue
+    yield open_catalogue
+    for catalogue in opened:
+        catalogue.close()
+
+
+@pytest.fixture
+def catalogue(catalogues):
+    return catalogues()
+
+
+@pytest.fixture
+def webhooks(catalogue):
+    """Make webhooks (on the test's catalogue unless given one) that are stopped at the end of
+    the test."""
     made = []
 
-    def make(url, secret=SECRET, **kwargs):
-        hook = Webhook(url, secret, **{**FAST, **kwargs})
+    def make(url, secret=SECRET, catalogue=catalogue, **kwargs):
+        hook = Webhook(url, secret, catalogue, **{**FAST, **kwargs})
         made.append(hook)
         return hook
     yield make
     for hook in made:
         hook.stop(timeout=2)
+
+
+class DeadPort:
+    """A port where nothing listens: bound but not listening, so connecting is refused and no
+    other test can take it. `close()` frees it for a Receiver (the receiver comes back up)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def dead_port():
+    port = DeadPort()
+    yield port
+    port.close()
+
+
+def waiting(catalogue):
+    """The outbox's rows, oldest first."""
+    return Outbox(catalogue).entries()
 
 
 def wait_for(condition, timeout=5.0):
@@ -101,12 +158,13 @@ def event(n=1):
     return {"event": "call.ended", "id": n, "number": "+3225551234", "name": "Émile"}
 
 
-def test_signature_verifies_with_the_shared_secret_only(webhooks):
+def test_signature_verifies_with_the_shared_secret_only(webhooks, catalogue):
     with Receiver() as receiver:
         hook = webhooks(receiver.url)
         hook.start()
         hook.send(event())
         wait_for(lambda: hook.delivered == 1)
+    assert waiting(catalogue) == []     # delivered: gone from the outbox
     [request] = receiver.requests
     headers, body = request["headers"], request["body"]
     assert headers["Content-Type"] == "application/json"
@@ -135,7 +193,7 @@ def test_sign_is_hmac_of_timestamp_dot_body():
     assert not verify("k", 1700000000, body, "sha256=é")
 
 
-def test_failures_are_retried_with_the_same_delivery_id(webhooks, caplog):
+def test_failures_are_retried_with_the_same_delivery_id(webhooks, catalogue, caplog):
     with Receiver([500, 500, 200]) as receiver:
         hook = webhooks(receiver.url)
         hook.start()
@@ -150,6 +208,7 @@ def test_failures_are_retried_with_the_same_delivery_id(webhooks, caplog):
         assert verify(SECRET, headers["X-Callrec-Timestamp"], request["body"],
                       headers["X-Callrec-Signature"])
     assert "attempt 2 of 10 failed: HTTP 500" in caplog.text
+    assert waiting(catalogue) == []
 
 
 @pytest.mark.parametrize("status", [302, 408, 429, 503])
@@ -163,14 +222,22 @@ def test_retried_statuses(webhooks, status):
     assert [(r["method"], r["path"]) for r in receiver.requests] == [("POST", "/hook")] * 2
 
 
-def test_a_4xx_is_not_retried(webhooks, caplog):
+def test_a_4xx_is_not_retried(webhooks, catalogues, caplog):
+    first = catalogues()
     with Receiver([400] * 5) as receiver:
-        hook = webhooks(receiver.url)
+        hook = webhooks(receiver.url, catalogue=first)
         hook.start()
         hook.send(event(7))
         wait_for(lambda: hook.rejected == 1)
+        assert waiting(first) == []         # refused: removed from the outbox
         time.sleep(0.2)     # ten times the retry delay: a retry would have come by now
-    assert len(receiver.requests) == 1
+        hook.stop(timeout=2)
+        # Nor after a restart.
+        again = webhooks(receiver.url, catalogue=catalogues())
+        again.start()
+        again.send(event(8))
+        wait_for(lambda: again.rejected == 1)
+    assert [json.loads(r["body"])["id"] for r in receiver.requests] == [7, 8]
     assert hook.delivered == hook.given_up == 0
     assert "call.ended of call 7" in caplog.text and "HTTP 400" in caplog.text
     assert "not retried" in caplog.text
@@ -190,21 +257,25 @@ def dead_endpoint(request):
             yield receiver.url, receiver
 
 
-def test_a_dead_endpoint_never_delays_send_and_is_given_up(webhooks, dead_endpoint, caplog):
+def test_a_dead_endpoint_never_delays_send_and_is_given_up(webhooks, catalogue, dead_endpoint,
+                                                           caplog):
     url, receiver = dead_endpoint
     hook = webhooks(url, timeout_s=0.1, max_attempts=3)
     hook.start()
     started = time.perf_counter()
-    for n in range(100):
+    for n in range(20):
         hook.send(event(n))
-    # Blocking on the dead endpoint would take 0.1 s a send: 100 sends stay far below that.
-    assert time.perf_counter() - started < 0.5
+    # Blocking on the dead endpoint would take 0.1 s a send (2 s); a send is one small write.
+    assert time.perf_counter() - started < 1.0
     wait_for(lambda: hook.given_up >= 1)
     hook.stop(timeout=2)
     assert not hook.is_alive()
     assert hook.delivered == 0
     assert "gave up on call.ended of call 0" in caplog.text and "after 3 attempts" in caplog.text
     assert "events not delivered" in caplog.text
+    # Given up: removed; the others wait in the outbox, in order.
+    left = [json.loads(entry.body)["id"] for entry in waiting(catalogue)]
+    assert left == list(range(hook.given_up, 20))
     if receiver is not None:
         first = [r for r in receiver.requests if json.loads(r["body"])["id"] == 0]
         assert len(first) == 3
@@ -223,18 +294,21 @@ def test_a_full_queue_drops_the_oldest_and_keeps_the_order(webhooks, caplog):
     assert [json.loads(r["body"])["id"] for r in receiver.requests] == [2, 3, 4]
 
 
-def test_send_refuses_what_json_cannot_carry(webhooks):
+def test_send_refuses_what_json_cannot_carry(webhooks, catalogue):
     hook = webhooks("http://127.0.0.1:9/hook")
     with pytest.raises(TypeError):
         hook.send({"when": object()})
+    with pytest.raises(ValueError):
+        hook.send({"name": "\ud800"})     # a lone surrogate: not UTF-8
+    assert waiting(catalogue) == []
 
 
 @pytest.mark.parametrize("url, secret", [("ftp://crm.example/hook", SECRET),
                                          ("crm.example/hook", SECRET),
                                          ("https://crm.example/hook", "")])
-def test_unusable_settings_are_refused(url, secret):
+def test_unusable_settings_are_refused(url, secret, catalogue):
     with pytest.raises(WebhookError) as error:
-        Webhook(url, secret)
+        Webhook(url, secret, catalogue)
     assert isinstance(error.value, CallrecError) and isinstance(error.value, ValueError)
 
 
@@ -256,5 +330,107 @@ def test_call_event_carries_the_public_fields_and_the_file_name_only():
     json.dumps(missed)
 
 
-def test_stop_without_start_is_harmless():
-    Webhook("http://127.0.0.1:9/hook", SECRET).stop(timeout=1)
+def test_stop_without_start_is_harmless(catalogue):
+    Webhook("http://127.0.0.1:9/hook", SECRET, catalogue).stop(timeout=1)
+
+
+# -- the outbox: events survive a restart -----------------------------------------------------------
+
+def test_an_event_sent_while_the_receiver_is_down_survives_a_restart(webhooks, catalogues, dead_port):
+    first = catalogues()
+    hook = webhooks(dead_port.url, catalogue=first, max_attempts=1000)
+    hook.start()
+    hook.send(event(1))
+    wait_for(lambda: waiting(first) and waiting(first)[0].attempts >= 2)
+    hook.stop(timeout=2)
+    [stored] = waiting(first)
+    first.close()           # the process ends; a new one opens the same data folder
+
+    dead_port.close()       # and the receiver is up again, at the same URL
+    with Receiver(port=dead_port.port) as receiver:
+        again = webhooks(dead_port.url, catalogue=catalogues())
+        again.start()
+        wait_for(lambda: again.delivered == 1)
+        [request] = receiver.requests
+        assert request["headers"]["X-Callrec-Delivery"] == stored.delivery
+        assert uuid.UUID(stored.delivery).version == 4
+        assert request["body"] == stored.body.encode()
+        assert json.loads(request["body"]) == event(1)
+        headers = request["headers"]
+        assert verify(SECRET, headers["X-Callrec-Timestamp"], request["body"],
+                      headers["X-Callrec-Signature"])
+        assert waiting(again.outbox.catalogue) == []
+        again.stop(timeout=2)
+        time.sleep(0.05)
+    assert len(receiver.requests) == 1      # acknowledged: never sent again
+
+
+def test_the_order_is_kept_across_a_restart(webhooks, catalogues, dead_port):
+    hook = webhooks(dead_port.url, catalogue=catalogues(), max_attempts=1000)
+    hook.start()
+    for n in (1, 2, 3):
+        hook.send(event(n))
+    wait_for(lambda: waiting(hook.outbox.catalogue)[0].attempts >= 1)
+    hook.stop(timeout=2)
+
+    dead_port.close()
+    with Receiver(port=dead_port.port) as receiver:
+        again = webhooks(dead_port.url, catalogue=catalogues())
+        again.send(event(4))        # sent after the restart, before the thread runs
+        again.start()
+        again.send(event(5))
+        wait_for(lambda: again.delivered == 5)
+    assert [json.loads(r["body"])["id"] for r in receiver.requests] == [1, 2, 3, 4, 5]
+    assert waiting(again.outbox.catalogue) == []
+
+
+def test_failed_attempts_are_counted_across_a_restart(webhooks, catalogues, dead_port, caplog):
+    # Before the restart: one attempt fails, the next is due in 5 s.
+    hook = webhooks(dead_port.url, catalogue=catalogues(), max_attempts=2, retry_first_s=5.0,
+                    retry_max_s=5.0)
+    hook.start()
+    hook.send(event(9))
+    wait_for(lambda: waiting(hook.outbox.catalogue)[0].attempts == 1)
+    hook.stop(timeout=2)
+
+    dead_port.close()
+    with Receiver([500] * 5, port=dead_port.port) as receiver:
+        # After it: the wait is resumed, but not longer than this process's retry_max_s; the
+        # second attempt is the last one.
+        again = webhooks(dead_port.url, catalogue=catalogues(), max_attempts=2)
+        again.start()
+        wait_for(lambda: again.given_up == 1, timeout=2)
+        time.sleep(0.1)
+    assert len(receiver.requests) == 1
+    assert "after 2 attempts" in caplog.text
+    assert waiting(again.outbox.catalogue) == []
+
+
+def test_a_catalogue_that_refuses_delays_events_but_loses_none(webhooks, catalogue, monkeypatch,
+                                                               caplog):
+    monkeypatch.setattr(webhook_module, "STORE_RETRY_FIRST_S", 0.01)
+    failures = {"add": 1, "next": 2, "done": 1}
+    for name in failures:
+        real = getattr(Outbox, name)
+
+        def failing(self, *args, _name=name, _real=real, **kwargs):
+            if failures[_name]:
+                failures[_name] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(Outbox, name, failing)
+
+    with Receiver() as receiver:
+        hook = webhooks(receiver.url)
+        hook.send(event(1))         # the write fails: kept in memory, no exception
+        assert waiting(catalogue) == []
+        hook.send(event(2))
+        hook.start()
+        wait_for(lambda: hook.delivered == 2)
+        time.sleep(0.05)
+    assert hook.is_alive()
+    assert not any(failures.values())
+    # The failed delete after the first delivery did not send it again.
+    assert [json.loads(r["body"])["id"] for r in receiver.requests] == [1, 2]
+    assert waiting(catalogue) == []
+    assert "the catalogue refuses" in caplog.text

@@ -51,7 +51,7 @@ def page():
     """The newest entries first."""
     number = page_number(request.args)
     where, params = _query(request.args)
-    with backend().catalogue.transaction() as db:
+    with backend().catalogue.read() as db:
         rows = [dict(r) for r in db.execute(
             f"SELECT {', '.join(COLUMNS)} FROM audit{where} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, PAGE + 1, (number - 1) * PAGE])]
@@ -72,7 +72,7 @@ def export_csv():
         writer.writerow(COLUMNS)
         last = 0
         while True:
-            with catalogue.transaction() as db:
+            with catalogue.read() as db:
                 batch = db.execute(
                     f"SELECT {', '.join(COLUMNS)} FROM audit{where}{' AND' if where else ' WHERE'} id > ? "
                     f"ORDER BY id LIMIT 1000", [*params, last]).fetchall()

@@ -124,7 +124,7 @@ def find_calls(args, principal, limit: int, offset: int = 0) -> tuple[list[dict]
     sql = (f"SELECT * FROM calls{' WHERE ' + where if where else ''} ORDER BY started_at DESC, id DESC "
            f"LIMIT ? OFFSET ?")
     catalogue = backend().catalogue
-    with catalogue.transaction() as db:
+    with catalogue.read() as db:
         rows = [dict(row) for row in db.execute(sql, [*params, limit + 1, offset])]
     return rows, shown
 

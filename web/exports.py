@@ -80,7 +80,7 @@ class Exports:
     def _check_room(self, call_ids: list[int]) -> None:
         store = self.backend.store
         marks = ", ".join("?" * len(call_ids))
-        with self.backend.catalogue.transaction() as db:
+        with self.backend.catalogue.read() as db:
             size = db.execute(f"SELECT COALESCE(SUM(size_bytes), 0) FROM calls WHERE id IN ({marks})",
                               call_ids).fetchone()[0]
         room = store.free_bytes() - store.floor_bytes()

@@ -46,18 +46,16 @@ def _flag(text: str) -> bool:
 
 # The line settings the page edits, with how a form field becomes a config value; an empty field
 # removes an optional key. Everything else in the file is kept as it is.
-LINE_FIELDS = {
-    "purpose": str, "capture": str, "playback": str,
-    "hook_pin": _pin, "hook_active": str, "ring_pin": _opt(_pin), "ring_active": str,
-    "notice_incoming": _flag, "notice_outgoing_after_s": _opt(float),
-    "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
-    "modem": _opt(str), "keep_declined_number": _flag,
-}
-TRUNK_FIELDS = {
+CALL_RULE_FIELDS = {
     "purpose": str, "notice_incoming": _flag, "notice_outgoing": _flag, "record_from": str,
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
-    "keep_declined_number": _flag, "rtp_timeout_s": float,
+    "keep_declined_number": _flag,
 }
+LINE_FIELDS = {
+    **CALL_RULE_FIELDS, "notice_outgoing_after_s": _opt(float), "capture": str, "playback": str,
+    "hook_pin": _pin, "hook_active": str, "ring_pin": _opt(_pin), "ring_active": str, "modem": _opt(str),
+}
+TRUNK_FIELDS = {**CALL_RULE_FIELDS, "rtp_timeout_s": float}
 STORE_FIELDS = {"max_archive_mb": int, "min_free_mb": int, "min_free_hours": float, "cleaner_interval_s": float}
 
 

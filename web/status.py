@@ -55,7 +55,7 @@ def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
     condition, params = line_filter(current())
     where = "started_at >= ?" + (f" AND {condition}" if condition else "")
     counts = {first + timedelta(days=i): 0 for i in range(days)}
-    with backend().catalogue.transaction() as db:
+    with backend().catalogue.read() as db:
         for (started,) in db.execute(f"SELECT started_at FROM calls WHERE {where}", [since, *params]):
             local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().date()
             if local in counts:

@@ -1,27 +1,22 @@
-"""The call state machine of an analog line: plain code with no I/O, events in, actions out.
+"""The hook state machine of an analog line: plain code with no I/O, events in, actions out.
 
 Idle → ringing → in call (⇄ on-hook pending) → idle. Ringing before off-hook makes a call incoming;
 off-hook without ringing makes it outgoing (or `unknown` on a line without a ring detector). An
 on-hook shorter than the flash window is a hook flash and keeps the call; a longer one ends it at
-the instant the hook went down. The notice is asked for once per call at most.
+the instant the hook went down. What happens inside a call (the notice, keys, pauses) is the call
+rules' (`appliance.callrules`), the same for analog lines and SIP trunks.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Start:
-    """A call begins: start recording. `notice`: a notice will be played into it."""
+    """A call begins at `t`. `in_progress`: it was under way when the recorder started."""
     t: float
     direction: str
     ringing_since: float | None
-    notice: bool = False
-
-
-@dataclass(frozen=True)
-class PlayNotice:
-    """Play the line's notice into the call now."""
-    t: float
+    in_progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,14 +45,10 @@ class CallMachine:
 
     flash_max: float
     has_ring_detector: bool
-    notice_incoming: bool = True
-    notice_outgoing_after: float | None = None
     state: str = "idle"                     # idle | ringing | call | on_hook
     ringing_since: float | None = None
     direction: str | None = None
     on_hook_since: float | None = None
-    notice_due: float | None = None
-    _noticed: bool = field(default=False, repr=False)
 
     def ring(self, t: float) -> list:
         """A ringing episode began at `t` (ignored during a call: that is call waiting)."""
@@ -90,26 +81,22 @@ class CallMachine:
 
     def already_off_hook(self, t: float) -> list:
         """The handset was off-hook when the recorder started (a restart mid-call): record the
-        rest of the call, direction unknown, without replaying the notice into a conversation."""
+        rest of the call, direction unknown (the call rules play no notice into a conversation)."""
         if self.state != "idle":
             return []
-        self.state, self.direction, self._noticed, self.notice_due = "call", "unknown", True, None
-        return [Start(t, "unknown", None)]
+        self.state, self.direction = "call", "unknown"
+        return [Start(t, "unknown", None, in_progress=True)]
 
     def tick(self, now: float) -> list:
-        """Let time pass: end a call whose on-hook outlasted the flash window; due notices."""
+        """Let time pass: end a call whose on-hook outlasted the flash window."""
         if self.state == "on_hook" and now - self.on_hook_since >= self.flash_max:
             return self._end(self.on_hook_since)
-        if self.state == "call" and self.notice_due is not None and now >= self.notice_due:
-            return self._notice(now)
         return []
 
     def deadline(self) -> float | None:
         """The next instant at which `tick` has something to do, or None."""
         if self.state == "on_hook":
             return self.on_hook_since + self.flash_max
-        if self.state == "call":
-            return self.notice_due
         return None
 
     def _start(self, t: float) -> list:
@@ -119,23 +106,8 @@ class CallMachine:
             direction = "outgoing" if self.has_ring_detector else "unknown"
         ringing_since = self.ringing_since
         self.state, self.direction, self.ringing_since = "call", direction, None
-        self._noticed, self.notice_due = False, None
-        if direction == "outgoing":
-            notice = self.notice_outgoing_after is not None
-            if notice:
-                self.notice_due = t + self.notice_outgoing_after
-            return [Start(t, direction, ringing_since, notice)]
-        if not self.notice_incoming:
-            return [Start(t, direction, ringing_since)]
-        return [Start(t, direction, ringing_since, True)] + self._notice(t)
-
-    def _notice(self, t: float) -> list:
-        self.notice_due = None
-        if self._noticed:
-            return []
-        self._noticed = True
-        return [PlayNotice(t)]
+        return [Start(t, direction, ringing_since)]
 
     def _end(self, t: float) -> list:
-        self.state, self.on_hook_since, self.direction, self.notice_due = "idle", None, None, None
+        self.state, self.on_hook_since, self.direction = "idle", None, None
         return [End(t)]

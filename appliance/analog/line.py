@@ -3,6 +3,7 @@ of one tapped line, driven by one controller thread.
 """
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 import alsaaudio
 from gpiozero import LED
 
+from appliance import callrules
 from appliance.analog import callstate
+from appliance.callrules import CallRules
 from appliance.analog.capture import Capture
 from appliance.analog.hook import Debouncer, LineInputs, RingMonitor
 from appliance.analog.modem import CallerId, CallerIdModem, Ring
@@ -20,8 +23,8 @@ from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import LineConfig, RecorderConfig
 from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.notice import load_notice
-from appliance.store.archive import SPOOL_DIR, discard_declined, finalise
-from appliance.store.catalogue import Catalogue
+from appliance.store.archive import SPOOL_DIR
+from appliance.store.callrow import CallRow, Desk
 from appliance.store.spool import SpoolWriter
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,9 @@ CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP l
 
 @dataclass(frozen=True)
 class Heard:
-    """A DTMF key heard `offset_s` seconds into the recording of call `call_id`."""
+    """A DTMF key heard `offset_s` seconds into the recording of `call`."""
 
-    call_id: int
+    call: "ActiveCall"
     key: str
     offset_s: float
 
@@ -94,37 +97,50 @@ class CallAudio:
             self.listener.append(pcm)       # while paused, only to hear the resume code
 
 
+@dataclass(frozen=True)
+class NoticePlayed:
+    """The notice of `call` played from `started` to `ended` (monotonic)."""
+
+    call: "ActiveCall"
+    started: float
+    ended: float
+
+
 @dataclass
 class ActiveCall:
     """What the line controller keeps about the call in progress."""
 
-    id: int
-    direction: str
+    row: CallRow
+    rules: CallRules
+    started: float                          # monotonic: the first ring, or the off-hook
+    number: str | None
     audio: CallAudio
-    recording: bool
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    ended: bool = False
-    declined: bool = False
     digits: list = field(default_factory=list)
-    paused_until: float | None = None       # monotonic time of the automatic resume
-    keys: str = ""                          # the latest keys, to match the pause code
-    optout_until_s: float = 0.0             # the opt-out key counts up to this offset
+
+    @property
+    def direction(self) -> str:
+        """incoming, outgoing or unknown."""
+        return self.rules.direction
 
     @property
     def spool(self) -> SpoolWriter:
         """The call's spool writer."""
         return self.audio.spool
 
+    @property
+    def id(self) -> int | None:
+        """The call's id, once its row is written."""
+        return self.row.id
+
 
 class LineRecorder:
     """Records one analog line."""
 
-    def __init__(self, line: LineConfig, settings: RecorderConfig, catalogue: Catalogue,
-                 finaliser, pin_factory=None, on_agreement=None, on_finished=None):
+    def __init__(self, line: LineConfig, settings: RecorderConfig, desk: Desk, pin_factory=None,
+                 on_agreement=None):
         self.line = line
         self.settings = settings
-        self.catalogue = catalogue
-        self.finaliser = finaliser
+        self.desk = desk
         self.period_frames = settings.sample_rate * settings.period_ms // 1000
         self.notice = load_notice(line.notice, settings.sample_rate)
         self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
@@ -134,8 +150,7 @@ class LineRecorder:
         self.buttons = {name: Debouncer(BUTTON_SETTLE_S) for name in self.inputs.buttons}
         self.led = LED(line.recording_led_pin, pin_factory=pin_factory) if line.recording_led_pin is not None else None
         self.on_agreement = on_agreement
-        self.on_finished = on_finished or (lambda row: None)
-        self.last_call_id: int | None = None
+        self.last_call: ActiveCall | None = None
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
         self.modem = (CallerIdModem(line.modem, self.inputs.edges.put, cid_commands=tuple(line.modem_commands))
@@ -150,8 +165,7 @@ class LineRecorder:
         self.caller: CallerId | None = None     # caller ID of the ringing or current call
         self.machine = callstate.CallMachine(
             flash_max=settings.flash_max_ms / 1000,
-            has_ring_detector=line.ring_pin is not None or self.modem is not None,
-            notice_incoming=line.notice_incoming, notice_outgoing_after=line.notice_outgoing_after_s)
+            has_ring_detector=line.ring_pin is not None or self.modem is not None)
         self.hook = Debouncer(settings.debounce_ms / 1000, level=False)
         self.ring = RingMonitor(settings.ring_gap_s)
         self.call: ActiveCall | None = None
@@ -202,6 +216,8 @@ class LineRecorder:
             try:
                 if isinstance(edge, Heard):
                     self._on_digit(edge)
+                elif isinstance(edge, NoticePlayed):
+                    self._on_notice_played(edge)
                 elif isinstance(edge, Ring):
                     self._on_ring_activity(edge.t, True)
                     self._on_ring_activity(edge.t, False)
@@ -216,8 +232,8 @@ class LineRecorder:
 
     def _sleep_time(self) -> float:
         ring_over = self.ring.deadline() if self.machine.state == "ringing" else None
-        resume = self.call.paused_until if self.call is not None else None
-        deadlines = [d for d in (self.hook.deadline(), self.machine.deadline(), ring_over, resume,
+        rules = self.call.rules.deadline() if self.call is not None else None
+        deadlines = [d for d in (self.hook.deadline(), self.machine.deadline(), ring_over, rules,
                                  *(b.deadline() for b in self.buttons.values())) if d is not None]
         if not deadlines:
             return TICK_S
@@ -250,7 +266,8 @@ class LineRecorder:
         self.caller = caller
         call = self.call
         if call is not None and call.direction == "incoming" and caller.number:
-            self.catalogue.update_call(call.id, number=caller.number)
+            call.number = caller.number
+            call.row.update(number=caller.number)
 
     def _advance(self, now: float) -> None:
         while (transition := self.hook.poll(now)) is not None:
@@ -262,197 +279,156 @@ class LineRecorder:
             while (press := button.poll(now)) is not None:
                 if press[1]:
                     self._on_button(name)
-        call = self.call
-        if call is not None and call.paused_until is not None and now >= call.paused_until:
-            log.warning("line %s: pause of call %s left on; resuming", self.line.name, call.id)
-            self._resume(call)
+        if (call := self.call) is not None:
+            self._carry_out(call, call.rules.tick(now))
 
     def _on_button(self, name: str) -> None:
         call = self.call
         if name == "agreement":
-            target = call.id if call is not None else self.last_call_id
+            target = call if call is not None else self.last_call
             if target is not None and self.on_agreement is not None:
-                self.on_agreement(target, f"button:{self.line.name}")
-        elif call is not None and call.recording:
-            self._resume(call) if call.audio.paused else self._pause(call)
-
-    def _pause(self, call: ActiveCall, reason: str = "button") -> None:
-        """Write silence instead of the line until resumed, or for `pause_max_s` at most."""
-        call.audio.paused = True
-        call.paused_until = time.monotonic() + self.line.pause_max_s
-        offset = call.spool.frames / self.settings.sample_rate
-        with self.catalogue.transaction() as db:
-            db.execute("INSERT INTO pauses (call_id, start_s, reason) VALUES (?, ?, ?)",
-                       [call.id, round(offset, 3), reason])
-        self._show(call)
-        log.info("line %s: call %s paused", self.line.name, call.id)
-
-    def _resume(self, call: ActiveCall) -> None:
-        call.audio.paused, call.paused_until = False, None
-        # What was said during the pause (a card number) must not wait in RAM for the next call.
-        self.capture.clear_preroll()
-        offset = call.spool.frames / self.settings.sample_rate
-        with self.catalogue.transaction() as db:
-            db.execute("UPDATE pauses SET end_s = ? WHERE call_id = ? AND end_s IS NULL",
-                       [round(offset, 3), call.id])
-        self._show(call)
-        log.info("line %s: call %s resumed", self.line.name, call.id)
+                self.on_agreement(target.row, f"button:{self.line.name}")
+        elif call is not None:
+            self._carry_out(call, call.rules.pause_pressed(time.monotonic()))
 
     def _show(self, call: ActiveCall | None) -> None:
         """The recording LED: lit while audio of a call is being recorded."""
         if self.led is not None:
-            on = call is not None and call.recording and not call.audio.paused and not call.ended
+            rules = call and call.rules
+            on = rules is not None and rules.recording and not rules.paused and not rules.ended
             self.led.on() if on else self.led.off()
+
+    def _carry_out(self, call: ActiveCall, commands: list) -> None:
+        """Do what the call's rules decided, on this line's hardware and in the store."""
+        position = call.spool.frames / self.settings.sample_rate       # seconds into the recording
+        for command in commands:
+            if isinstance(command, callrules.PlayNotice):
+                threading.Thread(target=self._play_notice, args=(call,), name=f"notice-{self.line.name}",
+                                 daemon=True).start()
+            elif isinstance(command, callrules.StartRecording):
+                first = self.capture.start_recording(call.audio, with_preroll=False)
+                call.row.update(recording_started_at=iso_from_mono(first))
+            elif isinstance(command, callrules.Pause):
+                call.audio.paused = True
+                call.row.pause(position, command.reason)
+                log.info("line %s: call %s paused", self.line.name, call.id)
+            elif isinstance(command, callrules.Resume):
+                call.audio.paused = False
+                # What was said during the pause (a card number) must not wait in RAM for the next call.
+                self.capture.clear_preroll()
+                call.row.resume(position)
+                log.info("line %s: call %s resumed", self.line.name, call.id)
+            elif isinstance(command, callrules.KeepKey):
+                call.digits.append((command.offset_s, command.key))
+                call.row.key(command.offset_s, command.key)
+            elif isinstance(command, callrules.Decline):
+                self.capture.stop_recording()
+                self.capture.clear_preroll()
+                log.info("line %s: the caller declined recording of the call", self.line.name)
+                call.row.decline(call.spool, self.line.keep_declined_number)
+            elif isinstance(command, callrules.Finish):
+                self._finish(call, command)
+        self._show(self.call)
 
     def _perform(self, actions: list) -> None:
         for action in actions:
             if isinstance(action, callstate.Start):
                 self._start(action)
-            elif isinstance(action, callstate.PlayNotice):
-                threading.Thread(target=self._play_notice, args=(self.call,),
-                                 name=f"notice-{self.line.name}", daemon=True).start()
             elif isinstance(action, callstate.Flash):
                 log.info("line %s: hook flash of %.0f ms", self.line.name, action.length * 1000)
-                self.catalogue.increment(self.call.id, "flashes")
+                self.call.row.count("flashes")
             elif isinstance(action, callstate.End):
                 self._end(action.t)
             elif isinstance(action, callstate.Missed):
                 log.info("line %s: missed call", self.line.name)
                 caller, self.caller = self.caller, None
-                missed = self.catalogue.add_call(
-                    line=self.line.name, direction="incoming", number=caller and caller.number,
-                    started_at=iso_from_mono(action.t),
-                    ended_at=iso_from_mono(action.until), purpose=self.line.purpose, state="missed",
-                    clock_synced=clock_synchronised())
-                self.finaliser.submit(lambda: self.on_finished(self.catalogue.get_call(missed)))
+                self.desk.missed(line=self.line.name, direction="incoming", number=caller and caller.number,
+                                 started_at=iso_from_mono(action.t), ended_at=iso_from_mono(action.until),
+                                 purpose=self.line.purpose, clock_synced=clock_synchronised())
 
     # -- actions --------------------------------------------------------------------------------------
 
     def _start(self, action: callstate.Start) -> None:
+        # The audio first: the spool takes the pre-roll at once; the row follows on the writer.
         settings = self.settings
-        spool_dir = settings.data_dir / SPOOL_DIR
+        rules = CallRules(self.line, action.direction, lead_in_s=settings.preroll_s,
+                          notice_s=self.notice.duration_s, notice_possible=not action.in_progress)
         spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
-        spool = SpoolWriter(spool_dir / spool_name, settings.sample_rate,
+        spool = SpoolWriter(settings.data_dir / SPOOL_DIR / spool_name, settings.sample_rate,
                             flush_interval=settings.flush_interval_s)
-        wait_for_notice = settings.record_from == "notice_end" and action.notice
         started = action.ringing_since if action.ringing_since is not None else action.t
         caller = self.caller if action.direction == "incoming" else None
-        call_id = self.catalogue.add_call(
-            line=self.line.name, direction=action.direction, number=caller and caller.number,
-            started_at=iso_from_mono(started),
-            answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
-            purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
-            sample_rate=settings.sample_rate, clock_synced=clock_synchronised())
-        listener = self._digit_listener(call_id, action)
-        audio = CallAudio(spool, listener)
-        self.call = ActiveCall(call_id, action.direction, audio, recording=not wait_for_notice)
-        if action.notice and action.direction != "outgoing":
-            # Offsets of keys count from the first sample listened to: the pre-roll's, or the
-            # notice's end when nothing before it is kept.
-            lead = 0.0 if wait_for_notice else settings.preroll_s + self.notice.duration_s
-            self.call.optout_until_s = lead + self.line.optout_window_s
-        self.last_call_id = call_id
-        if not wait_for_notice:
-            first_frame = self.capture.start_recording(audio)
-            self.catalogue.update_call(call_id, recording_started_at=iso_from_mono(first_frame))
-        self._show(self.call)
-        log.info("line %s: %s call %s started", self.line.name, action.direction, call_id)
+        call = ActiveCall(CallRow(self.desk), rules, started, caller and caller.number, CallAudio(spool, None))
+        call.audio.listener = self._digit_listener(call)
+        first_frame = self.capture.start_recording(call.audio) if rules.recording else None
+        call.row.insert(line=self.line.name, direction=action.direction, number=call.number,
+                        started_at=iso_from_mono(started),
+                        answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
+                        recording_started_at=None if first_frame is None else iso_from_mono(first_frame),
+                        purpose=self.line.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
+                        sample_rate=settings.sample_rate, clock_synced=clock_synchronised())
+        self.call = self.last_call = call
+        log.info("line %s: %s call started", self.line.name, action.direction)
+        self._carry_out(call, rules.started(action.t))
 
-    def _digit_listener(self, call_id: int, action: callstate.Start) -> DigitListener | None:
-        """A listener for the digits that matter in this call: the number an outgoing call dials;
-        the opt-out key, until a while after the notice."""
+    def _digit_listener(self, call: ActiveCall) -> DigitListener | None:
+        """A listener for the keys that matter in this call (from its first recorded sample on):
+        the number an outgoing call dials; the pause code; the opt-out key."""
         rate = self.settings.sample_rate
-        preroll = self.settings.preroll_s
-        if self.line.pause_code is not None or self.line.dtmf_whole_call:
-            window = None                   # a code can come at any time: listen to it all
-        elif action.direction == "outgoing":
-            window = preroll + self.settings.dialling_window_s
-        elif self.line.optout_digit is not None and action.notice:
-            window = preroll + self.notice.duration_s + self.line.optout_window_s
-        else:
+        until = call.rules.keys_matter_until_s()
+        if self.line.dtmf_whole_call:
+            until = math.inf
+        if call.direction == "outgoing":
+            until = max(until or 0.0, self.settings.preroll_s + self.settings.dialling_window_s)
+        if until is None:
             return None
-        listener = DigitListener(f"digits-{call_id}", rate, None if window is None else int(window * rate),
-                                 lambda digit: self.inputs.edges.put(Heard(call_id, digit.key, digit.start / rate)))
+        listener = DigitListener(f"digits-{self.line.name}", rate, None if until == math.inf else int(until * rate),
+                                 lambda digit: self.inputs.edges.put(Heard(call, digit.key, digit.start / rate)))
         listener.start()
         return listener
 
     def _on_digit(self, heard: Heard) -> None:
         call = self.call
-        if call is None or call.id != heard.call_id or call.declined:
-            return
-        code = self.line.pause_code
-        call.keys = (call.keys + heard.key)[-4:]
-        if code is not None and call.keys.endswith(code):
-            call.keys = ""
-            self._resume(call) if call.audio.paused else self._pause(call, "dtmf")
-            return
-        if call.audio.paused:
-            return                  # keys typed during a pause (a card number) are not kept
-        call.digits.append((heard.offset_s, heard.key))
-        self.catalogue.add_digit(call.id, heard.offset_s, heard.key)
-        if (call.direction != "outgoing" and heard.key == self.line.optout_digit
-                and heard.offset_s <= call.optout_until_s):
-            self._decline(call)
-
-    def _decline(self, call: ActiveCall) -> None:
-        """The caller pressed the opt-out key: stop, and destroy what was recorded of the call."""
-        with call.lock:
-            call.declined, call.recording = True, False
-            self.capture.stop_recording()
-            self.capture.clear_preroll()
-        self._show(call)
-        log.info("line %s: the caller declined recording of call %s", self.line.name, call.id)
-        keep_number = self.line.keep_declined_number
-        self.finaliser.submit(lambda: discard_declined(self.catalogue, call.id, call.spool, keep_number))
+        if call is heard.call:
+            # On an outgoing call the keys heard are the shop's own dialling: never an opt-out.
+            self._carry_out(call, call.rules.key(heard.key, time.monotonic(), heard.offset_s,
+                                                 from_outside=call.direction != "outgoing"))
 
     def _play_notice(self, call: ActiveCall) -> None:
+        """Play the notice into the line (its own thread: it blocks until heard), then tell the line."""
         try:
             started = play(self.notice, self.line.playback, self.period_frames)
         except alsaaudio.ALSAAudioError as exc:
             log.error("line %s: cannot play the notice on %s: %s", self.line.name,
                       self.line.playback, exc)
             return
-        self.catalogue.update_call(call.id, notice_played_at=iso_from_mono(started),
-                                   notice_sha256=self.notice.sha256)
-        with call.lock:
-            if not call.recording and not call.ended and not call.declined:
-                first = self.capture.start_recording(call.audio, with_preroll=False)
-                call.recording = True
-                self.catalogue.update_call(call.id, recording_started_at=iso_from_mono(first))
-        self._show(call)
+        self.inputs.edges.put(NoticePlayed(call, started, time.monotonic()))
+
+    def _on_notice_played(self, played: NoticePlayed) -> None:
+        call = played.call
+        call.row.update(notice_played_at=iso_from_mono(played.started), notice_sha256=self.notice.sha256)
+        if call is self.call:
+            self._carry_out(call, call.rules.notice_ended(played.ended))
 
     def _end(self, t: float, interrupted: bool = False) -> None:
         call, self.call, self.caller = self.call, None, None
-        with call.lock:
-            call.ended = True
-            self.capture.stop_recording()
-        self._show(None)
-        if call.audio.paused:
-            self._resume(call)      # closes the pause at the end of the recording
+        self.capture.stop_recording()
         if call.audio.listener is not None:
             call.audio.listener.close()
-        if call.declined:
+        self._carry_out(call, call.rules.hung_up(t, interrupted))
+
+    def _finish(self, call: ActiveCall, finish: callrules.Finish) -> None:
+        if finish.declined:
             # Nothing to finalise: the decline removed it. The conversation went on after it, so
             # what the pre-roll holds now is theirs too.
             self.capture.clear_preroll()
-            ended_at = iso_from_mono(t)
-            self.finaliser.submit(lambda: self.catalogue.update_call(call.id, ended_at=ended_at))
+            call.row.update(ended_at=iso_from_mono(finish.t))
             return
-        if interrupted:
-            state = "interrupted"
-        else:
-            state = "complete" if call.recording else "discarded"
-        settings, ended_at = self.settings, iso_from_mono(t)
-        fields = {"ended_at": ended_at}
+        fields = {"ended_at": iso_from_mono(finish.t)}
         if call.direction == "outgoing" and (number := dialled_number(call.digits)):
             fields["number"] = number
-        log.info("line %s: call %s ended (%s)", self.line.name, call.id, state)
-
-        def job():
-            call.spool.close()
-            self.on_finished(finalise(self.catalogue, settings.data_dir, call.id, state,
-                                      settings.format, settings.opus_bitrate, **fields))
-        self.finaliser.submit(job)
+        log.info("line %s: call %s ended (%s)", self.line.name, call.id, finish.state)
+        call.row.finish(call.spool, finish.state, **fields)
 
     def apply(self, line: LineConfig) -> bool:
         """Take up new settings for this line while it runs: its notice, purpose, opt-out, pause and
@@ -460,8 +436,6 @@ class LineRecorder:
         restart: returns False when that changed."""
         wiring = {name: getattr(self.line, name) for name in WIRING}
         self.notice = load_notice(line.notice, self.settings.sample_rate)     # it may be a new file by the same name
-        self.machine.notice_incoming = line.notice_incoming
-        self.machine.notice_outgoing_after = line.notice_outgoing_after_s
         rewired = any(getattr(line, name) != value for name, value in wiring.items())
         self.line = line.model_copy(update=wiring)
         return not rewired
@@ -469,16 +443,15 @@ class LineRecorder:
     def snapshot(self) -> dict:
         """This line's live state for the web UI: call state, hook, levels, devices."""
         call, state = self.call, self.machine.state
-        if call is not None and not call.ended:
-            state = "paused" if call.audio.paused else "in_call"
+        if call is not None:
+            state = "paused" if call.rules.paused else "in_call"
         elif state != "ringing":
             state = "idle"
-        row = self.catalogue.get_call(call.id) if call is not None else None
         return {"name": self.line.name, "state": state,
                 "hook": "off" if self.hook.level else "on",
-                "call_id": call.id if call is not None else None,
-                "call_started_at": row and row["started_at"],
-                "direction": row and row["direction"], "number": row and row["number"],
+                "call_id": call and call.id,
+                "call_started_at": call and iso_from_mono(call.started),
+                "direction": call and call.direction, "number": call and call.number,
                 **self.capture.meter.read(),
                 "capture_connected": self.capture.connected.is_set(),
                 "modem_connected": self.modem.connected.is_set() if self.modem is not None else None}
@@ -487,7 +460,7 @@ class LineRecorder:
         """Count an overrun or a capture error against the call being recorded."""
         call = self.call
         if call is not None:
-            self.catalogue.increment(call.id, kind)
+            call.row.count(kind)
 
 
 DIGIT_GAP_S = 3.0   # a longer pause ends the number being dialled

@@ -21,14 +21,17 @@ its last audio has been listened to, so that an opt-out keyed just before hangin
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from appliance.store.archive import SPOOL_DIR, discard_declined, finalise
-from appliance.store.catalogue import Catalogue
+from appliance import callrules
+from appliance.callrules import CallRules
+from appliance.store.archive import SPOOL_DIR
+from appliance.store.callrow import CallRow, Desk
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
 from appliance.dtmf import DtmfDetector
@@ -45,6 +48,7 @@ JITTER_S = 0.2          # audio is taken off the timeline this far behind real t
 EVENT_KEYS = "0123456789*#ABCD"     # RFC 4733 events 0-15
 ECHO_S = 0.25           # the same key in the other channel this close to a press is that press
 NEVER = 1 << 62         # a frame no call reaches
+BEAT_S = 1.0            # the store thread's heartbeat while it has nothing to do
 HEAR_BYTES = 320        # 20 ms: the detectors let the relay's loop run between pieces this long
 
 
@@ -64,21 +68,19 @@ class CallRecording:
     """One answered call being recorded: its timeline, its spool once the store thread made it,
     the keys heard, the pause and the decline."""
 
-    def __init__(self, line: "SipLine", facts: CallFacts, event_types):
+    def __init__(self, line: "SipLine", facts: CallFacts, event_types, rules: CallRules):
         self.line = line
         self.facts = facts
+        self.rules = rules
         self.event_types = event_types          # () -> the telephone-event payload types in use
         self.timeline = Timeline(facts.answered)
         self.lock = threading.Lock()
         self.spool: SpoolWriter | None = None
         self.pending: list[bytes] = []
-        self.call_id: int | None = None
-        self.keep_from = 0                      # frames before this are not kept (record_from)
-        self.optout_until_s = 0.0
-        self.declined = False
-        self.paused_since: float | None = None
+        self.row = CallRow(line.desk)
+        self.keep_from = 0 if rules.recording else NEVER    # frames before this are not kept (record_from)
+        self.play_notice = False
         self.pause_timer = None
-        self.keys = ""
         self.last_event: dict[str, tuple[int, int, bool]] = {}    # by side: ssrc, timestamp, ended
         self.key_times: dict[tuple[str, str], float] = {}       # (side, key): when last taken
         self.sides = (facts.caller_side, "pbx" if facts.caller_side == "trunk" else "trunk")   # by channel
@@ -91,6 +93,12 @@ class CallRecording:
         self.checked = 0                # the store thread has listened up to this frame
         self.ended = False
         self.closing: tuple[float, str, bool] | None = None     # when the call ended, why, interrupted
+        self.end_reason: str | None = None
+
+    @property
+    def declined(self) -> bool:
+        """The caller opted out: nothing more is kept."""
+        return self.rules.declined
 
     def channel_from(self, side: str) -> int:
         """Left (0) carries what the caller's side sends, right (1) what the callee's sends."""
@@ -158,7 +166,7 @@ class CallRecording:
             if start is None:
                 continue
             end = until if self.listen_whole_call else \
-                min(until, self.keep_from + round(self.optout_until_s * RATE))
+                min(until, self.keep_from + round(self.rules.optout_until_s * RATE))
             last = self.ended or end < until or self.sides[channel] in self.last_event
             first = max(self.timeline.taken, start)
             if end > first or last:
@@ -190,31 +198,34 @@ class CallRecording:
         # After the keys: whoever sees this frame finds every key before it queued.
         self.checked = max(self.checked, min(settled, default=self.checked))
 
-    def attach(self, spool: SpoolWriter, call_id: int) -> None:
-        """The store thread made the spool and the row: hand over what waited for them."""
+    @property
+    def call_id(self) -> int | None:
+        """The call's id, once its row is written."""
+        return self.row.id
+
+    def attach(self, spool: SpoolWriter) -> None:
+        """The store thread made the spool: hand over the audio that waited for it."""
         with self.lock:
             spool.append(b"".join(self.pending))
             self.pending.clear()
-            self.spool, self.call_id = spool, call_id
+            self.spool = spool
 
 
 class SipLine:
     """The calls of one SIP trunk in the store: rows, spools, keys, pauses, finalisation."""
 
-    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, catalogue: Catalogue,
-                 finaliser, call_later, on_finished=None):
+    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, desk: Desk, call_later):
         self.config = config
         self.call_later = call_later            # the relay loop's timer: (delay, fn, *args) -> handle
         self.settings = settings
-        self.catalogue = catalogue
-        self.finaliser = finaliser
-        self.on_finished = on_finished or (lambda row: None)
+        self.desk = desk
         self.notice = load_notice(config.notice, RATE)
         # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
         self.notice_codes = {law: g711.encode(self.notice.pcm, law) for law in g711.LAWS}
         self.active: list[CallRecording] = []
         self.jobs: "queue.Queue" = queue.Queue()
         self._spools = 0
+        self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sip-store-{config.name}", daemon=True)
 
     def apply(self, config: SipTrunkConfig) -> None:
@@ -245,73 +256,76 @@ class SipLine:
         return not self.active and self.jobs.unfinished_tasks == 0
 
     def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while True:
             try:
+                job = self.jobs.get(timeout=BEAT_S)
+            except queue.Empty:
+                self.heartbeat = time.monotonic()
+                continue
+            self.heartbeat = time.monotonic()
+            try:
+                if job is None:
+                    return
                 job()
             except Exception:
                 # A failed step leaves its spool in place: it is recovered at the next start.
                 log.exception("sip trunk %s: a store step failed", self.config.name)
             finally:
                 self.jobs.task_done()
-        self.jobs.task_done()
+
+    def problem(self, stale_s: float) -> str | None:
+        """Why the store thread is not well (ended, or stuck longer than `stale_s`), or None."""
+        if not self._thread.is_alive():
+            return f"sip trunk {self.config.name}: its store thread ended"
+        if time.monotonic() - self.heartbeat > max(stale_s, 2 * BEAT_S):
+            return f"sip trunk {self.config.name}: its store thread made no progress for {stale_s:.0f} s"
+        return None
 
     # -- events from the relay (its loop's thread) ------------------------------------------------
 
-    def wants_notice(self, direction: str) -> bool:
-        """Whether a call in `direction` gets the notice, played to the outside party."""
-        return self.config.notice_incoming if direction == "incoming" else self.config.notice_outgoing
-
-    def answered(self, facts: CallFacts, event_types, with_notice: bool) -> CallRecording:
-        """A call was answered: record it from now (or from the notice's end)."""
-        recording = CallRecording(self, facts, event_types)
-        wait_for_notice = with_notice and self.config.record_from == "notice_end"
-        if wait_for_notice:
-            recording.keep_from = 1 << 62           # until the notice ends
-        if with_notice:
-            lead = 0.0 if wait_for_notice else self.notice.duration_s
-            recording.optout_until_s = lead + self.config.optout_window_s
-        if self.config.pause_code is not None or (self.config.optout_digit is not None and recording.optout_until_s):
+    def answered(self, facts: CallFacts, event_types, notice_possible: bool) -> CallRecording:
+        """A call was answered: record it from now (or from the notice's end). `notice_possible`:
+        the notice can be sent in the call's codec. The recording's `play_notice` says whether
+        the relay is to play it."""
+        rules = CallRules(self.config, facts.direction, lead_in_s=0.0, notice_s=self.notice.duration_s,
+                          notice_possible=notice_possible)
+        recording = CallRecording(self, facts, event_types, rules)
+        recording.play_notice = any(isinstance(c, callrules.PlayNotice) for c in rules.started(facts.answered))
+        until = rules.keys_matter_until_s()
+        if until is not None:
             # In-band keys are listened for where they mean something: a pause code comes at any
             # time from either side, the opt-out from the outside party. The notice replaces what
             # the other side sends until it ends: nothing to hear there meanwhile.
             outside = recording.channel_from(facts.outside_side)
-            recording.listen_whole_call = self.config.pause_code is not None
+            recording.listen_whole_call = until == math.inf
             for channel in (0, 1) if recording.listen_whole_call else (outside,):
-                recording.listening[channel] = NEVER if with_notice and channel != outside else 0
+                recording.listening[channel] = NEVER if rules.notice and channel != outside else 0
         self.active.append(recording)
         self._spools += 1
         spool_name = f"{self.config.name}-{int(wall_from_mono(facts.answered) * 1000)}-{self._spools}.wav"
         config, settings = self.config, self.settings
-
-        def job():
-            spool = SpoolWriter(settings.data_dir / SPOOL_DIR / spool_name, RATE, channels=CHANNELS,
-                                flush_interval=settings.flush_interval_s)
-            call_id = self.catalogue.add_call(
-                line=config.name, direction=facts.direction, number=facts.number,
-                started_at=iso_from_mono(facts.started), answered_at=iso_from_mono(facts.answered),
-                recording_started_at=None if wait_for_notice else iso_from_mono(facts.answered),
-                purpose=config.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
-                sample_rate=RATE, channels=CHANNELS, clock_synced=clock_synchronised())
-            recording.attach(spool, call_id)
-            log.info("sip trunk %s: %s call %s from %s answered", config.name, facts.direction, call_id,
-                     facts.number or "an unknown number")
-        self.jobs.put(job)
+        recording.row.insert(
+            line=config.name, direction=facts.direction, number=facts.number,
+            started_at=iso_from_mono(facts.started), answered_at=iso_from_mono(facts.answered),
+            recording_started_at=iso_from_mono(facts.answered) if rules.recording else None,
+            purpose=config.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
+            sample_rate=RATE, channels=CHANNELS, clock_synced=clock_synchronised())
+        # Making a file waits for the disk: on the store thread, never on the relay's loop.
+        self.jobs.put(lambda: recording.attach(SpoolWriter(settings.data_dir / SPOOL_DIR / spool_name, RATE,
+                                                           channels=CHANNELS, flush_interval=settings.flush_interval_s)))
+        log.info("sip trunk %s: %s call from %s answered", config.name, facts.direction,
+                 facts.number or "an unknown number")
         return recording
 
     def notice_started(self, recording: CallRecording, t: float) -> None:
         """The notice began playing to the outside party at `t`."""
-        played_at, sha = iso_from_mono(t), self.notice.sha256
-        self.jobs.put(lambda: self.catalogue.update_call(recording.call_id, notice_played_at=played_at,
-                                                         notice_sha256=sha))
+        recording.row.update(notice_played_at=iso_from_mono(t), notice_sha256=self.notice.sha256)
 
     def notice_ended(self, recording: CallRecording, t: float) -> None:
         """The notice has been played: with `record_from = notice_end`, recording starts now."""
         recording.listening = [recording.timeline.frame_at(t) if start == NEVER else start
                                for start in recording.listening]
-        if recording.keep_from > recording.timeline.frame_at(t):
-            recording.keep_from = recording.timeline.frame_at(t)
-            started = iso_from_mono(t)
-            self.jobs.put(lambda: self.catalogue.update_call(recording.call_id, recording_started_at=started))
+        self._carry_out(recording, recording.rules.notice_ended(t))
 
     def flush(self, now: float) -> None:
         """Act on the keys heard in-band since the last tick; move each call's audio from its
@@ -344,64 +358,48 @@ class SipLine:
         return False
 
     def key(self, recording: CallRecording, side: str, key: str, t: float) -> None:
-        """A key from `side` pressed at `t` (an RFC 4733 event, or a tone heard in-band): the pause
-        code, the opt-out key, or a digit to note."""
-        config = self.config
+        """A key from `side` pressed at `t` (an RFC 4733 event, or a tone heard in-band)."""
         recording.key_times[side, key] = t
-        recording.keys = (recording.keys + key)[-4:]
-        if config.pause_code is not None and recording.keys.endswith(config.pause_code):
-            recording.keys = ""
-            self._resume(recording, t) if recording.paused_since is not None else self._pause(recording, t)
-            return
-        if recording.paused_since is not None:
-            return                  # keys typed during a pause (a card number) are not kept
-        offset = recording.offset_s(t)
-        self.jobs.put(lambda: self.catalogue.add_digit(recording.call_id, offset, key))
-        if (key == config.optout_digit and side == recording.facts.outside_side
-                and recording.optout_until_s and offset <= recording.optout_until_s):
-            self._decline(recording)
+        self._carry_out(recording, recording.rules.key(key, t, recording.offset_s(t),
+                                                       from_outside=side == recording.facts.outside_side))
 
-    def _pause(self, recording: CallRecording, t: float, reason: str = "dtmf") -> None:
-        t = max(t, recording.timeline.start + recording.timeline.taken / RATE)  # what left for the spool stays
-        recording.paused_since = t
-        recording.timeline.mute(recording.timeline.frame_at(t))
-        offset = round(recording.offset_s(t), 3)
-        with_db = lambda db: db.execute("INSERT INTO pauses (call_id, start_s, reason) VALUES (?, ?, ?)",
-                                        [recording.call_id, offset, reason])
-        self.jobs.put(lambda: self._in_transaction(with_db))
-        recording.pause_timer = self.call_later(self.config.pause_max_s, self.resume_left_on, recording)
-        log.info("sip trunk %s: a call paused", self.config.name)
+    def _tick_rules(self, recording: CallRecording) -> None:
+        """A deadline of the call's rules has come (a pause left on)."""
+        recording.pause_timer = None
+        if not recording.ended:
+            self._carry_out(recording, recording.rules.tick(time.monotonic()))
 
-    def _resume(self, recording: CallRecording, t: float) -> None:
-        t = max(t, recording.timeline.start + recording.timeline.taken / RATE)  # silence already written
-        recording.paused_since = None
+    def _carry_out(self, recording: CallRecording, commands: list) -> None:
+        """Do what the call's rules decided, on the call's timeline and in the store."""
+        timeline = recording.timeline
+        for command in commands:
+            if isinstance(command, callrules.StartRecording):
+                recording.keep_from = timeline.frame_at(command.t)
+                recording.row.update(recording_started_at=iso_from_mono(command.t))
+            elif isinstance(command, (callrules.Pause, callrules.Resume)):
+                t = max(command.t, timeline.start + timeline.taken / RATE)  # what left for the spool stays
+                pause = isinstance(command, callrules.Pause)
+                (timeline.mute if pause else timeline.unmute)(timeline.frame_at(t))
+                if pause:
+                    recording.row.pause(recording.offset_s(t), command.reason)
+                else:
+                    recording.row.resume(recording.offset_s(t))
+                log.info("sip trunk %s: a call %s", self.config.name, "paused" if pause else "resumed")
+            elif isinstance(command, callrules.KeepKey):
+                recording.row.key(command.offset_s, command.key)
+            elif isinstance(command, callrules.Decline):
+                self.active.remove(recording)
+                log.info("sip trunk %s: the caller declined recording", self.config.name)
+                # After the store thread's step that made the spool.
+                keep_number = self.config.keep_declined_number
+                self.jobs.put(lambda: recording.row.decline(recording.spool, keep_number))
+            elif isinstance(command, callrules.Finish):
+                self._finish(recording, command)
         if recording.pause_timer is not None:
             recording.pause_timer.cancel()
             recording.pause_timer = None
-        recording.timeline.unmute(recording.timeline.frame_at(t))
-        offset = round(recording.offset_s(t), 3)
-        with_db = lambda db: db.execute("UPDATE pauses SET end_s = ? WHERE call_id = ? AND end_s IS NULL",
-                                        [offset, recording.call_id])
-        self.jobs.put(lambda: self._in_transaction(with_db))
-        log.info("sip trunk %s: a call resumed", self.config.name)
-
-    def resume_left_on(self, recording: CallRecording) -> None:
-        """A pause reached `pause_max_s`: resume recording."""
-        if recording.paused_since is not None and not recording.ended:
-            log.warning("sip trunk %s: pause of call %s left on; resuming", self.config.name, recording.call_id)
-            self._resume(recording, time.monotonic())
-
-    def _in_transaction(self, step) -> None:
-        with self.catalogue.transaction() as db:
-            step(db)
-
-    def _decline(self, recording: CallRecording) -> None:
-        """The outside party pressed the opt-out key: stop, and destroy what was recorded."""
-        recording.declined = True
-        self.active.remove(recording)
-        keep_number = self.config.keep_declined_number
-        log.info("sip trunk %s: the caller declined recording", self.config.name)
-        self.jobs.put(lambda: discard_declined(self.catalogue, recording.call_id, recording.spool, keep_number))
+        if (deadline := recording.rules.deadline()) is not None and not recording.rules.ended:
+            recording.pause_timer = self.call_later(max(0.0, deadline - time.monotonic()), self._tick_rules, recording)
 
     def ended(self, recording: CallRecording, t: float, reason: str, interrupted: bool = False) -> None:
         """The call ended at `t`: take the rest of its audio, then finalise it; when in-band keys
@@ -423,35 +421,24 @@ class SipLine:
     def _close(self, recording: CallRecording) -> None:
         """Finalise an ended call (or just note its end when declined)."""
         t, reason, interrupted = recording.closing
-        if recording.paused_since is not None:
-            self._resume(recording, t)          # closes the pause at the end of the recording
-        ended_at = iso_from_mono(t)
-        if recording.declined:
-            self.jobs.put(lambda: self.catalogue.update_call(recording.call_id, ended_at=ended_at,
-                                                             end_reason=reason))
-            return
-        recording.flush(recording.timeline.frame_at(t))
-        self.active.remove(recording)
-        state = "interrupted" if interrupted else "complete"
-        settings = self.settings
+        recording.end_reason = reason
+        self._carry_out(recording, recording.rules.hung_up(t, interrupted))
 
-        def finish():
-            recording.spool.close()
-            self.on_finished(finalise(self.catalogue, settings.data_dir, recording.call_id, state,
-                                      settings.format, settings.opus_bitrate, ended_at=ended_at,
-                                      end_reason=reason))
-        self.jobs.put(lambda: self.finaliser.submit(finish))
+    def _finish(self, recording: CallRecording, finish: callrules.Finish) -> None:
+        ended_at, reason = iso_from_mono(finish.t), recording.end_reason
+        if finish.declined:
+            recording.row.update(ended_at=ended_at, end_reason=reason)
+            return
+        recording.flush(recording.timeline.frame_at(finish.t))
+        self.active.remove(recording)
+        # After the store thread's steps: the spool exists and has every piece of audio.
+        self.jobs.put(lambda: recording.row.finish(recording.spool, finish.state, ended_at=ended_at, end_reason=reason))
         log.info("sip trunk %s: call ended (%s)", self.config.name, reason)
 
     def missed(self, facts: CallFacts, t: float, reason: str) -> None:
         """A call that was never answered: a `missed` row, no recording."""
         config = self.config
-
-        def job():
-            call_id = self.catalogue.add_call(
-                line=config.name, direction=facts.direction, number=facts.number,
-                started_at=iso_from_mono(facts.started), ended_at=iso_from_mono(t), purpose=config.purpose,
-                state="missed", end_reason=reason, clock_synced=clock_synchronised())
-            self.finaliser.submit(lambda: self.on_finished(self.catalogue.get_call(call_id)))
-        self.jobs.put(job)
+        self.desk.missed(line=config.name, direction=facts.direction, number=facts.number,
+                         started_at=iso_from_mono(facts.started), ended_at=iso_from_mono(t), purpose=config.purpose,
+                         end_reason=reason, clock_synced=clock_synchronised())
         log.info("sip trunk %s: %s call not answered (%s)", config.name, facts.direction, reason)

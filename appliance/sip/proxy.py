@@ -464,14 +464,13 @@ class Proxy:
         # The notice goes in the codec of the answer (the callee's SDP), else of the offer.
         described = [legs[side].media for side in (other(dialog.caller), dialog.caller) if legs[side].media]
         law = next((media.law for media in described if media.law is not None), None)
-        notice = self.line.wants_notice(dialog.direction) and law is not None
         recording = self.line.answered(
             self._facts(dialog, now),
             lambda: {leg.media.telephone_event for leg in legs.values() if leg.media is not None},
-            notice)
+            notice_possible=law is not None)
         dialog.recording = recording
         dialog.media.tap = recording.rtp
-        if notice:
+        if recording.play_notice:
             channel = recording.channel_from(PBX)
             self.line.notice_started(recording, now)
             dialog.media.play(TRUNK, self.line.notice_codes[law], self.line.notice.pcm, law,

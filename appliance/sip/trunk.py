@@ -5,8 +5,9 @@
 import asyncio
 import logging
 import threading
+import time
 
-from appliance.store.catalogue import Catalogue
+from appliance.store.callrow import Desk
 from appliance.clock import iso_from_mono
 from appliance.config import RecorderConfig, SipTrunkConfig
 from appliance.errors import HardwareError
@@ -15,19 +16,20 @@ from appliance.sip.proxy import Proxy
 
 log = logging.getLogger(__name__)
 
+BEAT_S = 1.0
 NETWORK = ("trunk", "pbx", "rtp_port_min", "rtp_port_max")     # these change only at a restart
 
 
 class SipTrunk:
     """Relays and records one configured SIP trunk."""
 
-    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, catalogue: Catalogue,
-                 finaliser, on_finished=None):
+    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, desk: Desk):
         self.config = config
         self.loop = asyncio.new_event_loop()
-        self.line = SipLine(config, settings, catalogue, finaliser, self._call_later, on_finished)
+        self.line = SipLine(config, settings, desk, self._call_later)
         self.proxy: Proxy | None = None
         self._ready = threading.Event()
+        self.heartbeat = time.monotonic()
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name=f"sip-{config.name}", daemon=True)
 
@@ -59,8 +61,24 @@ class SipTrunk:
             self.loop.close()
             return
         self._ready.set()
+        self._beat()
         self.loop.run_forever()
         self.loop.close()
+
+    def _beat(self) -> None:
+        """The loop's heartbeat: a timer that only runs while the loop does its work in time."""
+        self.heartbeat = time.monotonic()
+        self.loop.call_later(BEAT_S, self._beat)
+
+    def problem(self, stale_s: float) -> str | None:
+        """Why this trunk is not well (its relay's loop or store thread ended or stuck), or None."""
+        if self.proxy is None:
+            return None
+        if not self._thread.is_alive():
+            return f"sip trunk {self.config.name}: its relay ended"
+        if time.monotonic() - self.heartbeat > max(stale_s, 2 * BEAT_S):
+            return f"sip trunk {self.config.name}: its relay's loop made no progress for {stale_s:.0f} s"
+        return self.line.problem(stale_s)
 
     def stop(self) -> None:
         """Stop relaying; calls in progress are finalised as interrupted."""

@@ -5,10 +5,13 @@ The archive file is written under a temporary name, synced and renamed, so a cra
 the spool (finalised again at the next start) or the complete archive file, never half of one.
 """
 
+import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.store import ledger
@@ -39,63 +42,107 @@ def archive_name(call: dict, fmt: str) -> Path:
     return Path(ARCHIVE_DIR) / day / f"{call['id']:08d}-{call['line']}{suffix(fmt)}"
 
 
-def finalise(catalogue: Catalogue, data_dir: Path, call_id: int, state: str, fmt: str,
-             opus_bitrate: int, **fields) -> dict:
-    """Encode the call's spool into the archive, then record file, size, hash and `state` (with any
-    other `fields`) in one transaction and remove the spool. Returns the updated row.
+@dataclass
+class Encoded:
+    """A call's audio in the archive (or known to be unusable), waiting to be catalogued."""
 
-    A spool that cannot be read is moved to quarantine and the call marked interrupted."""
+    call_id: int
+    spool: Path
+    fields: dict                # what the call's row gets: file, size, hash, format, samples…
+    sha256: str | None = None   # of the archive file, for the ledger
+
+
+def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, opus_bitrate: int) -> Encoded:
+    """Encode a call's closed spool into its archive file (written under a temporary name, synced,
+    renamed): the file work of finalising, which writes nothing to the catalogue.
+
+    A spool that cannot be read is moved to quarantine (the call becomes `interrupted`). When the
+    disk has no room left for the encoded copy, the spool itself becomes the archive file, as WAV."""
     call = catalogue.get_call(call_id)
     spool = data_dir / call["spool"]
     try:
         frames = repair_header(spool)
         rate, channels = read_header(spool)
     except (OSError, ValueError) as exc:
-        return _quarantine(catalogue, data_dir, call, spool, exc, fields)
+        log.error("call %s: spool %s cannot be read (%s); moved to %s", call_id, spool, exc, QUARANTINE_DIR)
+        if spool.exists():
+            (data_dir / QUARANTINE_DIR).mkdir(exist_ok=True)
+            shutil.move(spool, data_dir / QUARANTINE_DIR / spool.name)
+        return Encoded(call_id, spool, {"file": None, "state": "interrupted"})
     if frames == 0:
-        catalogue.update_call(call_id, state=state, file=None, samples=0, duration_s=0.0,
-                              sample_rate=rate, spool=None, **fields)
-        _remove(spool)
-        return catalogue.get_call(call_id)
+        return Encoded(call_id, spool, {"file": None, "samples": 0, "duration_s": 0.0, "sample_rate": rate})
     relative = archive_name(call, fmt)
     target = data_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    encode(read_pcm(spool), rate, channels, partial, fmt, opus_bitrate)
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        encode(read_pcm(spool), rate, channels, partial, fmt, opus_bitrate)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if exc.errno != errno.ENOSPC or fmt == "wav":
+            raise
+        # No room for a second copy: the spool is a valid WAV file already; it becomes the archive.
+        fmt, relative = "wav", archive_name(call, "wav")
+        target = data_dir / relative
+        log.warning("call %s: no room to encode it as %s; kept as WAV", call_id, partial.suffixes[0])
+        os.link(spool, partial)
     os.replace(partial, target)
     fsync_dir(target.parent)
     digest = sha256_file(target)
+    return Encoded(call_id, spool, {"file": str(relative), "size_bytes": target.stat().st_size, "sha256": digest,
+                                    "format": fmt, "sample_rate": rate, "samples": frames,
+                                    "duration_s": round(frames / rate, 3)}, digest)
+
+
+def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields) -> dict:
+    """Catalogue an encoded call in one transaction (its file, size, hash, `state` and any other
+    `fields`, with the `recorded` ledger entry), then remove its spool. Returns the updated row.
+    Safe to run again when the catalogue refused it."""
+    fields = {"state": state, **fields, **encoded.fields, "spool": None}
     with catalogue.transaction() as db:
-        catalogue.update_call(
-            call_id, state=state, file=str(relative), size_bytes=target.stat().st_size,
-            sha256=digest, format=fmt, sample_rate=rate, samples=frames,
-            duration_s=round(frames / rate, 3), spool=None, **fields)
-        ledger.append(db, "recorded", call_id, digest, state)
-    _remove(spool)
-    return catalogue.get_call(call_id)
+        catalogue.update_call(encoded.call_id, **fields)
+        if encoded.sha256 is not None:
+            ledger.append(db, "recorded", encoded.call_id, encoded.sha256, fields["state"])
+    _remove(encoded.spool)
+    return catalogue.get_call(encoded.call_id)
+
+
+def finalise(catalogue: Catalogue, data_dir: Path, call_id: int, state: str, fmt: str,
+             opus_bitrate: int, **fields) -> dict:
+    """Encode the call's spool into the archive, then record file, size, hash and `state` (with any
+    other `fields`) in one transaction and remove the spool. Returns the updated row."""
+    return record_archive(catalogue, encode_spool(catalogue, data_dir, call_id, fmt, opus_bitrate), state, **fields)
 
 
 def _remove(spool: Path) -> None:
-    spool.unlink(missing_ok=True)
-    fsync_dir(spool.parent)
-
-
-def _quarantine(catalogue, data_dir, call, spool, exc, fields) -> dict:
-    log.error("call %s: spool %s cannot be read (%s); moved to %s", call["id"], spool, exc,
-              QUARANTINE_DIR)
     if spool.exists():
-        (data_dir / QUARANTINE_DIR).mkdir(exist_ok=True)
-        shutil.move(spool, data_dir / QUARANTINE_DIR / spool.name)
-    fields = {**fields, "state": "interrupted"}
-    catalogue.update_call(call["id"], file=None, spool=None, **fields)
-    return catalogue.get_call(call["id"])
+        spool.unlink(missing_ok=True)
+        fsync_dir(spool.parent)
 
 
-def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int) -> list[dict]:
-    """Finalise every call a crash left in state `recording` as `interrupted`; quarantine spool
-    files that belong to no such call. Returns the recovered rows."""
+# A spool's name: the line's, the start in Unix milliseconds, and a number when a line has several.
+SPOOL_NAME = re.compile(r"(?P<line>.+)-(?P<ms>\d{13})(-\d+)?\.wav")
+
+
+def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
+            purposes: dict[str, str] | None = None) -> list[dict]:
+    """Finalise every call a crash left in state `recording` as `interrupted`. A spool whose row
+    was never written (the catalogue refused writes until the crash) gets one, `interrupted`, if
+    it names a line of `purposes` (line name -> purpose); other stray files are quarantined.
+    Returns the recovered rows."""
+    purposes = purposes or {}
+    known = {row["spool"] for row in catalogue.calls("state = ?", ["recording"]) if row["spool"]}
+    spool_dir = data_dir / SPOOL_DIR
+    for orphan in sorted(spool_dir.iterdir()) if spool_dir.is_dir() else ():
+        match = SPOOL_NAME.fullmatch(orphan.name)
+        relative = f"{SPOOL_DIR}/{orphan.name}"
+        if relative in known or match is None or match["line"] not in purposes:
+            continue
+        call_id = catalogue.add_call(line=match["line"], direction="unknown", started_at=iso_utc(int(match["ms"]) / 1000),
+                                     purpose=purposes[match["line"]], state="recording", spool=relative)
+        log.warning("spool %s had no row (the catalogue refused it): recovered as call %s", orphan.name, call_id)
     recovered, kept = [], set()
     for call in catalogue.calls("state = ?", ["recording"]):
         spool = data_dir / call["spool"] if call["spool"] else None
@@ -115,7 +162,6 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int) -
         log.warning("recovered call %s: %.1f s of audio up to %s", call["id"],
                     row["duration_s"] or 0, ended)
         recovered.append(row)
-    spool_dir = data_dir / SPOOL_DIR
     if spool_dir.is_dir():
         for orphan in sorted(p for p in spool_dir.iterdir() if p.name not in kept):
             log.error("spool file %s belongs to no call being recorded; moved to %s",
@@ -123,15 +169,3 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int) -
             (data_dir / QUARANTINE_DIR).mkdir(exist_ok=True)
             shutil.move(orphan, data_dir / QUARANTINE_DIR / orphan.name)
     return recovered
-
-
-def discard_declined(catalogue: Catalogue, call_id: int, spool, keep_number: bool) -> None:
-    """The caller declined recording: destroy what was recorded of the call (its spool, keys and
-    pauses) and keep a `discarded` row, without the number unless `keep_number`."""
-    spool.close()
-    spool.path.unlink(missing_ok=True)
-    with catalogue.transaction() as db:
-        db.execute("DELETE FROM digits WHERE call_id = ?", [call_id])
-        db.execute("DELETE FROM pauses WHERE call_id = ?", [call_id])
-        catalogue.update_call(call_id, state="discarded", discard_reason="declined", spool=None,
-                              recording_started_at=None, **({} if keep_number else {"number": None}))

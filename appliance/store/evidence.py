@@ -30,14 +30,14 @@ def verify_store(catalogue: Catalogue, data_dir: Path) -> list[str]:
 
 def verify_ledger(catalogue: Catalogue) -> list[str]:
     """The ledger's chain, entry by entry."""
-    with catalogue.transaction() as db:
+    with catalogue.read() as db:
         return ledger.check_chain(db.execute("SELECT * FROM ledger ORDER BY seq"))
 
 
 def verify_recordings(catalogue: Catalogue, data_dir: Path, where: str = "file IS NOT NULL") -> list[str]:
     """Each archived file (of the calls matching `where`) against its row and its ledger entry."""
     problems = []
-    with catalogue.transaction() as db:
+    with catalogue.read() as db:
         calls = db.execute(f"SELECT id, file, sha256 FROM calls WHERE {where} ORDER BY id").fetchall()
     for call_id, relative, sha in calls:
         path = Path(data_dir) / relative
@@ -46,7 +46,7 @@ def verify_recordings(catalogue: Catalogue, data_dir: Path, where: str = "file I
             continue
         if sha256_file(path) != sha:
             problems.append(f"call {call_id}: {relative} does not match its SHA-256 (the file was changed)")
-        with catalogue.transaction() as db:
+        with catalogue.read() as db:
             recorded = db.execute("SELECT sha256 FROM ledger WHERE call_id = ? AND event = 'recorded' "
                                   "ORDER BY seq DESC LIMIT 1", [call_id]).fetchone()
         if recorded is None:
@@ -64,7 +64,7 @@ def unowned_files(catalogue: Catalogue, data_dir: Path) -> list[str]:
             if name.endswith(".part"):
                 continue
             relative = str((Path(folder) / name).relative_to(data_dir))
-            with catalogue.transaction() as db:
+            with catalogue.read() as db:
                 owned = db.execute("SELECT 1 FROM calls WHERE file = ?", [relative]).fetchone()
             if owned is None:
                 problems.append(f"{relative} belongs to no call (deleted calls must leave no recording)")
@@ -77,7 +77,7 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
     audit trail. Returns the manifest. `progress(done, total)` is called after each recording."""
     key = load_private_key(data_dir)
     entries = []
-    with catalogue.transaction() as db:
+    with catalogue.read() as db:
         for call_id in call_ids:
             row = db.execute("SELECT * FROM calls WHERE id = ?", [call_id]).fetchone()
             if row is None:

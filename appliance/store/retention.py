@@ -177,12 +177,12 @@ class Store:
 
     def archive_bytes(self) -> int:
         """What the recordings take, by the catalogue."""
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             return db.execute("SELECT value FROM totals WHERE name = 'archive_bytes'").fetchone()[0]
 
     def bytes_per_hour(self) -> float:
         """The archive's current rate, from the latest calls (a default before there are any)."""
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             size, seconds = db.execute(
                 "SELECT SUM(size_bytes), SUM(duration_s) FROM (SELECT size_bytes, duration_s FROM calls "
                 "WHERE size_bytes > 0 ORDER BY id DESC LIMIT 100)").fetchone()
@@ -240,12 +240,12 @@ class Store:
         return report
 
     def _select(self, where: str, params: list, index: str, limit: int = BATCH) -> list[dict]:
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             return [dict(row) for row in db.execute(
                 f"SELECT * FROM calls INDEXED BY {index} WHERE {where} LIMIT {limit}", params)]
 
     def _alarm_text(self, report: CleanerReport, cap: int) -> str:
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             held, size = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM calls WHERE held = 1").fetchone()
         over = (f"the archive is over its cap of {cap / 1e6:.0f} MB" if cap and report.archive_bytes > cap
@@ -269,7 +269,7 @@ class Store:
 
     def alarm(self) -> str | None:
         """The current storage alarm, for the web UI and the technician's checks."""
-        with self.catalogue.transaction() as db:
+        with self.catalogue.read() as db:
             row = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
         return row[0] if row else None
 

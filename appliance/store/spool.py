@@ -10,6 +10,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class SpoolWriter:
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._wake = threading.Event()      # the first audio is written at once, not a beat later
+        self._failing = False
+        self.first_synced_at: float | None = None   # monotonic: the first audio was on the disk
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         os.write(self._fd, wav_header(rate, channels, 0))
         os.fsync(self._fd)
@@ -91,8 +95,11 @@ class SpoolWriter:
     def append(self, pcm: bytes) -> None:
         """Queue audio for the next flush (cheap: called once per audio period)."""
         with self._lock:
+            first = self.frames == 0
             self._pending.append(pcm)
             self.frames += len(pcm) // (self.channels * SAMPLE_BYTES)
+        if first:
+            self._wake.set()
 
     def _write_pending(self) -> None:
         with self._lock:
@@ -103,23 +110,36 @@ class SpoolWriter:
                 view = view[os.write(self._fd, view):]
             if data:
                 os.fsync(self._fd)
+                if self.first_synced_at is None:
+                    self.first_synced_at = time.monotonic()
         except OSError:
             with self._lock:
                 self._pending.insert(0, bytes(view))
             raise
 
     def _run(self) -> None:
-        while not self._closing.wait(self.flush_interval):
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._closing.is_set():
+                return
             try:
                 self._write_pending()
-            except OSError:
+            except OSError as exc:
                 # Keep the audio queued and try again at the next beat: a full or failing card
                 # must not stop the call from being captured in RAM meanwhile.
-                log.exception("cannot write spool file %s", self.path)
+                if not self._failing:
+                    log.error("cannot write spool file %s (%s): its audio waits in memory", self.path, exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("spool file %s written again", self.path)
+                self._failing = False
 
     def close(self) -> int:
         """Write what is left, patch the header and close; return the number of frames."""
         self._closing.set()
+        self._wake.set()
         self._thread.join()
         self._write_pending()
         os.close(self._fd)

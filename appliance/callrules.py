@@ -1,0 +1,196 @@
+"""The rules of one call, for analog lines and SIP trunks alike: plain code with no I/O and no clock
+of its own, events in, commands out.
+
+A line tells the rules what happened (the call started, the notice ended, a key was heard, the
+pause button was pressed, time passed, the call ended) and carries out the commands it gets back:
+an analog line with its sound cards and spool, a SIP trunk with its relay and timeline. What the
+rules decide is the same for both: whether the notice is played and when, where the recording
+starts (`record_from`), the caller's opt-out (the key, from the party who heard the notice, within
+its window after the notice) and what it destroys, the pause (by code or button, with its
+automatic resume after `pause_max_s`), which keys are kept (none typed during a pause), and how
+the call's recording ends.
+
+Times (`t`) are monotonic seconds; offsets (`offset_s`) are seconds into the call's recording,
+counted from its first kept sample, as each line measures them.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from appliance.config import CallRulesConfig
+
+
+@dataclass(frozen=True)
+class PlayNotice:
+    """Play the notice into the call now."""
+
+
+@dataclass(frozen=True)
+class StartRecording:
+    """The notice has been played: keep the call's audio from `t` on (`record_from = notice_end`)."""
+    t: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Write silence instead of the line from `t` on (or from what has already been written)."""
+    t: float
+    reason: str             # "dtmf" or "button"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Record the line again from `t` on."""
+    t: float
+
+
+@dataclass(frozen=True)
+class KeepKey:
+    """Note the key pressed `offset_s` seconds into the recording."""
+    offset_s: float
+    key: str
+
+
+@dataclass(frozen=True)
+class Decline:
+    """The caller opted out: stop recording, destroy what was recorded of the call."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The call ended at `t`: its recording is finalised as `state` (complete, interrupted,
+    discarded), or, when it was declined, only its end is noted."""
+    t: float
+    state: str
+    declined: bool = False
+
+
+def wants_notice(rules: CallRulesConfig, direction: str) -> bool:
+    """Whether a call in `direction` (incoming, outgoing, unknown) hears the notice."""
+    return rules.notice_outgoing if direction == "outgoing" else rules.notice_incoming
+
+
+@dataclass
+class CallRules:
+    """One call's rules. `lead_in_s`: the audio kept before the notice starts (an analog line's
+    pre-roll; 0 on a trunk, whose recording starts at the answer). `notice_s`: how long the notice
+    plays. `notice_possible`: False when no notice may be played: into a call under way before the
+    recorder started (it would break into a conversation), or a trunk call in a codec the notice
+    cannot be sent in."""
+
+    rules: CallRulesConfig
+    direction: str
+    lead_in_s: float
+    notice_s: float
+    notice_possible: bool = True
+    notice: bool = field(init=False)
+    recording: bool = field(init=False)         # the call's audio is kept (it may be paused)
+    paused_until: float | None = field(init=False, default=None)   # monotonic: the automatic resume
+    declined: bool = field(init=False, default=False)
+    ended: bool = field(init=False, default=False)
+    optout_until_s: float | None = field(init=False, default=None)
+    notice_due: float | None = field(init=False, default=None)
+    _keys: str = field(init=False, default="", repr=False)
+
+    def __post_init__(self):
+        wanted = wants_notice(self.rules, self.direction)
+        self.notice = self.notice_possible and wanted
+        # Nothing is kept before the notice: a call that should hear it and cannot is not kept at all.
+        waits = wanted and self.rules.record_from == "notice_end"
+        self.recording = not waits
+        if self.notice and self.rules.optout_digit is not None:
+            # From the notice's end, counted where the recording starts: with the lead-in before
+            # the notice, or at the notice's end when nothing before it is kept.
+            delay = self.rules.notice_outgoing_after_s if self.direction == "outgoing" else 0.0
+            self.optout_until_s = (0.0 if waits else self.lead_in_s + delay + self.notice_s) + self.rules.optout_window_s
+
+    @property
+    def paused(self) -> bool:
+        """Silence is written instead of the line."""
+        return self.paused_until is not None
+
+    def keys_matter_until_s(self) -> float | None:
+        """Up to which offset a key can change something: the whole call with a pause code, the
+        opt-out window's end, or None when no key matters."""
+        if self.rules.pause_code is not None:
+            return math.inf
+        return self.optout_until_s
+
+    def started(self, t: float) -> list:
+        """The call started (answered, or off-hook) at `t`."""
+        if not self.notice:
+            return []
+        if self.direction == "outgoing" and self.rules.notice_outgoing_after_s > 0:
+            self.notice_due = t + self.rules.notice_outgoing_after_s
+            return []
+        return [PlayNotice()]
+
+    def notice_ended(self, t: float) -> list:
+        """The notice has been played to its end at `t`."""
+        if self.recording or self.declined or self.ended:
+            return []
+        self.recording = True
+        return [StartRecording(t)]
+
+    def key(self, key: str, t: float, offset_s: float, from_outside: bool) -> list:
+        """A key pressed at `t`, `offset_s` into the recording. `from_outside`: by the party who
+        heard the notice (the caller), who alone may opt out."""
+        if self.declined or self.ended:
+            return []
+        self._keys = (self._keys + key)[-4:]
+        code = self.rules.pause_code
+        if code is not None and self._keys.endswith(code):
+            self._keys = ""
+            return self._toggle_pause(t, "dtmf")
+        if self.paused:
+            return []           # keys typed during a pause (a card number) are not kept
+        commands = [KeepKey(offset_s, key)]
+        if (key == self.rules.optout_digit and from_outside and self.optout_until_s is not None
+                and offset_s <= self.optout_until_s):
+            self.declined, self.recording = True, False
+            commands.append(Decline())
+        return commands
+
+    def pause_pressed(self, t: float) -> list:
+        """The pause button (or the screen's) at `t`: pause, or resume when paused."""
+        if not self.recording or self.declined or self.ended:
+            return []
+        return self._toggle_pause(t, "button")
+
+    def _toggle_pause(self, t: float, reason: str) -> list:
+        if self.paused:
+            self.paused_until = None
+            return [Resume(t)]
+        self.paused_until = t + self.rules.pause_max_s
+        return [Pause(t, reason)]
+
+    def deadline(self) -> float | None:
+        """The next instant `tick` has something to do, or None."""
+        due = [d for d in (self.notice_due, self.paused_until) if d is not None]
+        return min(due) if due else None
+
+    def tick(self, now: float) -> list:
+        """Time passes: a notice due on an outgoing call, a pause left on past `pause_max_s`."""
+        commands = []
+        if self.notice_due is not None and now >= self.notice_due and not self.ended:
+            self.notice_due = None
+            commands.append(PlayNotice())
+        if self.paused_until is not None and now >= self.paused_until and not self.ended:
+            self.paused_until = None
+            commands.append(Resume(now))
+        return commands
+
+    def hung_up(self, t: float, interrupted: bool = False) -> list:
+        """The call ended at `t` (`interrupted`: by the recorder stopping, not by a party)."""
+        if self.ended:
+            return []
+        self.ended, self.notice_due = True, None
+        commands = []
+        if self.paused:
+            self.paused_until = None
+            commands.append(Resume(t))       # the pause ends with the recording
+        if self.declined:
+            return commands + [Finish(t, "discarded", declined=True)]
+        if interrupted:
+            return commands + [Finish(t, "interrupted")]
+        return commands + [Finish(t, "complete" if self.recording else "discarded")]

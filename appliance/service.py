@@ -1,0 +1,99 @@
+"""Long-running threads as supervised services: each has a stop event, a heartbeat and one way to
+wait between retries; an exception that escapes one is logged and marks it dead, and the watchdog
+stops being fed while any service is dead or its heartbeat is stale.
+"""
+
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Delays between retries: `first`, doubling up to `most`; `reset` after a success."""
+
+    def __init__(self, first: float, most: float):
+        self.first, self.most = first, most
+        self.delay = first
+
+    def next(self) -> float:
+        """The delay to wait now; the one after is twice as long (up to `most`)."""
+        delay, self.delay = self.delay, min(self.delay * 2, self.most)
+        return delay
+
+    def reset(self) -> None:
+        """Start again from `first`."""
+        self.delay = self.first
+
+
+class Service(threading.Thread):
+    """A thread that runs `serve` until `stop`. `serve` calls `beat` at least every `beat_s`
+    seconds while it is well (a wait of its own counts: `wait` beats), and returns when `stopping`
+    is set."""
+
+    beat_s = 5.0    # longest time between two heartbeats of a well service
+
+    def __init__(self, name: str):
+        super().__init__(name=name, daemon=True)
+        self.stopping = threading.Event()
+        self.heartbeat = time.monotonic()
+        self.failure: str | None = None
+
+    def serve(self) -> None:
+        """The service's loop."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        try:
+            self.serve()
+        except BaseException as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            raise           # to threading.excepthook: logged there
+
+    def beat(self) -> None:
+        """The service is making progress."""
+        self.heartbeat = time.monotonic()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, beating on the way; True when asked to stop meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set():
+            self.beat()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.stopping.wait(min(left, self.beat_s))
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to end and wait for it (up to `timeout` seconds)."""
+        self.stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def problem(self, stale_s: float) -> str | None:
+        """Why this service is not well, or None: it died, or beat last more than `stale_s` ago."""
+        if self.failure is not None:
+            return f"{self.name} died ({self.failure})"
+        if self.is_alive() and time.monotonic() - self.heartbeat > max(stale_s, self.beat_s * 2):
+            return f"{self.name} made no progress for {time.monotonic() - self.heartbeat:.0f} s"
+        if not self.is_alive() and self.ident is not None and not self.stopping.is_set():
+            return f"{self.name} ended"
+        return None
+
+
+def log_uncaught(args: threading.ExceptHookArgs) -> None:
+    """`threading.excepthook`: log an exception that ended a thread (a Service is marked dead)."""
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread
+    if isinstance(thread, Service) and thread.failure is None:
+        thread.failure = f"{args.exc_type.__name__}: {args.exc_value}"
+    log.critical("thread %s died", thread.name if thread is not None else "?",
+                 exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def install_excepthook() -> None:
+    """Log the exception that ends any thread, and mark a service dead by it."""
+    threading.excepthook = log_uncaught

@@ -1,0 +1,91 @@
+"""The recorder's one catalogue writer: a thread that owns the catalogue's writes of the calls in
+progress, runs them in the order they were asked for, and retries each until it commits.
+
+Real-time threads (capture, the RTP loop) and the line controllers never wait for SQLite: they
+queue a step here and go on. A catalogue that is locked by another process, busy, or failing
+(an I/O error, a full disk) delays the rows of a call, never its audio; they catch up once the
+catalogue takes writes again. A step is a function that writes in one transaction and only then
+changes anything outside it, so running it again after a failure is safe.
+"""
+
+import logging
+import queue
+import sqlite3
+import time
+
+from appliance.service import Backoff, Service
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.05
+RETRY_MOST_S = 2.0
+REPORT_EVERY_S = 30.0   # a catalogue that keeps refusing is logged this often, not at every retry
+
+
+class CatalogueWriter(Service):
+    """Runs catalogue steps one at a time, in order, each until it commits."""
+
+    def __init__(self):
+        super().__init__("catalogue-writer")
+        self.steps: "queue.Queue" = queue.Queue()
+        self.refusing_since: float | None = None    # monotonic: the catalogue refuses writes since
+
+    def submit(self, step) -> None:
+        """Queue `step` (a callable); never blocks."""
+        self.steps.put(step)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                step = self.steps.get(timeout=self.beat_s)
+            except queue.Empty:
+                self.beat()
+                continue
+            try:
+                if step is None:
+                    return
+                self._until_done(step)
+            finally:
+                self.steps.task_done()
+
+    def _until_done(self, step) -> None:
+        backoff, reported = Backoff(RETRY_FIRST_S, RETRY_MOST_S), 0.0
+        while True:
+            self.beat()
+            try:
+                step()
+            except sqlite3.OperationalError as exc:
+                # Locked, busy, an I/O error, a full disk: all pass; the step waits and goes again.
+                now = time.monotonic()
+                if self.refusing_since is None:
+                    self.refusing_since = now
+                if now - reported >= REPORT_EVERY_S:
+                    log.warning("the catalogue refuses writes (%s); the calls' rows wait, their audio "
+                                "does not", exc)
+                    reported = now
+                if self.wait(backoff.next()):
+                    log.error("stopping with a catalogue that refuses writes: a step is left undone "
+                              "(its call is recovered from its spool at the next start)")
+                    return
+                continue
+            except Exception:
+                # A defect in the step, not a passing state of the catalogue: trying again would
+                # fail the same way. What it left undone is recovered at the next start.
+                log.exception("a catalogue step failed")
+            if self.refusing_since is not None:
+                log.info("the catalogue takes writes again after %.1f s",
+                         time.monotonic() - self.refusing_since)
+                self.refusing_since = None
+            return
+
+    def wait_idle(self) -> None:
+        """Block until every queued step has run."""
+        self.steps.join()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Run what is queued (giving up after `timeout` s of a catalogue that refuses), then end."""
+        self.steps.put(None)
+        self.join(timeout)
+        if self.is_alive():
+            self.stopping.set()
+            self.join()

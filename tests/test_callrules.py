@@ -1,0 +1,168 @@
+"""The call rules as a table of events and commands, without real time: each case runs for an
+analog line (2 s of pre-roll before the notice; every key of a call that is not outgoing counts as
+the caller's) and for a SIP trunk (recorded from the answer; a key counts as the caller's when it
+comes from the party who heard the notice), as their controllers feed the rules."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from appliance.callrules import (CallRules, Decline, Finish, KeepKey, Pause, PlayNotice, Resume,
+                                 StartRecording)
+from appliance.config import CallRulesConfig, LineConfig, SipTrunkConfig
+
+NOTICE_S = 4.0
+LINES = {
+    "analog": {"lead_in_s": 2.0, "outside": lambda direction, presser: direction != "outgoing"},
+    "sip": {"lead_in_s": 0.0, "outside": lambda direction, presser: presser == "caller"},
+}
+
+
+class Call:
+    """One call on a line of `kind`, fed as that line's controller feeds the rules."""
+
+    def __init__(self, kind: str, direction: str = "incoming", notice_possible: bool = True, **config):
+        self.kind, self.direction = kind, direction
+        self.rules = CallRules(CallRulesConfig(notice=Path("notice.wav"), **config), direction,
+                               lead_in_s=LINES[kind]["lead_in_s"], notice_s=NOTICE_S,
+                               notice_possible=notice_possible)
+
+    def after_notice(self, seconds: float) -> float:
+        """The offset into the recording `seconds` after the notice ended."""
+        kept_before = 0.0 if self.rules.rules.record_from == "notice_end" else LINES[self.kind]["lead_in_s"] + NOTICE_S
+        return kept_before + seconds
+
+    def key(self, key: str, t: float, offset_s: float, presser: str = "caller") -> list:
+        return self.rules.key(key, t, offset_s, LINES[self.kind]["outside"](self.direction, presser))
+
+
+@pytest.fixture(params=sorted(LINES))
+def kind(request) -> str:
+    return request.param
+
+
+def test_an_incoming_call_hears_the_notice_an_outgoing_one_only_when_asked(kind):
+    assert Call(kind).rules.started(10.0) == [PlayNotice()]
+    assert Call(kind, notice_incoming=False).rules.started(10.0) == []
+    assert Call(kind, "outgoing").rules.started(10.0) == []
+    assert Call(kind, "outgoing", notice_outgoing=True).rules.started(10.0) == [PlayNotice()]
+
+
+def test_no_notice_into_a_call_already_in_progress_or_that_cannot_carry_it(kind):
+    call = Call(kind, notice_possible=False, optout_digit="9")
+    assert call.rules.started(10.0) == [] and call.rules.recording
+    assert call.rules.keys_matter_until_s() is None           # no notice heard: nothing to opt out of
+    assert call.key("9", 11.0, 1.0) == [KeepKey(1.0, "9")]
+
+
+def test_an_analog_outgoing_notice_waits_its_delay():
+    call = Call("analog", "outgoing", notice_outgoing=True, notice_outgoing_after_s=8.0)
+    assert call.rules.started(10.0) == []
+    assert call.rules.deadline() == 18.0
+    assert call.rules.tick(17.9) == []
+    assert call.rules.tick(18.0) == [PlayNotice()]
+    assert call.rules.tick(19.0) == []
+
+
+def test_a_trunk_cannot_delay_its_outgoing_notice():
+    with pytest.raises(ValueError, match="notice_outgoing_after_s must be 0"):
+        SipTrunkConfig(name="t", trunk={"listen": "127.0.0.1:5060", "peer": "127.0.0.1:5070"},
+                       pbx={"listen": "127.0.0.1:5062"}, notice=Path("n.wav"), notice_outgoing_after_s=3.0)
+
+
+def test_with_record_from_notice_end_a_call_that_cannot_hear_the_notice_is_not_kept(kind):
+    call = Call(kind, notice_possible=False, record_from="notice_end")
+    assert call.rules.started(10.0) == [] and not call.rules.recording
+    assert call.rules.hung_up(20.0) == [Finish(20.0, "discarded")]
+
+
+def test_record_from_notice_end_keeps_nothing_before_the_notice_has_played(kind):
+    call = Call(kind, record_from="notice_end")
+    assert not call.rules.recording
+    assert call.rules.pause_pressed(11.0) == []                 # nothing is recorded to pause yet
+    assert call.rules.notice_ended(14.0) == [StartRecording(14.0)]
+    assert call.rules.recording and call.rules.notice_ended(15.0) == []
+    assert call.rules.hung_up(30.0) == [Finish(30.0, "complete")]
+
+
+def test_a_call_that_ends_before_its_notice_has_played_keeps_nothing(kind):
+    call = Call(kind, record_from="notice_end")
+    assert call.rules.hung_up(12.0) == [Finish(12.0, "discarded")]
+    assert call.rules.notice_ended(14.0) == []                  # the notice ends after the hang-up
+
+
+@pytest.mark.parametrize("record_from", ["start", "notice_end"])
+def test_the_opt_out_key_within_its_window_declines_and_later_is_only_a_key(kind, record_from):
+    call = Call(kind, optout_digit="9", optout_window_s=15.0, record_from=record_from)
+    call.rules.notice_ended(14.0)
+    late = call.after_notice(15.5)
+    assert call.key("9", 40.0, late) == [KeepKey(late, "9")]
+    call = Call(kind, optout_digit="9", optout_window_s=15.0, record_from=record_from)
+    call.rules.notice_ended(14.0)
+    within = call.after_notice(14.5)
+    assert call.key("9", 30.0, within) == [KeepKey(within, "9"), Decline()]
+    assert call.rules.declined and not call.rules.recording
+    assert call.key("1", 31.0, within + 1) == []                # nothing more is kept of the call
+    assert call.rules.hung_up(40.0) == [Finish(40.0, "discarded", declined=True)]
+
+
+def test_on_an_outgoing_call_only_the_called_party_who_heard_the_notice_may_opt_out(kind):
+    call = Call(kind, "outgoing", notice_outgoing=True, optout_digit="9")
+    # The shop dials its number (an analog line hears every key as the shop's on an outgoing call).
+    assert call.key("9", 11.0, 1.0, presser="shop") == [KeepKey(1.0, "9")]
+    assert not call.rules.declined
+
+
+def test_a_pause_code_pauses_and_resumes_and_keys_typed_meanwhile_are_not_kept(kind):
+    call = Call(kind, pause_code="*7", pause_max_s=300.0)
+    assert call.rules.keys_matter_until_s() == math.inf        # a code can come at any time
+    assert call.key("*", 20.0, 5.0) == [KeepKey(5.0, "*")]
+    assert call.key("7", 20.2, 5.2) == [Pause(20.2, "dtmf")]
+    assert call.rules.paused
+    assert [call.key(k, 22.0 + i, 7.0 + i) for i, k in enumerate("4111")] == [[], [], [], []]
+    assert call.key("*", 30.0, 15.0) == []
+    assert call.key("7", 30.2, 15.2) == [Resume(30.2)]
+    assert call.key("5", 31.0, 16.0) == [KeepKey(16.0, "5")]
+
+
+def test_a_pause_left_on_resumes_by_itself_after_pause_max(kind):
+    call = Call(kind, pause_max_s=60.0)
+    assert call.rules.pause_pressed(100.0) == [Pause(100.0, "button")]
+    assert call.rules.deadline() == 160.0
+    assert call.rules.tick(159.9) == []
+    assert call.rules.tick(160.0) == [Resume(160.0)]
+    assert not call.rules.paused and call.rules.deadline() is None
+
+
+def test_the_pause_button_toggles_and_a_hang_up_ends_the_pause_with_the_recording(kind):
+    call = Call(kind)
+    assert call.rules.pause_pressed(10.0) == [Pause(10.0, "button")]
+    assert call.rules.pause_pressed(12.0) == [Resume(12.0)]
+    assert call.rules.pause_pressed(14.0) == [Pause(14.0, "button")]
+    assert call.rules.hung_up(20.0) == [Resume(20.0), Finish(20.0, "complete")]
+    assert call.rules.hung_up(21.0) == [] and call.rules.tick(400.0) == []
+
+
+def test_a_call_stopped_by_the_recorder_is_interrupted(kind):
+    assert Call(kind).rules.hung_up(20.0, interrupted=True) == [Finish(20.0, "interrupted")]
+
+
+def test_without_a_pause_code_keys_matter_only_until_the_opt_out_window_ends(kind):
+    call = Call(kind, optout_digit="9", optout_window_s=10.0)
+    assert call.rules.keys_matter_until_s() == call.after_notice(10.0)
+    assert Call(kind).rules.keys_matter_until_s() is None
+
+
+def test_lines_and_trunks_take_the_same_call_rules_and_the_old_spellings_with_a_warning(caplog):
+    rules = set(CallRulesConfig.model_fields)
+    assert rules <= set(LineConfig.model_fields) and rules <= set(SipTrunkConfig.model_fields)
+    old_line = LineConfig.model_validate({"name": "l", "hook_pin": 17, "hook_active": "low", "capture": "c",
+                                          "playback": "p", "notice": "n.wav", "notice_outgoing_after_s": 5.0})
+    assert old_line.notice_outgoing and old_line.notice_outgoing_after_s == 5.0
+    old_trunk = SipTrunkConfig.model_validate({
+        "name": "t", "trunk": {"listen": "127.0.0.1:5060", "peer": "127.0.0.1:5070"},
+        "pbx": {"listen": "127.0.0.1:5062"}, "notice": "n.wav", "record_from": "answer"})
+    assert old_trunk.record_from == "start"
+    assert "record_from = 'answer' is now written" in caplog.text
+    assert "notice_outgoing_after_s alone is now written" in caplog.text
