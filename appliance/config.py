@@ -143,6 +143,7 @@ class StoreConfig(_Strict):
     min_free_mb: int = Field(500, ge=0)
     min_free_hours: float = Field(24.0, ge=0, le=10000)
     cleaner_interval_s: float = Field(300.0, ge=5, le=86400)
+    reserve_mb: int = Field(32, ge=1, le=4096)     # given back to the call in progress when the disk fills
 
 
 class WebhookConfig(_Strict):

@@ -72,10 +72,12 @@ def write_atomically(path: Path, text: str) -> None:
 class LivePublisher(threading.Thread):
     """Writes the recorder's live state every half second until stopped; removes it at the end."""
 
-    def __init__(self, folder: Path, snapshot):
+    def __init__(self, folder: Path, snapshot, storage_alarm=lambda: None):
         super().__init__(name="live", daemon=True)
         self.folder = Path(folder)
         self.snapshot = snapshot        # returns the list of line states
+        # Here too, not only in the catalogue: a RAM folder can be written when the disk is full.
+        self.storage_alarm = storage_alarm
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -88,7 +90,7 @@ class LivePublisher(threading.Thread):
                 synced, synced_checked = clock_synchronised(), now
             try:
                 state = {"updated_at": iso_utc(time.time()), "pid": os.getpid(), "version": __version__,
-                         "clock_synced": synced, "lines": self.snapshot()}
+                         "clock_synced": synced, "storage_alarm": self.storage_alarm(), "lines": self.snapshot()}
                 write_atomically(self.folder / LIVE_NAME, json.dumps(state))
             except Exception:
                 log.exception("cannot publish the live state in %s", self.folder)

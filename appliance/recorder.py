@@ -3,6 +3,7 @@ offloader, webhook, live state and watchdog.
 """
 
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from appliance.store.archive import SPOOL_DIR, recover
 from appliance.store.callrow import CallRow, Desk
 from appliance.store.catalogue import Catalogue
 from appliance.store.finaliser import Finaliser
+from appliance.store.reserve import Reserve
 from appliance.store.retention import Store
 from appliance.store.writer import CatalogueWriter
 from appliance.webhook import Webhook, call_event
@@ -44,6 +46,10 @@ class Cleaner(Service):
         while True:
             try:
                 self.store.clean()
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc) and self.store.reserve is not None and self.store.reserve.release():
+                    continue            # its deletions have room now: at once
+                log.exception("cleaner pass failed")
             except Exception:
                 # Cleaning must never stop recording; the next pass tries again.
                 log.exception("cleaner pass failed")
@@ -63,15 +69,19 @@ class Recorder:
         purposes = {line.name: line.purpose for line in [*config.line, *config.sip_trunk]}
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
                                  config.recorder.opus_bitrate, purposes)
-        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line_names))
+        self.reserve = Reserve(data_dir, config.store.reserve_mb * 1_000_000)
+        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line_names),
+                           self.reserve)
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
-        self.writer = CatalogueWriter()
+        self.reserve.on_release = self.cleaner.wake        # to make room at once
+        self.writer = CatalogueWriter(on_full=self.reserve.release)
         self.finaliser = Finaliser()
         self.desk = Desk(self.catalogue, self.writer, self.finaliser, data_dir, config.recorder.format,
-                         config.recorder.opus_bitrate, self._finished)
+                         config.recorder.opus_bitrate, config.recorder.flush_interval_s, self._finished,
+                         self.reserve)
         self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
-        self.trunks = [SipTrunk(trunk, config.recorder, self.desk) for trunk in config.sip_trunk]
+        self.trunks = [SipTrunk(trunk, self.desk) for trunk in config.sip_trunk]
         self.webhook = None
         if config.webhook is not None:
             secret = config.webhook.secret_file.read_text().strip()
@@ -80,7 +90,8 @@ class Recorder:
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
         self.live = LivePublisher(config.recorder.live_dir,
-                                  lambda: [line.snapshot() for line in [*self.lines, *self.trunks]])
+                                  lambda: [line.snapshot() for line in [*self.lines, *self.trunks]],
+                                  self.store.reserve_alarm)
         self.watchdog = Watchdog(self.problem)
 
     def reload(self, config: Config) -> list[str]:
@@ -109,7 +120,7 @@ class Recorder:
         present = set()
         if any(not line.capture.connected.is_set() for line in self.lines):
             present.add(NO_SOUND_CARD)
-        if self.store.alarm() is not None:
+        if self.store.alarm() is not None or not self.reserve.held:
             present.add(STORAGE_ALARM)
         if any(line.modem is not None and not line.modem.connected.is_set() for line in self.lines):
             present.add(MODEM_LOST)

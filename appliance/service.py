@@ -37,6 +37,7 @@ class Service(threading.Thread):
     def __init__(self, name: str):
         super().__init__(name=name, daemon=True)
         self.stopping = threading.Event()
+        self.woken = threading.Event()
         self.heartbeat = time.monotonic()
         self.failure: str | None = None
 
@@ -56,19 +57,26 @@ class Service(threading.Thread):
         self.heartbeat = time.monotonic()
 
     def wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds`, beating on the way; True when asked to stop meanwhile."""
+        """Sleep up to `seconds` (less if woken), beating on the way; True when asked to stop."""
         deadline = time.monotonic() + seconds
         while not self.stopping.is_set():
             self.beat()
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            self.stopping.wait(min(left, self.beat_s))
+            if self.woken.wait(min(left, self.beat_s)):
+                self.woken.clear()
+                return self.stopping.is_set()
         return True
+
+    def wake(self) -> None:
+        """End the current `wait` now."""
+        self.woken.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the loop to end and wait for it (up to `timeout` seconds)."""
         self.stopping.set()
+        self.woken.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
 

@@ -43,7 +43,7 @@ def snapshot() -> dict:
         state = next((s for s in (live or {}).get("lines", []) if s["name"] == name), None)
         lines.append(state or {"name": name, "state": "unknown"})
     return {"recorder_running": live is not None, "lines": lines, "disk": disk(),
-            "alarm": backend().store.alarm(), "clock_synced": (live or {}).get("clock_synced"),
+            "alarm": backend().store.alarm() or (live or {}).get("storage_alarm"), "clock_synced": (live or {}).get("clock_synced"),
             "version": __version__, "now": iso_utc(time.time())}
 
 

@@ -354,8 +354,7 @@ class LineRecorder:
         rules = CallRules(self.line, action.direction, lead_in_s=settings.preroll_s,
                           notice_s=self.notice.duration_s, notice_possible=not action.in_progress)
         spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
-        spool = SpoolWriter(settings.data_dir / SPOOL_DIR / spool_name, settings.sample_rate,
-                            flush_interval=settings.flush_interval_s)
+        spool = self.desk.spool(spool_name, settings.sample_rate)
         started = action.ringing_since if action.ringing_since is not None else action.t
         caller = self.caller if action.direction == "incoming" else None
         call = ActiveCall(CallRow(self.desk), rules, started, caller and caller.number, CallAudio(spool, None))

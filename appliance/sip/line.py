@@ -33,7 +33,7 @@ from appliance.callrules import CallRules
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
-from appliance.config import RecorderConfig, SipTrunkConfig
+from appliance.config import SipTrunkConfig
 from appliance.dtmf import DtmfDetector
 from appliance.notice import load_notice
 from appliance.sip import g711
@@ -214,10 +214,9 @@ class CallRecording:
 class SipLine:
     """The calls of one SIP trunk in the store: rows, spools, keys, pauses, finalisation."""
 
-    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, desk: Desk, call_later):
+    def __init__(self, config: SipTrunkConfig, desk: Desk, call_later):
         self.config = config
         self.call_later = call_later            # the relay loop's timer: (delay, fn, *args) -> handle
-        self.settings = settings
         self.desk = desk
         self.notice = load_notice(config.notice, RATE)
         # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
@@ -303,7 +302,7 @@ class SipLine:
         self.active.append(recording)
         self._spools += 1
         spool_name = f"{self.config.name}-{int(wall_from_mono(facts.answered) * 1000)}-{self._spools}.wav"
-        config, settings = self.config, self.settings
+        config = self.config
         recording.row.insert(
             line=config.name, direction=facts.direction, number=facts.number,
             started_at=iso_from_mono(facts.started), answered_at=iso_from_mono(facts.answered),
@@ -311,8 +310,7 @@ class SipLine:
             purpose=config.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
             sample_rate=RATE, channels=CHANNELS, clock_synced=clock_synchronised())
         # Making a file waits for the disk: on the store thread, never on the relay's loop.
-        self.jobs.put(lambda: recording.attach(SpoolWriter(settings.data_dir / SPOOL_DIR / spool_name, RATE,
-                                                           channels=CHANNELS, flush_interval=settings.flush_interval_s)))
+        self.jobs.put(lambda: recording.attach(self.desk.spool(spool_name, RATE, CHANNELS)))
         log.info("sip trunk %s: %s call from %s answered", config.name, facts.direction,
                  facts.number or "an unknown number")
         return recording

@@ -9,7 +9,7 @@ import time
 
 from appliance.store.callrow import Desk
 from appliance.clock import iso_from_mono
-from appliance.config import RecorderConfig, SipTrunkConfig
+from appliance.config import SipTrunkConfig
 from appliance.errors import HardwareError
 from appliance.sip.line import SipLine
 from appliance.sip.proxy import Proxy
@@ -23,10 +23,10 @@ NETWORK = ("trunk", "pbx", "rtp_port_min", "rtp_port_max")     # these change on
 class SipTrunk:
     """Relays and records one configured SIP trunk."""
 
-    def __init__(self, config: SipTrunkConfig, settings: RecorderConfig, desk: Desk):
+    def __init__(self, config: SipTrunkConfig, desk: Desk):
         self.config = config
         self.loop = asyncio.new_event_loop()
-        self.line = SipLine(config, settings, desk, self._call_later)
+        self.line = SipLine(config, desk, self._call_later)
         self.proxy: Proxy | None = None
         self._ready = threading.Event()
         self.heartbeat = time.monotonic()

@@ -7,12 +7,16 @@ finalised once it is. Counters (flashes, overruns, capture errors) are kept in m
 with the call's end.
 """
 
+import errno
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
-from appliance.store.archive import encode_spool, record_archive
+from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
 from appliance.store.catalogue import Catalogue
 from appliance.store.finaliser import Finaliser
+from appliance.store.reserve import Reserve
+from appliance.store.spool import SpoolWriter
 from appliance.store.writer import CatalogueWriter
 
 log = logging.getLogger(__name__)
@@ -28,10 +32,23 @@ class Desk:
     catalogue: Catalogue
     writer: CatalogueWriter
     finaliser: Finaliser
-    data_dir: object
+    data_dir: Path
     format: str
     opus_bitrate: int
+    flush_interval_s: float
     on_finished: object = None
+    reserve: Reserve | None = None
+
+    def spool(self, name: str, rate: int, channels: int = 1) -> SpoolWriter:
+        """A new spool file `name` for a call's audio. A disk found full gets the reserve back."""
+        on_full = self.reserve.release if self.reserve is not None else None
+        path = Path(self.data_dir) / SPOOL_DIR / name
+        try:
+            return SpoolWriter(path, rate, channels, self.flush_interval_s, on_full)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or on_full is None or not on_full():
+                raise
+            return SpoolWriter(path, rate, channels, self.flush_interval_s, on_full)
 
     def finished(self, call_id: int) -> None:
         """Tell `on_finished` of a call whose row is final (a step of its own: it writes too)."""

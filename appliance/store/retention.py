@@ -23,6 +23,7 @@ from appliance.store.catalogue import Catalogue, audit
 from appliance.clock import iso_utc
 from appliance.config import PurposeConfig, StoreConfig
 from appliance.errors import CallrecError
+from appliance.store.reserve import Reserve
 from appliance.store.spool import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ class Store:
     """Store actions and the cleaner over one catalogue and data folder."""
 
     def __init__(self, catalogue: Catalogue, data_dir: Path, purposes: dict[str, PurposeConfig],
-                 settings: StoreConfig, lines: int = 1):
+                 settings: StoreConfig, lines: int = 1, reserve: Reserve | None = None):
         self.catalogue = catalogue
+        self.reserve = reserve      # the recorder's; the web UI's store has none
         self.data_dir = Path(data_dir)
         self.purposes = purposes
         self.settings = settings
@@ -212,7 +214,9 @@ class Store:
                 self._delete(batch, "expired")
                 report.expired += len(batch)
         report.archive_bytes = self.archive_bytes()
-        report.floor_bytes = self.floor_bytes()
+        # Given back (the disk filled up), the reserve is room to make again before all else.
+        reserve_out = self.reserve is not None and not self.reserve.held
+        report.floor_bytes = self.floor_bytes() + (self.reserve.size if reserve_out else 0)
         report.free_bytes = self.free_bytes()
         cap = self.settings.max_archive_mb * 1_000_000
         while (cap and report.archive_bytes > cap) or report.free_bytes < report.floor_bytes:
@@ -232,12 +236,21 @@ class Store:
             report.evicted += len(batch)
             report.archive_bytes -= sum(call["size_bytes"] or 0 for call in batch)
             report.free_bytes = self.free_bytes()
+        if self.reserve is not None and not self.reserve.take(self.floor_bytes()):
+            report.alarm = report.alarm or self.reserve_alarm()
         self._set_alarm(report.alarm)
         report.seconds = time.monotonic() - started
         if report.expired or report.evicted:
             log.info("cleaner: %d expired, %d evicted; archive %.1f MB, %.1f MB free",
                      report.expired, report.evicted, report.archive_bytes / 1e6, report.free_bytes / 1e6)
         return report
+
+    def reserve_alarm(self) -> str | None:
+        """The alarm while the reserve is given back (the disk filled up), else None."""
+        if self.reserve is None or self.reserve.held:
+            return None
+        return (f"the disk filled up: recording goes on into the reserve of {self.reserve.size / 1e6:.0f} MB "
+                f"until the cleaner has made room; {self.free_bytes() / 1e6:.1f} MB free")
 
     def _select(self, where: str, params: list, index: str, limit: int = BATCH) -> list[dict]:
         with self.catalogue.read() as db:
@@ -251,6 +264,9 @@ class Store:
         over = (f"the archive is over its cap of {cap / 1e6:.0f} MB" if cap and report.archive_bytes > cap
                 else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of "
                      f"{report.floor_bytes / 1e6:.0f} MB")
+        if not held:
+            return (f"{over} and no recording is left to delete (other files take the disk): recording goes "
+                    f"on into the reserve; free the disk or add storage")
         return (f"{over} and only held calls can go ({held} held, {size / 1e6:.0f} MB): recording "
                 f"goes on into the reserve; release holds or add storage")
 

@@ -6,6 +6,7 @@ that much plus what the kernel had not yet been asked to write. `repair_header` 
 from the file length on recovery. Nothing is written per audio period, which spares the SD card.
 """
 
+import errno
 import logging
 import os
 import struct
@@ -73,11 +74,12 @@ def read_pcm(path: Path, chunk_frames: int = 8000):
 class SpoolWriter:
     """Appends audio to a spool file from any thread; a writer thread of its own does the I/O."""
 
-    def __init__(self, path: Path, rate: int, channels: int = 1, flush_interval: float = 1.0):
+    def __init__(self, path: Path, rate: int, channels: int = 1, flush_interval: float = 1.0, on_full=None):
         self.path = Path(path)
         self.rate = rate
         self.channels = channels
         self.flush_interval = flush_interval
+        self.on_full = on_full      # called when a write finds the disk full; True if it made room
         self.frames = 0
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
@@ -124,7 +126,12 @@ class SpoolWriter:
             if self._closing.is_set():
                 return
             try:
-                self._write_pending()
+                try:
+                    self._write_pending()
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or self.on_full is None or not self.on_full():
+                        raise
+                    self._write_pending()       # into the room the reserve gave back
             except OSError as exc:
                 # Keep the audio queued and try again at the next beat: a full or failing card
                 # must not stop the call from being captured in RAM meanwhile.

@@ -25,8 +25,9 @@ REPORT_EVERY_S = 30.0   # a catalogue that keeps refusing is logged this often, 
 class CatalogueWriter(Service):
     """Runs catalogue steps one at a time, in order, each until it commits."""
 
-    def __init__(self):
+    def __init__(self, on_full=None):
         super().__init__("catalogue-writer")
+        self.on_full = on_full      # called when SQLite finds the disk full; True if it made room
         self.steps: "queue.Queue" = queue.Queue()
         self.refusing_since: float | None = None    # monotonic: the catalogue refuses writes since
 
@@ -56,6 +57,8 @@ class CatalogueWriter(Service):
                 step()
             except sqlite3.OperationalError as exc:
                 # Locked, busy, an I/O error, a full disk: all pass; the step waits and goes again.
+                if "full" in str(exc) and self.on_full is not None and self.on_full():
+                    continue            # the reserve gave room back: at once
                 now = time.monotonic()
                 if self.refusing_since is None:
                     self.refusing_since = now
