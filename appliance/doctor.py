@@ -335,6 +335,19 @@ def check_live_modem(line: LineConfig, entries: list[dict]) -> Result:
                   "itself (see `journalctl -u callrec-recorder.service`)")
 
 
+def check_live_trunk(name: str, entries: list[dict]) -> Result:
+    """A SIP trunk's relay as the running recorder reports it."""
+    if not entries:
+        return Result(FAIL, f"sip trunk {name}: the running recorder does not report this trunk",
+                      "restart the recorder so that it reads the current configuration")
+    problem = entries[-1].get("problem")
+    if problem:
+        return Result(FAIL, f"sip trunk {name}: {problem}",
+                      "restart the recorder (`sudo systemctl restart callrec-recorder`) and read why in "
+                      "`journalctl -u callrec-recorder.service`")
+    return Result(OK, f"sip trunk {name}: relaying and recording ({entries[-1].get('calls') or 0} call(s) now)")
+
+
 # -- disk, clock, web -------------------------------------------------------------------------------
 
 def check_data_dir(config: Config, systemd: bool) -> Result:
@@ -643,6 +656,8 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
             results.append(check_inputs(line))
             if line.modem is not None:
                 results.append(check_modem(line))
+    if states:
+        results += [check_live_trunk(trunk.name, line_states(states, trunk.name)) for trunk in config.sip_trunk]
     results.append(check_data_dir(config, systemd))
     results.append(check_disk(config))
     if (target := check_offload_target(config)) is not None:

@@ -1,6 +1,6 @@
 """The fault LED: tells a technician at a glance what is wrong, by a number of short blinks
-repeated every few seconds: 1 no sound card, 2 storage alarm, 3 caller-ID modem lost. Off when
-all is well. The most serious fault present is shown."""
+repeated every few seconds: 1 no sound card, 2 storage alarm, 3 caller-ID modem lost, 4 a SIP
+trunk's relay down. Off when all is well. The most serious fault present is shown."""
 
 import threading
 
@@ -8,7 +8,7 @@ from gpiozero import LED
 
 BLINK_S = 0.2
 PAUSE_S = 1.5
-NO_SOUND_CARD, STORAGE_ALARM, MODEM_LOST = 1, 2, 3
+NO_SOUND_CARD, STORAGE_ALARM, MODEM_LOST, TRUNK_DOWN = 1, 2, 3, 4
 
 
 class FaultLed(threading.Thread):

@@ -12,7 +12,7 @@ from appliance.analog.line import LineRecorder
 from appliance.config import Config
 from appliance.contacts import lookup
 from appliance.errors import CallrecError
-from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, FaultLed
+from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, TRUNK_DOWN, FaultLed
 from appliance.keys import ensure_device_key_apart
 from appliance.live import LivePublisher
 from appliance.offload import Offloader
@@ -31,6 +31,7 @@ from appliance.webhook import Webhook, call_event
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.001
+TRUNK_STALE_S = 10.0    # a trunk's heartbeat this old lights the fault LED
 DRAIN_REFUSED_S = 10.0  # at a stop, how long ended calls wait for a catalogue that refuses writes
 
 
@@ -116,7 +117,8 @@ class Recorder:
         return pending
 
     def faults(self) -> set[int]:
-        """What the fault LED shows: a missing sound card, the storage alarm, a lost modem."""
+        """What the fault LED shows: a missing sound card, the storage alarm, a lost modem, a SIP
+        trunk whose relay is down or stuck."""
         present = set()
         if any(not line.capture.connected.is_set() for line in self.lines):
             present.add(NO_SOUND_CARD)
@@ -124,6 +126,8 @@ class Recorder:
             present.add(STORAGE_ALARM)
         if any(line.modem is not None and not line.modem.connected.is_set() for line in self.lines):
             present.add(MODEM_LOST)
+        if any(trunk.problem(TRUNK_STALE_S) is not None for trunk in self.trunks):
+            present.add(TRUNK_DOWN)
         return present
 
     def problem(self, stall_s: float) -> str | None:

@@ -473,3 +473,32 @@ def test_a_call_in_progress_when_the_recorder_is_killed_is_recovered_at_the_next
     left, right = read_stereo(trunk.folder / "data" / call["file"])
     end = call["duration_s"] - 0.1
     assert levels(left, 0.2, end)[CALLER_HZ] > 0.4 and levels(right, 0.2, end)[CALLEE_HZ] > 0.4
+
+
+class Defect(BaseException):
+    """Escapes every `except Exception`: a bug that ends the thread it happens in."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_stuck_relay_or_a_dead_store_thread_is_seen_by_the_watchdog_the_live_state_and_the_doctor(trunk):
+    from appliance.doctor import FAIL, OK, check_live_trunk, line_states
+
+    recorder = trunk.start()
+    live_dir = recorder.config.recorder.live_dir
+    assert wait_for(lambda: read_live(live_dir) is not None, 5)
+    assert recorder.problem(1.0) is None
+    assert check_live_trunk("sip1", line_states([read_live(live_dir)], "sip1")).status == OK
+    sip = recorder.trunks[0]
+    sip.loop.call_soon_threadsafe(time.sleep, 3.0)          # the relay's loop blocks
+    assert wait_for(lambda: "relay's loop made no progress" in (recorder.problem(1.0) or ""), 3)
+    assert wait_for(lambda: recorder.problem(1.0) is None, 5)       # and recovers
+
+    def defect():
+        raise Defect("a bug")
+    sip.line.jobs.put(defect)
+    assert wait_for(lambda: "store thread ended" in (recorder.problem(1.0) or ""), 3)
+    assert wait_for(lambda: (read_live(live_dir)["lines"][0].get("problem") or "").endswith("store thread ended"), 3)
+    result = check_live_trunk("sip1", line_states([read_live(live_dir)], "sip1"))
+    assert result.status == FAIL and "store thread ended" in result.message and "journalctl" in result.fix
+    from appliance.faultled import TRUNK_DOWN
+    assert TRUNK_DOWN in recorder.faults()

@@ -241,8 +241,10 @@ class SipLine:
 
     def stop(self) -> None:
         """Run what is queued, close the calls whose last audio was still being listened to (the
-        relay's loop has stopped), then end the store thread."""
-        self.jobs.join()
+        relay's loop has stopped), then end the store thread (one that died has nothing to run:
+        what it left is recovered at the next start)."""
+        while self.jobs.unfinished_tasks and self._thread.is_alive():
+            time.sleep(0.01)
         for recording in [r for r in self.active if r.ended]:
             self._act_on_heard(recording)
             self._close(recording)

@@ -17,6 +17,7 @@ from appliance.sip.proxy import Proxy
 log = logging.getLogger(__name__)
 
 BEAT_S = 1.0
+PROBLEM_STALE_S = 10.0      # a heartbeat this old is a stuck relay, for the live state
 NETWORK = ("trunk", "pbx", "rtp_port_min", "rtp_port_max")     # these change only at a restart
 
 
@@ -109,12 +110,13 @@ class SipTrunk:
         active = [call for call in list(self.line.active) if not call.ended]
         ringing = self.proxy is not None and any(d.state == "calling" for d in list(self.proxy.dialogs.values()))
         first = active[0] if active else None
+        problem = self.problem(PROBLEM_STALE_S) if self.proxy is not None else "not relaying"
         return {"name": self.config.name, "state": "in_call" if active else "ringing" if ringing else "idle",
                 "hook": None, "calls": len(active), "call_id": first.call_id if first else None,
                 "call_started_at": iso_from_mono(first.facts.answered) if first else None,
                 "direction": first.facts.direction if first else None, "number": first.facts.number if first else None,
-                "level_dbfs": None, "peak_dbfs": None, "clipping": False, "capture_connected": True,
-                "modem_connected": None}
+                "level_dbfs": None, "peak_dbfs": None, "clipping": False,
+                "capture_connected": problem is None, "problem": problem, "modem_connected": None}
 
     @property
     def idle(self) -> bool:
