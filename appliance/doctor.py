@@ -608,10 +608,7 @@ def check_offload(config: Config, now: float | None = None, target_works: bool =
         return Result(OK, f"offload to {target}: nothing recorded yet")
     catalogue = Catalogue(data_dir)
     try:
-        with catalogue.read() as db:
-            waiting, oldest = db.execute(
-                "SELECT COUNT(*), MIN(COALESCE(ended_at, started_at)) FROM calls "
-                "WHERE file IS NOT NULL AND offloaded_at IS NULL AND state != 'recording'").fetchone()
+        waiting, oldest = catalogue.waiting_offload()
     finally:
         catalogue.close()
     if not waiting:

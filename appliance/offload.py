@@ -28,7 +28,6 @@ import threading
 import time
 from pathlib import Path, PurePosixPath
 
-from appliance.store import ledger
 from appliance.store.catalogue import Catalogue, public_fields
 from appliance.clock import iso_utc
 from appliance.config import OffloadConfig
@@ -324,20 +323,12 @@ class Offloader(threading.Thread):
         if not recording.is_file():
             self._report_missing(row)
             return False
-        with self.catalogue.read() as db:
-            entries = [dict(e) for e in db.execute("SELECT * FROM ledger WHERE call_id = ? ORDER BY seq",
-                                                   [row["id"]])]
-            head = ledger.head(db)
+        entries, head = self.catalogue.ledger_of(row["id"])
         document = sign_apart(self.data_dir, manifest(row, entries, head))
         body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
         self.target.put(recording, body, remote_path(row), row["sha256"])
-        with self.catalogue.transaction() as db:
-            current = db.execute("SELECT sha256 FROM calls WHERE id = ?", [row["id"]]).fetchone()
-            if current is None or current[0] != row["sha256"]:
-                return False        # erased or changed while it was copied: nothing to mark
-            db.execute("UPDATE calls SET offloaded_at = ?, offload_target = ? WHERE id = ?",
-                       [iso_utc(time.time()), self.target.name, row["id"]])
-            ledger.append(db, "offloaded", row["id"], row["sha256"], self.target.name)
+        if not self.catalogue.mark_offloaded(row["id"], row["sha256"], self.target.name):
+            return False        # erased or changed while it was copied: nothing to mark
         self.offloaded += 1
         log.info("call %s offloaded to %s", row["id"], self.target.name)
         return True
@@ -345,16 +336,11 @@ class Offloader(threading.Thread):
     def _delete_copies(self) -> None:
         """Remove from the target the copies of calls erased or expired on the box: an erasure must
         reach every copy. Each is marked in the ledger once the target has removed it."""
-        with self.catalogue.read() as db:
-            rows = [dict(r) for r in db.execute("SELECT * FROM offload_deletions WHERE target = ? ORDER BY id",
-                                                [self.target.name])]
-        for row in rows:
+        for row in self.catalogue.offload_deletions(self.target.name):
             if self._stopping.is_set():
                 return
             self.target.delete(remote_path(row))
-            with self.catalogue.transaction() as db:
-                db.execute("DELETE FROM offload_deletions WHERE id = ?", [row["id"]])
-                ledger.append(db, "offload-deleted", row["call_id"], None, f"{row['reason']} at {self.target.name}")
+            self.catalogue.offload_deleted(row)
             log.info("call %s (%s): its copy at %s is deleted", row["call_id"], row["reason"], self.target.name)
 
     def _report_missing(self, row: dict) -> None:

@@ -156,11 +156,11 @@ class Recorder:
         """A call is in the archive (or missed): name its caller from the contacts, tell the CRM,
         wake the offloader."""
         if row["number"]:
-            with self.catalogue.transaction() as db:
+            with self.catalogue.read() as db:
                 contact = lookup(db, row["number"], self.config.recorder.country_code)
-                if contact is not None:
-                    db.execute("UPDATE calls SET contact_name = ? WHERE id = ?", [contact.name, row["id"]])
-                    row = {**row, "contact_name": contact.name}
+            if contact is not None:
+                self.catalogue.set_contact_name(row["id"], contact.name)
+                row = {**row, "contact_name": contact.name}
         if self.webhook is not None:
             self.webhook.send(call_event(row))
         if self.offload is not None:

@@ -6,6 +6,7 @@ import io
 
 from flask import Blueprint, Response, render_template, request
 
+from appliance.store.catalogue import AUDIT_FIELDS, AuditFilter
 from web.backend import backend
 from web.calls import known_args, page_number
 from web.security import require
@@ -13,7 +14,6 @@ from web.security import require
 bp = Blueprint("audit", __name__)
 
 PAGE = 100
-COLUMNS = ("id", "at", "actor", "action", "call_id", "detail", "address")
 
 
 FILTER_KEYS = ("actor", "action", "call", "since", "until")
@@ -27,22 +27,11 @@ def _inert(value):
     return value
 
 
-def _query(args) -> tuple[str, list]:
-    where, params = [], []
-    for key, column in (("actor", "actor"), ("action", "action")):
-        if value := args.get(key, "").strip():
-            where.append(f"{column} LIKE ?")
-            params.append(f"%{value}%")
-    if (call := args.get("call", "").strip()).isdigit():
-        where.append("call_id = ?")
-        params.append(int(call))
-    if since := args.get("since", "").strip():
-        where.append("at >= ?")
-        params.append(since)
-    if until := args.get("until", "").strip():
-        where.append("at < ?")
-        params.append(until)
-    return (" WHERE " + " AND ".join(where)) if where else "", params
+def _query(args) -> AuditFilter:
+    call = args.get("call", "").strip()
+    return AuditFilter(actor=args.get("actor", "").strip() or None, action=args.get("action", "").strip() or None,
+                       call_id=int(call) if call.isdigit() else None,
+                       since=args.get("since", "").strip() or None, until=args.get("until", "").strip() or None)
 
 
 @bp.route("/audit")
@@ -50,11 +39,7 @@ def _query(args) -> tuple[str, list]:
 def page():
     """The newest entries first."""
     number = page_number(request.args)
-    where, params = _query(request.args)
-    with backend().catalogue.read() as db:
-        rows = [dict(r) for r in db.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM audit{where} ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*params, PAGE + 1, (number - 1) * PAGE])]
+    rows = backend().catalogue.audit_entries(_query(request.args), PAGE + 1, (number - 1) * PAGE)
     return render_template("audit.html", entries=rows[:PAGE], more=len(rows) > PAGE, page=number,
                            args=request.args, filters=known_args(request.args, FILTER_KEYS))
 
@@ -63,23 +48,17 @@ def page():
 @require("admin")
 def export_csv():
     """The filtered trail as CSV, oldest first, streamed so its size does not matter."""
-    where, params = _query(request.args)
+    which = _query(request.args)
     catalogue = backend().catalogue
 
     def rows():
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(COLUMNS)
+        writer.writerow(AUDIT_FIELDS)
         last = 0
-        while True:
-            with catalogue.read() as db:
-                batch = db.execute(
-                    f"SELECT {', '.join(COLUMNS)} FROM audit{where}{' AND' if where else ' WHERE'} id > ? "
-                    f"ORDER BY id LIMIT 1000", [*params, last]).fetchall()
-            if not batch:
-                break
+        while batch := catalogue.audit_entries(which, 1000, after_id=last):
             for row in batch:
-                writer.writerow([_inert(value) for value in row])
+                writer.writerow([_inert(row[field]) for field in AUDIT_FIELDS])
             last = batch[-1]["id"]
             yield out.getvalue()
             out.seek(0)

@@ -4,7 +4,6 @@ from urllib.parse import urlparse
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 
-from appliance.store.catalogue import audit
 from web.accounts import AccountError
 from web.backend import backend
 from web.i18n import LANG_COOKIE, LANGUAGES, error_text
@@ -49,8 +48,7 @@ def setup():
                 limiter.failed(client_address())
                 error = error_text(exc)
             else:
-                with backend().catalogue.transaction() as db:
-                    audit(db, user.actor, "setup", detail="first admin created", address=client_address())
+                backend().catalogue.add_audit(user.actor, "setup", detail="first admin created", address=client_address())
                 _start_session(user)
                 return redirect(url_for("calls.index"))
     return render_template("setup.html", error=error), 400 if error else 200
@@ -74,12 +72,10 @@ def login():
             except AccountError as exc:
                 limiter.failed(client_address())
                 error = error_text(exc)
-                with backend().catalogue.transaction() as db:
-                    audit(db, f"user:{name[:64]}", "login-failed", detail=str(exc), address=client_address())
+                backend().catalogue.add_audit(f"user:{name[:64]}", "login-failed", detail=str(exc), address=client_address())
             else:
                 _start_session(user)
-                with backend().catalogue.transaction() as db:
-                    audit(db, user.actor, "login", address=client_address())
+                backend().catalogue.add_audit(user.actor, "login", address=client_address())
                 return redirect(_safe_next(request.args.get("next")))
     return render_template("login.html", error=error), 401 if error else 200
 

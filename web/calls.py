@@ -7,18 +7,17 @@ from datetime import date, datetime, time as dtime, timedelta
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
-from appliance.store.catalogue import audit
+from appliance.store.catalogue import FLAGS, CallFilter
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from web.backend import backend
 from web.i18n import error_text, gettext as _
-from web.security import client_address, current, line_filter, require, visible_call
+from web.security import client_address, current, require, visible_call, visible_lines
 from web.waveform import waveform_svg
 
 bp = Blueprint("calls", __name__)
 
 PAGE = 50
-FLAGS = {"held": "held = 1", "agreement": "purpose = 'agreement'", "interrupted": "state = 'interrupted'"}
 DIRECTIONS = ("incoming", "outgoing", "unknown")
 MAX_NOTES = 4000
 
@@ -62,71 +61,42 @@ def _day_start(day: date) -> str:
     return iso_utc(datetime.combine(day, dtime()).astimezone().timestamp())
 
 
-def call_query(args, principal) -> tuple[str, list, dict]:
-    """The SQL condition and parameters for the list's filters (and the filters as understood).
-    Dates are the shop's local days; `until` includes its whole day."""
-    where, params, shown = [], [], {}
-    condition, values = line_filter(principal)
-    if condition:
-        where.append(condition)
-        params += values
+def call_query(args, principal) -> tuple[CallFilter, dict]:
+    """The calls the list's filters in `args` select (and the filters as understood). Dates are
+    the shop's local days; `until` includes its whole day."""
+    shown, chosen = {}, {}
     if since := args.get("since", "").strip():
-        where.append("started_at >= ?")
-        params.append(_day_start(_day(since, "since")))
+        chosen["since"] = _day_start(_day(since, "since"))
         shown["since"] = since
     if until := args.get("until", "").strip():
-        where.append("started_at < ?")
-        params.append(_day_start(_day(until, "until") + timedelta(days=1)))
+        chosen["until"] = _day_start(_day(until, "until") + timedelta(days=1))
         shown["until"] = until
-    if line := args.get("line", "").strip():
-        where.append("line = ?")
-        params.append(line)
-        shown["line"] = line
-    if direction := args.get("direction", "").strip():
-        if direction not in DIRECTIONS:
-            raise BadFilter(_("direction: one of incoming, outgoing, unknown"))
-        where.append("direction = ?")
-        params.append(direction)
-        shown["direction"] = direction
-    if number := args.get("number", "").strip():
-        where.append("number = ?")
-        params.append(number)
-        shown["number"] = number
-    if purpose := args.get("purpose", "").strip():
-        where.append("purpose = ?")
-        params.append(purpose)
-        shown["purpose"] = purpose
-    for key, op in (("min_s", ">="), ("max_s", "<=")):
+    for key in ("line", "direction", "number", "purpose"):
+        if value := args.get(key, "").strip():
+            chosen[key] = shown[key] = value
+    if chosen.get("direction", DIRECTIONS[0]) not in DIRECTIONS:
+        raise BadFilter(_("direction: one of incoming, outgoing, unknown"))
+    for key in ("min_s", "max_s"):
         if text := args.get(key, "").strip():
             try:
-                value = float(text)
+                chosen[key] = float(text)
             except ValueError:
                 raise BadFilter(_("{field}: not a number of seconds", field=key)) from None
-            where.append(f"duration_s {op} ?")
-            params.append(value)
             shown[key] = text
-    for flag in args.getlist("flag"):
-        if flag not in FLAGS:
-            raise BadFilter(_("flag: one of held, agreement, interrupted"))
-        where.append(FLAGS[flag])
-        shown.setdefault("flag", []).append(flag)
+    flags = args.getlist("flag")
+    if any(flag not in FLAGS for flag in flags):
+        raise BadFilter(_("flag: one of held, agreement, interrupted"))
+    if flags:
+        shown["flag"] = flags
     if q := args.get("q", "").strip():
-        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append("(number LIKE ? ESCAPE '\\' OR notes LIKE ? ESCAPE '\\' OR contact_name LIKE ? ESCAPE '\\')")
-        params += [like, like, like]
-        shown["q"] = q
-    return " AND ".join(where), params, shown
+        chosen["text"] = shown["q"] = q
+    return CallFilter(lines=visible_lines(principal), flags=tuple(flags), **chosen), shown
 
 
 def find_calls(args, principal, limit: int, offset: int = 0) -> tuple[list[dict], dict]:
     """The calls matching the filters in `args`, newest first (one more than `limit` if there are more)."""
-    where, params, shown = call_query(args, principal)
-    sql = (f"SELECT * FROM calls{' WHERE ' + where if where else ''} ORDER BY started_at DESC, id DESC "
-           f"LIMIT ? OFFSET ?")
-    catalogue = backend().catalogue
-    with catalogue.read() as db:
-        rows = [dict(row) for row in db.execute(sql, [*params, limit + 1, offset])]
-    return rows, shown
+    which, shown = call_query(args, principal)
+    return backend().catalogue.find_calls(which, limit + 1, offset), shown
 
 
 @bp.route("/")
@@ -200,9 +170,8 @@ def send_recording(call: dict, as_attachment: bool, principal) -> Response:
     quarter of an hour of seeking (whatever ranges the player asks for)."""
     path = archived_file(call)
     if as_attachment or current_app.extensions["listens"].first(principal, call["id"]):
-        with backend().catalogue.transaction() as db:
-            audit(db, principal.actor, "download" if as_attachment else "listen", call["id"],
-                  path.name, client_address())
+        backend().catalogue.add_audit(principal.actor, "download" if as_attachment else "listen", call["id"],
+                                      path.name, client_address())
     response = send_file(path, mimetype=MIMETYPES.get(path.suffix, "application/octet-stream"),
                          as_attachment=as_attachment, download_name=path.name, conditional=True,
                          max_age=0)
@@ -251,9 +220,7 @@ def notes(call_id: int):
         abort(400, description=_("Notes are limited to {n} characters.", n=MAX_NOTES))
 
     def save(call):
-        with backend().catalogue.transaction() as db:
-            db.execute("UPDATE calls SET notes = ? WHERE id = ?", [text.strip() or None, call["id"]])
-            audit(db, current().actor, "notes", call["id"], None, client_address())
+        backend().catalogue.set_notes(call["id"], text.strip() or None, current().actor, client_address())
     return _act(call_id, save, _("Notes saved."))
 
 

@@ -79,10 +79,7 @@ class Exports:
 
     def _check_room(self, call_ids: list[int]) -> None:
         store = self.backend.store
-        marks = ", ".join("?" * len(call_ids))
-        with self.backend.catalogue.read() as db:
-            size = db.execute(f"SELECT COALESCE(SUM(size_bytes), 0) FROM calls WHERE id IN ({marks})",
-                              call_ids).fetchone()[0]
+        size = self.backend.catalogue.size_of(call_ids)
         room = store.free_bytes() - store.floor_bytes()
         if size > room:
             raise ExportRefused("this export needs {needed:,.0f} MB, and only {free:,.0f} MB are free above what "

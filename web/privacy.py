@@ -4,12 +4,13 @@ audited. Export progress pages and downloads live here too."""
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
 
+from appliance.store.catalogue import CallFilter
 from appliance.contacts import normalise
 from appliance.errors import CallrecError
 from web.backend import backend
 from web.exports import ExportRefused
 from web.i18n import error_text, gettext as _
-from web.security import client_address, current, line_filter, require
+from web.security import client_address, current, require, visible_lines
 
 bp = Blueprint("privacy", __name__)
 
@@ -34,13 +35,7 @@ def calls_of(number: str) -> list[dict]:
     """Every call of `number` the principal may see, newest first (in-progress calls included:
     the person asking must hear of them too)."""
     variants = number_variants(number, backend().config.recorder.country_code)
-    where = [f"number IN ({', '.join('?' * len(variants))})"]
-    params = list(variants)
-    condition, values = line_filter(current())
-    if condition:
-        where.append(condition)
-        params += values
-    return backend().catalogue.calls(" AND ".join(where), params, newest_first=True)
+    return backend().catalogue.find_calls(CallFilter(numbers=tuple(variants), lines=visible_lines(current())))
 
 
 def exports():

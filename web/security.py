@@ -153,13 +153,11 @@ def visible_call(call_id: int) -> dict:
     return call
 
 
-def line_filter(principal: Principal) -> tuple[str | None, list]:
-    """An SQL condition limiting calls to the principal's lines (None: all lines)."""
+def visible_lines(principal: Principal) -> tuple[str, ...] | None:
+    """The lines whose calls the principal may see (None: every line)."""
     if principal.role == "admin" or principal.lines is None:
-        return None, []
-    if not principal.lines:
-        return "0", []
-    return f"line IN ({', '.join('?' * len(principal.lines))})", list(principal.lines)
+        return None
+    return tuple(principal.lines)
 
 
 def client_address() -> str:

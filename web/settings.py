@@ -15,7 +15,6 @@ from pathlib import Path
 import tomlkit
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 
-from appliance.store.catalogue import audit
 from appliance.config import Config, format_validation_error, resolve_paths
 from appliance.errors import CallrecError
 from appliance.notice import load_notice
@@ -86,8 +85,7 @@ def save_config(raw: tomlkit.TOMLDocument, what: str) -> None:
     os.chmod(tmp, os.stat(path).st_mode & 0o777)
     os.replace(tmp, path)
     backend().reload()
-    with backend().catalogue.transaction() as db:
-        audit(db, current().actor, "settings", detail=what, address=client_address())
+    backend().catalogue.add_audit(current().actor, "settings", detail=what, address=client_address())
     if backend().signal_recorder():
         flash(_("Saved and applied. A change to a line's wiring or sound card applies when the recorder restarts."))
     else:
@@ -294,8 +292,7 @@ def _account_change(action, what: str, done: str):
     except AccountError as exc:
         flash(error_text(exc), "error")
         return redirect(url_for("settings.users"))
-    with backend().catalogue.transaction() as db:
-        audit(db, current().actor, "account", detail=what, address=client_address())
+    backend().catalogue.add_audit(current().actor, "account", detail=what, address=client_address())
     flash(done)
     return redirect(url_for("settings.users"))
 
@@ -347,8 +344,7 @@ def add_token():
     except AccountError as exc:
         flash(error_text(exc), "error")
         return redirect(url_for("settings.users"))
-    with backend().catalogue.transaction() as db:
-        audit(db, current().actor, "account", detail=f"API token {form.get('name')} created", address=client_address())
+    backend().catalogue.add_audit(current().actor, "account", detail=f"API token {form.get('name')} created", address=client_address())
     return _users_page(new_token=token)
 
 

@@ -9,8 +9,9 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, st
 
 from appliance import __version__
 from appliance.clock import iso_utc
+from appliance.store.catalogue import CallFilter
 from web.backend import backend
-from web.security import current, line_filter
+from web.security import current, visible_lines
 
 bp = Blueprint("status", __name__)
 
@@ -52,14 +53,11 @@ def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
     today = date.today()
     first = today - timedelta(days=days - 1)
     since = iso_utc(datetime.combine(first, datetime.min.time()).astimezone().timestamp())
-    condition, params = line_filter(current())
-    where = "started_at >= ?" + (f" AND {condition}" if condition else "")
     counts = {first + timedelta(days=i): 0 for i in range(days)}
-    with backend().catalogue.read() as db:
-        for (started,) in db.execute(f"SELECT started_at FROM calls WHERE {where}", [since, *params]):
-            local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().date()
-            if local in counts:
-                counts[local] += 1
+    for started in backend().catalogue.call_starts(CallFilter(since=since, lines=visible_lines(current()))):
+        local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().date()
+        if local in counts:
+            counts[local] += 1
     return [(day.isoformat(), n) for day, n in counts.items()]
 
 

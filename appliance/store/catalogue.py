@@ -10,10 +10,12 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.clock import iso_utc
 from appliance.errors import StoreError
+from appliance.store import ledger
 from appliance.store.migrations import MIGRATIONS
 
 CATALOGUE_NAME = "catalogue.db"
@@ -35,6 +37,74 @@ def _columns(fields: dict) -> list[str]:
     if unknown:
         raise ValueError(f"not a column of calls: {', '.join(sorted(unknown))}")
     return list(fields)
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """Which calls: a field left empty does not filter. Times are ISO 8601 UTC, `since` inclusive
+    and `until` exclusive; `text` is looked for in the number, the notes and the contact's name."""
+
+    lines: tuple[str, ...] | None = None    # only the calls of these lines (None: every line)
+    line: str | None = None
+    direction: str | None = None
+    number: str | None = None
+    numbers: tuple[str, ...] | None = None  # any of these numbers (a customer's written forms)
+    purpose: str | None = None
+    since: str | None = None
+    until: str | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    flags: tuple[str, ...] = ()             # held, agreement, interrupted
+    text: str | None = None
+
+    def sql(self) -> tuple[str, list]:
+        """The condition and its parameters."""
+        where, params = [], []
+        if self.lines is not None:
+            where.append(f"line IN ({', '.join('?' * len(self.lines))})" if self.lines else "0")
+            params += self.lines
+        if self.numbers is not None:
+            where.append(f"number IN ({', '.join('?' * len(self.numbers))})" if self.numbers else "0")
+            params += self.numbers
+        for column, op, value in (("line", "=", self.line), ("direction", "=", self.direction),
+                                  ("number", "=", self.number), ("purpose", "=", self.purpose),
+                                  ("started_at", ">=", self.since), ("started_at", "<", self.until),
+                                  ("duration_s", ">=", self.min_s), ("duration_s", "<=", self.max_s)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        where += [FLAGS[flag] for flag in self.flags]
+        if self.text:
+            like = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(number LIKE ? ESCAPE '\\' OR notes LIKE ? ESCAPE '\\' OR contact_name LIKE ? ESCAPE '\\')")
+            params += [like, like, like]
+        return " AND ".join(where), params
+
+
+FLAGS = {"held": "held = 1", "agreement": "purpose = 'agreement'", "interrupted": "state = 'interrupted'"}
+AUDIT_FIELDS = ("id", "at", "actor", "action", "call_id", "detail", "address")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit entries: `actor` and `action` match in part, `since`/`until` as in CallFilter."""
+
+    actor: str | None = None
+    action: str | None = None
+    call_id: int | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def sql(self) -> tuple[str, list]:
+        """The condition and its parameters."""
+        where, params = [], []
+        for column, op, value in (("actor", "LIKE", self.actor and f"%{self.actor}%"),
+                                  ("action", "LIKE", self.action and f"%{self.action}%"),
+                                  ("call_id", "=", self.call_id), ("at", ">=", self.since), ("at", "<", self.until)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        return " AND ".join(where), params
 
 
 class Catalogue:
@@ -189,17 +259,95 @@ class Catalogue:
              limit: int = 50) -> list[dict]:
         """The newest calls first, optionally of one number and within [since, until) (ISO 8601
         UTC); every form of this query is served by an index, whatever the catalogue's size."""
-        where, params = [], []
-        if number is not None:
-            where.append("number = ?")
-            params.append(number)
-        if since is not None:
-            where.append("started_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("started_at < ?")
-            params.append(until)
-        return self.calls(" AND ".join(where) or None, params, newest_first=True, limit=limit)
+        return self.find_calls(CallFilter(number=number, since=since, until=until), limit)
+
+    def find_calls(self, which: "CallFilter", limit: int | None = None, offset: int = 0) -> list[dict]:
+        """The calls `which` selects, newest first by start time, `limit` of them from `offset`."""
+        where, params = which.sql()
+        sql = (f"SELECT * FROM calls{' WHERE ' + where if where else ''} ORDER BY started_at DESC, id DESC"
+               f" LIMIT ? OFFSET ?")
+        with self.read() as db:
+            return [dict(row) for row in db.execute(sql, [*params, -1 if limit is None else limit, offset])]
+
+    def call_starts(self, which: "CallFilter") -> list[str]:
+        """The `started_at` of each call `which` selects (for counts per day)."""
+        where, params = which.sql()
+        with self.read() as db:
+            return [row[0] for row in db.execute(f"SELECT started_at FROM calls{' WHERE ' + where if where else ''}",
+                                                 params)]
+
+    def size_of(self, call_ids: list[int]) -> int:
+        """What the recordings of these calls take, in bytes."""
+        with self.read() as db:
+            return db.execute(f"SELECT COALESCE(SUM(size_bytes), 0) FROM calls WHERE id IN ({', '.join('?' * len(call_ids))})",
+                              call_ids).fetchone()[0]
+
+    def waiting_offload(self) -> tuple[int, str | None]:
+        """How many finished recordings are not copied off the box yet, and the oldest one's end."""
+        with self.read() as db:
+            return tuple(db.execute(
+                "SELECT COUNT(*), MIN(COALESCE(ended_at, started_at)) FROM calls "
+                "WHERE file IS NOT NULL AND offloaded_at IS NULL AND state != 'recording'").fetchone())
+
+    def set_notes(self, call_id: int, notes: str | None, actor: str, address: str | None = None) -> None:
+        """Replace a call's notes (audited)."""
+        with self.transaction() as db:
+            db.execute("UPDATE calls SET notes = ? WHERE id = ?", [notes, call_id])
+            audit(db, actor, "notes", call_id, None, address)
+
+    def set_contact_name(self, call_id: int, name: str | None) -> None:
+        """Name a call's caller from the contacts."""
+        with self.transaction() as db:
+            db.execute("UPDATE calls SET contact_name = ? WHERE id = ?", [name, call_id])
+
+    def add_audit(self, actor: str, action: str, call_id: int | None = None, detail: str | None = None,
+                  address: str | None = None) -> None:
+        """Add an entry to the audit trail in a transaction of its own."""
+        with self.transaction() as db:
+            audit(db, actor, action, call_id, detail, address)
+
+    def audit_entries(self, which: "AuditFilter", limit: int, offset: int = 0, after_id: int | None = None) -> list[dict]:
+        """Audit entries `which` selects: the newest first from `offset`, or, with `after_id`, the
+        oldest first after that entry (for a trail streamed in batches)."""
+        where, params = which.sql()
+        if after_id is not None:
+            where, params = " AND ".join(filter(None, [where, "id > ?"])), [*params, after_id]
+        order = "id" if after_id is not None else "id DESC"
+        with self.read() as db:
+            return [dict(row) for row in db.execute(
+                f"SELECT {', '.join(AUDIT_FIELDS)} FROM audit{' WHERE ' + where if where else ''} "
+                f"ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, 0 if after_id is not None else offset])]
+
+    def ledger_of(self, call_id: int) -> tuple[list[dict], dict | None]:
+        """A call's ledger entries, and the chain's head, from one snapshot."""
+        with self.read() as db:
+            return ([dict(e) for e in db.execute("SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [call_id])],
+                    ledger.head(db))
+
+    def mark_offloaded(self, call_id: int, sha256: str, target: str) -> bool:
+        """Note that the recording with `sha256` was copied to `target`; False when the call was
+        erased or changed meanwhile (nothing is marked then)."""
+        with self.transaction() as db:
+            current = db.execute("SELECT sha256 FROM calls WHERE id = ?", [call_id]).fetchone()
+            if current is None or current[0] != sha256:
+                return False
+            db.execute("UPDATE calls SET offloaded_at = ?, offload_target = ? WHERE id = ?",
+                       [iso_utc(time.time()), target, call_id])
+            ledger.append(db, "offloaded", call_id, sha256, target)
+            return True
+
+    def offload_deletions(self, target: str) -> list[dict]:
+        """The copies at `target` still to delete (of calls erased or expired on the box)."""
+        with self.read() as db:
+            return [dict(r) for r in db.execute("SELECT * FROM offload_deletions WHERE target = ? ORDER BY id",
+                                                [target])]
+
+    def offload_deleted(self, deletion: dict) -> None:
+        """A copy listed by `offload_deletions` is gone from its target."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM offload_deletions WHERE id = ?", [deletion["id"]])
+            ledger.append(db, "offload-deleted", deletion["call_id"], None,
+                          f"{deletion['reason']} at {deletion['target']}")
 
     def close(self) -> None:
         """Close the connections."""
