@@ -17,12 +17,11 @@ from appliance.keys import ensure_device_key_apart
 from appliance.live import LivePublisher
 from appliance.offload import Offloader
 from appliance.sdnotify import Watchdog, notify
-from appliance.service import Service
+from appliance.service import Service, Worker
 from appliance.sip.trunk import SipTrunk
 from appliance.store.archive import SPOOL_DIR, recover
 from appliance.store.callrow import CallRow, Desk
 from appliance.store.catalogue import Catalogue
-from appliance.store.finaliser import Finaliser
 from appliance.store.reserve import Reserve
 from appliance.store.retention import Store
 from appliance.store.writer import CatalogueWriter
@@ -76,7 +75,7 @@ class Recorder:
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.reserve.on_release = self.cleaner.wake        # to make room at once
         self.writer = CatalogueWriter(on_full=self.reserve.release)
-        self.finaliser = Finaliser()
+        self.finaliser = Worker("finaliser")      # encodes ended calls, off every line's thread
         self.desk = Desk(self.catalogue, self.writer, self.finaliser, data_dir, config.recorder.format,
                          config.recorder.opus_bitrate, config.recorder.flush_interval_s, self._finished,
                          self.reserve)
@@ -201,12 +200,12 @@ class Recorder:
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
         return (all(line.idle for line in [*self.lines, *self.trunks])
-                and self.finaliser.jobs.unfinished_tasks == 0 and self.writer.steps.unfinished_tasks == 0)
+                and not self.finaliser.busy and not self.writer.busy)
 
     def _drain(self) -> None:
         """Let the writer and the finaliser finish the calls ended (each hands work to the other),
         unless the catalogue keeps refusing writes: what is left then is recovered at the next start."""
-        while self.writer.steps.unfinished_tasks or self.finaliser.jobs.unfinished_tasks:
+        while self.writer.busy or self.finaliser.busy:
             if not (self.writer.is_alive() and self.finaliser.is_alive()):
                 break           # one of them died: what is left is recovered at the next start
             refusing = self.writer.refusing_since

@@ -4,6 +4,7 @@ stops being fed while any service is dead or its heartbeat is stale.
 """
 
 import logging
+import queue
 import threading
 import time
 
@@ -89,6 +90,55 @@ class Service(threading.Thread):
         if not self.is_alive() and self.ident is not None and not self.stopping.is_set():
             return f"{self.name} ended"
         return None
+
+
+class Worker(Service):
+    """A service that runs queued jobs one at a time, in the order they were queued."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.jobs: "queue.Queue" = queue.Queue()
+
+    def submit(self, job) -> None:
+        """Queue `job` (a callable); never blocks."""
+        self.jobs.put(job)
+
+    def run_job(self, job) -> None:
+        """Run one job. One that fails is logged, and the next runs: what it left undone (a spool,
+        a row still `recording`) is recovered at the next start."""
+        try:
+            job()
+        except Exception:
+            log.exception("%s: a job failed", self.name)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=self.beat_s)
+            except queue.Empty:
+                self.beat()
+                continue
+            try:
+                if job is None:
+                    return
+                self.beat()
+                self.run_job(job)
+            finally:
+                self.jobs.task_done()
+
+    @property
+    def busy(self) -> bool:
+        """Jobs are queued or running."""
+        return self.jobs.unfinished_tasks > 0
+
+    def wait_idle(self) -> None:
+        """Block until every queued job has run."""
+        self.jobs.join()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is queued, then end (waiting up to `timeout` seconds)."""
+        self.jobs.put(None)
+        self.join(timeout)
 
 
 def log_uncaught(args: threading.ExceptHookArgs) -> None:

@@ -495,10 +495,11 @@ def test_a_stuck_relay_or_a_dead_store_thread_is_seen_by_the_watchdog_the_live_s
 
     def defect():
         raise Defect("a bug")
-    sip.line.jobs.put(defect)
-    assert wait_for(lambda: "store thread ended" in (recorder.problem(1.0) or ""), 3)
-    assert wait_for(lambda: (read_live(live_dir)["lines"][0].get("problem") or "").endswith("store thread ended"), 3)
+    sip.line.worker.submit(defect)
+    dead = "sip trunk sip1: sip-store-sip1 died (Defect: a bug)"
+    assert wait_for(lambda: recorder.problem(1.0) == dead, 3)
+    assert wait_for(lambda: read_live(live_dir)["lines"][0].get("problem") == dead, 3)
     result = check_live_trunk("sip1", line_states([read_live(live_dir)], "sip1"))
-    assert result.status == FAIL and "store thread ended" in result.message and "journalctl" in result.fix
+    assert result.status == FAIL and dead in result.message and "journalctl" in result.fix
     from appliance.faultled import TRUNK_DOWN
     assert TRUNK_DOWN in recorder.faults()

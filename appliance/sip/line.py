@@ -22,7 +22,6 @@ its last audio has been listened to, so that an opt-out keyed just before hangin
 import functools
 import logging
 import math
-import queue
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 from appliance import callrules
 from appliance.callrules import CallRules
+from appliance.service import Worker
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
@@ -48,7 +48,6 @@ JITTER_S = 0.2          # audio is taken off the timeline this far behind real t
 EVENT_KEYS = "0123456789*#ABCD"     # RFC 4733 events 0-15
 ECHO_S = 0.25           # the same key in the other channel this close to a press is that press
 NEVER = 1 << 62         # a frame no call reaches
-BEAT_S = 1.0            # the store thread's heartbeat while it has nothing to do
 HEAR_BYTES = 320        # 20 ms: the detectors let the relay's loop run between pieces this long
 
 
@@ -142,7 +141,7 @@ class CallRecording:
         holding = checked is not None and self.listen_whole_call and self.listening != [None, None]
         listened = self._listened(until)
         if listened:
-            self.line.jobs.put(functools.partial(self.hear, listened))
+            self.line.worker.submit(functools.partial(self.hear, listened))
         if holding:
             until = min(until, checked)
         pcm = self.timeline.take(until)
@@ -222,10 +221,9 @@ class SipLine:
         # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
         self.notice_codes = {law: g711.encode(self.notice.pcm, law) for law in g711.LAWS}
         self.active: list[CallRecording] = []
-        self.jobs: "queue.Queue" = queue.Queue()
+        # Spools, key detection and hand-overs to the store, off the relay's loop.
+        self.worker = Worker(f"sip-store-{config.name}")
         self._spools = 0
-        self.heartbeat = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"sip-store-{config.name}", daemon=True)
 
     def apply(self, config: SipTrunkConfig) -> None:
         """New call rules (notice, purpose, opt-out, pause), from the next call on."""
@@ -237,50 +235,23 @@ class SipLine:
 
     def start(self) -> None:
         """Start the store thread."""
-        self._thread.start()
+        self.worker.start()
 
     def stop(self) -> None:
         """Run what is queued, close the calls whose last audio was still being listened to (the
         relay's loop has stopped), then end the store thread (one that died has nothing to run:
         what it left is recovered at the next start)."""
-        while self.jobs.unfinished_tasks and self._thread.is_alive():
+        while self.worker.busy and self.worker.is_alive():
             time.sleep(0.01)
         for recording in [r for r in self.active if r.ended]:
             self._act_on_heard(recording)
             self._close(recording)
-        self.jobs.put(None)
-        self._thread.join()
+        self.worker.close()
 
     @property
     def idle(self) -> bool:
         """No call being recorded and nothing queued for the store."""
-        return not self.active and self.jobs.unfinished_tasks == 0
-
-    def _run(self) -> None:
-        while True:
-            try:
-                job = self.jobs.get(timeout=BEAT_S)
-            except queue.Empty:
-                self.heartbeat = time.monotonic()
-                continue
-            self.heartbeat = time.monotonic()
-            try:
-                if job is None:
-                    return
-                job()
-            except Exception:
-                # A failed step leaves its spool in place: it is recovered at the next start.
-                log.exception("sip trunk %s: a store step failed", self.config.name)
-            finally:
-                self.jobs.task_done()
-
-    def problem(self, stale_s: float) -> str | None:
-        """Why the store thread is not well (ended, or stuck longer than `stale_s`), or None."""
-        if not self._thread.is_alive():
-            return f"sip trunk {self.config.name}: its store thread ended"
-        if time.monotonic() - self.heartbeat > max(stale_s, 2 * BEAT_S):
-            return f"sip trunk {self.config.name}: its store thread made no progress for {stale_s:.0f} s"
-        return None
+        return not self.active and not self.worker.busy
 
     # -- events from the relay (its loop's thread) ------------------------------------------------
 
@@ -312,7 +283,7 @@ class SipLine:
             purpose=config.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
             sample_rate=RATE, channels=CHANNELS, clock_synced=clock_synchronised())
         # Making a file waits for the disk: on the store thread, never on the relay's loop.
-        self.jobs.put(lambda: recording.attach(self.desk.spool(spool_name, RATE, CHANNELS)))
+        self.worker.submit(lambda: recording.attach(self.desk.spool(spool_name, RATE, CHANNELS)))
         log.info("sip trunk %s: %s call from %s answered", config.name, facts.direction,
                  facts.number or "an unknown number")
         return recording
@@ -392,7 +363,7 @@ class SipLine:
                 log.info("sip trunk %s: the caller declined recording", self.config.name)
                 # After the store thread's step that made the spool.
                 keep_number = self.config.keep_declined_number
-                self.jobs.put(lambda: recording.row.decline(recording.spool, keep_number))
+                self.worker.submit(lambda: recording.row.decline(recording.spool, keep_number))
             elif isinstance(command, callrules.Finish):
                 self._finish(recording, command)
         if recording.pause_timer is not None:
@@ -416,7 +387,7 @@ class SipLine:
         checked = recording.checked         # as a tick does: the keys before it first
         self._act_on_heard(recording)
         recording.flush(recording.timeline.frame_at(t), checked)
-        self.jobs.put(lambda: recording.heard.append(None))
+        self.worker.submit(lambda: recording.heard.append(None))
 
     def _close(self, recording: CallRecording) -> None:
         """Finalise an ended call (or just note its end when declined)."""
@@ -432,7 +403,7 @@ class SipLine:
         recording.flush(recording.timeline.frame_at(finish.t))
         self.active.remove(recording)
         # After the store thread's steps: the spool exists and has every piece of audio.
-        self.jobs.put(lambda: recording.row.finish(recording.spool, finish.state, ended_at=ended_at, end_reason=reason))
+        self.worker.submit(lambda: recording.row.finish(recording.spool, finish.state, ended_at=ended_at, end_reason=reason))
         log.info("sip trunk %s: call ended (%s)", self.config.name, reason)
 
     def missed(self, facts: CallFacts, t: float, reason: str) -> None:

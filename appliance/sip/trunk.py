@@ -79,7 +79,8 @@ class SipTrunk:
             return f"sip trunk {self.config.name}: its relay ended"
         if time.monotonic() - self.heartbeat > max(stale_s, 2 * BEAT_S):
             return f"sip trunk {self.config.name}: its relay's loop made no progress for {stale_s:.0f} s"
-        return self.line.problem(stale_s)
+        problem = self.line.worker.problem(stale_s)
+        return problem and f"sip trunk {self.config.name}: {problem}"
 
     def stop(self) -> None:
         """Stop relaying; calls in progress are finalised as interrupted."""

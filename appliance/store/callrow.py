@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.service import Worker
 from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
 from appliance.store.catalogue import Catalogue
-from appliance.store.finaliser import Finaliser
 from appliance.store.reserve import Reserve
 from appliance.store.spool import SpoolWriter
 from appliance.store.writer import CatalogueWriter
@@ -31,7 +31,7 @@ class Desk:
 
     catalogue: Catalogue
     writer: CatalogueWriter
-    finaliser: Finaliser
+    finaliser: Worker
     data_dir: Path
     format: str
     opus_bitrate: int

@@ -9,11 +9,10 @@ changes anything outside it, so running it again after a failure is safe.
 """
 
 import logging
-import queue
 import sqlite3
 import time
 
-from appliance.service import Backoff, Service
+from appliance.service import Backoff, Worker
 
 log = logging.getLogger(__name__)
 
@@ -22,34 +21,15 @@ RETRY_MOST_S = 2.0
 REPORT_EVERY_S = 30.0   # a catalogue that keeps refusing is logged this often, not at every retry
 
 
-class CatalogueWriter(Service):
+class CatalogueWriter(Worker):
     """Runs catalogue steps one at a time, in order, each until it commits."""
 
     def __init__(self, on_full=None):
         super().__init__("catalogue-writer")
         self.on_full = on_full      # called when SQLite finds the disk full; True if it made room
-        self.steps: "queue.Queue" = queue.Queue()
         self.refusing_since: float | None = None    # monotonic: the catalogue refuses writes since
 
-    def submit(self, step) -> None:
-        """Queue `step` (a callable); never blocks."""
-        self.steps.put(step)
-
-    def serve(self) -> None:
-        while True:
-            try:
-                step = self.steps.get(timeout=self.beat_s)
-            except queue.Empty:
-                self.beat()
-                continue
-            try:
-                if step is None:
-                    return
-                self._until_done(step)
-            finally:
-                self.steps.task_done()
-
-    def _until_done(self, step) -> None:
+    def run_job(self, step) -> None:
         backoff, reported = Backoff(RETRY_FIRST_S, RETRY_MOST_S), 0.0
         while True:
             self.beat()
@@ -81,14 +61,9 @@ class CatalogueWriter(Service):
                 self.refusing_since = None
             return
 
-    def wait_idle(self) -> None:
-        """Block until every queued step has run."""
-        self.steps.join()
-
     def close(self, timeout: float = 10.0) -> None:
         """Run what is queued (giving up after `timeout` s of a catalogue that refuses), then end."""
-        self.steps.put(None)
-        self.join(timeout)
+        super().close(timeout)
         if self.is_alive():
             self.stopping.set()
             self.join()
