@@ -33,6 +33,7 @@ from appliance.clock import iso_utc
 from appliance.config import OffloadConfig
 from appliance.errors import CallrecError
 from appliance.keys import fingerprint
+from appliance.service import Backoff
 from appliance.s3 import Bucket, S3Error
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ class Offloader(threading.Thread):
 
     def run(self) -> None:
         """Offload what waits, then wait for `notify()`; retry with back-off while the target fails."""
-        delay = self.settings.retry_first_s
+        backoff = Backoff(self.settings.retry_first_s, self.settings.retry_max_s)
         while not self._stopping.is_set():
             self._wake.clear()
             try:
@@ -282,16 +283,16 @@ class Offloader(threading.Thread):
                 log.exception("offload to %s failed unexpectedly", self.target.name)
                 problem = str(exc)
             if problem is None:
-                delay = self.settings.retry_first_s
+                backoff.reset()
                 # Erasures made by the web UI (another process) are only seen in the catalogue.
                 self._wake.wait(POLL_S)
                 continue
             self.failures += 1
+            delay = backoff.next()
             log.warning("offload to %s failed: %s; retrying in %g s (recording goes on)",
                         self.target.name, problem, delay)
             if self._stopping.wait(delay):
                 break
-            delay = min(delay * 2, self.settings.retry_max_s)
 
     def _offload_waiting(self) -> str | None:
         """Delete the copies of erased and expired calls, then offload every waiting recording;

@@ -16,6 +16,7 @@ from typing import Protocol
 import alsaaudio
 
 from appliance.live import LevelMeter
+from appliance.service import Backoff
 
 from appliance.store.spool import SAMPLE_BYTES
 
@@ -129,7 +130,7 @@ class Capture(threading.Thread):
             self.status.capture_fault(kind)
 
     def run(self) -> None:
-        delay = RETRY_FIRST_S
+        backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         outage_logged = False
         while not self._stopping.is_set():
             try:
@@ -139,13 +140,13 @@ class Capture(threading.Thread):
                     log.error("cannot open capture device %s: %s; retrying every %.0f s at most",
                               self.device, exc, RETRY_MAX_S)
                     outage_logged = True
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                self._stopping.wait(backoff.next())
                 continue
             if outage_logged:
                 log.warning("capture device %s is back", self.device)
             self._fill_gap(self.last_read)
-            outage_logged, delay = False, RETRY_FIRST_S
+            outage_logged = False
+            backoff.reset()
             self.opened_at = time.monotonic()
             self.connected.set()
             try:

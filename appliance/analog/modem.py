@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import serial
 
+from appliance.service import Backoff
 from appliance.errors import HardwareError
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ class CallerIdModem(threading.Thread):
 
     def run(self) -> None:
         """Open, initialise and read the modem until stop(); reopen it after any fault."""
-        delay = self.retry_first_s
+        backoff = Backoff(self.retry_first_s, self.retry_max_s)
         while not self._stopping.is_set():
             try:
                 self._session()
@@ -372,10 +373,9 @@ class CallerIdModem(threading.Thread):
             except Exception as exc:
                 self.last_error = exc
                 if self._ready:
-                    delay = self.retry_first_s
+                    backoff.reset()
                 self._log_fault(exc)
-            self._stopping.wait(delay)
-            delay = min(delay * 2, self.retry_max_s)
+            self._stopping.wait(backoff.next())
 
     def _log_fault(self, exc: Exception) -> None:
         if self._failing:
