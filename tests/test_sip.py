@@ -312,7 +312,12 @@ def test_concurrent_calls_are_each_recorded_on_their_own(trunk):
     finally:
         done.set()
         watcher.join()
-    assert max(line["calls"] for line in seen if line["name"] == "sip1" and line["state"] == "in_call") == 5
+    in_call = [line for line in seen if line["name"] == "sip1" and line["state"] == "in_call"]
+    assert max(line["calls"] for line in in_call) == 5
+    # Each side's real input level: both tones at half scale, about -9 dBFS RMS.
+    loud = [line for line in in_call if line["level_dbfs"] is not None and line["level_dbfs"] > -20]
+    assert loud and all(-12 < side["level_dbfs"] < -6 for side in loud[-1]["channels"])
+    assert [side["side"] for side in loud[-1]["channels"]] == ["caller", "callee"]
     calls = trunk.calls()
     assert len(calls) == 5 and len({c["file"] for c in calls}) == 5
     for call in calls:

@@ -19,6 +19,7 @@ send events often leave the tone in the audio too), and a key heard in one chann
 its last audio has been listened to, so that an opt-out keyed just before hanging up counts.
 """
 
+import array
 import functools
 import logging
 import math
@@ -35,6 +36,7 @@ from appliance.store.callrow import CallRow, Desk
 from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
 from appliance.config import SipTrunkConfig
 from appliance.dtmf import DtmfDetector
+from appliance.live import LevelMeter
 from appliance.notice import load_notice
 from appliance.sip import g711
 from appliance.sip.media import parse_rtp
@@ -150,6 +152,9 @@ class CallRecording:
             pcm = pcm[4 * (min(self.keep_from, until) - start):]
         if not pcm:
             return
+        samples = array.array("h", pcm)
+        for channel, meter in enumerate(self.line.meters):
+            meter.add(samples[channel::CHANNELS].tobytes())
         with self.lock:
             if self.spool is not None:
                 self.spool.append(pcm)
@@ -221,6 +226,7 @@ class SipLine:
         # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
         self.notice_codes = {law: g711.encode(self.notice.pcm, law) for law in g711.LAWS}
         self.active: list[CallRecording] = []
+        self.meters = (LevelMeter(), LevelMeter())     # what the callers' and the callees' sides say
         # Spools, key detection and hand-overs to the store, off the relay's loop.
         self.worker = Worker(f"sip-store-{config.name}")
         self._spools = 0

@@ -116,8 +116,15 @@ class SipTrunk:
                 "hook": None, "calls": len(active), "call_id": first.call_id if first else None,
                 "call_started_at": iso_from_mono(first.facts.answered) if first else None,
                 "direction": first.facts.direction if first else None, "number": first.facts.number if first else None,
-                "level_dbfs": None, "peak_dbfs": None, "clipping": False,
-                "capture_connected": problem is None, "problem": problem, "modem_connected": None}
+                **self.levels(), "capture_connected": problem is None, "problem": problem, "modem_connected": None}
+
+    def levels(self) -> dict:
+        """The input levels since the last reading: each side's (caller, callee), and the louder."""
+        sides = [dict(meter.read(), side=side) for meter, side in zip(self.line.meters, ("caller", "callee"))]
+        heard = [side for side in sides if side["level_dbfs"] is not None]
+        loudest = max(heard, key=lambda side: side["level_dbfs"], default=sides[0])
+        return {"level_dbfs": loudest["level_dbfs"], "peak_dbfs": max((s["peak_dbfs"] for s in heard), default=None),
+                "clipping": any(s["clipping"] for s in sides), "channels": sides}
 
     @property
     def idle(self) -> bool:
