@@ -17,7 +17,7 @@ from conftest import record_call, simulated_cards, stop, wait_for, write_config
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
 
 OLD_CALLS = 6           # of 60 s each, as WAV: about 1 MB each
-TALK_S = 8.0
+TALK_S = 5.0
 
 
 @pytest.fixture
