@@ -346,11 +346,13 @@ def web(config_path: Path) -> None:
 
 @main.command("setup-code")
 @_config_option
-def setup_code(config_path: Path) -> None:
-    """Print the web UI's one-time setup code (exit 1 once an admin exists)."""
+@click.option("--keep", is_flag=True, help="Print the code in force instead of a new one.")
+def setup_code(config_path: Path, keep: bool) -> None:
+    """Print a new one-time setup code for the web UI, valid 24 hours; the one before stops working
+    (exit 1 once an admin exists)."""
     from web.accounts import Accounts
 
-    code = Accounts(load_config(config_path).recorder.data_dir / "web").setup_code()
+    code = Accounts(load_config(config_path).recorder.data_dir / "web").setup_code(renew=not keep)
     if code is None:
         click.echo("the web UI is set up already: log in with an admin account", err=True)
         sys.exit(1)
@@ -359,7 +361,7 @@ def setup_code(config_path: Path) -> None:
 
 @main.group()
 def user() -> None:
-    """Web UI accounts, for the technician: when the only admin is locked out or forgot the password."""
+    """Web UI accounts, for the technician: when the only admin forgot the password or lost the phone."""
 
 
 def _accounts(config_path: Path, data: Path | None):
@@ -372,10 +374,13 @@ def _accounts(config_path: Path, data: Path | None):
 @_config_option
 @_data_option
 def user_list(config_path: Path, data: Path | None) -> None:
-    """List the web UI's users, their roles and lines, and who is locked out."""
+    """List the web UI's users, their roles and lines, and whose logins wrong passwords slow down."""
     for entry in _accounts(config_path, data).users():
         lines = ", ".join(entry["lines"]) if entry["lines"] is not None else "all lines"
-        click.echo(f"{entry['name']:<24} {entry['role']:<10} {lines}{'  LOCKED' if entry['locked'] else ''}")
+        from appliance.clock import iso_utc
+
+        slowed = f"  SLOWED (wrong passwords) until {iso_utc(entry['slowed_until'])}" if entry["slowed_until"] else ""
+        click.echo(f"{entry['name']:<24} {entry['role']:<10} {lines}{slowed}")
 
 
 @user.command("password")
@@ -385,8 +390,8 @@ def user_list(config_path: Path, data: Path | None) -> None:
 @_config_option
 @_data_option
 def user_password(name: str, role: str | None, config_path: Path, data: Path | None) -> None:
-    """Set NAME's password (asked twice), unlock the account and end its sessions; with --role,
-    create the user if needed."""
+    """Set NAME's password (asked twice), clear its wrong-password delay and second factor (a lost
+    phone) and end its sessions; with --role, create the user if needed."""
     from web.accounts import AccountError
 
     accounts = _accounts(config_path, data)
@@ -396,6 +401,7 @@ def user_password(name: str, role: str | None, config_path: Path, data: Path | N
     password = click.prompt(f"new password for {name}", hide_input=True, confirmation_prompt=True)
     if found:
         accounts.update_user(found[0]["id"], password=password, unlock=True)
+        accounts.clear_second_factor(found[0]["id"])
     else:
         accounts.add_user(name, password, role, None)
     click.echo(f"{name}: password set{'' if found else f', created as {role}'}")

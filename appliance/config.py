@@ -165,7 +165,8 @@ class WebConfig(_Strict):
     https_port: int = Field(443, ge=1, le=65535)
     http_port: int = Field(80, ge=0, le=65535)
     hostname: str = Field("callrec.local", min_length=1)    # the name in the device certificate
-    session_hours: float = Field(12.0, ge=0.1, le=720)
+    session_hours: float = Field(12.0, ge=0.1, le=720)          # a session unused this long ends
+    session_max_hours: float = Field(24.0, ge=1, le=720)         # and every session ends after this
     threads: int = Field(8, ge=2, le=64)
 
 

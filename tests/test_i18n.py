@@ -2,7 +2,9 @@
 `code` intact and no stale entries; the value lists the code shows through `_()` are all known to
 the check; pages come out in the browser's language, or the one picked with the switcher."""
 
+import os
 import re
+import time
 
 import pytest
 from werkzeug.exceptions import default_exceptions
@@ -10,12 +12,12 @@ from werkzeug.exceptions import default_exceptions
 from appliance.store.catalogue import STATES
 from appliance.config import DEFAULT_PURPOSES
 from conftest import write_config
-from web.accounts import MAX_FAILURES, ROLES, AccountError, Accounts
+from web.accounts import ROLES, AccountError, Accounts
 from web.calls import DIRECTIONS, FLAGS
 from web.i18n_check import check_language, used_texts
 
 LANGS = ("fr", "nl", "pl")
-PASSWORD = "correct horse"
+PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -45,15 +47,27 @@ def refusals(attempts) -> set[str]:
     return messages
 
 
+def expire(accounts) -> bool:
+    """Make a setup code a day old."""
+    accounts.setup_code()
+    os.utime(accounts.setup_code_path, (time.time() - 86400, time.time() - 86400))
+    return True
+
+
 def account_errors(folder) -> set[str]:
     """The text of each refusal the accounts can make."""
     accounts = Accounts(folder)
     try:
         messages = refusals([
-            lambda: accounts.complete_setup("AAAA-AAAA-AAAA", "boss", PASSWORD),
+            lambda: accounts.complete_setup("AAAA-AAAA-AAAA", "boss", PASSWORD),      # no code made yet
+            lambda: expire(accounts) and accounts.complete_setup("AAAA-AAAA-AAAA", "boss", PASSWORD),
+            lambda: accounts.setup_code(renew=True) and accounts.complete_setup("AAAA-AAAA-AAAA", "boss", PASSWORD),
             lambda: accounts.add_user("no spaces please", PASSWORD, "staff", None),
             lambda: accounts.add_user("clerk", PASSWORD, "owner", None),
             lambda: accounts.add_user("clerk", "short", "staff", None),
+            lambda: accounts.add_user("clerk", "x" * 1025, "staff", None),
+            lambda: accounts.add_user("clerk", "password1234", "staff", None),
+            lambda: accounts.add_user("clerk", "aaaaaaaaaaaaaaaa", "staff", None),
             lambda: accounts.authenticate("nobody", PASSWORD),
             lambda: accounts.add_token(" ", "staff", None, "user:boss")])
         admin = accounts.add_user("boss", PASSWORD, "admin", None)
@@ -61,7 +75,8 @@ def account_errors(folder) -> set[str]:
             lambda: accounts.complete_setup("AAAA-AAAA-AAAA", "boss2", PASSWORD),
             lambda: accounts.update_user(admin.id, role="staff"),
             lambda: accounts.delete_user(admin.id),
-            *[lambda: accounts.authenticate("boss", "wrong password")] * (MAX_FAILURES + 1)])
+            lambda: accounts.add_user("boss", PASSWORD, "staff", None),
+            lambda: accounts.set_second_factor(admin.id, accounts.new_second_factor_secret(), "000000")])
     finally:
         accounts.close()
     return messages
@@ -71,7 +86,7 @@ def test_values_shown_through_gettext_are_all_known(tmp_path):
     shown = {*STATES, *ROLES, *DIRECTIONS, *FLAGS, *DEFAULT_PURPOSES}
     shown |= {default_exceptions[code]().name for code in (400, 401, 403, 404, 405, 409, 413, 500)}
     errors = account_errors(tmp_path)
-    assert len(errors) == 10 and any("locked" in message for message in errors)
+    assert len(errors) == 15 and any("most common" in message for message in errors)
     assert sorted((shown | errors) - set(used_texts())) == []
 
 

@@ -22,6 +22,7 @@ from web.security import install
 from web.server import CERT_NAME, TLS_DIR
 
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
+SESSION_COOKIE = "callrec_session"
 
 
 def _secret_key(folder: Path) -> bytes:
@@ -48,7 +49,8 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     app.extensions["status_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 2))
     app.config.update(
         SECRET_KEY=_secret_key(the_backend.accounts.folder),
-        SESSION_COOKIE_NAME="callrec_session",
+        # __Host-: the browser keeps it to this host and HTTPS, whatever another service on the LAN sets.
+        SESSION_COOKIE_NAME=f"__Host-{SESSION_COOKIE}" if secure_cookies else SESSION_COOKIE,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookies,

@@ -30,6 +30,7 @@ DYNAMIC_TEXTS = (
     "button", "dtmf", "declined",                                         # pause and discard reasons
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
+    "password-changed", "second-factor-on", "second-factor-off",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",
 )

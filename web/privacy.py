@@ -7,6 +7,7 @@ from flask import Blueprint, abort, current_app, flash, jsonify, redirect, rende
 from appliance.store.catalogue import CallFilter
 from appliance.contacts import normalise
 from appliance.errors import CallrecError
+from web.auth import confirmed
 from web.backend import backend
 from web.exports import ExportRefused
 from web.i18n import error_text, gettext as _
@@ -79,6 +80,7 @@ def export():
 
 @bp.route("/privacy/erase", methods=["POST"])
 @require("admin")
+@confirmed
 def erase():
     """Erase every call of the number (held ones are kept and listed: release them first)."""
     number = request.form.get("number", "").strip()

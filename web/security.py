@@ -1,11 +1,8 @@
-"""Who is asking, and what they may do: sessions, API tokens, CSRF, roles, per-line access, the
-login rate limit and the security headers. Applied to every request by `install`.
+"""Who is asking, and what they may do: sessions, API tokens, CSRF, roles, per-line access and the
+security headers. Applied to every request by `install`.
 """
 
 import secrets
-import threading
-import time
-from collections import defaultdict, deque
 from functools import wraps
 
 from flask import Flask, abort, g, jsonify, redirect, request, session, url_for
@@ -14,33 +11,11 @@ from web.accounts import Principal
 from web.backend import backend
 from web.i18n import gettext as _
 
-PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "auth.language", "static", "healthz", "certificate", "api.openapi"}
+PUBLIC_ENDPOINTS = {"auth.login", "auth.code", "auth.setup", "auth.language", "static", "healthz", "certificate",
+                    "api.openapi"}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
-IP_FAILURES = 20            # wrong logins from one address within IP_WINDOW_S before it must wait
-IP_WINDOW_S = 15 * 60
 CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-
-
-class LoginLimiter:
-    """Wrong logins per client address, so one address cannot try passwords on every account."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._failures: dict[str, deque] = defaultdict(deque)
-
-    def blocked(self, address: str) -> bool:
-        """Whether `address` has failed too often lately."""
-        with self._lock:
-            recent = self._failures[address]
-            while recent and recent[0] < time.monotonic() - IP_WINDOW_S:
-                recent.popleft()
-            return len(recent) >= IP_FAILURES
-
-    def failed(self, address: str) -> None:
-        """Count a wrong login from `address`."""
-        with self._lock:
-            self._failures[address].append(time.monotonic())
 
 
 def csrf_token() -> str:
@@ -81,6 +56,16 @@ def session_idle_s() -> float:
     return backend().config.web.session_hours * 3600
 
 
+def session_lifetime_s() -> float:
+    """How long a session lasts at most, however much it is used."""
+    return backend().config.web.session_max_hours * 3600
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Compare a secret sent by a client in constant time (any text: not only ASCII)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
 def _before():
     g.principal = _load_principal()
     if is_api():
@@ -90,7 +75,7 @@ def _before():
     if request.method in UNSAFE:
         # Login and setup forms too: another site must not log a browser in, nor lock accounts.
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
-        if not sent or "csrf" not in session or not secrets.compare_digest(sent, session["csrf"]):
+        if not sent or "csrf" not in session or not same_secret(sent, session["csrf"]):
             abort(400, description=_("The form has expired or did not come from this site: reload the page and try again."))
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         return None
@@ -118,7 +103,6 @@ def install(app: Flask) -> None:
     """Check every request; add the security headers to every response."""
     app.before_request(_before)
     app.after_request(_headers)
-    app.extensions["login_limiter"] = LoginLimiter()
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["current"] = current
 
@@ -161,5 +145,5 @@ def visible_lines(principal: Principal) -> tuple[str, ...] | None:
 
 
 def client_address() -> str:
-    """The client's address, for the audit trail and the login limiter."""
+    """The client's address, for the audit trail and the login throttle."""
     return request.remote_addr or "unknown"

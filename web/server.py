@@ -1,18 +1,23 @@
-"""Serving the web UI: cheroot (CherryPy's production WSGI server) over HTTPS with the device's own
+"""Serving the web UI: hypercorn (an asyncio HTTP server) over HTTPS with the device's own
 certificate, made at first start, and a plain-HTTP listener that only redirects to HTTPS."""
 
+import asyncio
 import datetime
 import ipaddress
 import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import urllib.parse
 from pathlib import Path
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
+from concurrent.futures import ThreadPoolExecutor
+
+from hypercorn.app_wrappers import WSGIWrapper
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config
 from werkzeug.wsgi import FileWrapper
 
 from appliance.config import load_config
@@ -22,9 +27,15 @@ log = logging.getLogger(__name__)
 
 TLS_DIR, CERT_NAME, KEY_NAME = "tls", "cert.pem", "key.pem"
 CERT_YEARS = 10
-# cheroot offers no wsgi.file_wrapper, so send_file would read 8 KB at a time, each piece a small TLS
-# record through cheroot's Python writer: half nginx's throughput (bench/web). 128 KB matches it.
-SEND_BLOCK = 128 * 1024
+# The server offers no wsgi.file_wrapper, so send_file would read 8 KB at a time, each piece a trip
+# through the event loop and a small TLS record (bench/web): 128 KB pieces reach half of nginx's
+# throughput, 512 KB all of it.
+SEND_BLOCK = 512 * 1024
+HANDSHAKE_S = 10            # a TLS handshake not done by then is dropped
+READ_S = 10                 # a client silent this long mid-request is dropped
+MAX_HEADER_BYTES = 16 * 1024
+ANONYMOUS_BODY = 64 * 1024  # the largest body accepted from a request without credentials (a login form is < 1 KB)
+FORM_OVERHEAD = 64 * 1024   # multipart boundaries and the other fields around an upload
 
 
 def ensure_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
@@ -94,33 +105,113 @@ def with_file_wrapper(app):
     return wrapped
 
 
+class ServerConfig(Config):
+    """Hypercorn's settings with the TLS context hardened further: no renegotiation started by the
+    client (a cheap way to make a server work), the server's cipher order."""
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        context = super().create_ssl_context()
+        if context is not None:
+            context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        return context
+
+
+class GatedWSGI(WSGIWrapper):
+    """The WSGI app behind a gate that looks at the headers before the body is read: a body larger
+    than the upload limit is refused at once (413), and one larger than a form is refused to a
+    request that carries neither a session cookie nor an API token (401), so no one buffers
+    megabytes on the appliance without at least claiming to be logged in."""
+
+    def __init__(self, app, max_body: int, cookie_name: str):
+        super().__init__(app, max_body)
+        self.cookie_name = cookie_name.encode()
+
+    async def handle_http(self, scope, receive, send, sync_spawn, call_soon):
+        """Refuse what the headers already condemn; hand the rest to the app in a worker thread."""
+        headers = dict(scope.get("headers", []))
+        try:
+            length = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            length = -1
+        credentials = b"authorization" in headers or self.cookie_name + b"=" in headers.get(b"cookie", b"")
+        refusal = None
+        if length < 0 or length > self.max_body_size:
+            refusal = (413, b"The upload is too large.")
+        elif (length > ANONYMOUS_BODY or b"chunked" in headers.get(b"transfer-encoding", b"")) and not credentials:
+            refusal = (401, b"Log in first.")
+        if refusal is None:
+            await super().handle_http(scope, receive, send, sync_spawn, call_soon)
+            return
+        status, text = refusal
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"),
+                                (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": text, "more_body": False})
+
+
+def https_or_redirect(app, redirect):
+    """One WSGI app for both listeners: requests over HTTPS go to `app`, plain HTTP to `redirect`."""
+    def dispatch(environ, start_response):
+        chosen = app if environ.get("wsgi.url_scheme") == "https" else redirect
+        return chosen(environ, start_response)
+    return dispatch
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class WebServer:
-    """The HTTPS server and its HTTP redirect, each on its own thread."""
+    """The HTTPS server and its HTTP redirect on one asyncio loop of their own (hypercorn): TLS
+    handshakes and slow clients cost a coroutine, never a thread; the app runs in a pool of
+    `web.threads` worker threads once a request's headers and body are in."""
 
     def __init__(self, config_path: Path):
-        from web import create_app
+        from web import MAX_UPLOAD_BYTES, SESSION_COOKIE, create_app
 
         config = load_config(config_path)
         web = config.web
         self.app = create_app(config_path)
         accounts = self.app.extensions["callrec"].accounts
         cert, key = ensure_certificate(accounts.folder / TLS_DIR, web.hostname)
-        self.https = wsgi.Server((web.bind, web.https_port), with_file_wrapper(self.app),
-                                 numthreads=web.threads, server_name=web.hostname)
-        self.https.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
         self.cert = cert
-        self.http = (wsgi.Server((web.bind, web.http_port), redirect_app(web.https_port, web.hostname), numthreads=2)
-                     if web.http_port else None)
-        self.setup_code = accounts.setup_code()
         self.web = web
+        self.config = ServerConfig()
+        self.config.bind = [_address(web.bind, web.https_port)]
+        self.config.insecure_bind = [_address(web.bind, web.http_port)] if web.http_port else []
+        self.config.certfile, self.config.keyfile = str(cert), str(key)
+        self.config.alpn_protocols = ["http/1.1"]
+        self.config.ssl_handshake_timeout = HANDSHAKE_S
+        self.config.read_timeout = READ_S
+        self.config.h11_max_incomplete_size = MAX_HEADER_BYTES
+        self.config.include_server_header = False
+        self.config.graceful_timeout = 2
+        self.config.accesslog = None
+        self.config.errorlog = logging.getLogger("hypercorn.error")     # into the appliance's own log
+        self.wsgi = GatedWSGI(https_or_redirect(with_file_wrapper(self.app), redirect_app(web.https_port, web.hostname)),
+                              MAX_UPLOAD_BYTES + FORM_OVERHEAD, SESSION_COOKIE)
+        self.setup_code = accounts.setup_code()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Bind and serve in the background."""
-        for server in filter(None, (self.https, self.http)):
-            server.prepare()
-            threading.Thread(target=server.serve, name=f"web-{server.bind_addr[1]}", daemon=True).start()
+        """Bind (raising here if a port is taken) and serve in the background."""
+        sockets = self.config.create_sockets()
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.set_default_executor(ThreadPoolExecutor(self.web.threads, thread_name_prefix="web"))
+            self._stopping = asyncio.Event()
+            ready.set()
+            await worker_serve(self.wsgi, self.config, sockets=sockets, shutdown_trigger=self._stopping.wait)
+
+        self._thread = threading.Thread(target=asyncio.run, args=(serve(),), name="web", daemon=True)
+        self._thread.start()
+        ready.wait(10)
         log.info("web UI on https://%s:%s/, certificate SHA-256 fingerprint %s", self.web.hostname,
-                 self.https.bind_addr[1], certificate_fingerprint(self.cert.read_text()))
+                 self.web.https_port, certificate_fingerprint(self.cert.read_text()))
         if self.setup_code:
             message = (f"callrec web setup code: {self.setup_code}  (open https://{self.web.hostname}"
                        f"{'' if self.web.https_port == 443 else f':{self.web.https_port}'}/setup)")
@@ -129,21 +220,22 @@ class WebServer:
     def problem(self, timeout: float) -> str | None:
         """Why the web UI should be restarted (for the watchdog): None while it answers its own
         health check over HTTPS within `timeout` seconds."""
-        import ssl
         import urllib.request
 
         host = "127.0.0.1" if self.web.bind in ("0.0.0.0", "::") else self.web.bind
+        host = f"[{host}]" if ":" in host else host
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE    # its own certificate
         try:
-            with urllib.request.urlopen(f"https://{host}:{self.https.bind_addr[1]}/healthz", timeout=timeout,
+            with urllib.request.urlopen(f"https://{host}:{self.web.https_port}/healthz", timeout=timeout,
                                         context=context) as answer:
                 return None if answer.status == 200 else f"the web UI answers {answer.status} to its health check"
         except OSError as exc:
             return f"the web UI does not answer its health check: {exc}"
 
     def stop(self) -> None:
-        """Stop serving and close the databases."""
-        for server in filter(None, (self.https, self.http)):
-            server.stop()
+        """Stop serving (open streams get a moment to end) and close the databases."""
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(10)
         self.app.extensions["callrec"].close()

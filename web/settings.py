@@ -20,6 +20,7 @@ from appliance.errors import CallrecError
 from appliance.notice import load_notice
 from pydantic import ValidationError
 from web.accounts import ROLES, AccountError
+from web.auth import confirmed
 from web.backend import backend
 from web.i18n import error_text, gettext as _
 from web.security import client_address, current, require, session_idle_s
@@ -130,6 +131,7 @@ def _saving(change, what: str, anchor: str):
 
 @bp.route("/")
 @require("admin")
+@confirmed
 def index():
     """Lines, notice, purposes, store limits."""
     raw = raw_config().unwrap()
@@ -150,6 +152,7 @@ def _change_entry(table: str, name: str, fields: dict, what: str, anchor: str):
 
 @bp.route("/line/<name>", methods=["POST"])
 @require("admin")
+@confirmed
 def line(name: str):
     """Change one line's settings."""
     return _change_entry("line", name, LINE_FIELDS, f"line {name}", f"line-{name}")
@@ -157,6 +160,7 @@ def line(name: str):
 
 @bp.route("/trunk/<name>", methods=["POST"])
 @require("admin")
+@confirmed
 def trunk(name: str):
     """Change one SIP trunk's call rules (its addresses stay as the file has them)."""
     return _change_entry("sip_trunk", name, TRUNK_FIELDS, f"sip trunk {name}", f"trunk-{name}")
@@ -164,6 +168,7 @@ def trunk(name: str):
 
 @bp.route("/store", methods=["POST"])
 @require("admin")
+@confirmed
 def store():
     """Change the archive's cap and the free-space floor."""
     return _saving(lambda raw: _apply(raw.setdefault("store", {}), _form_values(STORE_FIELDS)), "store limits", "store")
@@ -171,6 +176,7 @@ def store():
 
 @bp.route("/purpose", methods=["POST"])
 @require("admin")
+@confirmed
 def purpose():
     """Add a purpose or change one's retention and legal basis."""
     name = request.form.get("name", "").strip()
@@ -189,6 +195,7 @@ def purpose():
 
 @bp.route("/notice", methods=["POST"])
 @require("admin")
+@confirmed
 def notice():
     """A new notice for some lines: an uploaded sound file, or a text spoken by espeak-ng."""
     targets = request.form.getlist("lines")
@@ -258,6 +265,7 @@ def _lines_field() -> list[str] | None:
 
 @bp.route("/users")
 @require("admin")
+@confirmed
 def users():
     """Users, where they are logged in, and API tokens."""
     return _users_page()
@@ -299,6 +307,7 @@ def _account_change(action, what: str, done: str):
 
 @bp.route("/users/add", methods=["POST"])
 @require("admin")
+@confirmed
 def add_user():
     """Create a user with a role and the lines they may see."""
     form = request.form
@@ -310,8 +319,10 @@ def add_user():
 
 @bp.route("/users/<int:user_id>", methods=["POST"])
 @require("admin")
+@confirmed
 def change_user(user_id: int):
-    """Change a user's role and lines, reset their password, unlock or delete them."""
+    """Change a user's role and lines, reset their password or second factor, let them try again
+    after wrong passwords, or delete them."""
     form, accounts = request.form, backend().accounts
     user = accounts.user(user_id)
     if user is None:
@@ -320,8 +331,11 @@ def change_user(user_id: int):
     if action == "delete":
         return _account_change(lambda: accounts.delete_user(user_id), f"user {user.name} deleted", _("User deleted."))
     if action == "unlock":
-        return _account_change(lambda: accounts.update_user(user_id, unlock=True), f"user {user.name} unlocked",
-                               _("User unlocked."))
+        return _account_change(lambda: accounts.update_user(user_id, unlock=True),
+                               f"wrong-password delay of {user.name} cleared", _("{name} may try again now.", name=user.name))
+    if action == "second_factor_off":
+        return _account_change(lambda: accounts.clear_second_factor(user_id), f"second factor of {user.name} turned off",
+                               _("{name} logs in with the password only.", name=user.name))
     if action == "password":
         own = session.get("sid") if user_id == current().id else None
         return _account_change(lambda: accounts.update_user(user_id, password=form.get("password", ""), keep_session=own),
@@ -336,6 +350,7 @@ def change_user(user_id: int):
 
 @bp.route("/tokens/add", methods=["POST"])
 @require("admin")
+@confirmed
 def add_token():
     """Create an API token; it is shown once."""
     accounts, form = backend().accounts, request.form
@@ -350,6 +365,7 @@ def add_token():
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
 @require("admin")
+@confirmed
 def revoke_token(token_id: int):
     """Revoke an API token."""
     return _account_change(lambda: backend().accounts.revoke_token(token_id), f"API token {token_id} revoked",

@@ -5,13 +5,13 @@ import json
 import time
 from datetime import date, datetime, timedelta
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, render_template, session, stream_with_context
 
 from appliance import __version__
 from appliance.clock import iso_utc
 from appliance.store.catalogue import CallFilter
 from web.backend import backend
-from web.security import current, visible_lines
+from web.security import current, session_idle_s, visible_lines
 
 bp = Blueprint("status", __name__)
 
@@ -75,16 +75,20 @@ def status_json():
 
 @bp.route("/status/events")
 def events():
-    """The status every second as Server-Sent Events. Each stream holds one of the server's
-    threads, so at most half of them stream; beyond that the page polls `/status.json`."""
+    """The status every second as Server-Sent Events, while the session lasts. Each stream holds
+    one of the server's threads, so at most half of them stream; beyond that the page polls
+    `/status.json`."""
     streams = current_app.extensions["status_streams"]
     if not streams.acquire(blocking=False):
         return Response("busy: poll /status.json", status=503, mimetype="text/plain")
 
+    accounts, sid = backend().accounts, session.get("sid", "")
+
     def produce():
         try:
             deadline = time.monotonic() + EVENT_STREAM_S
-            while time.monotonic() < deadline:
+            # The stream ends with its session (logged out, ended by an admin, expired).
+            while time.monotonic() < deadline and accounts.session_user(sid, session_idle_s(), touch=False):
                 yield f"data: {json.dumps(snapshot())}\n\n"
                 time.sleep(EVENT_INTERVAL_S)
         finally:
