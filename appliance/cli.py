@@ -377,9 +377,7 @@ def user_list(config_path: Path, data: Path | None) -> None:
     """List the web UI's users, their roles and lines, and whose logins wrong passwords slow down."""
     for entry in _accounts(config_path, data).users():
         lines = ", ".join(entry["lines"]) if entry["lines"] is not None else "all lines"
-        from appliance.clock import iso_utc
-
-        slowed = f"  SLOWED (wrong passwords) until {iso_utc(entry['slowed_until'])}" if entry["slowed_until"] else ""
+        slowed = f"  SLOWED (wrong passwords) until {entry['slowed_until']}" if entry["slowed_until"] else ""
         click.echo(f"{entry['name']:<24} {entry['role']:<10} {lines}{slowed}")
 
 

@@ -31,6 +31,7 @@ from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, 
 from appliance.errors import CallrecError
 from appliance.keys import certificate_fingerprint
 from appliance.live import FRESH_S, read_live
+from web.certificate import TLS_DIR, to_trust
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 MARKS = {OK: "✔", WARN: "!", FAIL: "✘", INFO: "·"}
@@ -445,8 +446,9 @@ def check_clock(synchronised: Callable[[], bool] = clock_synchronised) -> Result
                   "clock, so an RTC module helps where there is no network")
 
 
-def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S) -> Result:
-    """Does the web UI answer its health check over HTTPS?"""
+def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S, to_trust: Path | None = None) -> Result:
+    """Does the web UI answer its health check over HTTPS? With the fingerprint of the certificate
+    the shop's computers install (`to_trust`: the appliance's authority), else of the one served."""
     host = "127.0.0.1" if web.bind in ("0.0.0.0", "::", "") else web.bind
     url = f"https://{host if ':' not in host else f'[{host}]'}:{web.https_port}/healthz"
     # The device's own self-signed certificate: the chain cannot be verified, and need not be.
@@ -466,11 +468,14 @@ def check_web(web: WebConfig, timeout: float = WEB_TIMEOUT_S) -> Result:
     except ValueError:
         return Result(FAIL, f"something other than the web UI answers at {url}",
                       f"free port {web.https_port} or set web.https_port to another port")
+    if to_trust is not None and to_trust.is_file():
+        # What a computer installing https://…/certificate.crt can check it against.
+        return Result(OK, f"the web UI answers at {url}; the certificate to trust (/certificate.crt) has the "
+                          f"SHA-256 fingerprint {certificate_fingerprint(to_trust.read_text())}")
     try:
         served = ssl.get_server_certificate((host, web.https_port), timeout=timeout)
     except (OSError, ValueError):
         return Result(OK, f"the web UI answers at {url}")
-    # What a browser's warning about the self-signed certificate can be checked against.
     return Result(OK, f"the web UI answers at {url}; its certificate's SHA-256 fingerprint is "
                       f"{certificate_fingerprint(served)}")
 
@@ -660,5 +665,5 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
     if (target := check_offload_target(config)) is not None:
         results += [target, check_offload(config, target_works=target.status != FAIL)]
     results.append(check_clock(clock))
-    results.append(check_web(config.web))
+    results.append(check_web(config.web, to_trust=to_trust(config.recorder.data_dir / "web" / TLS_DIR)))
     return results

@@ -169,7 +169,7 @@ def test_the_web_health_check_fails_once_https_stops_answering(web_appliance):
     server.start()
     try:
         assert server.problem(2.0) is None
-        server.https.stop()
+        server.stop()
         assert "does not answer its health check" in server.problem(2.0)
     finally:
         server.stop()

@@ -13,7 +13,8 @@ from conftest import PASSWORD, callrec, demo_path, simulated_cards, stop, wait_f
 FORM = re.compile(rb'name="csrf_token" value="([^"]+)"')
 SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr",
                "filename": "style.css"}
-PUBLIC = {"auth.login", "auth.setup", "auth.language", "static", "healthz", "certificate", "api.openapi"}
+PUBLIC = {"auth.login", "auth.code", "auth.setup", "auth.language", "static", "healthz", "certificate", "revocation_list",
+          "api.openapi"}
 
 
 @pytest.fixture
@@ -321,22 +322,25 @@ def test_the_api_lists_calls_of_the_tokens_lines_and_exports_a_bundle_that_verif
     assert response.status_code == 400 and "call_ids" in response.get_json()["error"]
 
 
-def test_anyone_may_download_the_appliances_certificate_to_trust_it(web):
-    from web.server import TLS_DIR, ensure_certificate
+def test_anyone_may_download_the_appliances_authority_to_trust_it(web):
+    from web.certificate import CA_NAME, TLS_DIR, ensure_certificate
 
     app, _ = web
     client = app.test_client()
     assert client.get("/certificate.crt").status_code == 404          # not made before the server's first start
-    cert, _key = ensure_certificate(app.extensions["callrec"].accounts.folder / TLS_DIR, "localhost")
+    folder = app.extensions["callrec"].accounts.folder / TLS_DIR
+    ensure_certificate(folder, "localhost")
     response = client.get("/certificate.crt")
-    assert response.status_code == 200 and response.data == cert.read_bytes()
+    assert response.status_code == 200 and response.data == (folder / CA_NAME).read_bytes()
     assert "attachment" in response.headers["Content-Disposition"] and b"PRIVATE" not in response.data
+    crl = client.get("/ca.crl")
+    assert crl.status_code == 200 and crl.mimetype == "application/pkix-crl"
 
 
 def test_a_config_named_by_a_relative_path_serves_files_from_its_own_folder(web_appliance, monkeypatch):
     # As `./run-demo` starts it: `callrec web --config callrec-data/appliance.toml`.
     from web import create_app
-    from web.server import TLS_DIR, ensure_certificate
+    from web.certificate import TLS_DIR, ensure_certificate
 
     config, data, calls = web_appliance
     monkeypatch.chdir(config.parent.parent)

@@ -19,7 +19,7 @@ from web.exports import Exports
 from web.i18n import gettext as _
 from web.i18n import pick_language, template_helpers
 from web.security import install
-from web.server import CERT_NAME, TLS_DIR
+from web.certificate import CRL_NAME, TLS_DIR, to_trust
 
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
 SESSION_COOKIE = "callrec_session"
@@ -75,13 +75,21 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
 
     @app.route("/certificate.crt")
     def certificate():
-        """The appliance's own certificate, to install as trusted on the shop's computers (after
-        comparing its fingerprint with the one `callrec doctor` prints on the appliance)."""
-        path = the_backend.accounts.folder / TLS_DIR / CERT_NAME
+        """The certificate to install as trusted on the shop's computers and phones (the appliance's
+        own authority, after comparing its fingerprint with the one `callrec doctor` prints)."""
+        path = to_trust(the_backend.accounts.folder / TLS_DIR)
         if not path.is_file():
             abort(404)
         return send_file(path, mimetype="application/x-x509-ca-cert", as_attachment=True,
                          download_name=f"{web_config.hostname}.crt")
+
+    @app.route("/ca.crl")
+    def revocation_list():
+        """The appliance's authority's revocation list (the server certificates it has replaced)."""
+        path = the_backend.accounts.folder / TLS_DIR / CRL_NAME
+        if not path.is_file():
+            abort(404)
+        return send_file(path, mimetype="application/pkix-crl", max_age=3600)
 
     @app.errorhandler(HTTPException)
     def _error(exc: HTTPException):

@@ -2,12 +2,8 @@
 certificate, made at first start, and a plain-HTTP listener that only redirects to HTTPS."""
 
 import asyncio
-import datetime
-import ipaddress
 import logging
-import os
 import re
-import socket
 import ssl
 import threading
 import urllib.parse
@@ -22,11 +18,11 @@ from werkzeug.wsgi import FileWrapper
 
 from appliance.config import load_config
 from appliance.keys import certificate_fingerprint
+from web.certificate import CRL_NAME, TLS_DIR, ensure_certificate, to_trust
 
 log = logging.getLogger(__name__)
 
-TLS_DIR, CERT_NAME, KEY_NAME = "tls", "cert.pem", "key.pem"
-CERT_YEARS = 10
+RENEW_CHECK_S = 6 * 3600     # how often the server certificate's end and names are looked at
 # The server offers no wsgi.file_wrapper, so send_file would read 8 KB at a time, each piece a trip
 # through the event loop and a small TLS record (bench/web): 128 KB pieces reach half of nginx's
 # throughput, 512 KB all of it.
@@ -36,42 +32,6 @@ READ_S = 10                 # a client silent this long mid-request is dropped
 MAX_HEADER_BYTES = 16 * 1024
 ANONYMOUS_BODY = 64 * 1024  # the largest body accepted from a request without credentials (a login form is < 1 KB)
 FORM_OVERHEAD = 64 * 1024   # multipart boundaries and the other fields around an upload
-
-
-def ensure_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
-    """The device's self-signed certificate and key (made once; the key readable by the appliance
-    only). Names: the configured host name, `localhost`, the machine's host name, 127.0.0.1."""
-    cert, key_path = folder / CERT_NAME, folder / KEY_NAME
-    if cert.is_file() and key_path.is_file():
-        return cert, key_path
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = {hostname, "localhost", socket.gethostname(), f"{socket.gethostname()}.local"}
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "callrec appliance")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365 * CERT_YEARS))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(n) for n in sorted(names)] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256()))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    log.info("made the device's web certificate %s", cert)
-    return cert, key_path
 
 
 HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
@@ -106,14 +66,18 @@ def with_file_wrapper(app):
 
 
 class ServerConfig(Config):
-    """Hypercorn's settings with the TLS context hardened further: no renegotiation started by the
-    client (a cheap way to make a server work), the server's cipher order."""
+    """Hypercorn's settings with the TLS context hardened further (no renegotiation started by the
+    client, a cheap way to make a server work; the server's cipher order) and kept, so a renewed
+    certificate can be loaded into it while serving."""
+
+    context: ssl.SSLContext | None = None
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
-        context = super().create_ssl_context()
-        if context is not None:
-            context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-        return context
+        """The TLS context of the HTTPS listener."""
+        self.context = super().create_ssl_context()
+        if self.context is not None:
+            self.context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        return self.context
 
 
 class GatedWSGI(WSGIWrapper):
@@ -148,11 +112,39 @@ class GatedWSGI(WSGIWrapper):
                                 (b"content-length", str(len(text)).encode())]})
         await send({"type": "http.response.body", "body": text, "more_body": False})
 
+    def run_app(self, environ: dict, send) -> None:
+        """Run the WSGI app in a worker thread and send its answer. Unlike hypercorn's own, this
+        sends the head of an answer with an empty body too (a 304 to a browser's conditional
+        request), and leaves the Date header to the server (werkzeug adds one to files it sends)."""
+        head: dict = {}
+
+        def start_response(status: str, headers: list, exc_info=None) -> None:
+            head["status"] = int(status.split(" ", 1)[0])
+            head["headers"] = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                               for name, value in headers if name.lower() != "date"]
+
+        body = self.app(environ, start_response)
+        sent_head = False
+        try:
+            for chunk in body:
+                if not sent_head:
+                    send({"type": "http.response.start", "status": head["status"], "headers": head["headers"]})
+                    sent_head = True
+                if chunk:
+                    send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not sent_head:
+                send({"type": "http.response.start", "status": head["status"], "headers": head["headers"]})
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
 
 def https_or_redirect(app, redirect):
-    """One WSGI app for both listeners: requests over HTTPS go to `app`, plain HTTP to `redirect`."""
+    """One WSGI app for both listeners: requests over HTTPS go to `app`, plain HTTP to `redirect`
+    but for the revocation list (fetched over HTTP, as revocation lists are)."""
     def dispatch(environ, start_response):
-        chosen = app if environ.get("wsgi.url_scheme") == "https" else redirect
+        plain_ok = environ.get("PATH_INFO") == f"/{CRL_NAME}" and environ.get("REQUEST_METHOD") == "GET"
+        chosen = app if environ.get("wsgi.url_scheme") == "https" or plain_ok else redirect
         return chosen(environ, start_response)
     return dispatch
 
@@ -173,9 +165,11 @@ class WebServer:
         web = config.web
         self.app = create_app(config_path)
         accounts = self.app.extensions["callrec"].accounts
-        cert, key = ensure_certificate(accounts.folder / TLS_DIR, web.hostname)
+        self.tls_folder = accounts.folder / TLS_DIR
+        cert, key, _ = ensure_certificate(self.tls_folder, web.hostname)
         self.cert = cert
         self.web = web
+        self.app.extensions["reload_certificate"] = self.reload_certificate
         self.config = ServerConfig()
         self.config.bind = [_address(web.bind, web.https_port)]
         self.config.insecure_bind = [_address(web.bind, web.http_port)] if web.http_port else []
@@ -205,17 +199,35 @@ class WebServer:
             self._loop.set_default_executor(ThreadPoolExecutor(self.web.threads, thread_name_prefix="web"))
             self._stopping = asyncio.Event()
             ready.set()
+            renewal = asyncio.create_task(self._renew_periodically())
             await worker_serve(self.wsgi, self.config, sockets=sockets, shutdown_trigger=self._stopping.wait)
+            renewal.cancel()
 
         self._thread = threading.Thread(target=asyncio.run, args=(serve(),), name="web", daemon=True)
         self._thread.start()
         ready.wait(10)
-        log.info("web UI on https://%s:%s/, certificate SHA-256 fingerprint %s", self.web.hostname,
-                 self.web.https_port, certificate_fingerprint(self.cert.read_text()))
+        log.info("web UI on https://%s:%s/; the certificate to trust (/certificate.crt) has the SHA-256 fingerprint %s",
+                 self.web.hostname, self.web.https_port, certificate_fingerprint(to_trust(self.tls_folder).read_text()))
         if self.setup_code:
             message = (f"callrec web setup code: {self.setup_code}  (open https://{self.web.hostname}"
                        f"{'' if self.web.https_port == 443 else f':{self.web.https_port}'}/setup)")
             log.warning(message)       # the unit sends the log to the console too
+
+    async def _renew_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_CHECK_S)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.reload_certificate, False)
+            except Exception:
+                log.exception("could not renew the web UI's certificate; the current one is still served")
+
+    def reload_certificate(self, force: bool = True) -> None:
+        """Serve the current certificate to new connections: after an upload (`force`), or when
+        `ensure_certificate` has just issued a new one."""
+        cert, key, issued = ensure_certificate(self.tls_folder, self.web.hostname)
+        if (force or issued) and self.config.context is not None:
+            self.config.context.load_cert_chain(cert, key)
+            log.info("the web UI now serves the certificate %s", cert)
 
     def problem(self, timeout: float) -> str | None:
         """Why the web UI should be restarted (for the watchdog): None while it answers its own

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import tomlkit
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from appliance.config import Config, format_validation_error, resolve_paths
 from appliance.errors import CallrecError
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from web.accounts import ROLES, AccountError
 from web.auth import confirmed
 from web.backend import backend
+from web.certificate import CERT_NAME, OWN_MARK, TLS_DIR, CertificateError, install_own, use_issued
 from web.i18n import error_text, gettext as _
 from web.security import client_address, current, require, session_idle_s
 
@@ -137,7 +138,54 @@ def index():
     raw = raw_config().unwrap()
     notices = sorted((backend().data_dir / "notices").glob("*")) if (backend().data_dir / "notices").is_dir() else []
     return render_template("settings.html", raw=raw, config=backend().config, voices=SPEECH_VOICES,
-                           notices=notices, config_path=backend().config_path)
+                           notices=notices, config_path=backend().config_path, certificate=served_certificate())
+
+
+def _tls_folder() -> Path:
+    return backend().accounts.folder / TLS_DIR
+
+
+def served_certificate() -> dict | None:
+    """What the web UI's certificate says: its names, its end, whether the owner uploaded it."""
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate((_tls_folder() / CERT_NAME).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName) + san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    return {"names": names, "ends": leaf.not_valid_after_utc.isoformat(), "uploaded": (_tls_folder() / OWN_MARK).exists(),
+            "subject": leaf.subject.rfc4514_string()}
+
+
+@bp.route("/certificate", methods=["POST"])
+@require("admin")
+@confirmed
+def certificate():
+    """Serve the owner's certificate and key (PEM files) instead of the appliance's, or go back."""
+    reload = current_app.extensions.get("reload_certificate")
+    if request.form.get("action") == "issued":
+        use_issued(_tls_folder(), backend().config.web.hostname)
+        what = "web certificate: back to the appliance's own"
+    else:
+        cert, key = request.files.get("certificate"), request.files.get("key")
+        try:
+            if not cert or not key:
+                raise CertificateError("choose both files: the certificate (with its chain) and its key")
+            leaf = install_own(_tls_folder(), cert.read(), key.read())
+        except CertificateError as exc:
+            flash(_("The certificate was not installed: {reason}", reason=str(exc)), "error")
+            return redirect(url_for("settings.index") + "#certificate")
+        what = f"web certificate uploaded: {leaf.subject.rfc4514_string()}"
+    if reload is not None:
+        reload()
+    backend().catalogue.add_audit(current().actor, "settings", detail=what, address=client_address())
+    flash(_("The web UI serves the new certificate to new connections."))
+    return redirect(url_for("settings.index") + "#certificate")
 
 
 def _change_entry(table: str, name: str, fields: dict, what: str, anchor: str):

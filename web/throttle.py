@@ -76,9 +76,11 @@ class LoginThrottle:
                                 [key, now, now, FORGET_S])
 
     def succeeded(self, name: str, address: str) -> None:
-        """The right password: the name's counts start again (the address's do not, or one known
-        account would wipe an attacker's record)."""
+        """The right password: the name's counts start again, and the address's loses this try
+        (only this one, or one known account would wipe an attacker's record)."""
         self.clear(name, address)
+        with self._lock:
+            self.db.execute("UPDATE throttle SET failures = MAX(failures - 1, 0) WHERE key = ?", [f"address:{address}"])
 
     def clear(self, name: str, address: str | None = None) -> None:
         """Forget the name's failures (from `address`, or from everywhere)."""
