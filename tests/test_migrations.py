@@ -133,6 +133,12 @@ def _fill(db: sqlite3.Connection) -> None:
     if "offload_deletions" in tables:
         _insert(db, "offload_deletions", dict(call_id=ERASED_ID, file=FILE_8, target="sftp://nas/calls",
                                               reason="erased"))
+    if "outbox" in tables:
+        _insert(db, "outbox", dict(delivery="d-1", created_at="2026-01-05T09:02:05Z",
+                                   body='{"event": "call.finished", "call_id": 1}', attempts=2,
+                                   next_attempt_at="2026-01-05T09:03:00Z"))
+    if "peaks" in tables:
+        _insert(db, "peaks", dict(call_id=1, levels=bytes(range(200)) * 3))
     if "tombstones" in tables:
         db.execute("DELETE FROM calls WHERE id = ?", [ERASED_ID])
     db.execute("COMMIT")

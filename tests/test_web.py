@@ -1,8 +1,10 @@
 """The web UI through Flask's test client: access control on every route, CSRF, path traversal,
-lockout, first-run setup, privacy requests, settings, and the API."""
+first-run setup, privacy requests, settings, and the API."""
 
 import html
+import os
 import re
+import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -138,9 +140,11 @@ def test_a_catalogue_row_pointing_outside_the_archive_is_not_served(web):
     call_id = calls["customer"]["id"]
     app.extensions["callrec"].catalogue.update_call(call_id, file="catalogue.db")
     admin = login(app, "admin")
-    for url in (f"/calls/{call_id}/audio", f"/calls/{call_id}/download", f"/calls/{call_id}/waveform.svg"):
+    for url in (f"/calls/{call_id}/audio", f"/calls/{call_id}/download"):
         response = admin.get(url)
         assert response.status_code == 404 and b"SQLite format" not in response.data
+    picture = admin.get(f"/calls/{call_id}/waveform.svg")      # drawn from the peaks kept at archiving
+    assert picture.data.startswith(b"<svg") and b"SQLite format" not in picture.data
 
 
 def test_first_run_offers_only_setup_and_needs_the_printed_code(web_appliance):
@@ -510,6 +514,53 @@ def test_an_erased_call_takes_the_bundles_holding_it_with_it(web):
     assert not list(app.extensions["callrec"].exports_dir.iterdir())
 
 
+def test_a_bundle_is_refused_to_its_owner_once_demoted_or_moved_off_its_lines(web):
+    app, calls = web
+    accounts = app.extensions["callrec"].accounts
+    super_id = next(u["id"] for u in accounts.users() if u["name"] == "super")
+    supervisor = login(app, "super")
+    job = post(supervisor, "/privacy/export", number="+3225550101").location.rsplit("/", 1)[1]
+    assert wait_for(lambda: supervisor.get(f"/exports/{job}.json").get_json()["state"] == "ready", 10)
+    assert supervisor.get(f"/exports/{job}/bundle").status_code == 200
+    accounts.update_user(super_id, lines=["office"])          # the supplier's call was on the shop line
+    assert supervisor.get(f"/exports/{job}/bundle").status_code == 404
+    accounts.update_user(super_id, lines=None, role="staff")
+    assert supervisor.get(f"/exports/{job}/bundle").status_code == 404
+    assert supervisor.get(f"/exports/{job}.json").status_code == 404
+    accounts.update_user(super_id, role="supervisor")
+    assert supervisor.get(f"/exports/{job}/bundle").status_code == 200
+
+
+def test_a_bundle_being_written_counts_against_the_room_of_the_next(web_appliance):
+    import shutil
+
+    from web import create_app
+
+    config, data, calls = web_appliance
+    size = 300 * 1_000_000
+    with open(data / calls["supplier"]["file"], "wb") as out:     # a long call: its bundle takes a while
+        for _ in range(size // 1_000_000):
+            out.write(os.urandom(1_000_000))
+    with sqlite3.connect(data / "catalogue.db") as db:
+        db.execute("UPDATE calls SET size_bytes = ? WHERE id = ?", [size, calls["supplier"]["id"]])
+    # Room above the floor for one such bundle and a half.
+    floor_mb = (shutil.disk_usage(data).free - 1.5 * size) / 1e6
+    config.write_text(config.read_text() + f"\n[store]\nmin_free_mb = {int(floor_mb)}\nmin_free_hours = 0\n")
+    app = create_app(config, secure_cookies=False)
+    try:
+        for name in ("admin", "boss"):
+            app.extensions["callrec"].accounts.add_user(name, PASSWORD, "admin", None)
+        first, second = login(app, "admin"), login(app, "boss")
+        job = post(first, "/privacy/export", number="+3225550101").location.rsplit("/", 1)[1]
+        refused = second.post("/privacy/export", data={"csrf_token": csrf(second, "/"), "number": "+3225550101"},
+                              follow_redirects=True)
+        assert first.get(f"/exports/{job}.json").get_json()["state"] == "running"
+        assert b"free above what the appliance keeps for recording" in refused.data
+        assert wait_for(lambda: first.get(f"/exports/{job}.json").get_json()["state"] == "ready", 60)
+    finally:
+        app.extensions["callrec"].close()
+
+
 def test_odd_queries_get_a_page_or_a_clear_error_never_a_server_error(web):
     app, _ = web
     admin = login(app, "admin")
@@ -531,13 +582,40 @@ def test_the_audit_csv_keeps_typed_text_from_becoming_a_spreadsheet_formula(web)
 def test_the_waveform_shows_where_the_call_is_loud_and_where_it_is_silent(tmp_path):
     import numpy as np
 
+    from appliance.store.peaks import PeakFolder
     from conftest import tone, write_wav
-    from web.waveform import peaks
+    from web.waveform import decode_peaks
 
-    path = write_wav(tmp_path / "call.wav", np.concatenate([tone(440, 2, 0.5), np.zeros(16000), tone(440, 2, 0.1)]))
-    columns = peaks(path, 6.0)
-    assert len(columns) == 600
-    assert min(columns[:190]) > 0.45 and max(columns[210:390]) == 0 and 0.08 < min(columns[410:]) < 0.12
+    audio = np.concatenate([tone(440, 2, 0.5), np.zeros(16000), tone(440, 2, 0.1)])
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    folder = PeakFolder(len(audio))
+    for start in range(0, len(pcm), 3202):          # chunks that end mid-column
+        folder.add(pcm[start:start + 3202])
+    folded = [level / 255 for level in folder.result()]
+    decoded = decode_peaks(write_wav(tmp_path / "call.wav", audio), 6.0)
+    for columns in (folded, decoded):
+        assert len(columns) == 600
+        assert min(columns[:190]) > 0.45 and max(columns[210:390]) == 0 and 0.08 < min(columns[410:]) < 0.12
+
+
+def test_a_waveform_is_drawn_from_the_peaks_kept_at_archiving_without_decoding(web):
+    app, calls = web
+    admin = login(app, "admin")
+    call = calls["supplier"]
+    catalogue = app.extensions["callrec"].catalogue
+    assert len(catalogue.peaks_of(call["id"])) == 600
+    data = app.extensions["callrec"].data_dir
+    (data / call["file"]).write_bytes(b"not audio any more")     # a decode would fail now
+    picture = admin.get(f"/calls/{call['id']}/waveform.svg")
+    assert picture.status_code == 200 and picture.data.count(b"M") > 500
+    # A call archived before peaks were kept is decoded once, and kept.
+    with sqlite3.connect(data / "catalogue.db") as db:
+        db.execute("DELETE FROM peaks WHERE call_id = ?", [calls["office"]["id"]])
+    assert admin.get(f"/calls/{calls['office']['id']}/waveform.svg").status_code == 200
+    assert len(catalogue.peaks_of(calls["office"]["id"])) == 600
+    # Erased with its call.
+    post(admin, f"/calls/{calls['office']['id']}/delete", confirm="yes")
+    assert catalogue.peaks_of(calls["office"]["id"]) is None
 
 
 def test_a_sip_trunks_call_rules_and_notice_are_set_in_the_settings_and_it_is_a_line_like_the_others(web_appliance):

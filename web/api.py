@@ -93,14 +93,14 @@ def start_export():
     if not ids:
         abort(404, description="no recordings to export")
     try:
-        job = exports().start(ids, current().key, current().actor, request.remote_addr)
+        job = exports().start(ids, current(), request.remote_addr)
     except ExportRefused as exc:
         abort(409, description=str(exc))
     return jsonify(**job.public(), status_url=url_for("api.export_status", job_id=job.id)), 202
 
 
 def _job(job_id: str):
-    job = exports().get(job_id, current().key)
+    job = exports().get(job_id, current())
     if job is None:
         abort(404, description="no such export (bundles are kept for an hour)")
     return job

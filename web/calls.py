@@ -8,12 +8,13 @@ from datetime import date, datetime, time as dtime, timedelta
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
 from appliance.store.catalogue import FLAGS, CallFilter
+from appliance.store.peaks import peaks_from_levels
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from web.backend import backend
 from web.i18n import error_text, gettext as _
 from web.security import client_address, current, require, visible_call, visible_lines
-from web.waveform import waveform_svg
+from web.waveform import decode_peaks, waveform_svg
 
 bp = Blueprint("calls", __name__)
 
@@ -195,7 +196,12 @@ def download(call_id: int):
 def waveform(call_id: int):
     """A picture of the recording's loudness over time."""
     call = visible_call(call_id)
-    response = Response(waveform_svg(archived_file(call), call["duration_s"] or 0.0), mimetype="image/svg+xml")
+    catalogue = backend().catalogue
+    levels = catalogue.peaks_of(call_id)
+    if levels is None:          # archived before peaks were kept: decode it this once
+        levels = peaks_from_levels(decode_peaks(archived_file(call), call["duration_s"] or 0.0))
+        catalogue.set_peaks(call_id, levels)
+    response = Response(waveform_svg(levels), mimetype="image/svg+xml")
     response.headers["Cache-Control"] = "private, no-store"
     return response
 

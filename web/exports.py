@@ -4,8 +4,10 @@ memory stays flat whatever its size.
 
 A bundle is a copy of personal data: each principal has one at a time (a new export replaces the
 last), it is removed an hour after it was made, at once when one of its calls is erased, and at
-the next start. An export that would eat into the free space the store keeps for recording is
-refused: the cleaner would otherwise delete recordings to make room for it.
+the next start. Whoever follows or fetches it is checked again each time: the owner, still a
+supervisor or admin, still allowed every line in it. An export that would eat into the free space
+the store keeps for recording, counting the bundles still being written, is refused: the cleaner
+would otherwise delete recordings to make room for it.
 """
 
 import logging
@@ -37,6 +39,8 @@ class ExportJob:
     actor: str                  # for the audit trail
     call_ids: list[int]
     path: Path
+    lines: frozenset[str] = frozenset()     # the lines its calls were on
+    size: int = 0                           # the bytes its recordings take
     done: int = 0
     total: int = 0
     state: str = "running"      # running, ready, failed
@@ -62,25 +66,39 @@ class Exports:
             path.unlink(missing_ok=True)
         threading.Thread(target=self._sweeper, name="export-sweeper", daemon=True).start()
 
-    def start(self, call_ids: list[int], owner: str, actor: str, address: str | None) -> ExportJob:
-        """Start making a bundle of `call_ids` in the background (replacing the owner's last one)."""
-        with self._lock:
-            for job in [j for j in self._jobs.values() if j.owner == owner and j.state != "running"]:
-                self._drop(job)
-            if any(j.owner == owner for j in self._jobs.values()):
-                raise ExportRefused("an export of yours is still being made: wait for it to finish")
-        self._check_room(call_ids)
+    def start(self, call_ids: list[int], principal, address: str | None) -> ExportJob:
+        """Start making a bundle of `call_ids` for `principal` in the background (replacing their
+        last one)."""
+        catalogue = self.backend.catalogue
+        lines = frozenset(catalogue.get_call(call_id)["line"] for call_id in call_ids)
         job_id = secrets.token_urlsafe(12)
-        job = ExportJob(job_id, owner, actor, list(call_ids), self.folder / f"{job_id}.zip", total=len(call_ids))
+        job = ExportJob(job_id, principal.key, principal.actor, list(call_ids), self.folder / f"{job_id}.zip",
+                        lines=lines, size=catalogue.size_of(call_ids), total=len(call_ids))
         with self._lock:
+            for old in [j for j in self._jobs.values() if j.owner == principal.key and j.state != "running"]:
+                self._drop(old)
+            if any(j.owner == principal.key for j in self._jobs.values()):
+                raise ExportRefused("an export of yours is still being made: wait for it to finish")
+            self._check_room(job.size)          # under the lock: two exports at once see each other
             self._jobs[job_id] = job
         threading.Thread(target=self._run, args=(job, address), name=f"export-{job_id}", daemon=True).start()
         return job
 
-    def _check_room(self, call_ids: list[int]) -> None:
+    def _still_to_write(self) -> int:
+        """The bytes the bundles being made will still write."""
+        total = 0
+        for job in self._jobs.values():
+            if job.state == "running":
+                try:
+                    written = Path(f"{job.path}.part").stat().st_size
+                except FileNotFoundError:
+                    written = 0
+                total += max(job.size - written, 0)
+        return total
+
+    def _check_room(self, size: int) -> None:
         store = self.backend.store
-        size = self.backend.catalogue.size_of(call_ids)
-        room = store.free_bytes() - store.floor_bytes()
+        room = store.free_bytes() - store.floor_bytes() - self._still_to_write()
         if size > room:
             raise ExportRefused("this export needs {needed:,.0f} MB, and only {free:,.0f} MB are free above what "
                                 "the appliance keeps for recording: export fewer calls",
@@ -101,11 +119,13 @@ class Exports:
             job.state, job.error = "failed", str(exc)
             job.path.unlink(missing_ok=True)
 
-    def get(self, job_id: str, owner: str) -> ExportJob | None:
-        """A job of `owner`'s, or None."""
+    def get(self, job_id: str, principal) -> ExportJob | None:
+        """The job `job_id` if it is `principal`'s and they may still export every line in it, or None."""
         with self._lock:
             job = self._jobs.get(job_id)
-        return job if job is not None and job.owner == owner else None
+        if job is None or job.owner != principal.key or not principal.at_least("supervisor"):
+            return None
+        return job if all(principal.may_see(line) for line in job.lines) else None
 
     def forget_calls(self, call_ids: set[int]) -> None:
         """Remove the bundles holding any of these calls (they were just erased)."""

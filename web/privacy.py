@@ -71,7 +71,7 @@ def export():
     if not calls:
         abort(404, description=_("None of these calls has a recording to export."))
     try:
-        job = exports().start([c["id"] for c in calls], current().key, current().actor, client_address())
+        job = exports().start([c["id"] for c in calls], current(), client_address())
     except ExportRefused as exc:
         flash(error_text(exc), "error")
         return redirect(url_for("privacy.index", number=request.form.get("number", "").strip()))
@@ -122,7 +122,7 @@ def hold():
 @bp.route("/exports/<job_id>")
 def export_page(job_id: str):
     """The progress of a bundle, then its download link."""
-    job = exports().get(job_id, current().key)
+    job = exports().get(job_id, current())
     if job is None:
         abort(404, description=_("There is no such export (bundles are kept for an hour)."))
     return render_template("export.html", job=job.public())
@@ -131,7 +131,7 @@ def export_page(job_id: str):
 @bp.route("/exports/<job_id>.json")
 def export_status(job_id: str):
     """The progress of a bundle, for the progress bar."""
-    job = exports().get(job_id, current().key)
+    job = exports().get(job_id, current())
     if job is None:
         abort(404)
     return jsonify(job.public())
@@ -140,7 +140,7 @@ def export_status(job_id: str):
 @bp.route("/exports/<job_id>/bundle")
 def export_download(job_id: str):
     """The finished bundle, streamed from disk."""
-    job = exports().get(job_id, current().key)
+    job = exports().get(job_id, current())
     if job is None or job.state != "ready":
         abort(404, description=_("This bundle is not ready."))
     return send_file(job.path, mimetype="application/zip", as_attachment=True,

@@ -1,8 +1,9 @@
 """A waveform picture of a recording: its peaks over time as an SVG the player draws its cursor on.
 
-Made on request and not kept: a picture of a call is derived from personal data, and a cache
-would be one more place an erasure had to reach. The recording is decoded frame by frame (memory
-stays flat however long the call), one picture at a time (a Pi's core is the recorder's first).
+The peaks are folded when the call is archived and kept with it (`appliance.store.peaks`), so a
+picture costs no decoding. A call archived before that is decoded once, frame by frame (memory
+stays flat however long the call), one at a time (a Pi's core is the recorder's first), and its
+peaks are kept from then on.
 """
 
 import array
@@ -12,15 +13,15 @@ from pathlib import Path
 import av
 
 from appliance.errors import AudioFileError
+from appliance.store.peaks import COLUMNS
 
-COLUMNS = 600
 HEIGHT = 100
 RATE = 8000         # plenty for a picture, and cheap to decode
 
 _one_at_a_time = threading.Lock()
 
 
-def peaks(path: Path, duration_s: float, columns: int = COLUMNS) -> list[float]:
+def decode_peaks(path: Path, duration_s: float, columns: int = COLUMNS) -> list[float]:
     """The loudest sample of each of `columns` equal slices of a recording `duration_s` long, 0..1
     of full scale (a stereo recording is mixed to mono: the picture is of the whole call)."""
     total = max(1, int(duration_s * RATE))
@@ -52,11 +53,11 @@ def _add(result: list[float], samples: array.array, position: int, total: int, c
     return position + len(samples)
 
 
-def waveform_svg(path: Path, duration_s: float) -> str:
-    """An SVG of the recording's peaks, one vertical bar per column."""
+def waveform_svg(levels: bytes) -> str:
+    """An SVG of a recording's stored peaks, one vertical bar per column."""
     middle = HEIGHT / 2
-    bars = " ".join(f"M{x} {middle - p * middle:.1f}V{middle + p * middle:.1f}"
-                    for x, p in enumerate(peaks(path, duration_s)) if p > 0.002)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {COLUMNS} {HEIGHT}" '
+    bars = " ".join(f"M{x} {middle - p / 255 * middle:.1f}V{middle + p / 255 * middle:.1f}"
+                    for x, p in enumerate(levels) if p > 0)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {len(levels)} {HEIGHT}" '
             f'preserveAspectRatio="none"><path d="{bars}" stroke="#2b6cb0" stroke-width="1" fill="none"/>'
-            f'<line x1="0" y1="{middle}" x2="{COLUMNS}" y2="{middle}" stroke="#cbd5e0" stroke-width="0.5"/></svg>')
+            f'<line x1="0" y1="{middle}" x2="{len(levels)}" y2="{middle}" stroke="#cbd5e0" stroke-width="0.5"/></svg>')

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from appliance.store import ledger
 from appliance.store.catalogue import Catalogue
+from appliance.store.peaks import PeakFolder
 from appliance.clock import iso_utc
 from appliance.codec import encode, suffix
 from appliance.store.spool import fsync_dir, read_header, read_pcm, repair_header
@@ -50,6 +51,7 @@ class Encoded:
     spool: Path
     fields: dict                # what the call's row gets: file, size, hash, format, samples…
     sha256: str | None = None   # of the archive file, for the ledger
+    peaks: bytes | None = None  # its waveform (see appliance.store.peaks)
 
 
 def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, opus_bitrate: int) -> Encoded:
@@ -75,8 +77,9 @@ def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, o
     target = data_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
+    folder = PeakFolder(frames, channels)
     try:
-        encode(read_pcm(spool), rate, channels, partial, fmt, opus_bitrate)
+        encode(folder.passing(read_pcm(spool)), rate, channels, partial, fmt, opus_bitrate)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
     except OSError as exc:
@@ -88,12 +91,15 @@ def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, o
         target = data_dir / relative
         log.warning("call %s: no room to encode it as %s; kept as WAV", call_id, partial.suffixes[0])
         os.link(spool, partial)
+        folder = PeakFolder(frames, channels)
+        for chunk in read_pcm(spool):
+            folder.add(chunk)
     os.replace(partial, target)
     fsync_dir(target.parent)
     digest = sha256_file(target)
     return Encoded(call_id, spool, {"file": str(relative), "size_bytes": target.stat().st_size, "sha256": digest,
                                     "format": fmt, "sample_rate": rate, "samples": frames,
-                                    "duration_s": round(frames / rate, 3)}, digest)
+                                    "duration_s": round(frames / rate, 3)}, digest, folder.result())
 
 
 def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields) -> dict:
@@ -105,6 +111,8 @@ def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields)
         catalogue.update_call(encoded.call_id, **fields)
         if encoded.sha256 is not None:
             ledger.append(db, "recorded", encoded.call_id, encoded.sha256, fields["state"])
+        if encoded.peaks is not None:
+            db.execute("INSERT OR REPLACE INTO peaks (call_id, levels) VALUES (?, ?)", [encoded.call_id, encoded.peaks])
     _remove(encoded.spool)
     return catalogue.get_call(encoded.call_id)
 

@@ -198,6 +198,18 @@ class Catalogue:
             if db.execute(sql, [*fields.values(), call_id]).rowcount != 1:
                 raise KeyError(call_id)
 
+    def peaks_of(self, call_id: int) -> bytes | None:
+        """A call's waveform peaks (see appliance.store.peaks), or None when they were never folded."""
+        with self.read() as db:
+            row = db.execute("SELECT levels FROM peaks WHERE call_id = ?", [call_id]).fetchone()
+        return row[0] if row is not None else None
+
+    def set_peaks(self, call_id: int, levels: bytes) -> None:
+        """Keep a call's waveform peaks (folded late, for a call archived before they were)."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM calls WHERE id = ? AND file IS NOT NULL", [call_id]).fetchone():
+                db.execute("INSERT OR REPLACE INTO peaks (call_id, levels) VALUES (?, ?)", [call_id, levels])
+
     def add_digit(self, call_id: int, offset_s: float, key: str) -> None:
         """Note a DTMF key heard `offset_s` seconds into a call's recording."""
         with self.transaction() as db:

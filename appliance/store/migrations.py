@@ -151,7 +151,13 @@ def _migration_11(db: sqlite3.Connection) -> None:
         body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT)""")
 
 
+def _migration_12(db: sqlite3.Connection) -> None:
+    """Each call's waveform peaks (one byte per column), folded when it is archived; apart from the
+    call's row, which is read far more often."""
+    db.execute("CREATE TABLE peaks (call_id INTEGER PRIMARY KEY, levels BLOB NOT NULL)")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
-              _migration_7, _migration_8, _migration_9, _migration_10, _migration_11)
+              _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12)

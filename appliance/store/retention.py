@@ -155,6 +155,7 @@ class Store:
             marks = ", ".join("?" * len(calls))
             db.execute(f"DELETE FROM digits WHERE call_id IN ({marks})", [call["id"] for call in calls])
             db.execute(f"DELETE FROM pauses WHERE call_id IN ({marks})", [call["id"] for call in calls])
+            db.execute(f"DELETE FROM peaks WHERE call_id IN ({marks})", [call["id"] for call in calls])
             db.execute(f"DELETE FROM calls WHERE id IN ({marks})", [call["id"] for call in calls])
         self.finish_deletions()
 
