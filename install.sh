@@ -21,9 +21,12 @@ DROP_IN=50-callrec-data-dir.conf    # in each unit's .d folder while data_dir is
 USER_NAME=callrec
 UNITS=(callrec-recorder.service callrec-web.service)
 # As scripts/setup-env (rsync and ssh offload recordings to a NAS), and the system tools the
-# services use: certificates for HTTPS webhooks, kill for `systemctl reload`.
+# services use: certificates for HTTPS webhooks, kill for `systemctl reload`, Avahi to answer to
+# callrec.local on the LAN.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libasound2-dev alsa-utils rsync openssh-client
-              ca-certificates procps espeak-ng)
+              ca-certificates procps espeak-ng avahi-daemon)
+HOST_NAME=callrec                   # the name on the sticker: https://callrec.local/
+DEFAULT_HOST_NAMES=" raspberrypi debian localhost "   # names nobody chose: replaced by HOST_NAME
 
 changed_anything=false
 
@@ -340,6 +343,43 @@ install_system_files() {
         systemctl restart systemd-journald
     fi
     install_boot_config
+    install_host_name
+    install_announcement
+}
+
+https_port() {
+    "$VENV/bin/python" -c 'import sys, tomllib
+print(tomllib.load(open(sys.argv[1], "rb")).get("web", {}).get("https_port", 443))' "$CONFIG" 2>/dev/null || echo 443
+}
+
+# The box answers to callrec.local over mDNS (Avahi announces the host name): a host name nobody
+# chose becomes HOST_NAME; one the technician gave is kept. Takes effect at the next boot, or at
+# once where systemd runs (never `hostname` here: in a chroot it would rename the host machine).
+install_host_name() {
+    local current
+    current=$(cat /etc/hostname 2>/dev/null | tr -d '[:space:]')
+    if [[ "$DEFAULT_HOST_NAMES" != *" ${current:-localhost} "* ]]; then
+        report "host name" "nothing changed (${current})"
+        return
+    fi
+    echo "$HOST_NAME" > /etc/hostname
+    if grep -q '^127\.0\.1\.1' /etc/hosts 2>/dev/null; then
+        sed -i "s/^127\.0\.1\.1.*/127.0.1.1\t$HOST_NAME/" /etc/hosts
+    else
+        printf '127.0.1.1\t%s\n' "$HOST_NAME" >> /etc/hosts
+    fi
+    if systemd_running; then
+        hostnamectl set-hostname "$HOST_NAME"
+    fi
+    report "host name" "named the box $HOST_NAME (was ${current:-none}): https://$HOST_NAME.local/"
+}
+
+install_announcement() {
+    local announcement
+    announcement=$(mktemp)
+    sed "s/HTTPS_PORT/$(https_port)/" "$SOURCE/firmware-config/avahi-callrec.service" > "$announcement"
+    install_file "mDNS announcement" "$announcement" /etc/avahi/services/callrec.service 0644 root:root
+    rm -f "$announcement"
 }
 
 install_boot_config() {
@@ -428,16 +468,15 @@ EOF
 
 summary() {
     local port addresses code
-    port=$("$VENV/bin/python" -c 'import sys, tomllib
-print(tomllib.load(open(sys.argv[1], "rb")).get("web", {}).get("https_port", 443))' "$CONFIG" 2>/dev/null || echo 443)
+    port=$(https_port)
     [ "$port" = 443 ] && port="" || port=":$port"
     addresses=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -v ':' | grep . || true)
     echo
     if $changed_anything; then echo "callrec is installed."; else echo "callrec is installed; this run changed nothing."; fi
     echo "Web UI:"
-    echo "  https://$(hostname).local$port/"
+    echo "  https://$(cat /etc/hostname 2>/dev/null || hostname).local$port/"
     for address in $addresses; do echo "  https://$address$port/"; done
-    if code=$(as_callrec "$VENV/bin/callrec" setup-code --config "$CONFIG" 2>&1); then
+    if code=$(as_callrec "$VENV/bin/callrec" setup-code --keep --config "$CONFIG" 2>&1); then
         echo "One-time setup code (for the first admin account): $code"
     elif [[ "$code" == *"set up already"* ]]; then
         echo "${code#callrec: }"

@@ -89,6 +89,11 @@ for config_txt in /boot/firmware/config.txt /boot/config.txt; do
     fi
 done
 
+if [ -e /etc/avahi/services/callrec.service ]; then
+    rm -f /etc/avahi/services/callrec.service
+    echo "removed the web UI's mDNS announcement (the host name stays)"
+fi
+
 if [ -e /usr/local/bin/callrec ] || [ -e "$PREFIX" ]; then
     rm -rf /usr/local/bin/callrec "$PREFIX"
     echo "removed the program ($PREFIX)"

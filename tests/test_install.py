@@ -260,6 +260,7 @@ def _tell(root: Path, seen: dict):
     timings = seen["timings"]
     install = f"cd {SOURCE_IN_ROOT} && ./install.sh"
 
+    (root / "etc/hostname").write_text("raspberrypi\n")     # as Raspberry Pi OS ships
     t = time.monotonic()
     seen["first"] = in_root(root, install).stdout
     timings["first install"] = time.monotonic() - t
@@ -267,6 +268,8 @@ def _tell(root: Path, seen: dict):
         "/etc/callrec", "/etc/callrec/appliance.toml", "/etc/callrec/notice-en.wav", "/var/lib/callrec",
         "/opt/callrec/venv/bin/callrec", "/usr/local/bin/callrec", *(f"/etc/systemd/system/{u}" for u in UNITS))}
     seen["user"] = in_root(root, "id callrec; getent passwd callrec").stdout
+    seen["host name"] = (root / "etc/hostname").read_text().strip()
+    seen["announcement"] = (root / "etc/avahi/services/callrec.service").read_text()
     seen["enabled"] = {unit: os.readlink(root / "etc/systemd/system/multi-user.target.wants" / unit)
                        if (root / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink() else None
                        for unit in UNITS}
@@ -373,6 +376,10 @@ def test_a_first_run_installs_everything_and_enables_the_units(story):
     assert story["version"].strip() == f"callrec, version {__version__}"
     assert story["config loads"].strip() == "callrec_capture"
     assert story["enabled"] == {u: f"/etc/systemd/system/{u}" for u in UNITS}
+    # The name on the sticker: the box answers to callrec.local and announces its web UI.
+    assert story["host name"] == "callrec" and said["host name"][0].startswith("named the box callrec")
+    assert "<type>_https._tcp</type>" in story["announcement"] and "<port>443</port>" in story["announcement"]
+    assert "  https://callrec.local/" in story["first"]
 
 
 @needs_root

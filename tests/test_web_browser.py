@@ -196,3 +196,46 @@ def test_the_status_page_follows_the_recorder_live(server, browser):
 def callrec_calls(data: Path) -> list[dict]:
     import json
     return json.loads(callrec("calls", "--json", "--data", str(data)).stdout)
+
+
+def test_an_admin_turns_on_a_second_factor_and_logs_in_with_the_apps_code(server, browser):
+    import pyotp
+
+    from web.accounts import Accounts
+
+    base, web, config, data, calls, process = server
+    accounts = Accounts(data / "web")
+    accounts.add_user("owner", PASSWORD, "admin", None)
+    accounts.close()
+    page = browser.new_page(ignore_https_errors=True, locale="en-GB")
+    page.goto(f"{base}/login")
+    page.fill("input[name=name]", "owner")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+    # Your account: set up a second factor, scan the QR code (here: read the key), confirm with a code.
+    page.click("a.user")
+    page.fill("form:has(button[value=second-factor-start]) input[name=current]", PASSWORD)
+    page.click("button[value=second-factor-start]")
+    assert page.locator("img.qr").evaluate("img => img.complete && img.naturalWidth > 100")
+    page.screenshot(path=ARTIFACTS / "second-factor.png", full_page=True)
+    totp = pyotp.TOTP(page.inner_text("#second-factor-key"))
+    page.fill("form:has(button[value=second-factor-on]) input[name=current]", PASSWORD)
+    page.fill("input[name=code]", totp.now())
+    page.click("button[value=second-factor-on]")
+    assert "Logging in now asks for a code" in page.inner_text("main")
+
+    # The next login asks for the code after the password; a wrong one is refused.
+    page.click("text=Log out")
+    page.fill("input[name=name]", "owner")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/login/code")
+    page.fill("input[name=code]", "000000")
+    page.click("button[type=submit]")
+    assert "The code is wrong" in page.inner_text("main")
+    page.fill("input[name=code]", totp.at(time.time() + 30))     # the next code: the last one is spent
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    assert "owner (admin)" in page.inner_text("header")
