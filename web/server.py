@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 RENEW_CHECK_S = 6 * 3600     # how often the server certificate's end and names are looked at
 # The server offers no wsgi.file_wrapper, so send_file would read 8 KB at a time, each piece a trip
-# through the event loop and a small TLS record (bench/web): 128 KB pieces reach half of nginx's
-# throughput, 512 KB all of it.
+# from a worker thread through the event loop. Pieces of 512 KB make the most of it (bench/web:
+# larger ones only grow the memory used).
 SEND_BLOCK = 512 * 1024
 HANDSHAKE_S = 10            # a TLS handshake not done by then is dropped
 READ_S = 10                 # a client silent this long mid-request is dropped
