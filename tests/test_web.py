@@ -19,22 +19,6 @@ PUBLIC = {"auth.login", "auth.code", "auth.setup", "auth.language", "static", "h
           "api.openapi"}
 
 
-@pytest.fixture
-def web(web_appliance):
-    """The app with three users: an admin, a supervisor of every line and a staff member of the
-    office line only. Yields (app, calls)."""
-    from web import create_app
-
-    config, data, calls = web_appliance
-    app = create_app(config, secure_cookies=False)
-    accounts = app.extensions["callrec"].accounts
-    accounts.add_user("admin", PASSWORD, "admin", None)
-    accounts.add_user("super", PASSWORD, "supervisor", None)
-    accounts.add_user("clerk", PASSWORD, "staff", ["office"])
-    yield app, calls
-    app.extensions["callrec"].close()
-
-
 def csrf(client, url: str = "/login") -> str:
     return FORM.search(client.get(url).data).group(1).decode()
 

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.clock import iso_utc
 from conftest import PASSWORD, callrec
-from test_web import csrf, login, post, web  # noqa: F401  (the fixture)
+from test_web import csrf, login, post
 
 ATTACKER, OWNER = "10.0.0.66", "10.0.0.5"
 
