@@ -62,6 +62,14 @@ def browser():
         chromium.close()
 
 
+def log_in(page, lands_on: str) -> None:
+    """Log in as the owner on the login page shown, and wait for the page it leads to."""
+    page.fill("input[name=name]", "owner")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(lands_on)
+
+
 def test_plain_http_is_sent_to_https(server):
     base, web, *_ = server
     opener = urllib.request.build_opener(NoRedirect)
@@ -95,10 +103,7 @@ def test_an_owner_sets_up_finds_plays_downloads_exports_and_erases_a_call(server
 
     # Log out and in again, as on the next day.
     page.click("text=Log out")
-    page.fill("input[name=name]", "owner")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
+    log_in(page, f"{base}/")
 
     # Find the supplier's call from Tuesday by its number, and open it.
     page.fill("input[name=q]", "5550101")
@@ -209,10 +214,7 @@ def test_an_admin_turns_on_a_second_factor_and_logs_in_with_the_apps_code(server
     accounts.close()
     page = browser.new_page(ignore_https_errors=True, locale="en-GB")
     page.goto(f"{base}/login")
-    page.fill("input[name=name]", "owner")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
+    log_in(page, f"{base}/")
 
     # Your account: set up a second factor, scan the QR code (here: read the key), confirm with a code.
     page.click("a.user")
@@ -228,10 +230,7 @@ def test_an_admin_turns_on_a_second_factor_and_logs_in_with_the_apps_code(server
 
     # The next login asks for the code after the password; a wrong one is refused.
     page.click("text=Log out")
-    page.fill("input[name=name]", "owner")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/login/code")
+    log_in(page, f"{base}/login/code")
     page.fill("input[name=code]", "000000")
     page.click("button[type=submit]")
     assert "The code is wrong" in page.inner_text("main")

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import socket
+import statistics
 import ssl
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def test_idle_and_slow_connections_do_not_stall_the_ui(served):
         trickler.join()
         for connection in idle + slow:
             connection.close()
+    print(f"/healthz with 50 idle and 20 slow connections open: median {statistics.median(times) * 1000:.0f} ms, "
+          f"slowest {max(times) * 1000:.0f} ms")
     assert max(times) < 0.2, times
 
 
