@@ -50,10 +50,11 @@ WRONG = "wrong user name or password"
 _hasher = PasswordHasher(time_cost=HASH_PASSES, memory_cost=HASH_MEMORY_KIB, parallelism=HASH_LANES)
 
 
-def _give_hash_memory_back() -> None:
+def give_hash_memory_back() -> None:
     """Make glibc map large blocks (a hash's 19 MiB) afresh and unmap them when freed. By default
     its threshold for that rises after the first such free, and each server thread then keeps
-    19 MiB in its own arena: eight threads, 150 MB, however few hash at once."""
+    19 MiB in its own arena: eight threads, 150 MB, however few hash at once. For the web process
+    only: elsewhere (the recorder) large buffers are better kept."""
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
     except (OSError, AttributeError):
@@ -61,7 +62,6 @@ def _give_hash_memory_back() -> None:
 
 
 M_MMAP_THRESHOLD = -3
-_give_hash_memory_back()
 _hashing = threading.BoundedSemaphore(HASHES_AT_ONCE)
 _dummy: list[str] = []          # a hash of nothing, checked for names that are no account
 

@@ -160,6 +160,9 @@ class WebServer:
 
     def __init__(self, config_path: Path):
         from web import MAX_UPLOAD_BYTES, SESSION_COOKIE, create_app
+        from web.accounts import give_hash_memory_back
+
+        give_hash_memory_back()
 
         config = load_config(config_path)
         web = config.web
