@@ -2,6 +2,9 @@
 negotiates no telephone-event, or one that sends both) does what an RFC 4733 key does, each press
 once, and speech or the notice never make a key. SIPp plays the parties, as in test_sip.py."""
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +71,39 @@ def test_a_key_sent_as_event_and_tone_and_echoed_by_the_other_side_is_one_press(
     assert np.abs(right[int(start * RATE) + 8:int(end * RATE) - 8]).max() == 0    # the shop's talk after 2 s too
 
 
-def test_a_pause_keyed_as_tones_silences_the_call_from_the_key_on(trunk):
+@contextlib.contextmanager
+def stalling(sip, every_s: float = 0.45, stall_s: float = 0.35):
+    """The relay's loop stops for `stall_s` every `every_s` (a slow moment of the Pi, another
+    thread holding the interpreter) and its tick comes first after each stall, before the
+    sockets' packets of that time are read."""
+    done = threading.Event()
+
+    def stall_then_tick():
+        time.sleep(stall_s)
+        sip.proxy._tick()
+
+    def stall_now_and_then():
+        while not done.wait(every_s):
+            sip.loop.call_soon_threadsafe(stall_then_tick)
+    thread = threading.Thread(target=stall_now_and_then, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("stalls", [False, True], ids=["", "the-relay-loop-stalls"])
+def test_a_pause_keyed_as_tones_silences_the_call_from_the_key_on(trunk, stalls):
     # A card payment: the caller keys the pause code as tones (no telephone-event), the shop
     # reads back the card number at once, then the caller keys it again to resume.
     keyed = with_key(with_key(line_noise(4.0), "#", 1.0, KEY_S), "#", 2.5, KEY_S)
     write_pcap(trunk.folder / "caller.pcap", keyed, g711.PCMA, 0x1111)
     write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 4.0, 0.5), g711.PCMA, 0x2222)
-    trunk.start(pause_code="#", notice_incoming=False)
-    call_through(trunk, "uac_no_events.xml", "uas_no_events.xml", 3500)
+    recorder = trunk.start(pause_code="#", notice_incoming=False)
+    with stalling(recorder.trunks[0]) if stalls else contextlib.nullcontext():
+        call_through(trunk, "uac_no_events.xml", "uas_no_events.xml", 3500)
     assert_paused(trunk, (0.95, 1.1), (2.45, 2.7))     # from the key on, not a word of the card number
 
 

@@ -196,6 +196,14 @@ class MediaSession:
     def _other(self, side: str) -> Leg:
         return next(leg for name, leg in self.legs.items() if name != side)
 
+    def drain(self) -> None:
+        """Relay every RTP packet waiting in the legs' sockets now: before the recording takes
+        its audio up to a moment, what arrived before it is read (after a stall of the loop,
+        some sockets' packets wait longer than the jitter allowance)."""
+        if not self.closed:
+            for leg in self.legs.values():
+                self._relay_rtp(leg, self._other(leg.side))
+
     def _relay_rtp(self, leg: Leg, other: Leg) -> None:
         for _ in range(DRAIN_MAX):
             try:

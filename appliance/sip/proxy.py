@@ -487,6 +487,8 @@ class Proxy:
             return
         dialog.state, dialog.expires = "ended", t + LINGER_S
         if dialog.recording is not None:
+            if dialog.media is not None:
+                dialog.media.drain()
             self.line.ended(dialog.recording, t, reason, interrupted)
         if dialog.media is not None:
             dialog.media.close()
@@ -523,6 +525,9 @@ class Proxy:
         """Twice a second: move audio toward the spools, end dead calls, forget old dialogs."""
         now = time.monotonic()
         try:
+            for dialog in list(self.dialogs.values()):
+                if dialog.media is not None:
+                    dialog.media.drain()
             self.line.flush(now)
             for dialog in list(self.dialogs.values()):
                 self._check(dialog, now)
