@@ -26,6 +26,7 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
 MAX_GAP_FILL_S = 600.0  # a longer outage is not padded: the call is marked instead
 MAX_AHEAD_S = 1.0       # how far a device may run ahead of the wall clock before it counts as broken
+DRIFT_FOLLOWED = 0.001  # a card's clock against the wall clock: 1000 ppm, far beyond any crystal's
 
 
 class Sink(Protocol):
@@ -45,6 +46,35 @@ def open_capture(device: str, rate: int, channels: int, period_frames: int) -> a
     return alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NORMAL, device=device, rate=rate,
                          channels=channels, format=alsaaudio.PCM_FORMAT_S16_LE,
                          periodsize=period_frames)
+
+
+class Backlog:
+    """What a capture stream took but has not delivered, from the wall clock and the frames read.
+    Its lag at the reads that keep up is its floor (which follows the card's clock drift); what
+    exceeds the floor when it overruns was lost. (The time of the last read says nothing then: a
+    read just before an overrun returns what it had collected, late.)"""
+
+    def __init__(self, rate: int, started: float):
+        self.rate, self.started = rate, started
+        self.frames = 0
+        self.floor: float | None = None     # the least lag seen, rising by DRIFT_FOLLOWED at most
+        self.at = started
+
+    def lag(self, now: float) -> float:
+        """Seconds of audio the card took since the stream started beyond the frames read."""
+        return now - self.started - self.frames / self.rate
+
+    def read(self, frames: int, now: float) -> None:
+        """A read returned `frames` at `now`."""
+        self.frames += frames
+        lag = self.lag(now)
+        self.floor = lag if self.floor is None else min(self.floor + DRIFT_FOLLOWED * (now - self.at), lag)
+        self.at = now
+
+    def lost(self, now: float) -> int:
+        """Frames the card took but will never deliver (it overran at `now`)."""
+        lag = min(self.lag(now), MAX_GAP_FILL_S) - (self.floor or 0.0)
+        return max(0, int(lag * self.rate))
 
 
 class Capture(threading.Thread):
@@ -156,12 +186,13 @@ class Capture(threading.Thread):
                 pcm.close()
 
     def _read_until_error(self, pcm: alsaaudio.PCM) -> None:
-        opened, frames = time.monotonic(), 0
+        stream = Backlog(self.rate, time.monotonic())
         while not self._stopping.is_set():
             try:
                 length, data = pcm.read()
-                frames += max(length, 0)
-                if frames / self.rate > time.monotonic() - opened + MAX_AHEAD_S:
+                now = time.monotonic()
+                stream.read(max(length, 0), now)
+                if stream.lag(now) < -MAX_AHEAD_S:
                     # A source that delivers faster than real time is broken (a dead feed
                     # returning stale buffers): what it gives is not the line.
                     raise alsaaudio.ALSAAudioError("delivers audio faster than real time")
@@ -172,8 +203,10 @@ class Capture(threading.Thread):
             if length == -errno.EPIPE:
                 log.warning("overrun on capture device %s", self.device)
                 self._fault("overruns")
-                self._fill_gap(self.last_read)
-                self.last_read = time.monotonic()
+                if lost := stream.lost(now):
+                    self._deliver(bytes(lost * self.frame_bytes))
+                stream = Backlog(self.rate, now)        # the stream starts again with the next read
+                self.last_read = now
                 continue
             if length <= 0:
                 self._stopping.wait(self.period_frames / self.rate)
