@@ -17,7 +17,7 @@ from appliance.keys import ensure_device_key_apart
 from appliance.live import LivePublisher
 from appliance.offload import Offloader
 from appliance.sdnotify import Watchdog, notify
-from appliance.service import Service, Worker
+from appliance.service import Service, Worker, settled
 from appliance.sip.trunk import SipTrunk
 from appliance.store.archive import SPOOL_DIR, recover
 from appliance.store.callrow import CallRow, Desk
@@ -199,13 +199,18 @@ class Recorder:
 
     def idle(self) -> bool:
         """No call in progress on any line and nothing left to finalise."""
-        return (all(line.idle for line in [*self.lines, *self.trunks])
-                and not self.finaliser.busy and not self.writer.busy)
+        # The lines first: what a line hands on before it is idle is then seen by `settled`.
+        return all(line.idle for line in [*self.lines, *self.trunks]) and settled(self._workers())
+
+    def _workers(self) -> list[Worker]:
+        """The workers that hand a call's jobs to one another: the trunks' store threads, the
+        catalogue writer and the finaliser."""
+        return [*(trunk.line.worker for trunk in self.trunks), self.writer, self.finaliser]
 
     def _drain(self) -> None:
         """Let the writer and the finaliser finish the calls ended (each hands work to the other),
         unless the catalogue keeps refusing writes: what is left then is recovered at the next start."""
-        while self.writer.busy or self.finaliser.busy:
+        while not settled([self.writer, self.finaliser]):
             if not (self.writer.is_alive() and self.finaliser.is_alive()):
                 break           # one of them died: what is left is recovered at the next start
             refusing = self.writer.refusing_since

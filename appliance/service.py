@@ -98,10 +98,12 @@ class Worker(Service):
     def __init__(self, name: str):
         super().__init__(name)
         self.jobs: "queue.Queue" = queue.Queue()
+        self.submitted = 0      # jobs ever queued: see `settled`
 
     def submit(self, job) -> None:
         """Queue `job` (a callable); never blocks."""
         self.jobs.put(job)
+        self.submitted += 1     # after the put: a job counted is already seen as queued
 
     def run_job(self, job) -> None:
         """Run one job. One that fails is logged, and the next runs: what it left undone (a spool,
@@ -155,3 +157,11 @@ def log_uncaught(args: threading.ExceptHookArgs) -> None:
 def install_excepthook() -> None:
     """Log the exception that ends any thread, and mark a service dead by it."""
     threading.excepthook = log_uncaught
+
+
+def settled(workers: list[Worker]) -> bool:
+    """No job queued or running in any of `workers`, which hand jobs on to one another. Looked at
+    one after the other, each could seem idle while a job moves from one not yet looked at to one
+    already looked at; a count of jobs given, the same before and after the look, rules that out."""
+    before = [worker.submitted for worker in workers]
+    return not any(worker.busy for worker in workers) and [worker.submitted for worker in workers] == before

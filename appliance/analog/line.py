@@ -170,6 +170,7 @@ class LineRecorder:
         self.ring = RingMonitor(settings.ring_gap_s)
         self.call: ActiveCall | None = None
         self._stop = threading.Event()
+        self._handling = False      # the line's thread is handling an event (see `idle`)
         self._thread = threading.Thread(target=self._run, name=f"line-{line.name}", daemon=True)
 
     def start(self) -> None:
@@ -203,7 +204,9 @@ class LineRecorder:
     @property
     def idle(self) -> bool:
         """True when no call is in progress or pending on the hook."""
-        return self.machine.state == "idle" and self.hook.deadline() is None
+        # The state first: the line's thread marks itself handling before it changes the state,
+        # and hands a call's end (or a missed call) to the store before it stops handling.
+        return self.machine.state == "idle" and not self._handling and self.hook.deadline() is None
 
     # -- the line's thread --------------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class LineRecorder:
                 edge = self.inputs.edges.get(timeout=self._sleep_time())
             except queue.Empty:
                 edge = None
+            self._handling = True
             try:
                 if isinstance(edge, Heard):
                     self._on_digit(edge)
@@ -229,6 +233,8 @@ class LineRecorder:
             except Exception:
                 # The line must keep recording whatever one event does wrong.
                 log.exception("line %s: error while handling an event", self.line.name)
+            finally:
+                self._handling = False
 
     def _sleep_time(self) -> float:
         ring_over = self.ring.deadline() if self.machine.state == "ringing" else None
