@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance import __version__
 from appliance.clock import clock_synchronised, iso_utc
+from appliance.loudest import loudest
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,6 @@ PID_NAME = "recorder.pid"
 PUBLISH_INTERVAL_S = 0.5
 FRESH_S = 5.0           # an older file means the recorder is not running
 CLIP_LEVEL = 32000      # a sample this close to full scale counts as clipping
-
-
-# The high byte of a 16-bit sample → its magnitude bucket b: |sample| lies within [256 b, 256 b + 256],
-# so the loudest sample is among those of the highest bucket present.
-_BUCKET = bytes(range(128)) + bytes(range(127, -1, -1))
-_BELOW = [bytes(range(k)) for k in range(128)]
 FOLD_BYTES = 8192       # audio kept unmeasured at most (about half a second at 8 kHz mono)
 HYPOT_ARGS = 1 << 16    # math.hypot's sum of squares stays exact (under 2**53) for this many samples
 
@@ -69,7 +64,7 @@ class LevelMeter:
         for start in range(0, len(every4), HYPOT_ARGS):
             self._squares += round(math.hypot(*every4[start:start + HYPOT_ARGS]) ** 2)
         self._samples += len(every4)
-        self._peak = max(self._peak, _peak(pcm, samples))
+        self._peak = max(self._peak, loudest(pcm, samples))
 
     def read(self) -> dict:
         """Levels in dBFS since the last reading (None when nothing was captured), and clipping."""
@@ -81,27 +76,6 @@ class LevelMeter:
             return {"level_dbfs": None, "peak_dbfs": None, "clipping": False}
         rms = math.sqrt(squares / samples)
         return {"level_dbfs": _dbfs(rms), "peak_dbfs": _dbfs(peak), "clipping": peak >= CLIP_LEVEL}
-
-
-def _peak(pcm: bytes, samples: array.array) -> int:
-    """The largest magnitude among `samples` (little-endian `pcm`), without visiting each one in Python."""
-    buckets = pcm[1::2].translate(_BUCKET)
-    low, high, kept = 0, 127, buckets   # the highest bucket present lies within [low, high]
-    while low < high:
-        middle = (low + high + 1) // 2
-        above = kept.translate(None, _BELOW[middle])
-        if above:
-            low, kept = middle, above
-        else:
-            high = middle - 1
-    top = bytes((low,))
-    if buckets.count(top) > len(samples) // 8:
-        return max(max(samples), -min(samples))     # many candidates (hiss, a steady tone): one pass
-    peak, at = 0, buckets.find(top)
-    while at >= 0:
-        peak = max(peak, abs(samples[at]))
-        at = buckets.find(top, at + 1)
-    return peak
 
 
 def _dbfs(value: float) -> float:

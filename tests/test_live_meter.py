@@ -4,7 +4,8 @@ import math
 import random
 from array import array
 
-from appliance.live import FOLD_BYTES, LevelMeter, _dbfs, _peak
+from appliance.live import FOLD_BYTES, LevelMeter, _dbfs
+from appliance.loudest import loudest
 
 
 def reference(periods: list[bytes]) -> dict:
@@ -28,7 +29,7 @@ def test_the_peak_is_exact_at_every_byte_boundary_and_for_loud_tones():
     for case in cases:
         case = [max(-32768, min(32767, v)) for v in case]
         samples = array("h", case)
-        assert _peak(samples.tobytes(), samples) == max(abs(v) for v in case), case
+        assert loudest(samples.tobytes(), samples) == max(abs(v) for v in case), case
 
 
 def test_levels_match_a_sample_by_sample_meter_across_folds_and_readings():

@@ -111,3 +111,11 @@ def test_a_leftover_that_cannot_be_encoded_is_kept_and_does_not_stop_the_start(t
     assert (tmp_path / SPOOL_DIR / "t1-1.wav").exists()
     # With a format that can take it, the next start recovers it.
     assert recover(catalogue, tmp_path, "flac", 16000)[0]["duration_s"] == 1.0
+
+
+def test_the_recorder_process_loads_no_numpy():
+    # About 14 MB of the recorder's resident memory, all day: its audio work is done without it.
+    import subprocess
+    import sys
+    code = "import sys, appliance.cli, appliance.recorder; print('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -5,9 +5,10 @@ while the call is encoded, and kept in the call's row, so drawing the waveform d
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
+from appliance.loudest import loudest
 
 COLUMNS = 600
+SAMPLE_BYTES = 2
 
 
 class PeakFolder:
@@ -15,23 +16,22 @@ class PeakFolder:
 
     def __init__(self, frames: int, channels: int = 1, columns: int = COLUMNS):
         self.frames, self.channels, self.columns = max(1, frames), channels, columns
-        self.peaks = np.zeros(columns, dtype=np.int32)
+        self.peaks = [0] * columns
         self.position = 0
 
     def add(self, chunk: bytes) -> None:
         """Fold the next chunk of interleaved PCM (a stereo frame counts its louder side)."""
-        samples = np.abs(np.frombuffer(chunk, dtype="<i2").astype(np.int32))
-        if self.channels > 1:
-            samples = samples[:len(samples) - len(samples) % self.channels].reshape(-1, self.channels).max(axis=1)
-        if not len(samples):
-            return
-        first = min(self.columns - 1, self.position * self.columns // self.frames)
-        last = min(self.columns - 1, (self.position + len(samples) - 1) * self.columns // self.frames)
-        # Where each later column starts within this chunk (ceiling division).
-        starts = [-(-column * self.frames // self.columns) - self.position for column in range(first + 1, last + 1)]
-        loudest = np.maximum.reduceat(samples, [0, *starts])
-        self.peaks[first:last + 1] = np.maximum(self.peaks[first:last + 1], loudest)
-        self.position += len(samples)
+        frame_bytes = SAMPLE_BYTES * self.channels
+        frames = len(chunk) // frame_bytes
+        at = 0
+        while at < frames:
+            column = min(self.columns - 1, (self.position + at) * self.columns // self.frames)
+            end = frames
+            if column < self.columns - 1:       # the next column's first frame (ceiling division)
+                end = min(frames, -(-(column + 1) * self.frames // self.columns) - self.position)
+            self.peaks[column] = max(self.peaks[column], loudest(chunk[at * frame_bytes:end * frame_bytes]))
+            at = end
+        self.position += frames
 
     def passing(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """The chunks, unchanged, folded on the way through."""
@@ -41,7 +41,7 @@ class PeakFolder:
 
     def result(self) -> bytes:
         """The peaks, one byte per column (255: full scale)."""
-        return bytes(np.minimum(255, (self.peaks * 255 + 16383) // 32767).astype(np.uint8))
+        return bytes(min(255, (peak * 255 + 16383) // 32767) for peak in self.peaks)
 
 
 def peaks_from_levels(levels: Iterable[float]) -> bytes:
