@@ -20,6 +20,12 @@ FORMATS = {
 }
 
 
+# Complexity 6 in 60 ms frames instead of libopus's 10 in 20 ms: measured on 8 kHz speech at
+# 16 kbit/s, 17 % less CPU per audio hour and 3 % smaller files for a PESQ (narrowband) within
+# 0.05 of complexity 10 on every sample (complexity 5 lost up to 0.17).
+OPUS_EFFORT = {"compression_level": "6", "frame_duration": "60"}
+
+
 def decode_to_pcm(path: Path, rate: int) -> bytes:
     """Decode a sound file of any common format to mono signed 16-bit PCM at `rate`."""
     try:
@@ -47,8 +53,7 @@ def encode(chunks: Iterable[bytes], rate: int, channels: int, out_path: Path, fm
             # Per channel: at 16 kbit/s for both, Opus blends the two sides of a stereo call. In
             # its default (music) mode it also takes twice the rate asked for stereo speech at 8 kHz.
             stream.bit_rate = opus_bitrate * channels
-            if channels > 1:
-                stream.options = {"application": "voip"}
+            stream.options = {**OPUS_EFFORT, **({"application": "voip"} if channels > 1 else {})}
         pts = 0
         for chunk in chunks:
             frames = len(chunk) // (2 * channels)
