@@ -132,6 +132,11 @@ class ActiveCall:
         """The call's id, once its row is written."""
         return self.row.id
 
+    @property
+    def label(self) -> str:
+        """How the log names the call: by its id, or by its start while its row waits to be written."""
+        return f"call {self.row.id}" if self.row.id is not None else f"the call from {iso_from_mono(self.started)}"
+
 
 class LineRecorder:
     """Records one analog line."""
@@ -317,13 +322,13 @@ class LineRecorder:
             elif isinstance(command, callrules.Pause):
                 call.audio.paused = True
                 call.row.pause(position, command.reason)
-                log.info("line %s: call %s paused", self.line.name, call.id)
+                log.info("line %s: %s paused", self.line.name, call.label)
             elif isinstance(command, callrules.Resume):
                 call.audio.paused = False
                 # What was said during the pause (a card number) must not wait in RAM for the next call.
                 self.capture.clear_preroll()
                 call.row.resume(position)
-                log.info("line %s: call %s resumed", self.line.name, call.id)
+                log.info("line %s: %s resumed", self.line.name, call.label)
             elif isinstance(command, callrules.KeepKey):
                 call.digits.append((command.offset_s, command.key))
                 call.row.key(command.offset_s, command.key)
@@ -432,7 +437,7 @@ class LineRecorder:
         fields = {"ended_at": iso_from_mono(finish.t)}
         if call.direction == "outgoing" and (number := dialled_number(call.digits)):
             fields["number"] = number
-        log.info("line %s: call %s ended (%s)", self.line.name, call.id, finish.state)
+        log.info("line %s: %s ended (%s)", self.line.name, call.label, finish.state)
         call.row.finish(call.spool, finish.state, **fields)
 
     def apply(self, line: LineConfig) -> bool:
