@@ -16,6 +16,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance.clock import clock_synchronised, iso_utc
 from appliance.loudest import loudest
+from appliance.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +90,17 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class LivePublisher(threading.Thread):
+class LivePublisher(Service):
     """Writes the recorder's live state every half second until stopped; removes it at the end."""
 
     def __init__(self, folder: Path, snapshot, storage_alarm=lambda: None):
-        super().__init__(name="live", daemon=True)
+        super().__init__("live")
         self.folder = Path(folder)
         self.snapshot = snapshot        # returns the list of line states
         # Here too, not only in the catalogue: a RAM folder can be written when the disk is full.
         self.storage_alarm = storage_alarm
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
+    def serve(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.folder / PID_NAME, f"{os.getpid()}\n")
         synced, synced_checked = None, 0.0
@@ -114,15 +114,13 @@ class LivePublisher(threading.Thread):
                 write_atomically(self.folder / LIVE_NAME, json.dumps(state))
             except Exception:
                 log.exception("cannot publish the live state in %s", self.folder)
-            self.stopping.wait(PUBLISH_INTERVAL_S)
+            self.wait(PUBLISH_INTERVAL_S)
         for name in (LIVE_NAME, PID_NAME):
             (self.folder / name).unlink(missing_ok=True)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = 5) -> None:
         """Stop publishing and remove the files (so nobody takes a stopped recorder for running)."""
-        self.stopping.set()
-        if self.is_alive():
-            self.join(timeout=5)
+        super().stop(timeout)
 
 
 def read_live(folder: Path, fresh_s: float = FRESH_S) -> dict | None:

@@ -24,7 +24,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path, PurePosixPath
 
@@ -33,7 +32,7 @@ from appliance.clock import iso_utc
 from appliance.config import OffloadConfig
 from appliance.errors import CallrecError
 from appliance.keys import fingerprint
-from appliance.service import Backoff
+from appliance.service import Backoff, Service
 from appliance.s3 import Bucket, S3Error
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ STAGING_DIR = "offload"         # in the data folder: manifests on their way to 
 BATCH = 50
 SIGN_TIMEOUT_S = 30.0
 POLL_S = 60.0           # how often an idle offloader looks for copies to delete
+COPY_TIMEOUTS = 10      # a copy may last this many times the target's timeout_s
 OFFLOAD_FIELDS = ("offloaded_at", "offload_target")
 CONTENT_TYPES = {".opus": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav"}
 PROBE_NAME = ".callrec-doctor-probe"    # the test file `probe` copies to the target and deletes
@@ -94,9 +94,9 @@ class RsyncTarget:
             done = subprocess.run(
                 ["rsync", "--times", "--perms", "--chmod=D0750,F0640", "--mkpath",
                  f"--timeout={int(self.timeout_s)}", "-e", self.ssh, "--", str(recording), str(staged), folder],
-                capture_output=True, text=True, timeout=self.timeout_s * 10)
+                capture_output=True, text=True, timeout=self.timeout_s * COPY_TIMEOUTS)
         except subprocess.TimeoutExpired:
-            raise OffloadError(f"rsync to {folder} took longer than {self.timeout_s * 10:g} s") from None
+            raise OffloadError(f"rsync to {folder} took longer than {self.timeout_s * COPY_TIMEOUTS:g} s") from None
         except OSError as exc:
             raise OffloadError(f"cannot run rsync: {exc}") from None
         finally:
@@ -243,41 +243,34 @@ def verify_manifest(document: dict, recording: bytes | None = None) -> list[str]
 
 # -- the thread -----------------------------------------------------------------------------------
 
-class Offloader(threading.Thread):
+class Offloader(Service):
     """Copies each recording not yet offloaded to the configured target, oldest first, from its
     own thread. Call `start()` once, `notify()` when a call is finished, `stop()` at shutdown."""
 
     def __init__(self, settings: OffloadConfig, catalogue: Catalogue, data_dir: Path):
-        super().__init__(name="offload", daemon=True)
+        super().__init__("offload")
+        # Between two beats: one copy or one deletion, each bounded by the target's timeouts.
+        self.beat_s = max(Service.beat_s, settings.timeout_s * COPY_TIMEOUTS)
         self.settings = settings
         self.catalogue = catalogue
         self.data_dir = Path(data_dir)
         self.target = target_for(settings, self.data_dir / STAGING_DIR)
         self.offloaded = self.failures = 0
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._missing: set[int] = set()        # calls whose recording is gone, already reported
 
     def notify(self) -> None:
         """A call was finished: look for recordings to offload (returns at once)."""
-        self._wake.set()
+        self.wake()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """End the thread after the copy in progress; what waits is offloaded at the next start."""
-        self._stopping.set()
-        self._wake.set()
-        if self.is_alive():
-            self.join(timeout)
-
-    def run(self) -> None:
-        """Offload what waits, then wait for `notify()`; retry with back-off while the target fails."""
+    def serve(self) -> None:
+        """Offload what waits, then wait for `notify()`; retry with back-off while the target fails.
+        A copy in progress is let finish at `stop()`; what waits is offloaded at the next start."""
         backoff = Backoff(self.settings.retry_first_s, self.settings.retry_max_s)
-        while not self._stopping.is_set():
-            self._wake.clear()
+        while not self.stopping.is_set():
             try:
                 problem = self._offload_waiting()
             except Exception as exc:
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     break           # the recorder closed the catalogue under a copy that outlasted stop()
                 # A bug or a catalogue error must not end offloading for good: it is retried.
                 log.exception("offload to %s failed unexpectedly", self.target.name)
@@ -285,14 +278,13 @@ class Offloader(threading.Thread):
             if problem is None:
                 backoff.reset()
                 # Erasures made by the web UI (another process) are only seen in the catalogue.
-                self._wake.wait(POLL_S)
+                self.wait(POLL_S)
                 continue
             self.failures += 1
             delay = backoff.next()
             log.warning("offload to %s failed: %s; retrying in %g s (recording goes on)",
                         self.target.name, problem, delay)
-            if self._stopping.wait(delay):
-                break
+            self.wait(delay)
 
     def _offload_waiting(self) -> str | None:
         """Delete the copies of erased and expired calls, then offload every waiting recording;
@@ -302,19 +294,20 @@ class Offloader(threading.Thread):
         except OffloadError as exc:
             return str(exc)
         after = 0
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             rows = self.catalogue.calls("id > ? AND offloaded_at IS NULL AND file IS NOT NULL", [after],
                                         limit=BATCH)
             if not rows:
                 return None
             for row in rows:
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     return None
                 after = row["id"]
                 try:
                     self.offload(row)
                 except OffloadError as exc:
                     return str(exc)
+                self.beat()
         return None
 
     def offload(self, row: dict) -> bool:
@@ -338,10 +331,11 @@ class Offloader(threading.Thread):
         """Remove from the target the copies of calls erased or expired on the box: an erasure must
         reach every copy. Each is marked in the ledger once the target has removed it."""
         for row in self.catalogue.offload_deletions(self.target.name):
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 return
             self.target.delete(remote_path(row))
             self.catalogue.offload_deleted(row)
+            self.beat()
             log.info("call %s (%s): its copy at %s is deleted", row["call_id"], row["reason"], self.target.name)
 
     def _report_missing(self, row: dict) -> None:

@@ -132,9 +132,9 @@ class Recorder:
     def problem(self, stall_s: float) -> str | None:
         """Why the recorder needs a restart, for the watchdog: a line whose capture thread died, or
         that has its sound card open but got no audio from it for `stall_s`; a service (catalogue
-        writer, finaliser, cleaner, a trunk's relay or store thread, the webhook, the offloader)
-        dead or stuck. A missing card is not one: capture retries it by itself, and the fault
-        LED shows it."""
+        writer, finaliser, cleaner, a trunk's relay or store thread, the webhook, the offloader, the
+        live state) dead or stuck. A missing card is not one: capture retries it by itself, and the
+        fault LED shows it."""
         now = time.monotonic()
         for line in self.lines:
             capture = line.capture
@@ -143,12 +143,9 @@ class Recorder:
             since = max(capture.last_read or 0.0, capture.opened_at or 0.0)
             if capture.connected.is_set() and now - since > stall_s:
                 return f"line {line.line.name}: no audio from {capture.device} for {now - since:.0f} s"
-        for service in (self.writer, self.finaliser, self.cleaner, *self.trunks):
-            if (problem := service.problem(stall_s)) is not None:
+        for service in (self.writer, self.finaliser, self.cleaner, *self.trunks, self.webhook, self.offload, self.live):
+            if service is not None and (problem := service.problem(stall_s)) is not None:
                 return problem
-        for thread in (self.webhook, self.offload, self.live):
-            if thread is not None and thread.ident is not None and not thread.is_alive():
-                return f"{thread.name} ended"
         return None
 
     def _finished(self, row: dict) -> None:

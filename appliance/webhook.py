@@ -42,6 +42,7 @@ import hmac
 import http.client
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -53,6 +54,7 @@ from collections import deque
 from pathlib import PurePosixPath
 
 from appliance.errors import CallrecError
+from appliance.service import Service
 from appliance.store.outbox import Entry, Outbox
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None     # the 3xx is then raised as an HTTPError and retried like any failure
 
 
-class Webhook(threading.Thread):
+class Webhook(Service):
     """Delivers events to `url`, signed with `secret`, from its own thread, through the outbox of
     `catalogue` (see the module docstring for the protocol, the retries and the order).
 
@@ -138,7 +140,7 @@ class Webhook(threading.Thread):
     def __init__(self, url: str, secret: str, catalogue, timeout_s: float = 5.0,
                  retry_first_s: float = 2.0, retry_max_s: float = 300.0, max_attempts: int = 10,
                  queue_size: int = 1000):
-        super().__init__(name="webhook", daemon=True)
+        super().__init__("webhook")
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise WebhookError(f"webhook URL {url!r}: expected http://host/path or https://host/path")
@@ -153,6 +155,7 @@ class Webhook(threading.Thread):
         self.secret = secret
         self.outbox = Outbox(catalogue)
         self.timeout_s = timeout_s
+        self.beat_s = max(Service.beat_s, 2 * timeout_s)     # an attempt, and the outbox's writes
         self.retry_first_s = retry_first_s
         self.retry_max_s = retry_max_s
         self.max_attempts = max_attempts
@@ -162,8 +165,6 @@ class Webhook(threading.Thread):
         self._pending: deque[tuple[str, str]] = deque()
         self._lock = threading.Lock()           # guards _pending, the counters and the reports
         self._writing = threading.Lock()        # held by whoever writes _pending to the outbox
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._due: tuple[int, float] | None = None      # (outbox id, monotonic time it is due)
         self._unrecorded = None     # the outcome of the last attempt, not yet in the outbox
         self._last_drop_warning: float | None = None
@@ -196,7 +197,7 @@ class Webhook(threading.Thread):
                 self._catalogue_refuses(exc, "cannot write an event to the outbox; it waits in memory")
             else:
                 self._catalogue_takes()
-        self._wake.set()
+        self.wake()
 
     def _write_pending(self) -> None:
         """Write the events kept in memory to the outbox, oldest first; raises what the catalogue
@@ -256,10 +257,7 @@ class Webhook(threading.Thread):
         retry is waited for. Waits up to `timeout` for the thread (for ever if None). Undelivered
         events stay in the outbox for the next start; only those the catalogue never took are
         lost (logged)."""
-        self._stopping.set()
-        self._wake.set()
-        if self.is_alive():
-            self.join(timeout)
+        super().stop(timeout)
         try:
             self._write_pending()
             waiting = self.outbox.count()
@@ -277,15 +275,16 @@ class Webhook(threading.Thread):
 
     # -- the thread --------------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def serve(self) -> None:
         """Deliver the outbox's events until stop(); survive a catalogue that refuses."""
         failures = 0
         while True:
-            # Cleared before looking at the outbox: a send() that writes after the look sets it
-            # again, and a stop() has set _stopping before it.
-            self._wake.clear()
-            if self._stopping.is_set():
+            # Cleared before looking at the outbox: a send() that writes after the look wakes it
+            # again, and a stop() has set `stopping` before it.
+            self.woken.clear()
+            if self.stopping.is_set():
                 return
+            self.beat()
             try:
                 wait = self._step()
             except Exception as exc:
@@ -297,9 +296,9 @@ class Webhook(threading.Thread):
                     self._catalogue_takes()
                 failures = 0
             if wait is None:
-                self._wake.wait()
+                self.wait(math.inf)
             elif wait > 0:
-                self._wake.wait(wait)
+                self.wait(wait)
 
     def _step(self) -> float | None:
         """Record the last outcome, write what waits in memory, then deliver the oldest event if it

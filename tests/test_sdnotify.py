@@ -180,14 +180,17 @@ class Defect(BaseException):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.parametrize("service", ["catalogue-writer", "finaliser"])
+@pytest.mark.parametrize("service", ["catalogue-writer", "finaliser", "live"])
 def test_a_service_that_dies_stops_the_watchdog_being_fed(systemd, fed_line, service):
     recorder, _ = fed_line
     recorder.start()
     systemd.wait_for("WATCHDOG=1", 5)
 
-    def defect():
+    def defect(*_):
         raise Defect("a bug")
-    {"catalogue-writer": recorder.writer, "finaliser": recorder.finaliser}[service].submit(defect)
+    if service == "live":
+        recorder.live.snapshot = defect         # the live state's next look at the lines
+    else:
+        {"catalogue-writer": recorder.writer, "finaliser": recorder.finaliser}[service].submit(defect)
     systemd.wait_for(f"STATUS={service} died (Defect: a bug)", 3)
     assert pings(systemd.messages(2.0)) == 0
