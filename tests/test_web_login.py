@@ -96,7 +96,9 @@ def test_names_that_are_accounts_and_names_that_are_not_take_the_same_time(web):
                        "unknown": lambda: try_login(client, f"ghost{next(counter)}", "not the password", fresh_address())},
                       rounds)
     real = taken["real"]
-    assert abs(real - taken["unknown"]) < 0.10 * real, taken
+    # Without the dummy hash an unknown name is refused in about a millisecond against some 55 ms:
+    # a quarter catches that, where a tighter bound would measure the machine's other load.
+    assert abs(real - taken["unknown"]) < 0.25 * real, taken
     # Slowed names (an account, and a name that is none) are refused alike, before any hash.
     for name in ("clerk", "phantom"):
         for i in range(8):
