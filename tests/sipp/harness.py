@@ -1,6 +1,7 @@
 """SIPp on 127.0.0.1 around a SIP trunk of the real recorder: free ports, RTP pcaps of known audio,
 SIPp runs, a raw RTP endpoint, and reading a stereo recording back."""
 
+import os
 import random
 import shutil
 import socket
@@ -26,6 +27,10 @@ HOST = "127.0.0.1"
 # port given to one party is never part of another's range, nor taken meanwhile by an outgoing
 # connection of some other process.
 _PORTS = range(20000, 32000)
+if "PYTEST_XDIST_WORKER" in os.environ:        # test processes side by side: each its own share
+    _share = len(_PORTS) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    _first = _PORTS.start + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) * _share
+    _PORTS = range(_first, _first + _share)
 _next_port = _PORTS.start + random.randrange(0, len(_PORTS), 10)
 
 
