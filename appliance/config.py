@@ -32,7 +32,9 @@ class RecorderConfig(_Strict):
 
     data_dir: Path = DEFAULT_DATA_DIR
     sample_rate: Literal[8000, 12000, 16000, 24000, 48000] = 8000   # the rates Opus encodes
-    period_ms: int = Field(20, ge=5, le=100)
+    # 40 ms: half the wake-ups of 20 ms (the capture thread's CPU around the clock) and a longer
+    # buffer against overruns; keys, pauses and offsets are placed by sample, not by period.
+    period_ms: int = Field(40, ge=5, le=100)
     preroll_s: float = Field(2.0, ge=0, le=30)
     flush_interval_s: float = Field(1.0, ge=0.1, le=2.0)
     format: Literal["opus", "flac", "wav"] = "opus"

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from appliance.codec import decode_to_pcm
-from appliance.config import demo_path
+from appliance.config import RecorderConfig, demo_path
 
 RATE = 8000
+PERIOD_FRAMES = RATE * RecorderConfig.model_fields["period_ms"].default // 1000     # the recorder's
 
 
 def write_config(folder: Path, recorder: dict | None = None, line: dict | None = None) -> Path:
@@ -73,8 +74,11 @@ def callrec(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> s
     return result
 
 
-def feed(raw: Path, fifo: Path, period_frames: int = 160) -> subprocess.Popen:
-    """A feeder process writing `raw` (s16 mono at RATE) into `fifo` in real time, as a card would."""
+def feed(raw: Path, fifo: Path, period_frames: int | None = None) -> subprocess.Popen:
+    """A feeder process writing `raw` (s16 mono at RATE) into `fifo` in real time, as a card would,
+    in periods of `period_frames` (by default the recorder's: the file plugin reads whole periods)."""
+    if period_frames is None:
+        period_frames = PERIOD_FRAMES
     return subprocess.Popen([sys.executable, "-m", "appliance.feeder", str(raw), str(fifo), "--rate", str(RATE),
                              "--t0", repr(time.monotonic()), "--period-frames", str(period_frames)])
 

@@ -17,7 +17,7 @@ from appliance.store.catalogue import Catalogue
 from appliance.codec import decode_to_pcm
 from appliance.config import demo_path
 from appliance.simulate import line_out_path
-from conftest import (RATE, calls_json, callrec, iso_seconds, recording, simulated_cards, stop, tone, tone_level, wait_for,
+from conftest import (PERIOD_FRAMES, RATE, calls_json, callrec, iso_seconds, recording, simulated_cards, stop, tone, tone_level, wait_for,
                       write_config, write_scenario, write_wav)
 
 
@@ -94,7 +94,7 @@ def test_the_notice_is_played_once_into_the_line_right_after_the_answer(hook_run
     call = calls[0]
     played = np.frombuffer(line_out_path(data, "t1").read_bytes(), dtype="<i2")
     notice = np.frombuffer(decode_to_pcm(demo_path("notice-en.wav"), RATE), dtype="<i2")
-    assert len(notice) <= len(played) < len(notice) + RATE // 50   # once, padded to a whole period
+    assert len(notice) <= len(played) < len(notice) + PERIOD_FRAMES   # once, padded to a whole period
     assert np.array_equal(played[:len(notice)], notice)
     assert not played[len(notice):].any()
     delay = iso_seconds(call["notice_played_at"]) - iso_seconds(call["answered_at"])

@@ -27,7 +27,7 @@ import pytest
 from alsa_card import alsa_config_path
 from conftest import RATE, iso_seconds, wait_for, write_config
 
-PERIOD = RATE // 50          # the recorder's default period_ms (20)
+PERIOD = RATE // 50          # the card alone is read in 20 ms periods
 WRAP = 65535
 STALL_S = 0.6
 
