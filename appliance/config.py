@@ -21,6 +21,8 @@ DEFAULT_CONFIG = Path("/etc/callrec/appliance.toml")
 DEFAULT_DATA_DIR = Path("/var/lib/callrec")
 
 Level = Literal["low", "high"]
+# Where a line's caller ID comes from: its modem, or its audio (DTMF CLIP, or FSK in V.23 or Bell 202 tones).
+CallerIdSource = Literal["modem", "dtmf", "fsk-v23", "fsk-bell202"]
 
 
 class _Strict(BaseModel):
@@ -114,11 +116,39 @@ class LineConfig(CallRulesConfig):
     modem: str | None = Field(None, min_length=1)           # serial device of a caller-ID modem
     modem_commands: list[Annotated[str, Field(pattern=r"^AT\S+$")]] = Field(
         ["AT+VCID=1", "AT#CID=1", "AT%CCID=1", "AT+CLIP=1"], min_length=1)
-    dtmf_caller_id: bool = False                            # the exchange sends caller ID as DTMF
+    caller_id: CallerIdSource = "modem"                     # from the modem, or heard on the line audio
     dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
     pause_button_pin: int | str | None = None               # pauses recording (card payments)
     agreement_button_pin: int | str | None = None           # marks the current or last call
     recording_led_pin: int | str | None = None              # lit while a call is recorded
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtmf_caller_id(cls, raw):
+        """`dtmf_caller_id = true` of earlier versions is `caller_id = "dtmf"`, with a warning."""
+        if not isinstance(raw, dict) or "dtmf_caller_id" not in raw:
+            return raw
+        raw = dict(raw)
+        old = raw.pop("dtmf_caller_id")
+        name = raw.get("name", "?")
+        if not isinstance(old, bool):
+            raise ValueError(f"dtmf_caller_id: expected true or false, got {old!r} (it is now written "
+                             'caller_id = "dtmf")')
+        if old and raw.setdefault("caller_id", "dtmf") != "dtmf":
+            raise ValueError(f"dtmf_caller_id = true and caller_id = {raw['caller_id']!r} disagree: "
+                             "keep caller_id only")
+        if old:
+            log.warning('%s: dtmf_caller_id = true is now written caller_id = "dtmf"', name)
+        else:
+            log.warning("%s: dtmf_caller_id = false is the default and no longer a key: remove it", name)
+        return raw
+
+    @model_validator(mode="after")
+    def _modem_for_caller_id(self):
+        if "caller_id" in self.model_fields_set and self.caller_id == "modem" and self.modem is None:
+            raise ValueError('caller_id = "modem" needs the line\'s modem (its serial device, e.g. '
+                             'modem = "/dev/callrec-modem")')
+        return self
 
 
 class PurposeConfig(_Strict):

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from appliance.analog import fsk
 from appliance.codec import decode_to_pcm
 from appliance.config import load_toml
 from appliance.dtmf import frequencies
@@ -23,6 +24,10 @@ ANSWER_AFTER_LAST_RING_S = 0.5
 CALLER_ID_AFTER_RING_S = 0.3
 CLIP_TONE_S = 0.07          # DTMF CLIP: tones and pauses of 70 ms, ending before the first ring
 CLIP_BEFORE_RING_S = 0.3
+FSK_LEVEL = 0.1             # FSK caller ID, peak, full scale = 1 (about -17 dBm0)
+DT_AS = (2130.0, 2750.0)    # the dual-tone alerting signal before FSK sent ahead of the ring (EN 300 659-1)
+DT_AS_S = 0.1
+DT_AS_GAP_S = 0.1           # from its end to the FSK
 BUTTON_PRESS_S = 0.15
 DTMF_TONE_S = 0.1
 DTMF_GAP_S = 0.1
@@ -56,6 +61,7 @@ class ScenarioCall(_Strict):
     rings: int = Field(2, ge=1, le=20)
     answered: bool = True
     caller_id: str | None = Field(None, pattern=r"^\+?[0-9]{2,20}$")
+    caller_id_timing: Literal["before_ring", "after_first_ring"] | None = None
     audio: Path | None = None
     talk: float | None = Field(None, gt=0)
     dtmf: list[Dtmf] = []
@@ -74,6 +80,8 @@ class ScenarioCall(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.caller_id_timing is not None and self.caller_id is None:
+            raise ValueError("`caller_id_timing` needs a `caller_id`")
         if not self.answered:
             if self.direction != "incoming":
                 raise ValueError("only an incoming call can go unanswered")
@@ -153,11 +161,34 @@ def dtmf_tone(digit: str, rate: int, seconds: float = DTMF_TONE_S, level: float 
     return level * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
 
 
+def caller_id_signal(source: str, number: str, rate: int, before_ring: bool) -> np.ndarray:
+    """Caller ID as the line carries it, as float samples: DTMF CLIP keys (`+` sent as `00`), or
+    an FSK call set-up message (number, date and time) in the `source`'s tones ("fsk-v23",
+    "fsk-bell202"), after a DT-AS alerting signal when it comes before the ring."""
+    if source == "dtmf":
+        keys = "A" + number.replace("+", "00") + "C"
+        return np.concatenate([np.concatenate([dtmf_tone(k, rate, CLIP_TONE_S), np.zeros(int(CLIP_TONE_S * rate))])
+                               for k in keys])
+    mark, space = fsk.TONES[source.removeprefix("fsk-")]
+    message = fsk.call_setup(number, time.strftime("%m%d%H%M", time.gmtime()))
+    bits = np.array(fsk.line_bits(message))
+    at_bit = np.arange(len(bits) * rate // fsk.BAUD) * fsk.BAUD // rate
+    signal = FSK_LEVEL * np.sin(2 * np.pi * np.cumsum(np.where(bits[at_bit] == 1, mark, space)) / rate)
+    if not before_ring:
+        return signal
+    t = np.arange(int(DT_AS_S * rate)) / rate
+    alert = FSK_LEVEL * (np.sin(2 * np.pi * DT_AS[0] * t) + np.sin(2 * np.pi * DT_AS[1] * t))
+    return np.concatenate([alert, np.zeros(int(DT_AS_GAP_S * rate)), signal])
+
+
 def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int = 0,
-         dtmf_clip: frozenset = frozenset()) -> Plan:
+         caller_id: dict[str, str] | None = None) -> Plan:
     """Lay a scenario out on the clock for the given line names (a call without `line` goes on the
-    first). Times are seconds from the scenario's start. Lines in `dtmf_clip` get caller ID as DTMF
-    tones in their audio just before the first ring; the others through their modem."""
+    first). Times are seconds from the scenario's start. `caller_id` says how each line gets
+    caller ID (its configuration's `caller_id`): as DTMF CLIP or FSK in its audio, or by default
+    through its modem; before the first ring or in the pause after it, as the call's
+    `caller_id_timing` says (by default before it for DTMF CLIP, after it otherwise)."""
+    caller_id = caller_id or {}
     rng = random.Random(seed)
     edges: list[PinEdge] = []
     modem: list[ModemLine] = []
@@ -176,18 +207,22 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 edges += [PinEdge(start, line, "ring", True),
                           PinEdge(start + scenario.ring_on_s, line, "ring", False)]
                 modem.append(ModemLine(start, line, "RING"))
-            if call.caller_id is not None and line in dtmf_clip:
-                keys = "A" + call.caller_id.replace("+", "00") + "C"
-                clip = np.concatenate([np.concatenate([dtmf_tone(k, rate, CLIP_TONE_S),
-                                                       np.zeros(int(CLIP_TONE_S * rate))]) for k in keys])
-                segments[line].append((max(0.0, call.at - len(clip) / rate - CLIP_BEFORE_RING_S), clip))
-            elif call.caller_id is not None:
-                # MCI format, sent in the pause after the first burst as exchanges do.
-                stamp = time.gmtime()
-                at = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S
-                modem += [ModemLine(at, line, f"DATE = {stamp.tm_mon:02d}{stamp.tm_mday:02d}"),
-                          ModemLine(at, line, f"TIME = {stamp.tm_hour:02d}{stamp.tm_min:02d}"),
-                          ModemLine(at, line, f"NMBR = {call.caller_id}")]
+            if call.caller_id is not None:
+                source = caller_id.get(line, "modem")
+                timing = call.caller_id_timing or ("before_ring" if source == "dtmf" else "after_first_ring")
+                before = timing == "before_ring"
+                gap = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S     # in the pause after the first burst
+                if source == "modem":
+                    # MCI format, as the exchange's data comes out of a modem.
+                    at = max(0.0, call.at - CLIP_BEFORE_RING_S) if before else gap
+                    stamp = time.gmtime()
+                    modem += [ModemLine(at, line, f"DATE = {stamp.tm_mon:02d}{stamp.tm_mday:02d}"),
+                              ModemLine(at, line, f"TIME = {stamp.tm_hour:02d}{stamp.tm_min:02d}"),
+                              ModemLine(at, line, f"NMBR = {call.caller_id}")]
+                else:
+                    signal = caller_id_signal(source, call.caller_id, rate, before)
+                    at = max(0.0, call.at - len(signal) / rate - CLIP_BEFORE_RING_S) if before else gap
+                    segments[line].append((at, signal))
             offhook = call.at + (call.rings - 1) * cadence + scenario.ring_on_s + ANSWER_AFTER_LAST_RING_S
             if not call.answered:
                 end = max(end, offhook)

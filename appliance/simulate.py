@@ -155,7 +155,7 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     sim_dir.mkdir(parents=True, exist_ok=True)
     names = [line.name for line in config.line]
     layout = plan(scenario, base, names, config.recorder.sample_rate,
-                  dtmf_clip=frozenset(line.name for line in config.line if line.dtmf_caller_id))
+                  caller_id={line.name: line.caller_id for line in config.line})
     t0 = time.monotonic() + STARTUP_S
     modems = {name: SimModem([m for m in layout.modem if m.line == name], t0)
               for name in names if any(m.line == name for m in layout.modem if m.text != "RING")}

@@ -405,7 +405,7 @@ def test_a_modem_that_disappears_mid_call_does_not_stop_the_recording(live_line)
 
 
 def test_caller_id_sent_as_dtmf_before_the_first_ring_names_the_call(tmp_path):
-    config = write_config(tmp_path, line={"dtmf_caller_id": True})
+    config = write_config(tmp_path, line={"caller_id": "dtmf"})
     scenario = write_scenario(tmp_path, [
         {"direction": "incoming", "at": 3.0, "rings": 1, "caller_id": "0201234567", "talk": 1.5}],
         ring_on_s=0.8, ring_off_s=1.2)

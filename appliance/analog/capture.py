@@ -98,7 +98,7 @@ class Capture(threading.Thread):
         self._preroll_limit = int(preroll_s * rate) * self.frame_bytes
         self._sink: Sink | None = None
         self.meter = LevelMeter()
-        self.tap = None     # called with every period, idle or not (DTMF caller ID listens there)
+        self.tap = None     # called with every period, idle or not (caller ID from the line audio listens there)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 

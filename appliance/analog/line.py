@@ -16,6 +16,7 @@ from appliance import callrules
 from appliance.analog import callstate
 from appliance.callrules import CallRules
 from appliance.analog.capture import Capture
+from appliance.analog.fsk import CallerIdMessage, FskReceiver
 from appliance.analog.hook import Debouncer, LineInputs, RingMonitor
 from appliance.analog.modem import CallerId, CallerIdModem, Ring
 from appliance.analog.playback import play
@@ -30,10 +31,10 @@ from appliance.store.spool import SpoolWriter
 log = logging.getLogger(__name__)
 
 WIRING = ("hook_pin", "hook_active", "ring_pin", "ring_active", "capture", "playback", "modem", "modem_commands",
-          "dtmf_caller_id", "pause_button_pin", "agreement_button_pin", "recording_led_pin")
+          "caller_id", "pause_button_pin", "agreement_button_pin", "recording_led_pin")
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
 BUTTON_SETTLE_S = 0.03
-CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP lines), not earlier
+CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP, FSK after DT-AS), not earlier
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,15 @@ class Heard:
     offset_s: float
 
 
-class DigitListener(threading.Thread):
-    """Runs the DTMF detector on audio off the capture thread, and reports each digit. With a
-    `budget`, only on that many samples: the window in which digits mean something (the number
-    dialled, the caller's opt-out), so that a long call costs no detection time after it."""
+class Listener(threading.Thread):
+    """Runs a detector (DTMF digits, FSK caller ID) on audio off the capture thread, and reports
+    each thing it finds. With a `budget`, only on that many samples: the window in which digits
+    mean something (the number dialled, the caller's opt-out), so that a long call costs no
+    detection time after it."""
 
-    def __init__(self, name: str, rate: int, budget: int | None, report):
+    def __init__(self, name: str, detector, budget: int | None, report):
         super().__init__(name=name, daemon=True)
-        self.rate = rate
+        self.detector = detector        # feed(pcm) and flush() return what was found
         self.budget = budget
         self.report = report
         self.audio: "queue.Queue[bytes | None]" = queue.Queue()
@@ -73,19 +75,18 @@ class DigitListener(threading.Thread):
         self.audio.put(None)
 
     def run(self) -> None:
-        detector = DtmfDetector(self.rate)
         while (pcm := self.audio.get()) is not None:
-            for digit in detector.feed(pcm):
-                self.report(digit)
-        for digit in detector.flush():
-            self.report(digit)
+            for found in self.detector.feed(pcm):
+                self.report(found)
+        for found in self.detector.flush():
+            self.report(found)
 
 
 class CallAudio:
     """A call's audio goes to its spool and, within its window, to its digit listener; while
     paused, silence of the same length goes to the spool instead, so durations stay true."""
 
-    def __init__(self, spool: SpoolWriter, listener: DigitListener | None):
+    def __init__(self, spool: SpoolWriter, listener: Listener | None):
         self.spool = spool
         self.listener = listener
         self.paused = False
@@ -160,13 +161,9 @@ class LineRecorder:
                                settings.preroll_s, status=self)
         self.modem = (CallerIdModem(line.modem, self.inputs.edges.put, cid_commands=tuple(line.modem_commands))
                       if line.modem else None)
-        self.clip = None
-        if line.dtmf_caller_id:
-            # Listens to the line all the time (about 1 % of a core): CLIP comes before the call.
-            decoder = ClipDecoder()
-            self.clip = DigitListener(f"clip-{line.name}", settings.sample_rate, None,
-                                      lambda digit: self._clip_key(decoder, digit.key))
-            self.capture.tap = self.clip.append
+        self.clip = self._caller_id_listener(line, settings.sample_rate)
+        if self.clip is not None:
+            self.capture.tap = self._listen_for_caller_id
         self.caller: CallerId | None = None     # caller ID of the ringing or current call
         self.machine = callstate.CallMachine(
             flash_max=settings.flash_max_ms / 1000,
@@ -264,6 +261,32 @@ class LineRecorder:
             if self.caller is not None and t - self.caller.t > CALLER_ID_LEAD_S:
                 self.caller = None          # a caller ID long before this ringing is not its own
             self._perform(self.machine.ring(t))
+
+    def _caller_id_listener(self, line: LineConfig, rate: int) -> Listener | None:
+        """A listener for caller ID in the line's audio (DTMF CLIP or FSK), if the line has it
+        there rather than from a modem."""
+        if line.caller_id == "dtmf":
+            decoder = ClipDecoder()
+            return Listener(f"clip-{line.name}", DtmfDetector(rate), None,
+                            lambda digit: self._clip_key(decoder, digit.key))
+        if line.caller_id.startswith("fsk-"):
+            variant = line.caller_id.removeprefix("fsk-")
+            receiver = FskReceiver(rate, variant, source=f"line {line.name}: FSK caller ID")
+            return Listener(f"clip-{line.name}", receiver, None, self._fsk_message)
+        return None
+
+    def _listen_for_caller_id(self, pcm: bytes) -> None:
+        """A captured period, for the caller-ID listener while no call is in progress (on the
+        capture thread). Caller ID comes on-hook: what comes in a call (a waiting call's caller
+        ID) is another caller's, and must not rename this one."""
+        if self.call is None:
+            self.clip.append(pcm)
+
+    def _fsk_message(self, message: CallerIdMessage) -> None:
+        """An FSK caller-ID message heard on the line (on the listener's thread)."""
+        self.inputs.edges.put(CallerId(time.monotonic(), message.number, message.name, message.date,
+                                       message.time, (f"FSK {message.kind.upper()} {message.raw.hex(' ')}",),
+                                       number_reason=message.number_reason, name_reason=message.name_reason))
 
     def _clip_key(self, decoder: ClipDecoder, key: str) -> None:
         """A key heard on the line, for the DTMF caller-ID decoder (on the listener's thread)."""
@@ -381,7 +404,7 @@ class LineRecorder:
         log.info("line %s: %s call started", self.line.name, action.direction)
         self._carry_out(call, rules.started(action.t))
 
-    def _digit_listener(self, call: ActiveCall) -> DigitListener | None:
+    def _digit_listener(self, call: ActiveCall) -> Listener | None:
         """A listener for the keys that matter in this call (from its first recorded sample on):
         the number an outgoing call dials; the pause code; the opt-out key."""
         rate = self.settings.sample_rate
@@ -392,8 +415,9 @@ class LineRecorder:
             until = max(until or 0.0, self.settings.preroll_s + self.settings.dialling_window_s)
         if until is None:
             return None
-        listener = DigitListener(f"digits-{self.line.name}", rate, None if until == math.inf else int(until * rate),
-                                 lambda digit: self.inputs.edges.put(Heard(call, digit.key, digit.start / rate)))
+        budget = None if until == math.inf else int(until * rate)
+        listener = Listener(f"digits-{self.line.name}", DtmfDetector(rate), budget,
+                            lambda digit: self.inputs.edges.put(Heard(call, digit.key, digit.start / rate)))
         listener.start()
         return listener
 
