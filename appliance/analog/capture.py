@@ -211,6 +211,6 @@ class Capture(threading.Thread):
             if length <= 0:
                 self._stopping.wait(self.period_frames / self.rate)
                 continue
-            self.last_read = time.monotonic()
+            self.last_read = now
             self.frames_read += length
             self._deliver(data)
