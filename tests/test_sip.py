@@ -314,10 +314,12 @@ def test_concurrent_calls_are_each_recorded_on_their_own(trunk):
         watcher.join()
     in_call = [line for line in seen if line["name"] == "sip1" and line["state"] == "in_call"]
     assert max(line["calls"] for line in in_call) == 5
-    # Each side's real input level: both tones at half scale, about -9 dBFS RMS.
+    # Each side's real input level: both tones at half scale, about -9 dBFS RMS. A snapshot
+    # taken as a tone ends may show one side fading, but never one louder than the tone.
     loud = [line for line in in_call if line["level_dbfs"] is not None and line["level_dbfs"] > -20]
-    assert loud and all(-12 < side["level_dbfs"] < -6 for side in loud[-1]["channels"])
-    assert [side["side"] for side in loud[-1]["channels"]] == ["caller", "callee"]
+    assert any(all(-12 < side["level_dbfs"] < -6 for side in line["channels"]) for line in loud)
+    assert all((side["level_dbfs"] or -99) < -6 for line in loud for side in line["channels"])
+    assert all([side["side"] for side in line["channels"]] == ["caller", "callee"] for line in loud)
     calls = trunk.calls()
     assert len(calls) == 5 and len({c["file"] for c in calls}) == 5
     for call in calls:
