@@ -9,13 +9,13 @@ from appliance.loudest import loudest
 
 
 def reference(periods: list[bytes]) -> dict:
-    """Levels measured period by period, sample by sample (RMS over every 4th sample)."""
+    """Levels measured period by period, sample by sample."""
     squares = count = peak = 0
     for pcm in periods:
         samples = array("h", pcm)
         peak = max(peak, max(abs(s) for s in samples))
-        squares += sum(s * s for s in samples[::4])
-        count += len(samples[::4])
+        squares += sum(s * s for s in samples)
+        count += len(samples)
     return {"level_dbfs": _dbfs(math.sqrt(squares / count)), "peak_dbfs": _dbfs(peak),
             "clipping": peak >= 32000}
 
@@ -44,3 +44,14 @@ def test_levels_match_a_sample_by_sample_meter_across_folds_and_readings():
                 meter.add(pcm)
             assert meter.read() == reference(periods)
     assert meter.read()["level_dbfs"] is None
+
+
+def test_a_tone_reads_its_level_whatever_its_frequency_and_phase():
+    # Half scale is -9.0 dBFS RMS; 1 and 2 kHz are whole fractions of the 8 kHz rate.
+    for hz in (425.0, 1000.0, 1004.0, 2000.0, 3400.0):
+        for phase in (0.0, 0.4, math.pi / 2):
+            meter = LevelMeter()
+            tone = [round(16384 * math.sin(2 * math.pi * hz * n / 8000 + phase)) for n in range(4000)]
+            for start in range(0, len(tone), 320):
+                meter.add(array("h", tone[start:start + 320]).tobytes())
+            assert abs(meter.read()["level_dbfs"] + 9.0) <= 0.2, (hz, phase)
