@@ -220,19 +220,41 @@ def classify(call_id: int, purpose: str, config_path: Path, data: Path | None, a
 
 
 @main.command()
-@click.argument("call_id", type=int)
-@click.option("--reason", default="erasure request", show_default=True)
+@click.argument("call_id", type=int, required=False)
+@click.option("--number", help="Erase the person behind this number instead: every call, their contact, "
+                               "and the number wherever the product wrote it.")
+@click.option("--reason", default="erasure request", show_default=True, help="With CALL_ID: why.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_config_option
 @_data_option
 @_actor_option
-def erase(call_id: int, reason: str, yes: bool, config_path: Path, data: Path | None, actor: str) -> None:
-    """Delete one call for good (recording and row); a tombstone and an audit entry remain."""
+def erase(call_id: int | None, number: str | None, reason: str, yes: bool, config_path: Path, data: Path | None,
+          actor: str) -> None:
+    """Delete one call for good (recording and row), or with --number a person's every call and
+    trace; tombstones, ledger and audit entries remain, without the number."""
+    if (call_id is None) == (number is None):
+        raise click.UsageError("give a CALL_ID or --number, not both")
     store = _store(config_path, data)
+    if number is None:
+        if not yes:
+            click.confirm(f"Erase call {call_id} and its recording for good?", abort=True)
+        store.erase(call_id, actor, reason)
+        click.echo(f"call {call_id} is erased")
+        return
+    from appliance.store.erasure import erase_subject
+
     if not yes:
-        click.confirm(f"Erase call {call_id} and its recording for good?", abort=True)
-    store.erase(call_id, actor, reason)
-    click.echo(f"call {call_id} is erased")
+        click.confirm(f"Erase every call of {number}, its contact and every trace of the number for good?", abort=True)
+    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
+    report = erase_subject(store, number, actor, country_code=country)
+    click.echo(f"reference {report.reference}: {len(report.erased)} call(s) erased"
+               f"{', the contact removed' if report.contact_removed else ''}")
+    for call in report.held:
+        click.echo(f"call {call['id']} is on hold ({call['reason']}): kept", err=True)
+    for kept in report.recording:
+        click.echo(f"call {kept} is being recorded: kept", err=True)
+    if report.held or report.recording:
+        sys.exit(1)
 
 
 @main.command()

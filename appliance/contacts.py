@@ -3,8 +3,7 @@
 Numbers are stored and compared in one normalised form (see `normalise`), so "02 555 12 34" in
 the file finds a caller ID sent as "+3225551234". The table lives in whatever SQLite database the
 caller gives; the functions that write take part in the caller's transaction (see
-`import_contacts`). Erasing a customer's calls leaves their contact alone: that is a separate
-request (`remove`).
+`import_contacts`). Erasing a customer (see `appliance.store.erasure`) removes their contact too.
 """
 
 import codecs
@@ -89,6 +88,23 @@ def normalise(number: str, country_code: str = "32") -> str:
     if len(digits) > MAX_DIGITS:
         raise ContactsError(f"{number!r} is not a phone number: more than {MAX_DIGITS} digits")
     return result
+
+
+def written_forms(number: str, country_code: str = "32") -> list[str]:
+    """The ways one number may have been written by the product or typed by a user: as given,
+    normalised ("+32…"), without "+", with the international prefix ("0032…") and national
+    ("0…")."""
+    forms = {number.strip()}
+    try:
+        canonical = normalise(number, country_code)
+    except ContactsError:
+        return sorted(forms)
+    forms |= {canonical, canonical.lstrip("+")}
+    if canonical.startswith("+"):
+        forms.add("00" + canonical[1:])
+        if canonical.startswith("+" + country_code):
+            forms.add("0" + canonical[1 + len(country_code):])
+    return sorted(form for form in forms if form)
 
 
 def _country_code(code: str) -> str:

@@ -87,7 +87,7 @@ def test_an_unreadable_spool_is_quarantined_not_deleted(tmp_path):
                                  purpose="training", state="recording", spool=f"{SPOOL_DIR}/t1-1.wav")
     recover(catalogue, tmp_path, "opus", 16000)
     assert catalogue.get_call(call_id)["state"] == "interrupted"
-    assert sorted(p.name for p in (tmp_path / QUARANTINE_DIR).iterdir()) == ["stray.wav", "t1-1.wav"]
+    assert sorted(p.name for p in (tmp_path / QUARANTINE_DIR).iterdir()) == [f"{call_id}-t1-1.wav", "stray.wav"]
 
 
 def test_the_catalogue_is_durable_and_migrated(tmp_path):

@@ -28,7 +28,7 @@ DYNAMIC_TEXTS = (
     "admin", "supervisor", "staff",                                       # roles
     "held",                                                               # list filters (with two above)
     "button", "dtmf", "declined",                                         # pause and discard reasons
-    "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
+    "listen", "download", "export", "erased", "erasure", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "password-changed", "second-factor-on", "second-factor-off",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors

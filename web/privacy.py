@@ -5,8 +5,8 @@ audited. Export progress pages and downloads live here too."""
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
 
 from appliance.store.catalogue import CallFilter
-from appliance.contacts import normalise
-from appliance.errors import CallrecError
+from appliance.contacts import written_forms
+from appliance.store.erasure import erase_subject
 from web.auth import confirmed
 from web.backend import backend
 from web.exports import ExportRefused
@@ -16,26 +16,10 @@ from web.security import client_address, current, require, visible_lines
 bp = Blueprint("privacy", __name__)
 
 
-def number_variants(number: str, country_code: str) -> list[str]:
-    """The ways one number may have been written in the catalogue: as given, international
-    ("+32…", "0032…") and national ("0…")."""
-    variants = {number.strip()}
-    try:
-        canonical = normalise(number, country_code)
-    except CallrecError:
-        return sorted(variants)
-    variants |= {canonical, canonical.lstrip("+")}
-    if canonical.startswith("+"):
-        variants.add("00" + canonical[1:])
-        if canonical.startswith("+" + country_code):
-            variants.add("0" + canonical[1 + len(country_code):])
-    return sorted(v for v in variants if v)
-
-
 def calls_of(number: str) -> list[dict]:
     """Every call of `number` the principal may see, newest first (in-progress calls included:
     the person asking must hear of them too)."""
-    variants = number_variants(number, backend().config.recorder.country_code)
+    variants = written_forms(number, backend().config.recorder.country_code)
     return backend().catalogue.find_calls(CallFilter(numbers=tuple(variants), lines=visible_lines(current())))
 
 
@@ -51,7 +35,7 @@ def index():
     number = request.args.get("number", "").strip()
     calls = calls_of(number) if number else []
     return render_template("privacy.html", number=number, calls=calls,
-                           variants=number_variants(number, backend().config.recorder.country_code) if number else [])
+                           variants=written_forms(number, backend().config.recorder.country_code) if number else [])
 
 
 def _selected(number: str) -> list[dict]:
@@ -82,23 +66,27 @@ def export():
 @require("admin")
 @confirmed
 def erase():
-    """Erase every call of the number (held ones are kept and listed: release them first)."""
+    """Erase the customer behind the number: every call, their contact, and the number wherever it
+    was written (held calls are kept and listed: release them first)."""
     number = request.form.get("number", "").strip()
+    if not number:
+        abort(400, description=_("Give the customer's phone number."))
     if request.form.get("confirm", "").strip() != number:
         flash(_("To erase, type the number again in the confirmation box."), "error")
         return redirect(url_for("privacy.index", number=number))
-    erased, refused = set(), []
-    for call in _selected(number):
-        try:
-            backend().store.erase(call["id"], current().actor, f"erasure request for {number}", client_address())
-            erased.add(call["id"])
-        except CallrecError as exc:
-            refused.append(error_text(exc))
-    exports().forget_calls(erased)
-    flash(_("{n} call(s) erased.", n=len(erased)))
-    for reason in refused:
-        flash(reason, "error")
-    return redirect(url_for("privacy.index", number=number))
+    config = backend().config.recorder
+    report = erase_subject(backend().store, number, current().actor, client_address(), config.country_code)
+    exports().forget_calls(set(report.erased))
+    flash(_("{n} call(s) erased. Reference for the customer: {reference}.", n=len(report.erased),
+            reference=report.reference))
+    if not report.log_emptied:
+        flash(_("Another program kept the catalogue busy: the erased rows stay in its log until the next "
+                "checkpoint (at the latest when the recorder restarts)."), "error")
+    for call in report.held:
+        flash(_("Call {id} is on hold ({reason}) and was kept: release it, then erase again.", **call), "error")
+    for call_id in report.recording:
+        flash(_("Call {id} is being recorded and was kept: erase again once it has ended.", id=call_id), "error")
+    return redirect(url_for("privacy.index"))
 
 
 @bp.route("/privacy/hold", methods=["POST"])

@@ -478,7 +478,7 @@ class CallerIdModem(threading.Thread):
         elif self._pending and now - self._last_byte >= self.block_gap_s:
             # A modem sends a line in one go: a fragment left without a line end is a truncated
             # line, and joining it to the next line would spoil that one too.
-            log.debug("caller-ID modem %s: dropped a truncated line %r", self.device, self._pending)
+            log.debug("caller-ID modem %s: dropped a truncated line of %d bytes", self.device, len(self._pending))
             self._pending = b""
         line = self._take_line()
         if line is None and len(self._pending) > MAX_LINE:
@@ -498,4 +498,4 @@ class CallerIdModem(threading.Thread):
         try:
             self.on_event(event)
         except Exception:
-            log.exception("the caller-ID handler failed on %r", event)
+            log.exception("the caller-ID handler failed on a %s event", type(event).__name__)

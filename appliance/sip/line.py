@@ -290,8 +290,8 @@ class SipLine:
             sample_rate=RATE, channels=CHANNELS, clock_synced=clock_synchronised())
         # Making a file waits for the disk: on the store thread, never on the relay's loop.
         self.worker.submit(lambda: recording.attach(self.desk.spool(spool_name, RATE, CHANNELS)))
-        log.info("sip trunk %s: %s call from %s answered", config.name, facts.direction,
-                 facts.number or "an unknown number")
+        # Never the number: logs leave the data folder and erasure cannot reach them.
+        log.info("sip trunk %s: %s call answered", config.name, facts.direction)
         return recording
 
     def notice_started(self, recording: CallRecording, t: float) -> None:

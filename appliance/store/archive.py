@@ -68,8 +68,9 @@ def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, o
     except (OSError, ValueError) as exc:
         log.error("call %s: spool %s cannot be read (%s); moved to %s", call_id, spool, exc, QUARANTINE_DIR)
         if spool.exists():
+            # Named by the call, so that erasing the call finds it.
             (data_dir / QUARANTINE_DIR).mkdir(exist_ok=True)
-            shutil.move(spool, data_dir / QUARANTINE_DIR / spool.name)
+            shutil.move(spool, data_dir / QUARANTINE_DIR / f"{call_id}-{spool.name}")
         return Encoded(call_id, spool, {"file": None, "state": "interrupted"})
     if frames == 0:
         return Encoded(call_id, spool, {"file": None, "samples": 0, "duration_s": 0.0, "sample_rate": rate})
@@ -108,7 +109,12 @@ def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields)
     Safe to run again when the catalogue refused it."""
     fields = {"state": state, **fields, **encoded.fields, "spool": None}
     with catalogue.transaction() as db:
+        [spool] = db.execute("SELECT spool FROM calls WHERE id = ?", [encoded.call_id]).fetchone() or [None]
         catalogue.update_call(encoded.call_id, **fields)
+        if spool:
+            # Once this commits, the spool is a second copy no row names: listed, a crash before
+            # it is removed leaves it to the cleaner (and to `recover`), not to quarantine.
+            db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [spool])
         if encoded.sha256 is not None:
             ledger.append(db, "recorded", encoded.call_id, encoded.sha256, fields["state"])
         if encoded.peaks is not None:
@@ -138,11 +144,17 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
             purposes: dict[str, str] | None = None) -> list[dict]:
     """Finalise every call a crash left in state `recording` as `interrupted`. A spool whose row
     was never written (the catalogue refused writes until the crash) gets one, `interrupted`, if
-    it names a line of `purposes` (line name -> purpose); other stray files are quarantined.
-    Returns the recovered rows."""
+    it names a line of `purposes` (line name -> purpose); a spool whose call was archived just
+    before the stop is removed; other stray files are quarantined. Returns the recovered rows."""
     purposes = purposes or {}
     known = {row["spool"] for row in catalogue.calls("state = ?", ["recording"]) if row["spool"]}
     spool_dir = data_dir / SPOOL_DIR
+    with catalogue.read() as db:
+        finished = {row[0] for row in db.execute("SELECT path FROM pending_deletions")}
+    for spool in sorted(spool_dir.iterdir()) if spool_dir.is_dir() else ():
+        if f"{SPOOL_DIR}/{spool.name}" in finished:
+            log.warning("spool %s was encoded and catalogued before the stop: removed", spool.name)
+            spool.unlink()
     for orphan in sorted(spool_dir.iterdir()) if spool_dir.is_dir() else ():
         match = SPOOL_NAME.fullmatch(orphan.name)
         relative = f"{SPOOL_DIR}/{orphan.name}"

@@ -361,6 +361,18 @@ class Catalogue:
             ledger.append(db, "offload-deleted", deletion["call_id"], None,
                           f"{deletion['reason']} at {deletion['target']}")
 
+    def checkpoint(self, timeout_s: float = 10.0) -> bool:
+        """Copy the write-ahead log into the database file and empty it, so that deleted rows
+        (overwritten there: `secure_delete`) leave no copy in the log. A reader in another process
+        can hold it up: tried again for up to `timeout_s`. True once done."""
+        end = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy or time.monotonic() > end:
+                return not busy
+            time.sleep(0.05)
+
     def close(self) -> None:
         """Close the connections."""
         with self._lock:

@@ -72,6 +72,13 @@ class Outbox:
         with self.catalogue.transaction() as db:
             db.execute("DELETE FROM outbox WHERE id = ?", [entry_id])
 
+    @staticmethod
+    def forget(db, texts: list[str]) -> int:
+        """In `db`'s transaction: delete the waiting events whose body holds any of `texts` (a
+        person's number as written, when they are erased); return how many."""
+        return sum(db.execute("DELETE FROM outbox WHERE instr(body, ?) > 0", [text]).rowcount
+                   for text in texts if text)
+
     def count(self) -> int:
         """How many events wait."""
         with self.catalogue.read() as db:

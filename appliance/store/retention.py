@@ -119,9 +119,7 @@ class Store:
         if call["state"] == "recording":
             raise StoreActionError("call {id} is being recorded: erase it once it has ended", id=call_id)
         self._delete([call], "erased", actor=actor, detail=reason, address=address)
-        # secure_delete overwrites the row when its page reaches the database file: make that now
-        # (it waits for the next automatic checkpoint if another connection is reading).
-        self.catalogue.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.catalogue.checkpoint()
 
     def _call(self, call_id: int) -> dict:
         try:
@@ -138,26 +136,31 @@ class Store:
 
     def _delete(self, calls: list[dict], reason: str, actor: str | None = None,
                 detail: str | None = None, address: str | None = None) -> None:
-        """Rows, tombstones, ledger entries and the list of files in one transaction; then the files."""
-        now = iso_utc(time.time())
+        """Delete calls in one transaction (see `delete_rows`), then their files."""
         with self.catalogue.transaction() as db:
-            for call in calls:
-                db.execute("INSERT INTO tombstones (call_id, deleted_at, reason) VALUES (?, ?, ?)",
-                           [call["id"], now, reason])
-                ledger.append(db, reason, call["id"], call["sha256"])
-                if call["file"]:
-                    db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
-                if call.get("offloaded_at") and reason in COPIES_GO_TOO:
-                    db.execute("INSERT INTO offload_deletions (call_id, file, target, reason) VALUES (?, ?, ?, ?)",
-                               [call["id"], call["file"], call["offload_target"], reason])
-                if actor is not None:
-                    self._audit(db, actor, reason, call["id"], detail, address)
-            marks = ", ".join("?" * len(calls))
-            db.execute(f"DELETE FROM digits WHERE call_id IN ({marks})", [call["id"] for call in calls])
-            db.execute(f"DELETE FROM pauses WHERE call_id IN ({marks})", [call["id"] for call in calls])
-            db.execute(f"DELETE FROM peaks WHERE call_id IN ({marks})", [call["id"] for call in calls])
-            db.execute(f"DELETE FROM calls WHERE id IN ({marks})", [call["id"] for call in calls])
+            self.delete_rows(db, calls, reason, actor, detail, address)
         self.finish_deletions()
+
+    def delete_rows(self, db, calls: list[dict], reason: str, actor: str | None = None,
+                    detail: str | None = None, address: str | None = None) -> None:
+        """In `db`'s transaction: the calls' rows go, with their keys, pauses and waveforms; each
+        leaves a tombstone, a ledger entry (and an audit entry when an `actor` asked), and its
+        files are listed for `finish_deletions`."""
+        now = iso_utc(time.time())
+        for call in calls:
+            db.execute("INSERT INTO tombstones (call_id, deleted_at, reason) VALUES (?, ?, ?)",
+                       [call["id"], now, reason])
+            ledger.append(db, reason, call["id"], call["sha256"])
+            if call["file"]:
+                db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
+            if call.get("offloaded_at") and reason in COPIES_GO_TOO:
+                db.execute("INSERT INTO offload_deletions (call_id, file, target, reason) VALUES (?, ?, ?, ?)",
+                           [call["id"], call["file"], call["offload_target"], reason])
+            if actor is not None:
+                self._audit(db, actor, reason, call["id"], detail, address)
+        marks = ", ".join("?" * len(calls))
+        for table, column in (("digits", "call_id"), ("pauses", "call_id"), ("peaks", "call_id"), ("calls", "id")):
+            db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", [call["id"] for call in calls])
 
     def finish_deletions(self) -> int:
         """Delete the files listed for deletion (after a crash too); return how many."""

@@ -1,0 +1,128 @@
+"""Erasing a person (GDPR Art. 17): every call of their number and every trace of the number the
+product wrote anywhere else.
+
+In one transaction: the calls (rows, keys, pauses, waveforms; their recordings and quarantined
+spools just after, and their copies on the offload target by the offloader), the number's contact,
+the webhook events waiting in the outbox that name it, and the number and the contact's name
+wherever they were written into audit details or into other calls' notes and hold reasons. A call
+on hold or being recorded is kept and said so.
+
+What remains is what the shop must be able to show: a tombstone and an `erased` ledger entry per
+call, and one `erasure` entry in the ledger and the audit naming the request's reference and the
+number's keyed hash (`subject_hash`). Whoever holds the box can later check that a number given
+to them was erased, and when; nobody can read the number back from it.
+"""
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from appliance.contacts import normalise, written_forms
+from appliance.errors import CallrecError
+from appliance.keys import ensure_device_key
+from appliance.store import ledger
+from appliance.store.archive import QUARANTINE_DIR
+from appliance.store.catalogue import CallFilter, audit
+from appliance.store.outbox import Outbox
+from appliance.store.retention import Store
+
+HASH_LABEL = b"callrec erasure subject\0"
+# Shorter numbers (an extension, "112") and names ("Jan") are not looked for in free texts:
+# they would be found inside other words and numbers ("January", "call 1123").
+MIN_REDACTED = 5
+
+
+@dataclass
+class ErasureReport:
+    """What one erasure did: its reference, the calls erased and those kept (with why)."""
+
+    reference: str
+    subject: str                        # the number's keyed hash
+    erased: list[int] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)          # kept: on hold
+    recording: list[int] = field(default_factory=list)      # kept: still being recorded
+    contact_removed: bool = False
+    events_dropped: int = 0
+    texts_redacted: int = 0
+    log_emptied: bool = True            # False: the old rows wait in the write-ahead log a while
+
+
+def subject_hash(data_dir, number: str, country_code: str = "32") -> str:
+    """HMAC-SHA256 of a number in its normalised form, under a key derived from the device key:
+    the same number always gives the same hash on this box, and nothing else can compute it."""
+    try:
+        canonical = normalise(number, country_code)
+    except CallrecError:
+        canonical = number.strip()
+    key = hashlib.sha256(HASH_LABEL + ensure_device_key(data_dir).read_bytes()).digest()
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def new_reference(now: float | None = None) -> str:
+    """A request reference to give the customer, e.g. `E-20261205-3f9a1c`."""
+    day = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y%m%d")
+    return f"E-{day}-{secrets.token_hex(3)}"
+
+
+def erase_subject(store: Store, number: str, actor: str, address: str | None = None,
+                  country_code: str = "32") -> ErasureReport:
+    """Erase the person behind `number` (see the module's docstring). Raises CallrecError when
+    the number is empty."""
+    if not number.strip():
+        raise CallrecError("give the number to erase")
+    forms = written_forms(number, country_code)
+    catalogue = store.catalogue
+    report = ErasureReport(new_reference(), subject_hash(store.data_dir, number, country_code))
+    record = f"reference {report.reference}, subject {report.subject}"
+    with catalogue.transaction() as db:
+        calls = catalogue.find_calls(CallFilter(numbers=tuple(forms)))
+        erasable = []
+        for call in calls:
+            if call["held"]:
+                report.held.append({"id": call["id"], "reason": call["hold_reason"]})
+            elif call["state"] == "recording":
+                report.recording.append(call["id"])
+            else:
+                erasable.append(call)
+        names = {row[0] for row in db.execute(
+            f"SELECT name FROM contacts WHERE number IN ({', '.join('?' * len(forms))})", forms)}
+        names |= {call["contact_name"] for call in erasable if call["contact_name"]}
+        ledger.append(db, "erasure", None, None, record)
+        audit(db, actor, "erasure", None, f"{record}, {len(erasable)} call(s)", address)
+        if erasable:
+            store.delete_rows(db, erasable, "erased", actor, f"reference {report.reference}", address)
+        report.erased = [call["id"] for call in erasable]
+        report.contact_removed = db.execute(
+            f"DELETE FROM contacts WHERE number IN ({', '.join('?' * len(forms))})", forms).rowcount > 0
+        report.events_dropped = Outbox.forget(db, forms)
+        redacted = f"[erased: {report.reference}]"
+        # Longest first: a shorter form may be part of a longer one ("3225…" of "+3225…").
+        for text in sorted({*forms, *names}, key=len, reverse=True):
+            if len(text) >= MIN_REDACTED:
+                report.texts_redacted += _redact(db, text, redacted)
+    store.finish_deletions()
+    for call_id in report.erased:
+        for spool in (store.data_dir / QUARANTINE_DIR).glob(f"{call_id}-*"):
+            spool.unlink(missing_ok=True)
+    report.log_emptied = catalogue.checkpoint()
+    return report
+
+
+# The free texts that may name a person: column, table.
+FREE_TEXTS = (("detail", "audit"), ("notes", "calls"), ("hold_reason", "calls"))
+
+
+def _redact(db, text: str, replacement: str) -> int:
+    """Replace `text` in every free text; return how many texts changed. A call whose copy on
+    the offload target carries the old text in its manifest is copied again."""
+    changed = 0
+    for column, table in FREE_TEXTS:
+        if table == "calls":
+            db.execute(f"UPDATE calls SET offloaded_at = NULL, offload_target = NULL "
+                       f"WHERE offloaded_at IS NOT NULL AND instr({column}, ?) > 0", [text])
+        changed += db.execute(f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?) WHERE instr({column}, ?) > 0",
+                              [text, replacement, text]).rowcount
+    return changed
