@@ -176,7 +176,8 @@ def calls(config_path: Path, data: Path | None, as_json: bool, number: str | Non
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        flags = " ".join(flag for flag, on in (("held", row["held"]), ("clock-unsynced", row["clock_synced"] == 0)) if on)
+        flags = " ".join(flag for flag, on in (("held", row["held"]), ("restricted", row["restricted"]),
+                                                ("clock-unsynced", row["clock_synced"] == 0)) if on)
         who = f"{row['number'] or ''} {row['contact_name'] or ''}".strip()
         click.echo(f"{row['id']:>6}  {row['started_at']}  {row['line']:<10} {row['direction']:<9}"
                    f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {who:<28}{flags}")
@@ -203,6 +204,30 @@ def release(call_id: int, config_path: Path, data: Path | None, actor: str) -> N
     """Release a call's hold: its purpose's retention applies again."""
     _store(config_path, data).release(call_id, actor)
     click.echo(f"call {call_id} is released")
+
+
+@main.command()
+@click.argument("call_id", type=int)
+@click.option("--reason", required=True, help="Why: the customer's request and its date…")
+@_config_option
+@_data_option
+@_actor_option
+def restrict(call_id: int, reason: str, config_path: Path, data: Path | None, actor: str) -> None:
+    """Restrict a call (GDPR Art. 18): kept whatever its retention, and played, downloaded or
+    exported only by an admin who gives a reason."""
+    _store(config_path, data).restrict(call_id, reason, actor)
+    click.echo(f"call {call_id} is restricted")
+
+
+@main.command()
+@click.argument("call_id", type=int)
+@_config_option
+@_data_option
+@_actor_option
+def unrestrict(call_id: int, config_path: Path, data: Path | None, actor: str) -> None:
+    """Lift a call's restriction."""
+    _store(config_path, data).lift_restriction(call_id, actor)
+    click.echo(f"call {call_id} is no longer restricted")
 
 
 @main.command()
@@ -277,13 +302,19 @@ def clean(config_path: Path, data: Path | None) -> None:
 @_config_option
 @_data_option
 @_actor_option
-def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str) -> None:
+@click.option("--reason", help="Why restricted calls among them are needed (audited).")
+def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str, reason: str | None) -> None:
     """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`."""
     from appliance.store.evidence import export_bundle
     from appliance.store.retention import StoreActionError
 
     catalogue, data_dir = _catalogue(config_path, data)
     try:
+        restricted = [call_id for call_id in call_ids if catalogue.get_call(call_id)["restricted"]]
+        if restricted and not reason:
+            raise StoreActionError(f"call(s) {', '.join(map(str, restricted))} restricted: give --reason to export them")
+        for call_id in restricted:
+            catalogue.add_audit(actor, "open-restricted", call_id, reason)
         manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor)
     except KeyError as exc:
         raise StoreActionError(f"there is no call {exc.args[0]}") from None

@@ -86,7 +86,7 @@ def test_a_disk_filled_to_the_last_byte_mid_call_costs_no_audio(tmp_path, small_
         assert not list((data / "spool").iterdir())
         if held:
             assert len(rows) == OLD_CALLS + 1                   # no held call was touched
-            assert "only held calls can go" in recorder.store.alarm()
+            assert "only held or restricted calls can go" in recorder.store.alarm()
             live = read_live(recorder.config.recorder.live_dir)
             assert "recording goes on into the reserve" in live["storage_alarm"]
         else:

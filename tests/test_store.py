@@ -96,15 +96,16 @@ def test_eviction_takes_the_oldest_first_and_never_the_call_being_recorded(store
     assert [r[0] for r in store.catalogue.db.execute("SELECT call_id FROM tombstones")] == calls[:2]
 
 
-def test_an_alarm_is_raised_when_only_held_calls_are_left_and_cleared_when_space_returns(store, caplog):
-    held = add_call(store, 3)
+def test_an_alarm_is_raised_when_only_held_or_restricted_calls_are_left_and_cleared_when_space_returns(store, caplog):
+    held, restricted = add_call(store, 4), add_call(store, 3)
     add_call(store, 2)
-    store.hold(held, "restriction request", actor="privacy officer")
+    store.hold(held, "a customer disputes the order", actor="owner")
+    store.restrict(restricted, "Art. 18 request", actor="privacy officer")
     store.settings = StoreConfig(min_free_mb=10**9)
     with caplog.at_level(logging.ERROR):
         report = store.clean()
-    assert ids(store) == [held]
-    assert "only held calls can go (1 held" in report.alarm
+    assert ids(store) == [held, restricted]
+    assert "only held or restricted calls can go (2 of them" in report.alarm
     assert store.alarm() == report.alarm and "storage alarm" in caplog.text
     store.settings = StoreConfig(min_free_mb=0, min_free_hours=0)
     assert store.clean().alarm is None and store.alarm() is None

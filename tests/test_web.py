@@ -212,6 +212,42 @@ def test_a_privacy_request_finds_every_way_the_number_was_written_then_exports_h
     assert trail.count(",erased,") == 2 and ",export," in trail and "127.0.0.1" in trail
 
 
+def test_a_restricted_call_is_listed_and_kept_but_played_only_by_an_admin_who_gives_a_reason(web):
+    app, calls = web
+    backend = app.extensions["callrec"]
+    supervisor, clerk, admin = login(app, "super"), login(app, "clerk"), login(app, "admin")
+    restricted = calls["customer_again"]["id"]      # on the office line: the clerk's
+    assert post(supervisor, "/privacy/restrict", number="+32 2 555 02 02", reason="").status_code == 302
+    assert not backend.catalogue.get_call(restricted)["restricted"]              # no reason: nothing done
+    post(supervisor, "/privacy/restrict", number="+32 2 555 02 02", reason="Art. 18 request of 2026-12-01")
+    assert backend.catalogue.get_call(restricted)["restrict_reason"] == "Art. 18 request of 2026-12-01"
+    token = {"Authorization": f"Bearer {backend.accounts.add_token('crm', 'admin', None, 'test')}"}
+    for client, url, headers in ((clerk, f"/calls/{restricted}/audio", {}), (supervisor, f"/calls/{restricted}/download", {}),
+                                 (admin, f"/calls/{restricted}/audio", {}), (app.test_client(), f"/api/v1/calls/{restricted}/audio", token)):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 403 and b"OggS" not in response.data, url
+        assert b"restricted" in response.data
+    assert b"restricted" in clerk.get("/?flag=restricted").data
+    assert post(supervisor, "/privacy/export", number="+32 2 555 02 02").status_code == 302
+    assert not list(backend.exports_dir.glob("*.zip*"))                       # refused, with a message
+    assert post(clerk, f"/calls/{restricted}/open", reason="x").status_code == 403    # staff can't open it
+    post(admin, f"/calls/{restricted}/open", reason="")                       # no reason: still closed
+    assert admin.get(f"/calls/{restricted}/audio").status_code == 403
+    post(admin, f"/calls/{restricted}/open", reason="the customer's lawyer asks for a copy")
+    assert admin.get(f"/calls/{restricted}/audio").data.startswith(b"OggS")
+    assert clerk.get(f"/calls/{restricted}/audio").status_code == 403           # opened to that admin only
+    trail = admin.get("/audit.csv").data.decode()
+    assert "open-restricted" in trail and "the customer's lawyer asks for a copy" in trail
+    # Kept whatever its retention says, until the restriction is lifted.
+    backend.catalogue.update_call(restricted, started_at="2020-01-01T00:00:00.000Z")
+    assert backend.store.clean().expired == 0 and backend.catalogue.get_call(restricted)
+    assert post(supervisor, f"/calls/{restricted}/lift-restriction").status_code == 403
+    post(admin, f"/calls/{restricted}/lift-restriction")
+    assert backend.store.clean().expired == 1
+    events = [r[0] for r in backend.catalogue.db.execute("SELECT event FROM ledger WHERE call_id = ?", [restricted])]
+    assert events[-3:] == ["restricted", "restriction-lifted", "expired"]
+
+
 def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing(web):
     app, _ = web
     backend = app.extensions["callrec"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Flask, abort, g, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from web import api, audit, auth, calls, privacy, settings, status
+from web import api, audit, auth, calls, privacy, restriction, settings, status
 from web.backend import Backend
 from web.exports import Exports
 from web.i18n import gettext as _
@@ -46,6 +46,7 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     web_config = the_backend.config.web
     app.extensions["exports"] = Exports(the_backend, the_backend.exports_dir)
     app.extensions["listens"] = calls.RecentListens()
+    app.extensions["openings"] = restriction.Openings()
     app.extensions["status_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 2))
     app.config.update(
         SECRET_KEY=_secret_key(the_backend.accounts.folder),
@@ -59,7 +60,7 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
         SEND_FILE_MAX_AGE_DEFAULT=0,
     )
     install(app)
-    for blueprint in (auth.bp, calls.bp, privacy.bp, status.bp, settings.bp, audit.bp, api.bp):
+    for blueprint in (auth.bp, calls.bp, restriction.bp, privacy.bp, status.bp, settings.bp, audit.bp, api.bp):
         app.register_blueprint(blueprint)
     app.context_processor(template_helpers)
 

@@ -13,6 +13,7 @@ from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from web.backend import backend
 from web.i18n import error_text, gettext as _
+from web.restriction import openings, refuse_if_restricted
 from web.security import client_address, current, require, visible_call, visible_lines
 from web.waveform import decode_peaks, waveform_svg
 
@@ -86,7 +87,7 @@ def call_query(args, principal) -> tuple[CallFilter, dict]:
             shown[key] = text
     flags = args.getlist("flag")
     if any(flag not in FLAGS for flag in flags):
-        raise BadFilter(_("flag: one of held, agreement, interrupted"))
+        raise BadFilter(_("flag: one of held, restricted, agreement, interrupted"))
     if flags:
         shown["flag"] = flags
     if q := args.get("q", "").strip():
@@ -128,7 +129,7 @@ def detail(call_id: int):
     expires = store.expires_at(call) if call["purpose"] in store.purposes else None
     return render_template("call.html", call=call, digits=catalogue.digits(call_id),
                            pauses=catalogue.pauses(call_id), expires=expires,
-                           purposes=sorted(backend().config.purpose))
+                           purposes=sorted(backend().config.purpose), playable=openings().allows(current(), call))
 
 
 def archived_file(call: dict):
@@ -168,7 +169,9 @@ class RecentListens:
 
 def send_recording(call: dict, as_attachment: bool, principal) -> Response:
     """The recording with Range support; a download is audited every time, a listen once per
-    quarter of an hour of seeking (whatever ranges the player asks for)."""
+    quarter of an hour of seeking (whatever ranges the player asks for). A restricted call is
+    refused unless an admin opened it."""
+    refuse_if_restricted(call, principal)
     path = archived_file(call)
     if as_attachment or current_app.extensions["listens"].first(principal, call["id"]):
         backend().catalogue.add_audit(principal.actor, "download" if as_attachment else "listen", call["id"],

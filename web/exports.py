@@ -19,6 +19,7 @@ from pathlib import Path
 
 from appliance.errors import CallrecError
 from appliance.store.evidence import export_bundle
+from web.restriction import openings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,12 @@ class Exports:
         """Start making a bundle of `call_ids` for `principal` in the background (replacing their
         last one)."""
         catalogue = self.backend.catalogue
-        lines = frozenset(catalogue.get_call(call_id)["line"] for call_id in call_ids)
+        calls = [catalogue.get_call(call_id) for call_id in call_ids]
+        for call in calls:
+            if not openings().allows(principal, call):
+                raise ExportRefused("call {id} is restricted: only an admin who gives a reason may export it",
+                                    id=call["id"])
+        lines = frozenset(call["line"] for call in calls)
         job_id = secrets.token_urlsafe(12)
         job = ExportJob(job_id, principal.key, principal.actor, list(call_ids), self.folder / f"{job_id}.zip",
                         lines=lines, size=catalogue.size_of(call_ids), total=len(call_ids))

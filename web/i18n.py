@@ -26,10 +26,11 @@ DYNAMIC_TEXTS = (
     "idle", "ringing", "in_call", "paused",                               # line states
     "training", "agreement", "legal-obligation",                          # purposes
     "admin", "supervisor", "staff",                                       # roles
-    "held",                                                               # list filters (with two above)
+    "held", "restricted",                                                 # list filters (with two above)
     "button", "dtmf", "declined",                                         # pause and discard reasons
     "listen", "download", "export", "erased", "erasure", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
+    "restrict", "lift-restriction", "open-restricted",
     "password-changed", "second-factor-on", "second-factor-off",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",

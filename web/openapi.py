@@ -6,7 +6,7 @@ from appliance.store.catalogue import CALL_FIELDS
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _CALL_TYPES = {
     "id": {"type": "integer"}, "line": {"type": "string"}, "direction": {"type": "string"},
-    "purpose": {"type": "string"}, "state": {"type": "string"}, "held": {"type": "integer"},
+    "purpose": {"type": "string"}, "state": {"type": "string"}, "held": {"type": "integer"}, "restricted": {"type": "integer"},
     "flashes": {"type": "integer"}, "capture_errors": {"type": "integer"}, "overruns": {"type": "integer"},
     "duration_s": {"type": ["number", "null"]}, "size_bytes": {"type": ["integer", "null"]},
     "sample_rate": {"type": ["integer", "null"]}, "samples": {"type": ["integer", "null"]},
@@ -32,7 +32,7 @@ _FILTERS = [
     _query("purpose", {"type": "string"}, "Only this purpose"),
     _query("min_s", {"type": "number"}, "At least this many seconds long"),
     _query("max_s", {"type": "number"}, "At most this many seconds long"),
-    _query("flag", {"type": "string", "enum": ["held", "agreement", "interrupted"]}, "Only flagged calls"),
+    _query("flag", {"type": "string", "enum": ["held", "restricted", "agreement", "interrupted"]}, "Only flagged calls"),
     _query("q", {"type": "string"}, "Search in numbers, contact names and notes"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size"),
     _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0}, "Calls to skip"),

@@ -92,11 +92,11 @@ def erase():
 @bp.route("/privacy/hold", methods=["POST"])
 @require("supervisor")
 def hold():
-    """Put every call of the number on hold (restriction of processing)."""
+    """Put every call of the number on hold (a dispute, a claim: kept until released)."""
     number = request.form.get("number", "").strip()
     reason = request.form.get("reason", "").strip()
     if not reason:
-        flash(_("A hold needs a reason (a dispute, a restriction request…)."), "error")
+        flash(_("a hold needs a reason (a dispute, a claim…)"), "error")
         return redirect(url_for("privacy.index", number=number))
     held = 0
     for call in _selected(number):
@@ -104,6 +104,24 @@ def hold():
             backend().store.hold(call["id"], reason, current().actor, client_address())
             held += 1
     flash(_("{n} call(s) put on hold.", n=held))
+    return redirect(url_for("privacy.index", number=number))
+
+
+@bp.route("/privacy/restrict", methods=["POST"])
+@require("supervisor")
+def restrict():
+    """Restrict every call of the number (GDPR Art. 18): kept, listed, not played."""
+    number = request.form.get("number", "").strip()
+    reason = request.form.get("reason", "").strip()
+    if not reason:
+        flash(_("a restriction needs a reason (the customer's request, its date…)"), "error")
+        return redirect(url_for("privacy.index", number=number))
+    restricted = 0
+    for call in _selected(number):
+        if not call["restricted"]:
+            backend().store.restrict(call["id"], reason, current().actor, client_address())
+            restricted += 1
+    flash(_("{n} call(s) restricted.", n=restricted))
     return redirect(url_for("privacy.index", number=number))
 
 

@@ -26,7 +26,7 @@ CALL_FIELDS = (
     "notice_played_at", "notice_sha256", "purpose", "state", "file", "size_bytes", "sha256",
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
     "overruns", "held", "hold_reason", "clock_synced", "discard_reason", "contact_name", "notes",
-    "offloaded_at", "offload_target", "channels", "end_reason",
+    "offloaded_at", "offload_target", "channels", "end_reason", "restricted", "restrict_reason",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 STATES = ("recording", "complete", "interrupted", "discarded", "missed")
@@ -81,7 +81,8 @@ class CallFilter:
         return " AND ".join(where), params
 
 
-FLAGS = {"held": "held = 1", "agreement": "purpose = 'agreement'", "interrupted": "state = 'interrupted'"}
+FLAGS = {"held": "held = 1", "restricted": "restricted = 1", "agreement": "purpose = 'agreement'",
+         "interrupted": "state = 'interrupted'"}
 AUDIT_FIELDS = ("id", "at", "actor", "action", "call_id", "detail", "address")
 
 

@@ -157,7 +157,14 @@ def _migration_12(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE peaks (call_id INTEGER PRIMARY KEY, levels BLOB NOT NULL)")
 
 
+def _migration_13(db: sqlite3.Connection) -> None:
+    """Restriction of processing (GDPR Art. 18): a restricted call is kept and not played."""
+    db.execute("ALTER TABLE calls ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE calls ADD COLUMN restrict_reason TEXT")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
-              _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12)
+              _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
+              _migration_13)

@@ -71,8 +71,8 @@ class Store:
     # -- actions on one call ------------------------------------------------------------------------
 
     def expires_at(self, call: dict) -> str | None:
-        """When a call's purpose lets it go (None if held)."""
-        if call["held"]:
+        """When a call's purpose lets it go (None if held or restricted)."""
+        if call["held"] or call.get("restricted"):
             return None
         started = datetime.fromisoformat(call["started_at"].replace("Z", "+00:00"))
         return iso_utc((started + timedelta(days=self.purposes[call["purpose"]].retention_days)).timestamp())
@@ -91,9 +91,8 @@ class Store:
     def hold(self, call_id: int, reason: str, actor: str, address: str | None = None) -> None:
         """Keep a call whatever its retention or the disk says, until released."""
         if not reason.strip():
-            raise StoreActionError("a hold needs a reason (a dispute, a restriction request…)")
-        if len(reason) > MAX_REASON:
-            raise StoreActionError("a hold reason is at most {n} characters", n=MAX_REASON)
+            raise StoreActionError("a hold needs a reason (a dispute, a claim…)")
+        reason = self._checked(reason)
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?", [reason, call_id])
@@ -109,6 +108,34 @@ class Store:
             db.execute("UPDATE calls SET held = 0, hold_reason = NULL WHERE id = ?", [call_id])
             ledger.append(db, "released", call_id, call["sha256"])
             self._audit(db, actor, "release", call_id, call["hold_reason"], address)
+
+    def restrict(self, call_id: int, reason: str, actor: str, address: str | None = None) -> None:
+        """Restrict a call's processing (GDPR Art. 18): it is kept whatever its retention or the
+        disk says, and nobody plays, downloads or exports it but an admin who gives a reason."""
+        if not reason.strip():
+            raise StoreActionError("a restriction needs a reason (the customer's request, its date…)")
+        reason = self._checked(reason)
+        call = self._call(call_id)
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE calls SET restricted = 1, restrict_reason = ? WHERE id = ?", [reason, call_id])
+            ledger.append(db, "restricted", call_id, call["sha256"])
+            self._audit(db, actor, "restrict", call_id, reason, address)
+
+    def lift_restriction(self, call_id: int, actor: str, address: str | None = None) -> None:
+        """End a call's restriction: it is played and kept as any other again."""
+        call = self._call(call_id)
+        if not call["restricted"]:
+            raise StoreActionError("call {id} is not restricted", id=call_id)
+        with self.catalogue.transaction() as db:
+            db.execute("UPDATE calls SET restricted = 0, restrict_reason = NULL WHERE id = ?", [call_id])
+            ledger.append(db, "restriction-lifted", call_id, call["sha256"])
+            self._audit(db, actor, "lift-restriction", call_id, call["restrict_reason"], address)
+
+    @staticmethod
+    def _checked(reason: str) -> str:
+        if len(reason) > MAX_REASON:
+            raise StoreActionError("a reason is at most {n} characters", n=MAX_REASON)
+        return reason.strip()
 
     def erase(self, call_id: int, actor: str, reason: str = "erasure request", address: str | None = None) -> None:
         """Delete one call (recording, row) for a data subject's request; a tombstone remains."""
@@ -213,7 +240,7 @@ class Store:
         for name, purpose in self.purposes.items():
             cutoff = iso_utc(now - purpose.retention_days * 86400)
             while batch := self._select(
-                    "purpose = ? AND started_at < ? AND held = 0 AND state != 'recording' "
+                    "purpose = ? AND started_at < ? AND held = 0 AND restricted = 0 AND state != 'recording' "
                     "ORDER BY started_at", [name, cutoff], index="calls_expiry"):
                 self._delete(batch, "expired")
                 report.expired += len(batch)
@@ -224,7 +251,7 @@ class Store:
         report.free_bytes = self.free_bytes()
         cap = self.settings.max_archive_mb * 1_000_000
         while (cap and report.archive_bytes > cap) or report.free_bytes < report.floor_bytes:
-            candidates = self._select("held = 0 AND file IS NOT NULL AND state != 'recording' "
+            candidates = self._select("held = 0 AND restricted = 0 AND file IS NOT NULL AND state != 'recording' "
                                       "ORDER BY started_at", [], index="calls_eviction", limit=20)
             if not candidates:
                 report.alarm = self._alarm_text(report, cap)
@@ -264,15 +291,15 @@ class Store:
     def _alarm_text(self, report: CleanerReport, cap: int) -> str:
         with self.catalogue.read() as db:
             held, size = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM calls WHERE held = 1").fetchone()
+                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM calls WHERE held = 1 OR restricted = 1").fetchone()
         over = (f"the archive is over its cap of {cap / 1e6:.0f} MB" if cap and report.archive_bytes > cap
                 else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of "
                      f"{report.floor_bytes / 1e6:.0f} MB")
         if not held:
             return (f"{over} and no recording is left to delete (other files take the disk): recording goes "
                     f"on into the reserve; free the disk or add storage")
-        return (f"{over} and only held calls can go ({held} held, {size / 1e6:.0f} MB): recording "
-                f"goes on into the reserve; release holds or add storage")
+        return (f"{over} and only held or restricted calls can go ({held} of them, {size / 1e6:.0f} MB): "
+                f"recording goes on into the reserve; release holds, lift restrictions or add storage")
 
     def _set_alarm(self, text: str | None) -> None:
         with self.catalogue.transaction() as db:
