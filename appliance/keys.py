@@ -36,6 +36,12 @@ def ensure_device_key(data_dir: Path) -> Path:
     return path
 
 
+def derived_key(data_dir: Path, label: bytes) -> bytes:
+    """A 32-byte secret for one use (`label`), derived from the device key: only whoever holds
+    the device's data folder can compute the keyed hashes made with it."""
+    return hashlib.sha256(label + b"\0" + ensure_device_key(data_dir).read_bytes()).digest()
+
+
 def load_private_key(data_dir: Path):
     """The device's private key (made if missing)."""
     from cryptography.hazmat.primitives import serialization

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import shutil
 import sqlite3
 import time
 import zipfile
@@ -216,3 +217,54 @@ def test_processes_opening_a_new_catalogue_at_once_all_get_it(tmp_path):
             folder = str(tmp_path / f"data{attempt}")
             assert pool.starmap(_open_catalogue, [(folder, start)] * 4) == ["ok"] * 4
             assert Catalogue(Path(folder)).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_verify_names_an_edited_or_deleted_audit_entry_but_accepts_what_an_erasure_took_out(store):
+    from appliance.store.erasure import erase_subject
+
+    with store.catalogue.transaction() as db:            # written before the audit trail was chained
+        db.execute("INSERT INTO audit (at, actor, action, detail) VALUES ('2026-01-05T12:00:00Z', 'admin', 'login', NULL)")
+    call_id = add_call(store, 1)
+    store.hold(call_id, f"dispute opened by {NUMBER}", actor="user:owner")
+    store.release(call_id, actor="user:owner")
+    store.catalogue.add_audit("user:clerk", "listen", call_id, "00000001-t1.opus", "192.168.1.20")
+    store.catalogue.add_audit("user:owner", "settings", None, "purpose.training.retention_days = 60")
+    store.catalogue.add_audit("user:owner", "login")
+    report = erase_subject(store, NUMBER, "user:dpo")
+    db = store.catalogue.db
+    details = [row[0] for row in db.execute("SELECT detail FROM audit WHERE action IN ('hold', 'release')")]
+    assert details == [f"dispute opened by [erased: {report.reference}]"] * 2
+    assert verify_store(store.catalogue, store.data_dir) == []
+    assert db.execute("SELECT COUNT(*) FROM audit WHERE hash IS NULL").fetchone()[0] == 0
+    for sql in ("DELETE FROM audit WHERE action = 'login'", "UPDATE audit SET actor = 'x' WHERE action = 'listen'"):
+        with pytest.raises(sqlite3.IntegrityError, match="the audit trail is append-only"):
+            db.execute(sql)
+
+    store.catalogue.checkpoint()
+
+    def tampered(sql: str) -> list[str]:
+        """What verify says of a copy of the data folder changed by `sql` (as sqlite3 would)."""
+        copy = store.data_dir.parent / f"{store.data_dir.name}-tampered-{time.monotonic_ns()}"
+        shutil.copytree(store.data_dir, copy)
+        with sqlite3.connect(copy / "catalogue.db") as raw:
+            raw.execute("DROP TRIGGER audit_no_delete")       # as whoever holds the box can
+            raw.execute("DROP TRIGGER audit_no_update")
+            raw.execute(sql)
+        raw.close()
+        catalogue = Catalogue(copy)
+        try:
+            return verify_store(catalogue, copy)
+        finally:
+            catalogue.close()
+
+    [listen] = [row[0] for row in db.execute("SELECT id FROM audit WHERE action = 'listen'")]
+    assert tampered("UPDATE audit SET actor = 'user:owner' WHERE action = 'listen'") == [
+        f"audit entry {listen} (listen, {db.execute('SELECT at FROM audit WHERE id = ?', [listen]).fetchone()[0]}) was changed"]
+    assert [p for p in tampered("UPDATE audit SET detail = 'purpose.training.retention_days = 3650' "
+                                "WHERE action = 'settings'") if "its detail was changed" in p]
+    assert [p for p in tampered("UPDATE audit SET detail = 'dispute opened by [erased: E-20260101-abcdef]' "
+                                "WHERE action = 'hold'") if "its detail was changed" in p]
+    deleted = tampered(f"DELETE FROM audit WHERE id = {listen}")
+    assert f"audit entries {listen} to {listen} are missing" in deleted
+    assert any("does not follow the entry before it" in p for p in deleted)
+    assert verify_store(store.catalogue, store.data_dir) == []

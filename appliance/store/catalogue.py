@@ -6,6 +6,7 @@ The recorder uses the standard `sqlite3` module: sqlite-utils loads numpy and ta
 about 23 MB of resident memory that a Raspberry Pi recorder has better use for.
 """
 
+import functools
 import sqlite3
 import threading
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from appliance.clock import iso_utc
 from appliance.errors import StoreError
-from appliance.store import ledger
+from appliance.keys import derived_key
+from appliance.store import auditchain, ledger
 from appliance.store.migrations import MIGRATIONS
 
 CATALOGUE_NAME = "catalogue.db"
@@ -121,6 +123,7 @@ class Catalogue:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = connect(self.path)
+            self.db.data_dir = self.path.parent
             self.db.execute("PRAGMA synchronous = FULL")
             # Erased and expired rows are personal data: overwrite them, don't just unlink pages.
             self.db.execute("PRAGMA secure_delete = ON")
@@ -383,10 +386,22 @@ class Catalogue:
             self.db.close()
 
 
-def connect(path: Path) -> sqlite3.Connection:
+class WriteConnection(sqlite3.Connection):
+    """A catalogue's write connection: it knows its data folder, hence the key of the audit
+    chain's detail hashes (derived from the device key when first needed)."""
+
+    data_dir: Path | None = None
+
+    @functools.cached_property
+    def audit_key(self) -> bytes:
+        """The key of the audit trail's detail hashes."""
+        return derived_key(self.data_dir, auditchain.KEY_LABEL)
+
+
+def connect(path: Path) -> WriteConnection:
     """A connection to the SQLite file `path` in WAL mode, usable from any thread, in autocommit
     mode, waiting up to 5 s for other writers."""
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5, factory=WriteConnection)
     db.row_factory = sqlite3.Row
     # Switching a new file to WAL needs it alone for an instant, and SQLite then answers "locked"
     # at once instead of waiting: another process is opening it too (the web UI and the recorder at
@@ -435,9 +450,9 @@ class _Immediate:
 
 def audit(db, actor: str, action: str, call_id: int | None = None, detail: str | None = None,
           address: str | None = None) -> None:
-    """Add an entry to the audit trail: who did what to which call, from where (in `db`'s transaction)."""
-    db.execute("INSERT INTO audit (at, actor, action, call_id, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
-               [iso_utc(time.time()), actor, action, call_id, detail, address])
+    """Add an entry to the audit trail: who did what to which call, from where (in the transaction
+    of `db`, a catalogue's write connection; chained: see `appliance.store.auditchain`)."""
+    auditchain.append(db, db.audit_key, actor, action, call_id, detail, address)
 
 
 def public_fields(row: dict) -> dict:

@@ -22,14 +22,14 @@ from datetime import datetime, timezone
 
 from appliance.contacts import normalise, written_forms
 from appliance.errors import CallrecError
-from appliance.keys import ensure_device_key
+from appliance.keys import derived_key
 from appliance.store import ledger
 from appliance.store.archive import QUARANTINE_DIR
 from appliance.store.catalogue import CallFilter, audit
 from appliance.store.outbox import Outbox
 from appliance.store.retention import Store
 
-HASH_LABEL = b"callrec erasure subject\0"
+HASH_LABEL = b"callrec erasure subject"
 # Shorter numbers (an extension, "112") and names ("Jan") are not looked for in free texts:
 # they would be found inside other words and numbers ("January", "call 1123").
 MIN_REDACTED = 5
@@ -57,8 +57,7 @@ def subject_hash(data_dir, number: str, country_code: str = "32") -> str:
         canonical = normalise(number, country_code)
     except CallrecError:
         canonical = number.strip()
-    key = hashlib.sha256(HASH_LABEL + ensure_device_key(data_dir).read_bytes()).digest()
-    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(derived_key(data_dir, HASH_LABEL), canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def new_reference(now: float | None = None) -> str:

@@ -9,23 +9,39 @@ device key's Ed25519 signature of the manifest's exact bytes.
 import hashlib
 import json
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
 
-from appliance.store import ledger
+from appliance.store import auditchain, ledger
 from appliance.store.archive import ARCHIVE_DIR, sha256_file
 from appliance.store.catalogue import Catalogue, audit, public_fields
 from appliance.clock import iso_utc
-from appliance.keys import fingerprint, load_private_key, public_key_hex
+from appliance.keys import derived_key, fingerprint, key_path, load_private_key, public_key_hex
 
 BUNDLE_FORMAT = "callrec-bundle-1"
 
 
 def verify_store(catalogue: Catalogue, data_dir: Path) -> list[str]:
-    """Everything in a data folder that does not match: the ledger chain, each archived file
-    against its row and its `recorded` ledger entry, and archive files no call owns."""
-    return verify_ledger(catalogue) + verify_recordings(catalogue, data_dir) + unowned_files(catalogue, data_dir)
+    """Everything in a data folder that does not match: the ledger chain, the audit trail's
+    chain, each archived file against its row and its `recorded` ledger entry, and archive files
+    no call owns."""
+    return (verify_ledger(catalogue) + verify_audit(catalogue, data_dir) + verify_recordings(catalogue, data_dir)
+            + unowned_files(catalogue, data_dir))
+
+
+def verify_audit(catalogue: Catalogue, data_dir: Path) -> list[str]:
+    """The audit trail's chain, entry by entry (see `appliance.store.auditchain`)."""
+    with catalogue.read() as db:
+        rows = db.execute("SELECT * FROM audit ORDER BY id").fetchall()
+        erasures = {match for (detail,) in db.execute("SELECT detail FROM ledger WHERE event = 'erasure'")
+                    for match in re.findall(r"reference (\S+),", detail or "")}
+    if not any(row["hash"] for row in rows):
+        return []
+    if not key_path(data_dir).exists():
+        return ["the device key is missing: the audit trail's details cannot be checked"]
+    return auditchain.check(rows, derived_key(data_dir, auditchain.KEY_LABEL), erasures)
 
 
 def verify_ledger(catalogue: Catalogue) -> list[str]:

@@ -163,8 +163,22 @@ def _migration_13(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN restrict_reason TEXT")
 
 
+def _migration_14(db: sqlite3.Connection) -> None:
+    """The audit trail's hash chain: each entry's keyed hash of its detail, the hash of the entry
+    before and its own (the entries before are chained by the next write)."""
+    for column in ("detail_mac", "prev_hash", "hash"):
+        db.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT")
+    db.execute("CREATE INDEX audit_unchained ON audit (id) WHERE hash IS NULL")
+    # Only a chained entry's detail may change (an erasure takes a person's number out of it).
+    db.execute("""CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""")
+    db.execute("""CREATE TRIGGER audit_no_update
+        BEFORE UPDATE OF id, at, actor, action, call_id, address, detail_mac, prev_hash, hash ON audit
+        WHEN OLD.hash IS NOT NULL BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
               _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
-              _migration_13)
+              _migration_13, _migration_14)
