@@ -6,7 +6,8 @@ pause button was pressed, time passed, the call ended) and carries out the comma
 an analog line with its sound cards and spool, a SIP trunk with its relay and timeline. What the
 rules decide is the same for both: whether the notice is played and when, where the recording
 starts (`record_from`), the caller's opt-out (the key, from the party who heard the notice, within
-its window after the notice) and what it destroys, the pause (by code or button, with its
+its window after the notice) and what it destroys, a number on the do-not-record list (known at
+the start, or later), the pause (by code or button, with its
 automatic resume after `pause_max_s`), which keys are kept (none typed during a pause), and how
 the call's recording ends.
 
@@ -53,7 +54,14 @@ class KeepKey:
 
 @dataclass(frozen=True)
 class Decline:
-    """The caller opted out: stop recording, destroy what was recorded of the call."""
+    """Stop recording and destroy what was recorded of the call: the caller opted out
+    (`declined`), or the number is on the do-not-record list (`objected`)."""
+    reason: str = "declined"
+
+
+# How the log says why a call's recording was destroyed.
+DECLINED = {"declined": "the caller declined recording of the call",
+            "objected": "the number is on the do-not-record list: the call is not recorded"}
 
 
 @dataclass(frozen=True)
@@ -76,13 +84,15 @@ class CallRules:
     pre-roll; 0 on a trunk, whose recording starts at the answer). `notice_s`: how long the notice
     plays. `notice_possible`: False when no notice may be played: into a call under way before the
     recorder started (it would break into a conversation), or a trunk call in a codec the notice
-    cannot be sent in."""
+    cannot be sent in. `objected`: the number is on the do-not-record list: nothing of the call
+    is kept, and no notice is played."""
 
     rules: CallRulesConfig
     direction: str
     lead_in_s: float
     notice_s: float
     notice_possible: bool = True
+    objected: bool = False
     notice: bool = field(init=False)
     recording: bool = field(init=False)         # the call's audio is kept (it may be paused)
     paused_until: float | None = field(init=False, default=None)   # monotonic: the automatic resume
@@ -93,11 +103,12 @@ class CallRules:
     _keys: str = field(init=False, default="", repr=False)
 
     def __post_init__(self):
-        wanted = wants_notice(self.rules, self.direction)
+        wanted = wants_notice(self.rules, self.direction) and not self.objected
         self.notice = self.notice_possible and wanted
         # Nothing is kept before the notice: a call that should hear it and cannot is not kept at all.
         waits = wanted and self.rules.record_from == "notice_end"
-        self.recording = not waits
+        self.recording = not waits and not self.objected
+        self.declined = self.objected
         if self.notice and self.rules.optout_digit is not None:
             # From the notice's end, counted where the recording starts: with the lead-in before
             # the notice, or at the notice's end when nothing before it is kept.
@@ -112,12 +123,16 @@ class CallRules:
     def keys_matter_until_s(self) -> float | None:
         """Up to which offset a key can change something: the whole call with a pause code, the
         opt-out window's end, or None when no key matters."""
+        if self.declined:
+            return None
         if self.rules.pause_code is not None:
             return math.inf
         return self.optout_until_s
 
     def started(self, t: float) -> list:
         """The call started (answered, or off-hook) at `t`."""
+        if self.objected:
+            return [Decline("objected")]
         if not self.notice:
             return []
         if self.direction == "outgoing" and self.rules.notice_outgoing_after_s > 0:
@@ -150,6 +165,14 @@ class CallRules:
             self.declined, self.recording = True, False
             commands.append(Decline())
         return commands
+
+    def objection(self) -> list:
+        """The call's number, known only now (a caller ID after the answer), is on the
+        do-not-record list: destroy what was kept, keep nothing more."""
+        if self.declined or self.ended:
+            return []
+        self.declined, self.recording, self.paused_until, self.notice_due = True, False, None, None
+        return [Decline("objected")]
 
     def pause_pressed(self, t: float) -> list:
         """The pause button (or the screen's) at `t`: pause, or resume when paused."""

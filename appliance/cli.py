@@ -373,6 +373,52 @@ def contacts_import(csv_file: Path, config_path: Path, data: Path | None) -> Non
     click.echo(f"{csv_file}: {added} added, {updated} updated")
 
 
+def _objections(config_path: Path, data: Path | None):
+    from appliance.store.objections import Objections
+
+    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
+    catalogue, data_dir = _catalogue(config_path, data)
+    return Objections(catalogue, data_dir, country)
+
+
+@main.group("do-not-record")
+def do_not_record() -> None:
+    """The numbers whose calls are not recorded (the person objected: GDPR Art. 21)."""
+
+
+@do_not_record.command("add")
+@click.argument("number")
+@click.option("--note", help="Why, or the request's reference (not the person's name).")
+@_config_option
+@_data_option
+@_actor_option
+def do_not_record_add(number: str, note: str | None, config_path: Path, data: Path | None, actor: str) -> None:
+    """Stop recording the calls of NUMBER (from the next call; a running recorder sees it within seconds)."""
+    added = _objections(config_path, data).add(number, actor, note)
+    click.echo(f"{number} is {'now' if added else 'already'} on the do-not-record list")
+
+
+@do_not_record.command("remove")
+@click.argument("number")
+@_config_option
+@_data_option
+@_actor_option
+def do_not_record_remove(number: str, config_path: Path, data: Path | None, actor: str) -> None:
+    """Record the calls of NUMBER again (the person withdrew the objection)."""
+    if not _objections(config_path, data).remove(number, actor):
+        raise StoreError(f"{number} is not on the do-not-record list")
+    click.echo(f"{number} is off the do-not-record list")
+
+
+@do_not_record.command("list")
+@_config_option
+@_data_option
+def do_not_record_list(config_path: Path, data: Path | None) -> None:
+    """The list: each number's last digits only (the list keeps no number), when, by whom, the note."""
+    for entry in _objections(config_path, data).entries():
+        click.echo(f"{entry['hint']:<6} {entry['added_at']}  {entry['added_by']:<16} {entry['note'] or ''}".rstrip())
+
+
 @main.command()
 @_config_option
 def web(config_path: Path) -> None:

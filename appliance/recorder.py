@@ -22,6 +22,7 @@ from appliance.sip.trunk import SipTrunk
 from appliance.store.archive import SPOOL_DIR, recover
 from appliance.store.callrow import CallRow, Desk
 from appliance.store.catalogue import Catalogue
+from appliance.store.objections import Objections
 from appliance.store.reserve import Reserve
 from appliance.store.retention import Store
 from appliance.store.writer import CatalogueWriter
@@ -74,11 +75,13 @@ class Recorder:
                            self.reserve)
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.reserve.on_release = self.cleaner.wake        # to make room at once
+        self.objections = Objections(self.catalogue, data_dir, config.recorder.country_code)
+        self.objections.refresh()           # before the first call: its thread reloads it from then on
         self.writer = CatalogueWriter(on_full=self.reserve.release)
         self.finaliser = Worker("finaliser")      # encodes ended calls, off every line's thread
         self.desk = Desk(self.catalogue, self.writer, self.finaliser, data_dir, config.recorder.format,
                          config.recorder.opus_bitrate, config.recorder.flush_interval_s, self._finished,
-                         self.reserve)
+                         self.reserve, self.objections)
         self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
         self.trunks = [SipTrunk(trunk, self.desk) for trunk in config.sip_trunk]
@@ -132,7 +135,7 @@ class Recorder:
     def problem(self, stall_s: float) -> str | None:
         """Why the recorder needs a restart, for the watchdog: a line whose capture thread died, or
         that has its sound card open but got no audio from it for `stall_s`; a service (catalogue
-        writer, finaliser, cleaner, a trunk's relay or store thread, the webhook, the offloader, the
+        writer, finaliser, cleaner, the do-not-record list, a trunk's relay or store thread, the webhook, the offloader, the
         live state) dead or stuck. A missing card is not one: capture retries it by itself, and the
         fault LED shows it."""
         now = time.monotonic()
@@ -143,7 +146,8 @@ class Recorder:
             since = max(capture.last_read or 0.0, capture.opened_at or 0.0)
             if capture.connected.is_set() and now - since > stall_s:
                 return f"line {line.line.name}: no audio from {capture.device} for {now - since:.0f} s"
-        for service in (self.writer, self.finaliser, self.cleaner, *self.trunks, self.webhook, self.offload, self.live):
+        for service in (self.writer, self.finaliser, self.cleaner, self.objections, *self.trunks, self.webhook,
+                        self.offload, self.live):
             if service is not None and (problem := service.problem(stall_s)) is not None:
                 return problem
         return None
@@ -185,6 +189,7 @@ class Recorder:
         for trunk in self.trunks:
             trunk.start()
         self.cleaner.start()
+        self.objections.start()
         self.live.start()
         if self.fault_led is not None:
             self.fault_led.start()
@@ -222,6 +227,7 @@ class Recorder:
         notify("STOPPING=1")
         self.watchdog.close()
         self.cleaner.stopping.set()
+        self.objections.stop()
         self.live.stop()
         if self.fault_led is not None:
             self.fault_led.close()

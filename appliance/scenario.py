@@ -22,6 +22,7 @@ from appliance.errors import ScenarioError
 
 ANSWER_AFTER_LAST_RING_S = 0.5
 CALLER_ID_AFTER_RING_S = 0.3
+CALLER_ID_AFTER_ANSWER_S = 1.0    # a modem that decodes the data late reports it in the call
 CLIP_TONE_S = 0.07          # DTMF CLIP: tones and pauses of 70 ms, ending before the first ring
 CLIP_BEFORE_RING_S = 0.3
 FSK_LEVEL = 0.1             # FSK caller ID, peak, full scale = 1 (about -17 dBm0)
@@ -61,7 +62,7 @@ class ScenarioCall(_Strict):
     rings: int = Field(2, ge=1, le=20)
     answered: bool = True
     caller_id: str | None = Field(None, pattern=r"^\+?[0-9]{2,20}$")
-    caller_id_timing: Literal["before_ring", "after_first_ring"] | None = None
+    caller_id_timing: Literal["before_ring", "after_first_ring", "after_answer"] | None = None
     audio: Path | None = None
     talk: float | None = Field(None, gt=0)
     dtmf: list[Dtmf] = []
@@ -207,11 +208,17 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 edges += [PinEdge(start, line, "ring", True),
                           PinEdge(start + scenario.ring_on_s, line, "ring", False)]
                 modem.append(ModemLine(start, line, "RING"))
+            offhook = call.at + (call.rings - 1) * cadence + scenario.ring_on_s + ANSWER_AFTER_LAST_RING_S
             if call.caller_id is not None:
                 source = caller_id.get(line, "modem")
                 timing = call.caller_id_timing or ("before_ring" if source == "dtmf" else "after_first_ring")
                 before = timing == "before_ring"
                 gap = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S     # in the pause after the first burst
+                if timing == "after_answer":
+                    if source != "modem" or not call.answered:
+                        raise ScenarioError(f"scenario call[{index}].caller_id_timing: only a modem reports caller "
+                                            f"ID after the answer, of a call that is answered")
+                    gap = offhook + CALLER_ID_AFTER_ANSWER_S
                 if source == "modem":
                     # MCI format, as the exchange's data comes out of a modem.
                     at = max(0.0, call.at - CLIP_BEFORE_RING_S) if before else gap
@@ -223,7 +230,6 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                     signal = caller_id_signal(source, call.caller_id, rate, before)
                     at = max(0.0, call.at - len(signal) / rate - CLIP_BEFORE_RING_S) if before else gap
                     segments[line].append((at, signal))
-            offhook = call.at + (call.rings - 1) * cadence + scenario.ring_on_s + ANSWER_AFTER_LAST_RING_S
             if not call.answered:
                 end = max(end, offhook)
                 continue

@@ -166,3 +166,25 @@ def test_lines_and_trunks_take_the_same_call_rules_and_the_old_spellings_with_a_
     assert old_trunk.record_from == "start"
     assert "record_from = 'answer' is now written" in caplog.text
     assert "notice_outgoing_after_s alone is now written" in caplog.text
+
+
+@pytest.mark.parametrize("direction", ["incoming", "outgoing"])
+def test_a_number_on_the_do_not_record_list_gets_no_notice_and_keeps_nothing(direction):
+    rules = CallRules(CallRulesConfig(notice=Path("notice.wav"), optout_digit="9", pause_code="*1",
+                                      notice_outgoing=True), direction, lead_in_s=2.0, notice_s=NOTICE_S, objected=True)
+    assert not rules.notice and not rules.recording and rules.keys_matter_until_s() is None
+    assert rules.started(0.0) == [Decline("objected")]
+    assert rules.notice_ended(4.0) == [] and rules.key("9", 5.0, 3.0, True) == [] and rules.pause_pressed(6.0) == []
+    assert rules.hung_up(9.0) == [Finish(9.0, "discarded", declined=True)]
+
+
+def test_a_number_known_only_during_the_call_destroys_what_was_kept_once():
+    rules = CallRules(CallRulesConfig(notice=Path("notice.wav"), pause_code="*1"), "incoming", lead_in_s=2.0,
+                      notice_s=NOTICE_S)
+    assert rules.started(0.0) == [PlayNotice()]
+    rules.notice_ended(4.0)
+    assert rules.key("*", 6.0, 8.0, True) + rules.key("1", 6.2, 8.2, True) == [KeepKey(8.0, "*"), Pause(6.2, "dtmf")]
+    assert rules.objection() == [Decline("objected")]
+    assert not rules.recording and not rules.paused and rules.deadline() is None
+    assert rules.objection() == [] and rules.key("1", 7.0, 9.0, True) == []
+    assert rules.hung_up(9.0) == [Finish(9.0, "discarded", declined=True)]

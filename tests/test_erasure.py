@@ -12,7 +12,7 @@ from appliance.clock import iso_utc
 from appliance.store import archive
 from appliance.store.archive import QUARANTINE_DIR, encode_spool, finalise, recover
 from appliance.store.catalogue import Catalogue
-from appliance.store.erasure import subject_hash
+from appliance.store.subjects import subject_hash, subject_key
 from appliance.store.outbox import Outbox
 from appliance.store.spool import SpoolWriter
 from appliance.webhook import Webhook, call_event
@@ -107,8 +107,9 @@ def test_an_erased_person_leaves_no_trace_under_the_data_config_or_offload_folde
     assert [json.loads(entry.body)["number"] for entry in Outbox(catalogue).entries()] == [OTHER]
     assert catalogue.db.execute("SELECT COUNT(*) FROM digits").fetchone()[0] == 0
     [erasure] = [dict(row) for row in catalogue.db.execute("SELECT * FROM ledger WHERE event = 'erasure'")]
-    assert erasure["detail"] == f"reference {reference}, subject {subject_hash(data, TYPED)}"
-    assert subject_hash(data, "025550202") == subject_hash(data, NUMBER) != subject_hash(data, OTHER)
+    key = subject_key(data)
+    assert erasure["detail"] == f"reference {reference}, subject {subject_hash(key, TYPED)}"
+    assert subject_hash(key, "025550202") == subject_hash(key, NUMBER) != subject_hash(key, OTHER)
     catalogue.close()
     assert callrec("verify", "--data", str(data)).returncode == 0
 

@@ -248,6 +248,35 @@ def test_a_restricted_call_is_listed_and_kept_but_played_only_by_an_admin_who_gi
     assert events[-3:] == ["restricted", "restriction-lifted", "expired"]
 
 
+def test_the_do_not_record_list_is_kept_from_the_privacy_page_and_the_api_without_numbers(web):
+    app, _ = web
+    backend = app.extensions["callrec"]
+    supervisor, clerk = login(app, "super"), login(app, "clerk")
+    assert b"Do not record this number" in supervisor.get("/privacy?number=%2B32+2+555+02+02").data
+    assert post(clerk, "/privacy/do-not-record", number="+32 2 555 02 02").status_code == 403
+    post(supervisor, "/privacy/do-not-record", number="+32 2 555 02 02", note="R-7")
+    page = supervisor.get("/privacy/do-not-record").data.decode()
+    assert "…202" in page and "R-7" in page and "555" not in page
+    assert b"On the do-not-record list" in supervisor.get("/privacy?number=025550202").data
+    assert backend.objections.listed("0032 2 555 02 02")
+    bad = supervisor.post("/privacy/do-not-record", data={"csrf_token": csrf(supervisor, "/"), "number": "call me"},
+                          follow_redirects=True)
+    assert b"not a phone number" in bad.data
+    token = {"Authorization": f"Bearer {backend.accounts.add_token('crm', 'supervisor', None, 'test')}"}
+    staff = {"Authorization": f"Bearer {backend.accounts.add_token('crm2', 'staff', None, 'test')}"}
+    client = app.test_client()
+    assert client.post("/api/v1/do-not-record", json={"number": "0475 12 34 56"}, headers=staff).status_code == 403
+    assert client.post("/api/v1/do-not-record", json={"number": "0475 12 34 56"}, headers=token).status_code == 201
+    assert client.post("/api/v1/do-not-record", json={"number": "+32475123456"}, headers=token).get_json() == {"added": False}
+    assert client.post("/api/v1/do-not-record", json={"number": "x"}, headers=token).status_code == 400
+    entries = client.get("/api/v1/do-not-record", headers=token).get_json()["entries"]
+    assert sorted(e["hint"] for e in entries) == ["…202", "…456"]
+    assert client.post("/api/v1/do-not-record/remove", json={"number": "0475123456"}, headers=token).status_code == 200
+    assert client.post("/api/v1/do-not-record/remove", json={"number": "0475123456"}, headers=token).status_code == 404
+    trail = login(app, "admin").get("/audit.csv").data.decode()
+    assert trail.count(",do-not-record,") == 2 and ",record-again," in trail and "475123456" not in trail
+
+
 def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing(web):
     app, _ = web
     backend = app.extensions["callrec"]

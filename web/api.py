@@ -1,9 +1,10 @@
-"""The JSON API for a CRM: calls, a call, its audio, and signed exports, with token authentication
+"""The JSON API for a CRM: calls, a call, its audio, signed exports and the do-not-record list, with token authentication
 (`Authorization: Bearer …`, tokens made on the users page), described by `/api/openapi.json`."""
 
 from flask import Blueprint, abort, jsonify, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
+from appliance.errors import CallrecError
 from appliance.store.catalogue import public_fields
 from web.backend import backend
 from web.calls import BadFilter, find_calls, send_recording
@@ -97,6 +98,52 @@ def start_export():
     except ExportRefused as exc:
         abort(409, description=str(exc))
     return jsonify(**job.public(), status_url=url_for("api.export_status", job_id=job.id)), 202
+
+
+def _number_body() -> dict:
+    """The JSON body of a do-not-record change, checked; only supervisors and admins change the list."""
+    if not current().at_least("supervisor"):
+        abort(403, description="the do-not-record list needs a supervisor or admin token")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("number"), str) or not body["number"].strip():
+        abort(400, description="send a JSON object with number (a phone number)")
+    if not isinstance(body.get("note", ""), (str, type(None))) or set(body) - {"number", "note"}:
+        abort(400, description="number and note (text) only")
+    return body
+
+
+@bp.route("/v1/do-not-record")
+def do_not_record():
+    """The do-not-record list: each number's last digits only, when, by whom, the note."""
+    if not current().at_least("supervisor"):
+        abort(403, description="the do-not-record list needs a supervisor or admin token")
+    return jsonify(entries=[{k: e[k] for k in ("hint", "added_at", "added_by", "note")}
+                            for e in backend().objections.entries()])
+
+
+@bp.route("/v1/do-not-record", methods=["POST"])
+def object_to_recording():
+    """Put a number on the do-not-record list."""
+    body = _number_body()
+    try:
+        added = backend().objections.add(body["number"], current().actor, body.get("note") or None,
+                                         request.remote_addr)
+    except CallrecError as exc:
+        abort(400, description=str(exc))
+    return jsonify(added=added), 201 if added else 200
+
+
+@bp.route("/v1/do-not-record/remove", methods=["POST"])
+def record_again():
+    """Take a number off the do-not-record list."""
+    body = _number_body()
+    try:
+        removed = backend().objections.remove(body["number"], current().actor, request.remote_addr)
+    except CallrecError as exc:
+        abort(400, description=str(exc))
+    if not removed:
+        abort(404, description="this number is not on the do-not-record list")
+    return jsonify(removed=True)
 
 
 def _job(job_id: str):

@@ -15,6 +15,7 @@ from flask import current_app
 from appliance.store.catalogue import Catalogue
 from appliance.config import Config, load_config
 from appliance.live import read_live, recorder_pid
+from appliance.store.objections import Objections
 from appliance.store.retention import Store
 from web.accounts import Accounts
 
@@ -31,6 +32,8 @@ class Backend:
         self.data_dir = Path(self.config.recorder.data_dir)
         self.catalogue = Catalogue(self.data_dir)
         self.store = self._store(self.config)
+        # Changes only (the recorder reads the list itself): its refreshing thread is not started here.
+        self.objections = Objections(self.catalogue, self.data_dir, self.config.recorder.country_code)
         self.accounts = Accounts(self.data_dir / "web")
         self.exports_dir = self.data_dir / "web" / "exports"
         self.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -27,10 +27,10 @@ DYNAMIC_TEXTS = (
     "training", "agreement", "legal-obligation",                          # purposes
     "admin", "supervisor", "staff",                                       # roles
     "held", "restricted",                                                 # list filters (with two above)
-    "button", "dtmf", "declined",                                         # pause and discard reasons
-    "listen", "download", "export", "erased", "erasure", "expired", "hold", "release",   # audit actions
+    "button", "dtmf", "declined", "objected",                             # pause and discard reasons
+    "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
-    "restrict", "lift-restriction", "open-restricted",
+    "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again",
     "password-changed", "second-factor-on", "second-factor-off",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",

@@ -40,6 +40,17 @@ _FILTERS = [
 _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _UNAUTHORISED = _error("No valid API token")
+# A number the appliance can normalise (`appliance.contacts.normalise`) to 15 digits at most, whatever
+# the country code: international with "+" or "00", national after one "0", or short.
+_SEP = r"[\s.\-/()]"
+_PHONE_NUMBER = (rf"^{_SEP}*(?:(?:\+|0{_SEP}*0)(?:{_SEP}*[0-9]){{1,15}}|0(?:{_SEP}*[0-9]){{0,12}}"
+                 rf"|[1-9](?:{_SEP}*[0-9]){{0,14}}){_SEP}*$")
+_NUMBER_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["number"], "additionalProperties": False,
+    "properties": {"number": {"type": "string", "pattern": _PHONE_NUMBER},
+                   "note": {"type": ["string", "null"], "maxLength": 500}}}}}}
+_ADDED = {"description": "On the list (201: added now, 200: it was already)", "content": {"application/json": {
+    "schema": {"type": "object", "required": ["added"], "properties": {"added": {"type": "boolean"}}}}}}
 
 
 def document(server: str) -> dict:
@@ -107,6 +118,32 @@ def document(server: str) -> dict:
                     "403": _error("The token's role is below supervisor"),
                     "404": _error("No such call, or nothing to export"),
                     "409": _error("An export of this token's is still running, or there is no room for it")}}},
+            "/api/v1/do-not-record": {
+                "get": {
+                    "summary": "The do-not-record list (each number's last digits only)",
+                    "responses": {
+                        "200": {"description": "The list", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["entries"], "properties": {"entries": {
+                                "type": "array", "items": {"type": "object", "required": [
+                                    "hint", "added_at", "added_by", "note"], "properties": {
+                                    "hint": {"type": "string"}, "added_at": {"type": "string"},
+                                    "added_by": {"type": "string"}, "note": _NULLABLE_STRING}}}}}}}},
+                        "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor")}},
+                "post": {
+                    "summary": "Stop recording the calls of a number (the person objected)",
+                    "requestBody": _NUMBER_BODY,
+                    "responses": {
+                        "201": _ADDED, "200": _ADDED, "400": _error("Not a phone number, or a malformed request"),
+                        "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor")}}},
+            "/api/v1/do-not-record/remove": {"post": {
+                "summary": "Record the calls of a number again (the objection was withdrawn)",
+                "requestBody": _NUMBER_BODY,
+                "responses": {
+                    "200": {"description": "Taken off the list", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["removed"], "properties": {"removed": {"type": "boolean"}}}}}},
+                    "400": _error("Not a phone number, or a malformed request"), "401": _UNAUTHORISED,
+                    "403": _error("The token's role is below supervisor"),
+                    "404": _error("The number is not on the list")}}},
             "/api/v1/exports/{job_id}": {"get": {
                 "summary": "An export's progress", "parameters": [_JOB_ID],
                 "responses": {

@@ -6,6 +6,7 @@ from flask import Blueprint, abort, current_app, flash, jsonify, redirect, rende
 
 from appliance.store.catalogue import CallFilter
 from appliance.contacts import written_forms
+from appliance.errors import CallrecError
 from appliance.store.erasure import erase_subject
 from web.auth import confirmed
 from web.backend import backend
@@ -34,8 +35,16 @@ def index():
     """Search by number → the calls of that number, and the three actions."""
     number = request.args.get("number", "").strip()
     calls = calls_of(number) if number else []
-    return render_template("privacy.html", number=number, calls=calls,
+    listed = bool(number) and _listed(number)
+    return render_template("privacy.html", number=number, calls=calls, listed=listed,
                            variants=written_forms(number, backend().config.recorder.country_code) if number else [])
+
+
+def _listed(number: str) -> bool:
+    try:
+        return backend().objections.listed(number)
+    except CallrecError:
+        return False            # not a number: it can't be on the list
 
 
 def _selected(number: str) -> list[dict]:
@@ -123,6 +132,46 @@ def restrict():
             restricted += 1
     flash(_("{n} call(s) restricted.", n=restricted))
     return redirect(url_for("privacy.index", number=number))
+
+
+@bp.route("/privacy/do-not-record")
+@require("supervisor")
+def do_not_record():
+    """The do-not-record list (GDPR Art. 21): the last digits of each number, when and by whom."""
+    return render_template("do_not_record.html", entries=backend().objections.entries())
+
+
+@bp.route("/privacy/do-not-record", methods=["POST"])
+@require("supervisor")
+def object_to_recording():
+    """Stop recording the calls of a number (the person objected)."""
+    number = request.form.get("number", "").strip()
+    try:
+        added = backend().objections.add(number, current().actor, request.form.get("note", "").strip() or None,
+                                         client_address())
+    except CallrecError as exc:
+        flash(error_text(exc), "error")
+        return redirect(url_for("privacy.do_not_record"))
+    flash(_("Calls of this number are not recorded from now on.") if added
+          else _("This number is on the list already."))
+    return redirect(url_for("privacy.do_not_record"))
+
+
+@bp.route("/privacy/do-not-record/remove", methods=["POST"])
+@require("supervisor")
+def record_again():
+    """Take a number off the list (the person withdrew the objection)."""
+    try:
+        removed = backend().objections.remove(request.form.get("number", "").strip(), current().actor,
+                                              client_address())
+    except CallrecError as exc:
+        flash(error_text(exc), "error")
+        return redirect(url_for("privacy.do_not_record"))
+    if removed:
+        flash(_("Calls of this number are recorded again."))
+    else:
+        flash(_("This number is not on the list."), "error")
+    return redirect(url_for("privacy.do_not_record"))
 
 
 @bp.route("/exports/<job_id>")

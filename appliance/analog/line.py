@@ -296,12 +296,15 @@ class LineRecorder:
                                            (f"DTMF CLIP {number or reason}",), number_reason=reason))
 
     def _on_caller_id(self, caller: CallerId) -> None:
-        """Caller ID arrives between rings; a late one still names the call it belongs to."""
+        """Caller ID arrives between rings; a late one still names the call it belongs to, and
+        ends its recording when the number is on the do-not-record list."""
         self.caller = caller
         call = self.call
         if call is not None and call.direction == "incoming" and caller.number:
             call.number = caller.number
             call.row.update(number=caller.number)
+            if self.desk.objected(caller.number):
+                self._carry_out(call, call.rules.objection())
 
     def _advance(self, now: float) -> None:
         while (transition := self.hook.poll(now)) is not None:
@@ -358,8 +361,8 @@ class LineRecorder:
             elif isinstance(command, callrules.Decline):
                 self.capture.stop_recording()
                 self.capture.clear_preroll()
-                log.info("line %s: the caller declined recording of the call", self.line.name)
-                call.row.decline(call.spool, self.line.keep_declined_number)
+                log.info("line %s: %s", self.line.name, callrules.DECLINED[command.reason])
+                call.row.decline(call.spool, self.line.keep_declined_number, command.reason)
             elif isinstance(command, callrules.Finish):
                 self._finish(call, command)
         self._show(self.call)
@@ -385,12 +388,13 @@ class LineRecorder:
     def _start(self, action: callstate.Start) -> None:
         # The audio first: the spool takes the pre-roll at once; the row follows on the writer.
         settings = self.settings
+        caller = self.caller if action.direction == "incoming" else None
         rules = CallRules(self.line, action.direction, lead_in_s=settings.preroll_s,
-                          notice_s=self.notice.duration_s, notice_possible=not action.in_progress)
+                          notice_s=self.notice.duration_s, notice_possible=not action.in_progress,
+                          objected=self.desk.objected(caller and caller.number))
         spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
         spool = self.desk.spool(spool_name, settings.sample_rate)
         started = action.ringing_since if action.ringing_since is not None else action.t
-        caller = self.caller if action.direction == "incoming" else None
         call = ActiveCall(CallRow(self.desk), rules, started, caller and caller.number, CallAudio(spool, None))
         call.audio.listener = self._digit_listener(call)
         first_frame = self.capture.start_recording(call.audio) if rules.recording else None
@@ -461,6 +465,14 @@ class LineRecorder:
         fields = {"ended_at": iso_from_mono(finish.t)}
         if call.direction == "outgoing" and (number := dialled_number(call.digits)):
             fields["number"] = number
+            if self.desk.objected(number):
+                # Known only now that the dialling is heard: what was kept goes, as at an opt-out.
+                log.info("line %s: %s", self.line.name, callrules.DECLINED["objected"])
+                call.row.decline(call.spool, self.line.keep_declined_number, "objected")
+                if self.line.keep_declined_number:
+                    call.row.update(number=number)
+                call.row.update(ended_at=fields["ended_at"])
+                return
         log.info("line %s: %s ended (%s)", self.line.name, call.label, finish.state)
         call.row.finish(call.spool, finish.state, **fields)
 
@@ -498,6 +510,7 @@ class LineRecorder:
 
 
 DIGIT_GAP_S = 3.0   # a longer pause ends the number being dialled
+
 
 
 def dialled_number(digits: list[tuple[float, str]]) -> str | None:

@@ -266,9 +266,10 @@ class SipLine:
         the notice can be sent in the call's codec. The recording's `play_notice` says whether
         the relay is to play it."""
         rules = CallRules(self.config, facts.direction, lead_in_s=0.0, notice_s=self.notice.duration_s,
-                          notice_possible=notice_possible)
+                          notice_possible=notice_possible, objected=self.desk.objected(facts.number))
         recording = CallRecording(self, facts, event_types, rules)
-        recording.play_notice = any(isinstance(c, callrules.PlayNotice) for c in rules.started(facts.answered))
+        started = rules.started(facts.answered)
+        recording.play_notice = any(isinstance(c, callrules.PlayNotice) for c in started)
         until = rules.keys_matter_until_s()
         if until is not None:
             # In-band keys are listened for where they mean something: a pause code comes at any
@@ -292,6 +293,7 @@ class SipLine:
         self.worker.submit(lambda: recording.attach(self.desk.spool(spool_name, RATE, CHANNELS)))
         # Never the number: logs leave the data folder and erasure cannot reach them.
         log.info("sip trunk %s: %s call answered", config.name, facts.direction)
+        self._carry_out(recording, [c for c in started if not isinstance(c, callrules.PlayNotice)])
         return recording
 
     def notice_started(self, recording: CallRecording, t: float) -> None:
@@ -366,10 +368,10 @@ class SipLine:
                 recording.row.key(command.offset_s, command.key)
             elif isinstance(command, callrules.Decline):
                 self.active.remove(recording)
-                log.info("sip trunk %s: the caller declined recording", self.config.name)
+                log.info("sip trunk %s: %s", self.config.name, callrules.DECLINED[command.reason])
                 # After the store thread's step that made the spool.
-                keep_number = self.config.keep_declined_number
-                self.worker.submit(lambda: recording.row.decline(recording.spool, keep_number))
+                keep_number, reason = self.config.keep_declined_number, command.reason
+                self.worker.submit(lambda: recording.row.decline(recording.spool, keep_number, reason))
             elif isinstance(command, callrules.Finish):
                 self._finish(recording, command)
         if recording.pause_timer is not None:

@@ -38,6 +38,11 @@ class Desk:
     flush_interval_s: float
     on_finished: object = None
     reserve: Reserve | None = None
+    objections: object = None           # the do-not-record list (None: there is none)
+
+    def objected(self, number: str | None) -> bool:
+        """Whether a call of this number must not be recorded (never waits)."""
+        return self.objections is not None and self.objections.objected(number)
 
     def spool(self, name: str, rate: int, channels: int = 1) -> SpoolWriter:
         """A new spool file `name` for a call's audio. A disk found full gets the reserve back."""
@@ -115,13 +120,14 @@ class CallRow:
             desk.finished(self.id)
         self._after_row(encode)
 
-    def decline(self, spool, keep_number: bool) -> None:
-        """The caller declined recording: destroy the spool, its keys and pauses; the row stays
-        `discarded` (without the number unless `keep_number`)."""
+    def decline(self, spool, keep_number: bool, reason: str = "declined") -> None:
+        """Recording was declined (`declined`: the caller's opt-out; `objected`: the number is on
+        the do-not-record list): destroy the spool, its keys and pauses; the row stays `discarded`
+        with the reason (without the number unless `keep_number`)."""
         def destroy():
             spool.close()
             spool.path.unlink(missing_ok=True)
-            self._step(lambda: self.desk.catalogue.forget_declined(self.id, keep_number))
+            self._step(lambda: self.desk.catalogue.forget_declined(self.id, keep_number, reason))
         self._after_row(destroy)
 
     def _after_row(self, job) -> None:

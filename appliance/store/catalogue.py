@@ -232,13 +232,15 @@ class Catalogue:
             db.execute("UPDATE pauses SET end_s = ? WHERE call_id = ? AND end_s IS NULL",
                        [round(end_s, 3), call_id])
 
-    def forget_declined(self, call_id: int, keep_number: bool) -> None:
-        """The caller declined recording: the call's keys and pauses go, and its row stays as
-        `discarded`, without the number unless `keep_number`."""
+    def forget_declined(self, call_id: int, keep_number: bool, reason: str = "declined") -> None:
+        """Recording was declined (the caller's opt-out, or an objection): the call's keys and
+        pauses go, and its row stays as `discarded` with `reason`, without the number unless
+        `keep_number`."""
         with self.transaction() as db:
             db.execute("DELETE FROM digits WHERE call_id = ?", [call_id])
             db.execute("DELETE FROM pauses WHERE call_id = ?", [call_id])
-            self.update_call(call_id, state="discarded", discard_reason="declined", spool=None,
+            db.execute("DELETE FROM peaks WHERE call_id = ?", [call_id])
+            self.update_call(call_id, state="discarded", discard_reason=reason, spool=None,
                              recording_started_at=None, **({} if keep_number else {"number": None}))
 
     def digits(self, call_id: int) -> list[tuple[float, str]]:

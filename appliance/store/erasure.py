@@ -9,27 +9,24 @@ on hold or being recorded is kept and said so.
 
 What remains is what the shop must be able to show: a tombstone and an `erased` ledger entry per
 call, and one `erasure` entry in the ledger and the audit naming the request's reference and the
-number's keyed hash (`subject_hash`). Whoever holds the box can later check that a number given
+number's keyed hash (`appliance.store.subjects`). Whoever holds the box can later check that a number given
 to them was erased, and when; nobody can read the number back from it.
 """
 
-import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from appliance.contacts import normalise, written_forms
+from appliance.contacts import written_forms
 from appliance.errors import CallrecError
-from appliance.keys import derived_key
 from appliance.store import ledger
 from appliance.store.archive import QUARANTINE_DIR
 from appliance.store.catalogue import CallFilter, audit
 from appliance.store.outbox import Outbox
 from appliance.store.retention import Store
+from appliance.store.subjects import subject_hash, subject_key
 
-HASH_LABEL = b"callrec erasure subject"
 # Shorter numbers (an extension, "112") and names ("Jan") are not looked for in free texts:
 # they would be found inside other words and numbers ("January", "call 1123").
 MIN_REDACTED = 5
@@ -50,16 +47,6 @@ class ErasureReport:
     log_emptied: bool = True            # False: the old rows wait in the write-ahead log a while
 
 
-def subject_hash(data_dir, number: str, country_code: str = "32") -> str:
-    """HMAC-SHA256 of a number in its normalised form, under a key derived from the device key:
-    the same number always gives the same hash on this box, and nothing else can compute it."""
-    try:
-        canonical = normalise(number, country_code)
-    except CallrecError:
-        canonical = number.strip()
-    return hmac.new(derived_key(data_dir, HASH_LABEL), canonical.encode(), hashlib.sha256).hexdigest()
-
-
 def new_reference(now: float | None = None) -> str:
     """A request reference to give the customer, e.g. `E-20261205-3f9a1c`."""
     day = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y%m%d")
@@ -74,7 +61,7 @@ def erase_subject(store: Store, number: str, actor: str, address: str | None = N
         raise CallrecError("give the number to erase")
     forms = written_forms(number, country_code)
     catalogue = store.catalogue
-    report = ErasureReport(new_reference(), subject_hash(store.data_dir, number, country_code))
+    report = ErasureReport(new_reference(), subject_hash(subject_key(store.data_dir), number, country_code))
     record = f"reference {report.reference}, subject {report.subject}"
     with catalogue.transaction() as db:
         calls = catalogue.find_calls(CallFilter(numbers=tuple(forms)))

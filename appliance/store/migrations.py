@@ -177,8 +177,14 @@ def _migration_14(db: sqlite3.Connection) -> None:
         WHEN OLD.hash IS NOT NULL BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""")
 
 
+def _migration_15(db: sqlite3.Connection) -> None:
+    """The do-not-record list (GDPR Art. 21): each number as its keyed hash, never as written."""
+    db.execute("""CREATE TABLE objections (
+        subject TEXT PRIMARY KEY, hint TEXT NOT NULL, added_at TEXT NOT NULL, added_by TEXT NOT NULL, note TEXT)""")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
               _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
-              _migration_13, _migration_14)
+              _migration_13, _migration_14, _migration_15)

@@ -1,0 +1,116 @@
+"""The do-not-record list (GDPR Art. 21): kept as keyed hashes only, changed from the command line
+and read by the running recorder; a listed number's call is not recorded when its caller ID comes
+before the answer (the modem, a SIP INVITE), and what was kept is destroyed when it is known only
+later (caller ID reported after the answer, the number an outgoing call dials)."""
+
+import pytest
+
+from appliance.sip import g711
+from appliance.store.archive import SPOOL_DIR
+from appliance.store.catalogue import Catalogue
+from conftest import calls_json, callrec, tone, write_config, write_scenario, write_wav
+from sipp.harness import write_pcap
+from test_sip import CALLEE_HZ, CALLER_HZ, call_through, trunk  # noqa: F401 (trunk: fixture)
+
+LISTED = "+32 470 12 34 56"
+ALSO_LISTED = "0475 99 88 77"
+NOT_LISTED = "+3225550303"
+
+
+def test_the_list_keeps_no_number_and_every_change_is_audited_without_one(tmp_path):
+    data = tmp_path / "data"
+    Catalogue(data).close()
+    assert "now on" in callrec("do-not-record", "add", LISTED, "--note", "request R-12", "--data", str(data)).stdout
+    assert "already on" in callrec("do-not-record", "add", "0470123456", "--data", str(data)).stdout
+    refused = callrec("do-not-record", "add", "call me", "--data", str(data), check=False)
+    assert refused.returncode == 2 and "not a phone number" in refused.stderr
+    listed = callrec("do-not-record", "list", "--data", str(data)).stdout
+    assert "…456" in listed and "request R-12" in listed
+    callrec("do-not-record", "add", ALSO_LISTED, "--data", str(data))
+    callrec("do-not-record", "remove", "0475998877", "--data", str(data))
+    gone = callrec("do-not-record", "remove", "0475998877", "--data", str(data), check=False)
+    assert gone.returncode == 2 and "not on the do-not-record list" in gone.stderr
+    catalogue = Catalogue(data)
+    actions = [(row[0], row[1]) for row in catalogue.db.execute("SELECT action, detail FROM audit ORDER BY id")]
+    assert [action for action, _ in actions] == ["do-not-record", "do-not-record", "record-again"]
+    catalogue.checkpoint()
+    catalogue.close()
+    for path in data.glob("catalogue.db*"):
+        for form in (b"470123456", b"475998877", b"47012", b"0475 99"):
+            assert form not in path.read_bytes(), (path.name, form)
+
+
+@pytest.fixture(scope="module")
+def objected_run(tmp_path_factory):
+    """On one analog line: a listed caller whose number the modem gives between the rings, a
+    listed caller whose number it gives only after the answer, an outgoing call dialling a listed
+    number, and an unlisted caller."""
+    folder = tmp_path_factory.mktemp("objected")
+    config = write_config(folder, recorder={"ring_gap_s": 3.0})
+    voice = str(write_wav(folder / "voice.wav", tone(700, 5.0, 0.3)))
+    scenario = write_scenario(folder, [
+        {"direction": "incoming", "at": 0.5, "rings": 2, "caller_id": "+32470123456", "audio": voice},
+        {"direction": "incoming", "at": 11.0, "rings": 1, "caller_id": "+32475998877", "caller_id_timing": "after_answer",
+         "audio": voice},
+        {"direction": "outgoing", "at": 20.0, "talk": 6.0, "dtmf": [{"at": 0.5, "digits": "0475998877"}]},
+        {"direction": "incoming", "at": 29.0, "rings": 2, "caller_id": NOT_LISTED, "audio": voice},
+    ], ring_on_s=0.8, ring_off_s=1.2)
+    data = folder / "data"
+    Catalogue(data).close()
+    for number in (LISTED, ALSO_LISTED):
+        callrec("do-not-record", "add", number, "--data", str(data))
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    return data, calls_json(data)
+
+
+def test_a_listed_caller_named_before_the_answer_is_not_recorded_and_hears_no_notice(objected_run):
+    data, calls = objected_run
+    call = calls[0]
+    assert (call["direction"], call["state"], call["discard_reason"]) == ("incoming", "discarded", "objected")
+    assert call["file"] is None and call["number"] is None and call["notice_played_at"] is None
+    assert call["recording_started_at"] is None and call["ended_at"]
+
+
+def test_a_listed_caller_named_after_the_answer_loses_what_was_kept(objected_run):
+    data, calls = objected_run
+    call = calls[1]
+    assert (call["direction"], call["state"], call["discard_reason"], call["file"]) == \
+        ("incoming", "discarded", "objected", None)
+    assert call["number"] is None and call["recording_started_at"] is None
+
+
+def test_an_outgoing_call_to_a_listed_number_loses_what_was_kept_once_the_dialling_is_heard(objected_run):
+    data, calls = objected_run
+    call = calls[2]
+    assert (call["direction"], call["state"], call["discard_reason"], call["file"]) == \
+        ("outgoing", "discarded", "objected", None)
+    assert call["number"] is None
+    catalogue = Catalogue(data)
+    assert catalogue.digits(call["id"]) == []
+    catalogue.close()
+
+
+def test_an_unlisted_caller_is_recorded_and_nothing_is_left_of_the_others(objected_run):
+    data, calls = objected_run
+    assert len(calls) == 4
+    call = calls[3]
+    assert (call["state"], call["number"], call["discard_reason"]) == ("complete", NOT_LISTED, None)
+    assert call["file"] and call["notice_played_at"]
+    assert len(list(data.glob("archive/**/*.*"))) == 1 and not list((data / SPOOL_DIR).iterdir())
+    assert callrec("verify", "--data", str(data)).returncode == 0
+
+
+def test_a_sip_call_from_a_listed_number_is_relayed_but_nothing_of_it_is_kept(trunk):  # noqa: F811
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    recorder = trunk.start()
+    recorder.objections.add("02 555 12 34", "user:dpo")          # the caller's P-Asserted-Identity
+    call_through(trunk, "uac.xml", "uas.xml", 2000)                # SIPp: the call went through
+    [call] = trunk.calls()
+    assert (call["state"], call["discard_reason"], call["number"], call["file"], call["notice_played_at"]) == \
+        ("discarded", "objected", None, None, None)
+    assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
+    assert not list((trunk.folder / "data").glob("archive/**/*.*"))
+    recorder.objections.remove("+3225551234", "user:dpo")
+    call_through(trunk, "uac.xml", "uas.xml", 2000)
+    assert [c["state"] for c in trunk.calls()] == ["discarded", "complete"]
