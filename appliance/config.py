@@ -156,15 +156,20 @@ class PurposeConfig(_Strict):
 
     retention_days: int = Field(ge=1, le=36500)
     legal_basis: str = Field(min_length=1)
+    # Short of space, calls go lowest rank first; those above rank 1 only after the alarm stood
+    # for `protected_grace_hours`.
+    eviction_rank: int = Field(1, ge=1, le=9)
 
 
 DEFAULT_PURPOSES = {
     "training": PurposeConfig(
         retention_days=30, legal_basis="Legitimate interest in training staff (GDPR Art. 6(1)(f))"),
     "agreement": PurposeConfig(
-        retention_days=730, legal_basis="Evidence of a contract made by phone (GDPR Art. 6(1)(b))"),
+        retention_days=730, legal_basis="Evidence of a contract made by phone (GDPR Art. 6(1)(b))",
+        eviction_rank=2),
     "legal-obligation": PurposeConfig(
-        retention_days=1825, legal_basis="A legal obligation to keep the record (GDPR Art. 6(1)(c))"),
+        retention_days=1825, legal_basis="A legal obligation to keep the record (GDPR Art. 6(1)(c))",
+        eviction_rank=3),
 }
 
 
@@ -176,6 +181,7 @@ class StoreConfig(_Strict):
     min_free_hours: float = Field(24.0, ge=0, le=10000)
     cleaner_interval_s: float = Field(300.0, ge=5, le=86400)
     reserve_mb: int = Field(32, ge=1, le=4096)     # given back to the call in progress when the disk fills
+    protected_grace_hours: float = Field(24.0, ge=0, le=8760)   # alarm first, then evict an agreement
 
 
 class WebhookConfig(_Strict):
@@ -343,10 +349,19 @@ class Config(_Strict):
                  for line in raw.get("line", [])]
         return {**raw, "recorder": recorder, "line": lines}
 
+    @field_validator("purpose", mode="before")
+    @classmethod
+    def _over_defaults(cls, purposes):
+        # A [purpose.NAME] table of a built-in purpose changes the keys it gives, the others stay.
+        if not isinstance(purposes, dict):
+            return purposes
+        return {name: {**DEFAULT_PURPOSES[name].model_dump(), **table}
+                if name in DEFAULT_PURPOSES and isinstance(table, dict) else table for name, table in purposes.items()}
+
     @field_validator("purpose", mode="after")
     @classmethod
     def _with_defaults(cls, purposes):
-        # The defaults are always there; a [purpose.NAME] table adds a class or replaces one.
+        # The defaults are always there; a [purpose.NAME] table adds a class or changes one.
         return {**DEFAULT_PURPOSES, **purposes}
 
     @model_validator(mode="after")

@@ -268,3 +268,24 @@ def test_verify_names_an_edited_or_deleted_audit_entry_but_accepts_what_an_erasu
     assert f"audit entries {listen} to {listen} are missing" in deleted
     assert any("does not follow the entry before it" in p for p in deleted)
     assert verify_store(store.catalogue, store.data_dir) == []
+
+
+def test_space_pressure_takes_training_first_and_an_agreement_only_after_the_alarm_stood_its_grace(store, caplog):
+    agreement = add_call(store, 9, "agreement", size=400_000)
+    legal = add_call(store, 8, "legal-obligation", size=400_000)
+    training = add_call(store, 5, "training", size=400_000)
+    store.settings = StoreConfig(max_archive_mb=1, min_free_mb=0, min_free_hours=0)
+    assert store.clean().evicted == 1 and ids(store) == [agreement, legal]        # not the oldest: the training call
+    store.settings = StoreConfig(min_free_mb=10**9, protected_grace_hours=24)
+    now = time.time()
+    with caplog.at_level(logging.ERROR):
+        report = store.clean(now)
+    assert report.evicted == 0 and ids(store) == [agreement, legal]
+    assert "only calls kept for agreement" in report.alarm and f"from {iso_utc(now + 24 * 3600)[:16]}" in report.alarm
+    assert "only calls kept for a contract or the law are left" in caplog.text
+    assert store.clean(now + 23 * 3600).evicted == 0
+    assert store.clean(now + 24 * 3600 + 1).evicted == 2 and ids(store) == []
+    store.settings = StoreConfig(min_free_mb=0, min_free_hours=0)
+    assert store.clean().alarm is None and store.catalogue.db.execute(
+        "SELECT COUNT(*) FROM status WHERE key LIKE 'protected%'").fetchone()[0] == 0
+    assert [r[0] for r in store.catalogue.db.execute("SELECT call_id FROM tombstones")] == [training, agreement, legal]

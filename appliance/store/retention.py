@@ -2,9 +2,12 @@
 
 A call is kept while its purpose needs it (retention counted from `started_at`, so re-classifying a
 call changes its expiry at once), and while the archive fits its cap and leaves the free-space
-floor. The cleaner deletes expired calls, then the oldest calls while over the cap or under the
-floor; it never touches a held call or one being recorded. When only held calls are left and the
-floor is crossed, recording goes on into the reserve and an alarm is raised.
+floor. The cleaner deletes expired calls, then, while over the cap or under the floor, the oldest
+calls of the purposes with the lowest eviction rank (training before agreement before legal
+obligation); it never touches a held or restricted call or one being recorded. Before it evicts
+a call of a rank above 1 (kept for a contract or the law), it raises the alarm and waits
+`protected_grace_hours`. When no call may go and the floor is crossed, recording goes on into
+the reserve and an alarm is raised.
 
 Every deletion leaves a tombstone (when, why, which id: no personal data) and a ledger entry. Rows
 go first, in one transaction that also lists the files to delete; the files go after, and a crash
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 BATCH = 200
 DEFAULT_BYTES_PER_HOUR = 8_000_000     # Opus at 16 kbit/s with headroom, before calls tell us
 ALARM_KEY = "storage_alarm"
+PROTECTED_KEY = "protected_eviction_alarm_since"    # when the cleaner first found only protected calls to evict
 
 
 # Deletions that reach the offloaded copy too: an erasure, and the end of the purpose's retention.
@@ -250,9 +254,13 @@ class Store:
         report.floor_bytes = self.floor_bytes() + (self.reserve.size if reserve_out else 0)
         report.free_bytes = self.free_bytes()
         cap = self.settings.max_archive_mb * 1_000_000
+        short = False
         while (cap and report.archive_bytes > cap) or report.free_bytes < report.floor_bytes:
-            candidates = self._select("held = 0 AND restricted = 0 AND file IS NOT NULL AND state != 'recording' "
-                                      "ORDER BY started_at", [], index="calls_eviction", limit=20)
+            short = True
+            candidates, rank = self._eviction_candidates()
+            if candidates and rank > 1 and not self._protected_may_go(now):
+                report.alarm = self._protected_alarm_text(report, cap, candidates[0]["purpose"], now)
+                break
             if not candidates:
                 report.alarm = self._alarm_text(report, cap)
                 break
@@ -267,6 +275,8 @@ class Store:
             report.evicted += len(batch)
             report.archive_bytes -= sum(call["size_bytes"] or 0 for call in batch)
             report.free_bytes = self.free_bytes()
+        if not short and self._status(PROTECTED_KEY) is not None:
+            self._set_status(PROTECTED_KEY, None)
         if self.reserve is not None and not self.reserve.take(self.floor_bytes()):
             report.alarm = report.alarm or self.reserve_alarm()
         self._set_alarm(report.alarm)
@@ -283,6 +293,55 @@ class Store:
         return (f"the disk filled up: recording goes on into the reserve of {self.reserve.size / 1e6:.0f} MB "
                 f"until the cleaner has made room; {self.free_bytes() / 1e6:.1f} MB free")
 
+    def _eviction_candidates(self) -> tuple[list[dict], int]:
+        """The oldest calls that may go for space, of the lowest eviction rank that has any, and
+        that rank (calls being recorded, held or restricted never go)."""
+        ranks: dict[int, list[str]] = {}
+        for name, purpose in self.purposes.items():
+            ranks.setdefault(purpose.eviction_rank, []).append(name)
+        every = list(self.purposes)
+        for rank in sorted(ranks):
+            names = ranks[rank]
+            where, params = f"purpose IN ({', '.join('?' * len(names))})", names
+            if rank == min(ranks):          # with the first to go: a purpose since removed
+                where, params = f"({where} OR purpose NOT IN ({', '.join('?' * len(every))}))", names + every
+            candidates = self._select(f"held = 0 AND restricted = 0 AND file IS NOT NULL AND state != 'recording' "
+                                      f"AND {where} ORDER BY started_at", params, index="calls_eviction", limit=20)
+            if candidates:
+                return candidates, rank
+        return [], 0
+
+    def _protected_may_go(self, now: float) -> bool:
+        """Whether calls kept for an agreement or the law may be evicted: once the alarm saying so
+        has stood for `protected_grace_hours` (it is raised now if it was not)."""
+        since = self._status(PROTECTED_KEY)
+        if since is None:
+            self._set_status(PROTECTED_KEY, iso_utc(now))
+            log.error("storage: only calls kept for a contract or the law are left to make room")
+            return self.settings.protected_grace_hours == 0
+        started = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+        return now - started >= self.settings.protected_grace_hours * 3600
+
+    def _protected_alarm_text(self, report: CleanerReport, cap: int, purpose: str, now: float) -> str:
+        since = datetime.fromisoformat(self._status(PROTECTED_KEY).replace("Z", "+00:00")).timestamp()
+        due = iso_utc(since + self.settings.protected_grace_hours * 3600)
+        return (f"{self._shortage(report, cap)}: only calls kept for {purpose} (or a purpose kept longer) are left "
+                f"to delete; the oldest will be evicted from {due} unless room is made: release holds, lift "
+                f"restrictions, offload and delete, or add storage; recording goes on into the reserve")
+
+    def _status(self, key: str) -> str | None:
+        with self.catalogue.read() as db:
+            row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def _set_status(self, key: str, value: str | None) -> None:
+        with self.catalogue.transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM status WHERE key = ?", [key])
+            else:
+                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) ON CONFLICT (key) "
+                           "DO UPDATE SET value = excluded.value", [key, value, iso_utc(time.time())])
+
     def _select(self, where: str, params: list, index: str, limit: int = BATCH) -> list[dict]:
         with self.catalogue.read() as db:
             return [dict(row) for row in db.execute(
@@ -292,14 +351,17 @@ class Store:
         with self.catalogue.read() as db:
             held, size = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM calls WHERE held = 1 OR restricted = 1").fetchone()
-        over = (f"the archive is over its cap of {cap / 1e6:.0f} MB" if cap and report.archive_bytes > cap
-                else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of "
-                     f"{report.floor_bytes / 1e6:.0f} MB")
+        over = self._shortage(report, cap)
         if not held:
             return (f"{over} and no recording is left to delete (other files take the disk): recording goes "
                     f"on into the reserve; free the disk or add storage")
         return (f"{over} and only held or restricted calls can go ({held} of them, {size / 1e6:.0f} MB): "
                 f"recording goes on into the reserve; release holds, lift restrictions or add storage")
+
+    @staticmethod
+    def _shortage(report: CleanerReport, cap: int) -> str:
+        return (f"the archive is over its cap of {cap / 1e6:.0f} MB" if cap and report.archive_bytes > cap
+                else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of {report.floor_bytes / 1e6:.0f} MB")
 
     def _set_alarm(self, text: str | None) -> None:
         with self.catalogue.transaction() as db:
