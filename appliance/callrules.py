@@ -59,9 +59,10 @@ class Decline:
     reason: str = "declined"
 
 
-# How the log says why a call's recording was destroyed.
+# How the log says why a call's recording was destroyed (`private`: kept without its number too).
 DECLINED = {"declined": "the caller declined recording of the call",
-            "objected": "the number is on the do-not-record list: the call is not recorded"}
+            "objected": "the number is on the do-not-record list: the call is not recorded",
+            "private": "a private call: not recorded"}
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,22 @@ class CallRules:
     declined: bool = field(init=False, default=False)
     ended: bool = field(init=False, default=False)
     optout_until_s: float | None = field(init=False, default=None)
+    private_until_s: float | None = field(init=False, default=None)
     notice_due: float | None = field(init=False, default=None)
+    started_at: float | None = field(init=False, default=None)
     _keys: str = field(init=False, default="", repr=False)
+    _first_keys: str = field(init=False, default="", repr=False)
 
     def __post_init__(self):
-        wanted = wants_notice(self.rules, self.direction) and not self.objected
+        refused = self.objected or not self.rules.record
+        wanted = wants_notice(self.rules, self.direction) and not refused
         self.notice = self.notice_possible and wanted
         # Nothing is kept before the notice: a call that should hear it and cannot is not kept at all.
         waits = wanted and self.rules.record_from == "notice_end"
-        self.recording = not waits and not self.objected
-        self.declined = self.objected
+        self.recording = not waits and not refused
+        self.declined = refused
+        if self.rules.private_code is not None:
+            self.private_until_s = self.lead_in_s + self.rules.private_window_s
         if self.notice and self.rules.optout_digit is not None:
             # From the notice's end, counted where the recording starts: with the lead-in before
             # the notice, or at the notice's end when nothing before it is kept.
@@ -127,12 +134,16 @@ class CallRules:
             return None
         if self.rules.pause_code is not None:
             return math.inf
-        return self.optout_until_s
+        ends = [end for end in (self.optout_until_s, self.private_until_s) if end is not None]
+        return max(ends) if ends else None
 
     def started(self, t: float) -> list:
         """The call started (answered, or off-hook) at `t`."""
+        self.started_at = t
         if self.objected:
             return [Decline("objected")]
+        if not self.rules.record:
+            return [Decline("private")]
         if not self.notice:
             return []
         if self.direction == "outgoing" and self.rules.notice_outgoing_after_s > 0:
@@ -153,6 +164,13 @@ class CallRules:
         if self.declined or self.ended:
             return []
         self._keys = (self._keys + key)[-4:]
+        private = self.rules.private_code
+        if private is not None and private.startswith(self._first_keys):
+            # The staff's code, as the call's first keys (before the number dialled, or at the answer).
+            self._first_keys += key
+            if (self._first_keys == private and self.started_at is not None
+                    and t - self.started_at <= self.rules.private_window_s):
+                return self._refuse("private")
         code = self.rules.pause_code
         if code is not None and self._keys.endswith(code):
             self._keys = ""
@@ -171,8 +189,11 @@ class CallRules:
         do-not-record list: destroy what was kept, keep nothing more."""
         if self.declined or self.ended:
             return []
+        return self._refuse("objected")
+
+    def _refuse(self, reason: str) -> list:
         self.declined, self.recording, self.paused_until, self.notice_due = True, False, None, None
-        return [Decline("objected")]
+        return [Decline(reason)]
 
     def pause_pressed(self, t: float) -> list:
         """The pause button (or the screen's) at `t`: pause, or resume when paused."""

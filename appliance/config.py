@@ -62,7 +62,8 @@ class RecorderConfig(_Strict):
 
 class CallRulesConfig(_Strict):
     """The rules of a line's calls, with the same names and values for analog lines and SIP trunks:
-    the notice and where the recording starts, the purpose, the caller's opt-out, the pause."""
+    the notice and where the recording starts, the purpose, the caller's opt-out, the pause, the
+    staff's private calls."""
 
     notice: Path
     notice_incoming: bool = True                # incoming calls hear the notice when answered
@@ -75,6 +76,9 @@ class CallRulesConfig(_Strict):
     optout_digit: str | None = Field(None, pattern=r"^[0-9*#]$")
     optout_window_s: float = Field(15.0, ge=1, le=120)     # after the notice ends
     keep_declined_number: bool = False
+    record: bool = True                         # false: no call of this line is ever recorded
+    private_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")  # first keys: a private call
+    private_window_s: float = Field(15.0, ge=1, le=120)     # from the start, for the private code
 
     @field_validator("notice", mode="before")
     @classmethod

@@ -188,3 +188,27 @@ def test_a_number_known_only_during_the_call_destroys_what_was_kept_once():
     assert not rules.recording and not rules.paused and rules.deadline() is None
     assert rules.objection() == [] and rules.key("1", 7.0, 9.0, True) == []
     assert rules.hung_up(9.0) == [Finish(9.0, "discarded", declined=True)]
+
+
+def test_the_private_code_as_the_first_keys_keeps_nothing_of_the_call(kind):
+    rules = Call(kind, "outgoing", private_code="*0", pause_code="#5").rules
+    assert rules.keys_matter_until_s() == math.inf
+    rules.started(10.0)
+    assert rules.key("*", 11.0, 3.0, False) == [KeepKey(3.0, "*")]
+    assert rules.key("0", 11.2, 3.2, False) == [Decline("private")]
+    assert rules.hung_up(20.0) == [Finish(20.0, "discarded", declined=True)]
+    late = Call(kind, "incoming", private_code="*0").rules             # too late: past the window
+    late.started(10.0)
+    late.key("*", 30.0, 22.0, True)
+    assert late.key("0", 30.2, 22.2, True) == [KeepKey(22.2, "0")] and late.recording
+    not_first = Call(kind, "outgoing", private_code="*0").rules        # a number with *0 in it
+    not_first.started(10.0)
+    assert [not_first.key(k, 11.0 + n / 5, 3.0, False) for n, k in enumerate("0*0")][-1] == [KeepKey(3.0, "0")]
+    assert not not_first.declined
+
+
+def test_a_line_that_is_never_recorded_keeps_nothing_and_plays_no_notice(kind):
+    rules = Call(kind, "incoming", record=False).rules
+    assert not rules.notice and not rules.recording
+    assert rules.started(0.0) == [Decline("private")]
+    assert rules.hung_up(5.0) == [Finish(5.0, "discarded", declined=True)]

@@ -362,7 +362,8 @@ class LineRecorder:
                 self.capture.stop_recording()
                 self.capture.clear_preroll()
                 log.info("line %s: %s", self.line.name, callrules.DECLINED[command.reason])
-                call.row.decline(call.spool, self.line.keep_declined_number, command.reason)
+                call.row.decline(call.spool, self.line.keep_declined_number and command.reason != "private",
+                                 command.reason)
             elif isinstance(command, callrules.Finish):
                 self._finish(call, command)
         self._show(self.call)

@@ -370,7 +370,8 @@ class SipLine:
                 self.active.remove(recording)
                 log.info("sip trunk %s: %s", self.config.name, callrules.DECLINED[command.reason])
                 # After the store thread's step that made the spool.
-                keep_number, reason = self.config.keep_declined_number, command.reason
+                reason = command.reason
+                keep_number = self.config.keep_declined_number and reason != "private"
                 self.worker.submit(lambda: recording.row.decline(recording.spool, keep_number, reason))
             elif isinstance(command, callrules.Finish):
                 self._finish(recording, command)

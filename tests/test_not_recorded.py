@@ -1,7 +1,11 @@
-"""The do-not-record list (GDPR Art. 21): kept as keyed hashes only, changed from the command line
-and read by the running recorder; a listed number's call is not recorded when its caller ID comes
-before the answer (the modem, a SIP INVITE), and what was kept is destroyed when it is known only
-later (caller ID reported after the answer, the number an outgoing call dials)."""
+"""Calls that are not recorded. The do-not-record list (GDPR Art. 21): kept as keyed hashes only,
+changed from the command line and read by the running recorder; a listed number's call is not
+recorded when its caller ID comes before the answer (the modem, a SIP INVITE), and what was kept
+is destroyed when it is known only later (caller ID reported after the answer, the number an
+outgoing call dials). The staff's private calls: the private code as a call's first keys, and
+lines that are never recorded."""
+
+import shutil
 
 import pytest
 
@@ -9,7 +13,7 @@ from appliance.sip import g711
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.catalogue import Catalogue
 from conftest import calls_json, callrec, tone, write_config, write_scenario, write_wav
-from sipp.harness import write_pcap
+from sipp.harness import SIPP_PCAPS, write_pcap
 from test_sip import CALLEE_HZ, CALLER_HZ, call_through, trunk  # noqa: F401 (trunk: fixture)
 
 LISTED = "+32 470 12 34 56"
@@ -44,9 +48,9 @@ def test_the_list_keeps_no_number_and_every_change_is_audited_without_one(tmp_pa
 def objected_run(tmp_path_factory):
     """On one analog line: a listed caller whose number the modem gives between the rings, a
     listed caller whose number it gives only after the answer, an outgoing call dialling a listed
-    number, and an unlisted caller."""
+    number, an unlisted caller, and a private outgoing call (the private code before the number)."""
     folder = tmp_path_factory.mktemp("objected")
-    config = write_config(folder, recorder={"ring_gap_s": 3.0})
+    config = write_config(folder, recorder={"ring_gap_s": 3.0}, line={"private_code": "*0"})
     voice = str(write_wav(folder / "voice.wav", tone(700, 5.0, 0.3)))
     scenario = write_scenario(folder, [
         {"direction": "incoming", "at": 0.5, "rings": 2, "caller_id": "+32470123456", "audio": voice},
@@ -54,6 +58,7 @@ def objected_run(tmp_path_factory):
          "audio": voice},
         {"direction": "outgoing", "at": 20.0, "talk": 6.0, "dtmf": [{"at": 0.5, "digits": "0475998877"}]},
         {"direction": "incoming", "at": 29.0, "rings": 2, "caller_id": NOT_LISTED, "audio": voice},
+        {"direction": "outgoing", "at": 42.0, "talk": 6.0, "dtmf": [{"at": 0.5, "digits": "*00475123000"}]},
     ], ring_on_s=0.8, ring_off_s=1.2)
     data = folder / "data"
     Catalogue(data).close()
@@ -92,7 +97,7 @@ def test_an_outgoing_call_to_a_listed_number_loses_what_was_kept_once_the_dialli
 
 def test_an_unlisted_caller_is_recorded_and_nothing_is_left_of_the_others(objected_run):
     data, calls = objected_run
-    assert len(calls) == 4
+    assert len(calls) == 5
     call = calls[3]
     assert (call["state"], call["number"], call["discard_reason"]) == ("complete", NOT_LISTED, None)
     assert call["file"] and call["notice_played_at"]
@@ -114,3 +119,26 @@ def test_a_sip_call_from_a_listed_number_is_relayed_but_nothing_of_it_is_kept(tr
     recorder.objections.remove("+3225551234", "user:dpo")
     call_through(trunk, "uac.xml", "uas.xml", 2000)
     assert [c["state"] for c in trunk.calls()] == ["discarded", "complete"]
+
+
+def test_the_private_code_dialled_before_the_number_keeps_nothing_not_even_the_number(objected_run):
+    data, calls = objected_run
+    call = calls[4]
+    assert (call["direction"], call["state"], call["discard_reason"], call["number"], call["file"]) == \
+        ("outgoing", "discarded", "private", None, None)
+    catalogue = Catalogue(data)
+    assert catalogue.digits(call["id"]) == []
+    catalogue.close()
+
+
+@pytest.mark.parametrize("settings", [{"private_code": "##"}, {"record": False}], ids=["private code", "never recorded"])
+def test_a_private_sip_call_is_relayed_but_nothing_of_it_is_kept(trunk, settings):  # noqa: F811
+    for name in ("key1.pcap", "key2.pcap"):
+        shutil.copy(SIPP_PCAPS / "dtmf_2833_pound.pcap", trunk.folder / name)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 5.0, 0.5), g711.PCMA, 0x2222)
+    trunk.start(notice_incoming=False, keep_declined_number=True, **settings)
+    call_through(trunk, "uac_keys.xml", "uas.xml", 1500)
+    [call] = trunk.calls()
+    assert (call["state"], call["discard_reason"], call["number"], call["file"]) == ("discarded", "private", None, None)
+    assert trunk.recorder.catalogue.digits(call["id"]) == []
+    assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
