@@ -27,7 +27,7 @@ DYNAMIC_TEXTS = (
     "training", "agreement", "legal-obligation",                          # purposes
     "admin", "supervisor", "staff",                                       # roles
     "held", "restricted",                                                 # list filters (with two above)
-    "button", "dtmf", "declined", "objected",                             # pause and discard reasons
+    "button", "dtmf", "declined", "objected", "private",                  # pause and discard reasons
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again",

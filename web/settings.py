@@ -50,7 +50,7 @@ def _flag(text: str) -> bool:
 CALL_RULE_FIELDS = {
     "purpose": str, "notice_incoming": _flag, "notice_outgoing": _flag, "record_from": str,
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
-    "keep_declined_number": _flag,
+    "keep_declined_number": _flag, "record": _flag, "private_code": _opt(str), "private_window_s": float,
 }
 LINE_FIELDS = {
     **CALL_RULE_FIELDS, "notice_outgoing_after_s": _opt(float), "capture": str, "playback": str,
