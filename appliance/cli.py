@@ -232,6 +232,24 @@ def unrestrict(call_id: int, config_path: Path, data: Path | None, actor: str) -
 
 @main.command()
 @click.argument("call_id", type=int)
+@click.option("--number", help="The right number.")
+@click.option("--name", help="The right name of the caller (their contact's too).")
+@_config_option
+@_data_option
+@_actor_option
+def rectify(call_id: int, number: str | None, name: str | None, config_path: Path, data: Path | None,
+            actor: str) -> None:
+    """Correct a call's number or caller's name (GDPR Art. 16); the old values stay only as keyed
+    hashes in the ledger."""
+    if number is None and name is None:
+        raise click.UsageError("give --number, --name or both")
+    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
+    changed = _store(config_path, data).rectify(call_id, actor, number, name, country_code=country)
+    click.echo(f"call {call_id}: {', '.join(changed) or 'nothing'} corrected")
+
+
+@main.command()
+@click.argument("call_id", type=int)
 @click.argument("purpose")
 @_config_option
 @_data_option

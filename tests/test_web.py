@@ -277,6 +277,45 @@ def test_the_do_not_record_list_is_kept_from_the_privacy_page_and_the_api_withou
     assert trail.count(",do-not-record,") == 2 and ",record-again," in trail and "475123456" not in trail
 
 
+def test_a_wrong_number_or_name_is_corrected_and_the_old_one_kept_only_as_a_keyed_hash(web):
+    from appliance.store.subjects import subject_hash, subject_key
+
+    app, calls = web
+    backend = app.extensions["callrec"]
+    supervisor = login(app, "super")
+    with backend.catalogue.transaction() as db:
+        db.execute("INSERT INTO contacts (number, name, updated_at) VALUES ('+3225550202', 'Jan Pieters', '2026-12-01')")
+    backend.catalogue.update_call(calls["customer"]["id"], contact_name="Jan Pieters")
+    refused = supervisor.post("/privacy/rectify", data={"csrf_token": csrf(supervisor, "/"), "number": "025550202"},
+                              follow_redirects=True)
+    assert b"Give the right number" in refused.data
+    assert backend.catalogue.get_call(calls["customer"]["id"])["contact_name"] == "Jan Pieters"
+    def rectify(**form) -> str:
+        return supervisor.post("/privacy/rectify", data={"csrf_token": csrf(supervisor, "/"), **form},
+                               follow_redirects=True).data.decode()
+    assert "2 call(s) corrected" in rectify(number="025550202", new_name="Jana Pietersová")
+    assert "2 call(s) corrected" in rectify(number="025550202", new_number="+32 2 555 09 09")
+    for key in ("customer", "customer_again"):
+        call = backend.catalogue.get_call(calls[key]["id"])
+        assert (call["number"], call["contact_name"]) == ("+3225550909", "Jana Pietersová")
+    token = {"Authorization": f"Bearer {backend.accounts.add_token('crm', 'supervisor', None, 'test')}"}
+    client = app.test_client()
+    assert client.post(f"/api/v1/calls/{calls['office']['id']}/rectify", json={"number": "x"},
+                       headers=token).status_code == 400
+    answer = client.post(f"/api/v1/calls/{calls['office']['id']}/rectify", json={"contact_name": "Ann"}, headers=token)
+    assert answer.get_json()["changed"] == ["contact_name"] and answer.get_json()["call"]["contact_name"] == "Ann"
+    key = subject_key(backend.data_dir)
+    details = [r[0] for r in backend.catalogue.db.execute("SELECT detail FROM ledger WHERE event = 'rectified' "
+                                                           "AND call_id = ?", [calls["customer"]["id"]])]
+    assert details == [f"contact_name was {subject_hash(key, 'Jan Pieters')}",
+                       f"number was {subject_hash(key, '+3225550202')}"]
+    assert backend.catalogue.db.execute("SELECT name FROM contacts").fetchall()[0][0] == "Jana Pietersová"
+    backend.catalogue.checkpoint()
+    for path in backend.data_dir.glob("catalogue.db*"):
+        assert b"Jan Pieters" not in path.read_bytes(), path          # the old name: overwritten
+    assert callrec("verify", "--data", str(backend.data_dir)).returncode == 0
+
+
 def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing(web):
     app, _ = web
     backend = app.extensions["callrec"]

@@ -100,6 +100,25 @@ def start_export():
     return jsonify(**job.public(), status_url=url_for("api.export_status", job_id=job.id)), 202
 
 
+@bp.route("/v1/calls/<int:call_id>/rectify", methods=["POST"])
+def rectify(call_id: int):
+    """Correct a call's number and/or its caller's name."""
+    if not current().at_least("supervisor"):
+        abort(403, description="corrections need a supervisor or admin token")
+    row = visible_call(call_id)
+    body = request.get_json(silent=True)
+    fields = ("number", "contact_name")
+    if (not isinstance(body, dict) or not body or set(body) - set(fields)
+            or not all(isinstance(body[name], str) for name in body)):
+        abort(400, description="send a JSON object with number and/or contact_name (text)")
+    try:
+        changed = backend().store.rectify(row["id"], current().actor, body.get("number"), body.get("contact_name"),
+                                          request.remote_addr, backend().config.recorder.country_code)
+    except CallrecError as exc:
+        abort(400, description=str(exc))
+    return jsonify(changed=changed, call=public_fields(backend().catalogue.get_call(row["id"])))
+
+
 def _number_body() -> dict:
     """The JSON body of a do-not-record change, checked; only supervisors and admins change the list."""
     if not current().at_least("supervisor"):

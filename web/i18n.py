@@ -30,7 +30,7 @@ DYNAMIC_TEXTS = (
     "button", "dtmf", "declined", "objected", "private",                  # pause and discard reasons
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
-    "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again",
+    "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
     "password-changed", "second-factor-on", "second-factor-off",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",

@@ -118,6 +118,22 @@ def document(server: str) -> dict:
                     "403": _error("The token's role is below supervisor"),
                     "404": _error("No such call, or nothing to export"),
                     "409": _error("An export of this token's is still running, or there is no room for it")}}},
+            "/api/v1/calls/{call_id}/rectify": {"post": {
+                "summary": "Correct a call's number and/or its caller's name (GDPR Art. 16)",
+                "parameters": [_CALL_ID],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "minProperties": 1, "additionalProperties": False, "properties": {
+                        "number": {"type": "string", "pattern": _PHONE_NUMBER},
+                        "contact_name": {"type": "string", "minLength": 1, "maxLength": 500,
+                                         "pattern": r"\S"}}}}}},
+                "responses": {
+                    "200": {"description": "The fields changed, and the call", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["changed", "call"], "properties": {
+                            "changed": {"type": "array", "items": {"type": "string"}},
+                            "call": {"$ref": "#/components/schemas/Call"}}}}}},
+                    "400": _error("Not a phone number or a name, or a malformed request"), "401": _UNAUTHORISED,
+                    "403": _error("The token's role is below supervisor"),
+                    "404": _error("No such call, or not on the token's lines")}}},
             "/api/v1/do-not-record": {
                 "get": {
                     "summary": "The do-not-record list (each number's last digits only)",

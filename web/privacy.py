@@ -134,6 +134,28 @@ def restrict():
     return redirect(url_for("privacy.index", number=number))
 
 
+@bp.route("/privacy/rectify", methods=["POST"])
+@require("supervisor")
+def rectify():
+    """Correct the number and/or the name on every call of the number (GDPR Art. 16)."""
+    number = request.form.get("number", "").strip()
+    new_number = request.form.get("new_number", "").strip() or None
+    new_name = request.form.get("new_name", "").strip() or None
+    if new_number is None and new_name is None:
+        flash(_("Give the right number, the right name, or both."), "error")
+        return redirect(url_for("privacy.index", number=number))
+    corrected = 0
+    for call in _selected(number):
+        try:
+            corrected += bool(backend().store.rectify(call["id"], current().actor, new_number, new_name, client_address(),
+                                                      backend().config.recorder.country_code))
+        except CallrecError as exc:
+            flash(error_text(exc), "error")
+            return redirect(url_for("privacy.index", number=number))
+    flash(_("{n} call(s) corrected.", n=corrected))
+    return redirect(url_for("privacy.index", number=new_number or number))
+
+
 @bp.route("/privacy/do-not-record")
 @require("supervisor")
 def do_not_record():

@@ -25,8 +25,10 @@ from appliance.store import ledger
 from appliance.store.catalogue import Catalogue, audit
 from appliance.clock import iso_utc
 from appliance.config import PurposeConfig, StoreConfig
+from appliance.contacts import ContactsError, normalise
 from appliance.errors import CallrecError
 from appliance.store.reserve import Reserve
+from appliance.store.subjects import subject_hash, subject_key
 from appliance.store.spool import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,38 @@ class Store:
             db.execute("UPDATE calls SET restricted = 0, restrict_reason = NULL WHERE id = ?", [call_id])
             ledger.append(db, "restriction-lifted", call_id, call["sha256"])
             self._audit(db, actor, "lift-restriction", call_id, call["restrict_reason"], address)
+
+    def rectify(self, call_id: int, actor: str, number: str | None = None, contact_name: str | None = None,
+                address: str | None = None, country_code: str = "32") -> list[str]:
+        """Correct a call's number and/or its caller's name (GDPR Art. 16); a name also corrects the
+        number's contact. The old values are kept only as keyed hashes in the ledger; a copy at the
+        offload target is sent again with the corrected manifest. Returns the fields changed."""
+        call = self._call(call_id)
+        changes = {}
+        if number is not None:
+            try:
+                changes["number"] = normalise(number, country_code)
+            except ContactsError:
+                raise StoreActionError("not a phone number: digits, optionally + first, with spaces, dots, "
+                                       "dashes or slashes between") from None
+        if contact_name is not None:
+            if not contact_name.strip() or len(contact_name) > MAX_REASON:
+                raise StoreActionError("a name is 1 to {n} characters", n=MAX_REASON)
+            changes["contact_name"] = contact_name.strip()
+        changes = {name: value for name, value in changes.items() if value != call[name]}
+        if not changes:
+            return []
+        key = subject_key(self.data_dir)
+        was = ", ".join(f"{name} was {subject_hash(key, call[name] or '', country_code)}" for name in changes)
+        with self.catalogue.transaction() as db:
+            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in changes)}, offloaded_at = NULL, "
+                       f"offload_target = NULL WHERE id = ?", [*changes.values(), call_id])
+            if "contact_name" in changes:
+                db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number = ?",
+                           [changes["contact_name"], iso_utc(time.time()), changes.get("number", call["number"])])
+            ledger.append(db, "rectified", call_id, call["sha256"], was)
+            self._audit(db, actor, "rectify", call_id, ", ".join(changes), address)
+        return list(changes)
 
     @staticmethod
     def _checked(reason: str) -> str:
