@@ -269,6 +269,23 @@ def release(call_id: int):
                 _("The hold is released."))
 
 
+@bp.route("/calls/<int:call_id>/restrict", methods=["POST"])
+@require("supervisor")
+def restrict(call_id: int):
+    """Restrict the call (GDPR Art. 18): kept, never deleted, and not played until lifted."""
+    reason = request.form.get("reason", "")
+    return _act(call_id, lambda call: backend().store.restrict(call["id"], reason, current().actor, client_address()),
+                _("The call is restricted."))
+
+
+@bp.route("/calls/<int:call_id>/lift-restriction", methods=["POST"])
+@require("admin")
+def lift_restriction(call_id: int):
+    """End the call's restriction."""
+    return _act(call_id, lambda call: backend().store.lift_restriction(call["id"], current().actor, client_address()),
+                _("The restriction is lifted."))
+
+
 @bp.route("/calls/<int:call_id>/delete", methods=["POST"])
 @require("admin")
 def delete(call_id: int):

@@ -98,40 +98,37 @@ def erase():
     return redirect(url_for("privacy.index"))
 
 
+def _mark_all(flag: str, mark, missing: str, done) -> object:
+    """Hold or restrict every call of the form's number not `flag`ged yet, for the form's reason."""
+    number = request.form.get("number", "").strip()
+    reason = request.form.get("reason", "").strip()
+    if not reason:
+        flash(missing, "error")
+        return redirect(url_for("privacy.index", number=number))
+    marked = 0
+    for call in _selected(number):
+        if not call[flag]:
+            mark(call["id"], reason, current().actor, client_address())
+            marked += 1
+    flash(done(marked))
+    return redirect(url_for("privacy.index", number=number))
+
+
 @bp.route("/privacy/hold", methods=["POST"])
 @require("supervisor")
 def hold():
     """Put every call of the number on hold (a dispute, a claim: kept until released)."""
-    number = request.form.get("number", "").strip()
-    reason = request.form.get("reason", "").strip()
-    if not reason:
-        flash(_("a hold needs a reason (a dispute, a claim…)"), "error")
-        return redirect(url_for("privacy.index", number=number))
-    held = 0
-    for call in _selected(number):
-        if not call["held"]:
-            backend().store.hold(call["id"], reason, current().actor, client_address())
-            held += 1
-    flash(_("{n} call(s) put on hold.", n=held))
-    return redirect(url_for("privacy.index", number=number))
+    return _mark_all("held", backend().store.hold, _("a hold needs a reason (a dispute, a claim…)"),
+                     lambda n: _("{n} call(s) put on hold.", n=n))
 
 
 @bp.route("/privacy/restrict", methods=["POST"])
 @require("supervisor")
 def restrict():
     """Restrict every call of the number (GDPR Art. 18): kept, listed, not played."""
-    number = request.form.get("number", "").strip()
-    reason = request.form.get("reason", "").strip()
-    if not reason:
-        flash(_("a restriction needs a reason (the customer's request, its date…)"), "error")
-        return redirect(url_for("privacy.index", number=number))
-    restricted = 0
-    for call in _selected(number):
-        if not call["restricted"]:
-            backend().store.restrict(call["id"], reason, current().actor, client_address())
-            restricted += 1
-    flash(_("{n} call(s) restricted.", n=restricted))
-    return redirect(url_for("privacy.index", number=number))
+    return _mark_all("restricted", backend().store.restrict,
+                     _("a restriction needs a reason (the customer's request, its date…)"),
+                     lambda n: _("{n} call(s) restricted.", n=n))
 
 
 @bp.route("/privacy/rectify", methods=["POST"])

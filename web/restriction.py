@@ -1,4 +1,5 @@
-"""Restricted calls (GDPR Art. 18) in the web UI: a restricted call is listed and kept, but nobody
+"""Restricted calls (GDPR Art. 18) in the web UI (restricting and lifting are call actions, in
+`web.calls`): a restricted call is listed and kept, but nobody
 plays, downloads or exports it except an admin who gives a reason, and then only for a quarter of
 an hour; each such opening is audited with its reason. API tokens never open one."""
 
@@ -7,9 +8,8 @@ import time
 
 from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 
-from appliance.errors import CallrecError
 from web.backend import backend
-from web.i18n import error_text, gettext as _
+from web.i18n import gettext as _
 from web.security import client_address, current, require, visible_call
 
 bp = Blueprint("restriction", __name__)
@@ -52,32 +52,6 @@ def refuse_if_restricted(call: dict, principal) -> None:
 
 def _back(call_id: int):
     return redirect(url_for("calls.detail", call_id=call_id))
-
-
-@bp.route("/calls/<int:call_id>/restrict", methods=["POST"])
-@require("supervisor")
-def restrict(call_id: int):
-    """Restrict the call: kept, never deleted, and not played until the restriction is lifted."""
-    call = visible_call(call_id)
-    try:
-        backend().store.restrict(call["id"], request.form.get("reason", ""), current().actor, client_address())
-        flash(_("The call is restricted."))
-    except CallrecError as exc:
-        flash(error_text(exc), "error")
-    return _back(call_id)
-
-
-@bp.route("/calls/<int:call_id>/lift-restriction", methods=["POST"])
-@require("admin")
-def lift(call_id: int):
-    """End the call's restriction."""
-    call = visible_call(call_id)
-    try:
-        backend().store.lift_restriction(call["id"], current().actor, client_address())
-        flash(_("The restriction is lifted."))
-    except CallrecError as exc:
-        flash(error_text(exc), "error")
-    return _back(call_id)
 
 
 @bp.route("/calls/<int:call_id>/open", methods=["POST"])
