@@ -78,7 +78,7 @@ def test_an_erased_person_leaves_no_trace_under_the_data_config_or_offload_folde
     for call in (theirs, again, someone_else):
         hook.send(call_event(catalogue.get_call(call["id"])))
     catalogue.close()
-    run_offloader(config, lambda _: len(offloaded(data)) == 3)
+    run_offloader(config, lambda offloader: offloader.offloaded == 3, timeout=60)
 
     app = create_app(tmp_path / "appliance.toml", secure_cookies=False)
     app.extensions["callrec"].accounts.add_user("admin", PASSWORD, "admin", None)
@@ -95,8 +95,9 @@ def test_an_erased_person_leaves_no_trace_under_the_data_config_or_offload_folde
     reference = page.split("Reference for the customer: ")[1].split(".")[0]
     app.extensions["callrec"].close()
     # The erased copies go; the other call's copy is sent again: its manifest had the number in its notes.
-    run_offloader(config, lambda _: not list(nas.folder.rglob(f"*{Path(theirs['file']).name}*"))
-                  and len(offloaded(data)) == 1)
+    run_offloader(config, lambda offloader: offloader.offloaded == 1
+                  and not list(nas.folder.rglob(f"*{Path(theirs['file']).name}*")), timeout=60)
+    assert len(offloaded(data)) == 1
 
     assert "3 call(s) erased" in page
     assert residue([tmp_path]) == []          # data, config and the offload target's folder
