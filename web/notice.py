@@ -54,8 +54,8 @@ def settings_warnings(config: Config) -> list[str]:
                           keys=", ".join(f"privacy.{key}" for key in missing)))
     for name, purpose in config.purpose.items():
         if PLACEHOLDER.search(purpose.legal_basis.strip()) or len(purpose.legal_basis.strip()) < 6:
-            warnings.append(_("Purpose {purpose}: its legal basis is empty or a placeholder ({text}); the privacy "
-                              "notice and the access reports show it.", purpose=name, text=purpose.legal_basis))
+            warnings.append(_("Purpose {purpose}: its legal basis is empty or a placeholder ({basis}); the privacy "
+                              "notice and the access reports show it.", purpose=name, basis=purpose.legal_basis))
     for line in [*config.line, *config.sip_trunk]:
         if line.optout_digit is None or not line.record:
             continue
