@@ -8,10 +8,12 @@ serves one, its Content-Security-Policy allows that one style block by its hash,
 
 import base64
 import hashlib
+import re
 from functools import lru_cache, partial
 from importlib import resources
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from web.i18n import LANGUAGES, day, duration, translate, when
 from web.security import CSP
@@ -23,8 +25,15 @@ DOCUMENT_CSP = CSP.replace("style-src 'self'",
 
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
-    return Environment(loader=PackageLoader("web", "templates"), autoescape=select_autoescape(["html"]),
-                       trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(loader=PackageLoader("web", "templates"), autoescape=select_autoescape(["html"]),
+                              trim_blocks=True, lstrip_blocks=True)
+    environment.filters["code"] = code_spans
+    return environment
+
+
+def code_spans(text: str) -> Markup:
+    """A translated text with its `code` spans shown as code (the rest escaped)."""
+    return Markup(re.sub(r"`([^`]*)`", r"<code>\1</code>", str(escape(text))))
 
 
 def render_document(template: str, lang: str, **context) -> str:
