@@ -22,6 +22,7 @@ AUTHORITIES = {
     "41": ("Eidgenössischer Datenschutz- und Öffentlichkeitsbeauftragter (EDÖB)", "https://www.edoeb.admin.ch"),
     "43": ("Österreichische Datenschutzbehörde (DSB)", "https://www.dsb.gv.at"),
     "44": ("Information Commissioner's Office (ICO)", "https://ico.org.uk"),
+    "48": ("Prezes Urzędu Ochrony Danych Osobowych (UODO)", "https://uodo.gov.pl"),
     # In Germany a shop answers to the authority of its Land; the federal list names each.
     "49": ("Landesdatenschutzbehörde (Datenschutz-Aufsichtsbehörde des Bundeslandes)",
            "https://www.bfdi.bund.de/DE/Service/Anschriften/Laender/Laender-node.html"),

@@ -249,3 +249,29 @@ def test_a_report_in_another_language_is_refused_and_viewing_one_is_audited(web_
         assert ",access-report," in trail and "2 call(s), pl" in trail
     finally:
         app.extensions["callrec"].close()
+
+
+@pytest.mark.parametrize("code, privacy, name, url", [
+    ("48", {}, "Prezes Urzędu Ochrony Danych Osobowych (UODO)", "https://uodo.gov.pl"),
+    ("33", {}, "Commission nationale de l'informatique et des libertés (CNIL)", "https://www.cnil.fr"),
+    ("1", {}, None, "https://www.edpb.europa.eu/about-edpb/about-edpb/members_en"),
+    ("32", {"authority": "Vlaamse Toezichtcommissie"}, "Vlaamse Toezichtcommissie", "https://www.dataprotectionauthority.be"),
+])
+def test_the_supervisory_authority_follows_the_country_unless_the_settings_name_one(code, privacy, name, url):
+    from appliance.config import Config
+    from appliance.transparency import authority
+
+    config = Config.model_validate({"recorder": {"country_code": code}, "privacy": privacy,
+                                    "line": [{"name": "t1", "hook_pin": 17, "hook_active": "low", "capture": "c",
+                                              "playback": "p", "notice": str(demo_path("notice-en.wav"))}]})
+    assert (authority(config).name, authority(config).url) == (name, url)
+
+
+@pytest.mark.parametrize("basis, placeholder", [
+    ("TODO", True), ("tbd: ask the lawyer", True), ("?", True), ("n/a", True), ("Legal basis", True), ("x", True),
+    ("Prawnie uzasadniony interes na podstawie RODO art. 6 ust. 1 lit. f", False),
+    (DEFAULT_PURPOSES["agreement"].legal_basis, False)])
+def test_a_placeholder_legal_basis_is_told_from_a_real_one(basis, placeholder):
+    from web.notice import is_placeholder
+
+    assert is_placeholder(basis) is placeholder

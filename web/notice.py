@@ -14,7 +14,7 @@ from functools import partial
 
 from flask import Blueprint, abort, request
 
-from appliance.config import DEFAULT_PURPOSES, Config
+from appliance.config import Config
 from appliance.transparency import controller_facts
 from web.backend import backend
 from web.documents import document_response, render_document
@@ -23,8 +23,8 @@ from web.security import require
 
 bp = Blueprint("notice", __name__)
 
-# Texts a legal basis must not be left at.
-PLACEHOLDER = re.compile(r"^\W*$|\b(todo|tbd|fixme|xxx+|lorem|placeholder|legal basis|n/?a|to do|\?\?+)\b", re.I)
+# A legal basis left at a placeholder: a marker anywhere in it, or nothing but one.
+PLACEHOLDER = re.compile(r"\b(todo|tbd|fixme|xxx+|lorem ipsum)\b|\?\?|^\W*(n/a|legal basis|placeholder|none)?\W*$", re.I)
 # The words for each key a notice may say instead of the key itself.
 KEY_WORDS = {
     "0": ("zero", "zéro", "nul"), "1": ("one", "un", "een", "jeden"), "2": ("two", "deux", "twee", "dwa"),
@@ -43,6 +43,11 @@ def mentions_key(text: str, key: str) -> bool:
     return any(re.search(rf"\b{word}\b", text, re.I) for word in KEY_WORDS.get(key, ()))
 
 
+def is_placeholder(legal_basis: str) -> bool:
+    """Whether a legal basis was left at a placeholder (or is too short to say anything)."""
+    return PLACEHOLDER.search(legal_basis.strip()) is not None or len(legal_basis.strip()) < 6
+
+
 def settings_warnings(config: Config) -> list[str]:
     """What the settings leave the privacy information without, in the request's language: the
     controller's identity, a legal basis, an opt-out key the spoken notice does not name."""
@@ -53,7 +58,7 @@ def settings_warnings(config: Config) -> list[str]:
                           "access reports cannot say who answers for the recordings.",
                           keys=", ".join(f"privacy.{key}" for key in missing)))
     for name, purpose in config.purpose.items():
-        if PLACEHOLDER.search(purpose.legal_basis.strip()) or len(purpose.legal_basis.strip()) < 6:
+        if is_placeholder(purpose.legal_basis):
             warnings.append(_("Purpose {purpose}: its legal basis is empty or a placeholder ({basis}); the privacy "
                               "notice and the access reports show it.", purpose=name, basis=purpose.legal_basis))
     for line in [*config.line, *config.sip_trunk]:
@@ -114,7 +119,7 @@ def _document(template: str, **context):
     lines = _lines(config, lang)
     return document_response(render_document(
         template, lang, facts=controller_facts(config), purposes=config.purpose, lines=lines,
-        defaults=DEFAULT_PURPOSES, opt_out=any(line["optout"] for line in lines if line["record"]),
+        opt_out=any(line["optout"] for line in lines if line["record"]),
         card_pause=any(line["pause_code"] or line["pause_button"] for line in lines if line["record"]),
         path=request.path, **context))
 
