@@ -17,8 +17,10 @@ counted from its first kept sample, as each line measures them.
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from appliance.config import CallRulesConfig
+from appliance.selection import Selection
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ class Decline:
 # How the log says why a call's recording was destroyed (`private`: kept without its number too).
 DECLINED = {"declined": "the caller declined recording of the call",
             "objected": "the number is on the do-not-record list: the call is not recorded",
-            "private": "a private call: not recorded"}
+            "private": "a private call: not recorded",
+            "off-schedule": "outside the line's recording schedule: not recorded",
+            "not-selected": "not among the share of calls recorded"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,9 @@ class CallRules:
     plays. `notice_possible`: False when no notice may be played: into a call under way before the
     recorder started (it would break into a conversation), or a trunk call in a codec the notice
     cannot be sent in. `objected`: the number is on the do-not-record list: nothing of the call
-    is kept, and no notice is played."""
+    is kept, and no notice is played. `selection` (with `when`, the call's local start): the line's
+    schedule and share of calls; a call they leave out (`unselected`: `off-schedule` or `not-selected`) is
+    refused the same way. A call refused for another reason takes no place in the share."""
 
     rules: CallRulesConfig
     direction: str
@@ -94,6 +100,9 @@ class CallRules:
     notice_s: float
     notice_possible: bool = True
     objected: bool = False
+    selection: Selection | None = None
+    when: datetime | None = None
+    unselected: str | None = field(init=False, default=None)
     notice: bool = field(init=False)
     recording: bool = field(init=False)         # the call's audio is kept (it may be paused)
     paused_until: float | None = field(init=False, default=None)   # monotonic: the automatic resume
@@ -107,7 +116,9 @@ class CallRules:
     _first_keys: str = field(init=False, default="", repr=False)
 
     def __post_init__(self):
-        refused = self.objected or not self.rules.record
+        if not self.objected and self.rules.record and self.selection is not None:
+            self.unselected = self.selection.refusal(self.when)
+        refused = self.objected or not self.rules.record or self.unselected is not None
         wanted = wants_notice(self.rules, self.direction) and not refused
         self.notice = self.notice_possible and wanted
         # Nothing is kept before the notice: a call that should hear it and cannot is not kept at all.
@@ -144,6 +155,8 @@ class CallRules:
             return [Decline("objected")]
         if not self.rules.record:
             return [Decline("private")]
+        if self.unselected is not None:
+            return [Decline(self.unselected)]
         if not self.notice:
             return []
         if self.direction == "outgoing" and self.rules.notice_outgoing_after_s > 0:

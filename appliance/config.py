@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
+from appliance.selection import parse_window
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,20 @@ class CallRulesConfig(_Strict):
     record: bool = True                         # false: no call of this line is ever recorded
     private_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")  # first keys: a private call
     private_window_s: float = Field(15.0, ge=1, le=120)     # from the start, for the private code
+    schedule: list[str] = []                    # when calls are recorded, e.g. "mon-fri 09:00-12:00"; []: always
+    record_one_in: int = Field(1, ge=1, le=100)    # one call in N is recorded (see appliance.selection)
 
     @field_validator("notice", mode="before")
     @classmethod
     def _path_from_str(cls, value):
         return Path(value) if isinstance(value, str) else value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_entries(cls, entries):
+        for entry in entries:
+            parse_window(entry)
+        return entries
 
     @model_validator(mode="before")
     @classmethod
@@ -163,11 +173,17 @@ class PurposeConfig(_Strict):
     # Short of space, calls go lowest rank first; those above rank 1 only after the alarm stood
     # for `protected_grace_hours`.
     eviction_rank: int = Field(1, ge=1, le=9)
+    # What data-protection authorities ask of this purpose (the settings warn when a line goes past
+    # it): the longest retention, and recording only occasionally (a schedule or a share of calls).
+    max_retention_days: int | None = Field(None, ge=1, le=36500)
+    occasional: bool = False
 
 
 DEFAULT_PURPOSES = {
+    # The CNIL (France) asks that training recordings be occasional and kept at most 6 months.
     "training": PurposeConfig(
-        retention_days=30, legal_basis="Legitimate interest in training staff (GDPR Art. 6(1)(f))"),
+        retention_days=30, legal_basis="Legitimate interest in training staff (GDPR Art. 6(1)(f))",
+        max_retention_days=183, occasional=True),
     "agreement": PurposeConfig(
         retention_days=730, legal_basis="Evidence of a contract made by phone (GDPR Art. 6(1)(b))",
         eviction_rank=2),

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from appliance.advice import config_advice
 from appliance.store.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
 from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, StoreConfig, WebConfig, load_config
@@ -634,13 +635,22 @@ def check_offload(config: Config, now: float | None = None, target_works: bool =
 
 # -- all checks -------------------------------------------------------------------------------------
 
+def check_advice(config: Config) -> list[Result]:
+    """What the settings do that data-protection authorities advise against (see `appliance.advice`)."""
+    found = config_advice(config)
+    if not found:
+        return [Result(OK, "retention and recording follow the authorities' advice for each purpose")]
+    return [Result(WARN, str(advice), "change it in the settings, or record why the shop needs it in its "
+                   "records of processing") for advice in found]
+
+
 def run_checks(config_path: Path, seconds: float = 3.0, *,
                clock: Callable[[], bool] = clock_synchronised, systemd: bool | None = None) -> list[Result]:
     """Every check, in the order a technician works through them."""
     result, config = check_config(config_path)
     if config is None:
         return [result]
-    results = [result]
+    results = [result, *check_advice(config)]
     systemd = systemd_running() if systemd is None else systemd
     live_dir = config.recorder.live_dir
     states = watch_live(live_dir, seconds)

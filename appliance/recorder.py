@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.advice import config_advice
 from appliance.analog.line import LineRecorder
 from appliance.config import Config
 from appliance.contacts import lookup
@@ -182,6 +183,8 @@ class Recorder:
         # A thread that waits for I/O (a spool writer, the relay's loop) gets the interpreter back
         # within a millisecond of a busy one (a key detector on a burst of pre-roll), not five.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        for advice in config_advice(self.config):
+            log.warning("%s", advice)
         self.writer.start()
         self.finaliser.start()
         for line in self.lines:

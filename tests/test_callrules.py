@@ -4,6 +4,8 @@ the caller's) and for a SIP trunk (recorded from the answer; a key counts as the
 comes from the party who heard the notice), as their controllers feed the rules."""
 
 import math
+import random
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from appliance.callrules import (CallRules, Decline, Finish, KeepKey, Pause, PlayNotice, Resume,
                                  StartRecording)
 from appliance.config import CallRulesConfig, LineConfig, SipTrunkConfig
+from appliance.selection import Selection, in_schedule
 
 NOTICE_S = 4.0
 LINES = {
@@ -22,11 +25,13 @@ LINES = {
 class Call:
     """One call on a line of `kind`, fed as that line's controller feeds the rules."""
 
-    def __init__(self, kind: str, direction: str = "incoming", notice_possible: bool = True, **config):
+    def __init__(self, kind: str, direction: str = "incoming", notice_possible: bool = True,
+                 selection: Selection | None = None, when: datetime | None = None, objected: bool = False,
+                 **config):
         self.kind, self.direction = kind, direction
         self.rules = CallRules(CallRulesConfig(notice=Path("notice.wav"), **config), direction,
                                lead_in_s=LINES[kind]["lead_in_s"], notice_s=NOTICE_S,
-                               notice_possible=notice_possible)
+                               notice_possible=notice_possible, objected=objected, selection=selection, when=when)
 
     def after_notice(self, seconds: float) -> float:
         """The offset into the recording `seconds` after the notice ended."""
@@ -212,3 +217,49 @@ def test_a_line_that_is_never_recorded_keeps_nothing_and_plays_no_notice(kind):
     assert not rules.notice and not rules.recording
     assert rules.started(0.0) == [Decline("private")]
     assert rules.hung_up(5.0) == [Finish(5.0, "discarded", declined=True)]
+
+
+MONDAY = datetime(2026, 11, 30)       # a Monday
+
+
+def test_only_calls_inside_the_schedule_are_recorded(kind):
+    schedule = ["mon-fri 09:00-12:00", "sat 22:00-02:00"]
+    selection = Selection(schedule, 1)
+    inside = Call(kind, selection=selection, when=MONDAY.replace(hour=9), schedule=schedule).rules
+    assert inside.started(0.0) == [PlayNotice()] and inside.recording
+    for when in (MONDAY.replace(hour=12), datetime(2026, 12, 5, 21, 59)):      # Monday noon; Saturday
+        outside = Call(kind, selection=selection, when=when, optout_digit="9", schedule=schedule).rules
+        assert not outside.notice and not outside.recording and outside.keys_matter_until_s() is None
+        assert outside.started(0.0) == [Decline("off-schedule")]
+        assert outside.hung_up(5.0) == [Finish(5.0, "discarded", declined=True)]
+    # Saturday's window runs into Sunday 02:00; none runs into Saturday from Friday.
+    assert in_schedule(schedule, datetime(2026, 12, 6, 1, 59))
+    assert not in_schedule(schedule, datetime(2026, 12, 6, 2, 0))
+    assert not in_schedule(schedule, datetime(2026, 12, 5, 1, 0))
+
+
+def test_one_call_in_n_is_recorded_exactly_once_in_each_run_of_n(kind):
+    selection = Selection([], 5, rng=random.Random(7))
+    recorded = []
+    for run in range(6):
+        kept = [Call(kind, selection=selection, when=MONDAY, record_one_in=5).rules.started(0.0) == [PlayNotice()]
+                for _ in range(5)]
+        assert kept.count(True) == 1, f"run {run}: {kept}"
+        recorded.append(kept.index(True))
+    assert len(set(recorded)) > 1          # not always the same place in the run: nobody can tell beforehand
+
+
+def test_a_call_refused_for_another_reason_takes_no_place_in_the_share(kind):
+    selection = Selection([], 2, rng=random.Random(3))
+    Call(kind, selection=selection, when=MONDAY, objected=True).rules.started(0.0)
+    Call(kind, selection=selection, when=MONDAY, record=False).rules.started(0.0)
+    pair = [Call(kind, selection=selection, when=MONDAY).rules.unselected for _ in range(2)]
+    assert sorted(pair, key=str) == [None, "not-selected"]
+
+
+@pytest.mark.parametrize("entry, error", [
+    ("mon-fri 9-17", "expected days and hours"), ("mo 09:00-10:00", "'mo' is not a day"),
+    ("mon 09:00-24:30", "'24:30' is not a time of day"), ("mon 09:00-09:00", "the window is empty")])
+def test_a_bad_schedule_entry_is_refused_naming_it(entry, error):
+    with pytest.raises(ValueError, match=error):
+        CallRulesConfig(notice=Path("notice.wav"), schedule=[entry])

@@ -408,3 +408,14 @@ def test_recordings_waiting_for_offload_over_an_hour_are_a_failure(tmp_path):
     assert "every recording is copied" in doctor.check_offload(config).message
     catalogue.close()
     assert doctor.check_offload(load_config(write_config(tmp_path))) is None    # no [offload]: no check
+
+
+def test_the_doctor_warns_of_what_the_authorities_advise_against(tmp_path):
+    path = config_file(tmp_path, store="\n[purpose.training]\nretention_days = 365\n")
+    warnings = [r for r in doctor.check_advice(load_config(path)) if r.status == doctor.WARN]
+    assert [r.message for r in warnings] == [
+        "Purpose training: calls are kept 365 days, longer than the 183 days advised for it.",
+        "Line t1 records every call for training at all hours: recording for this purpose should be occasional "
+        "(set a schedule or record one call in several)."]
+    calm = config_file(tmp_path, record_one_in=5)
+    assert [r.status for r in doctor.check_advice(load_config(calm))] == [doctor.OK]

@@ -6,9 +6,11 @@ outgoing call dials). The staff's private calls: the private code as a call's fi
 lines that are never recorded."""
 
 import shutil
+from datetime import datetime
 
 import pytest
 
+from appliance.selection import DAYS
 from appliance.sip import g711
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.catalogue import Catalogue
@@ -142,3 +144,20 @@ def test_a_private_sip_call_is_relayed_but_nothing_of_it_is_kept(trunk, settings
     assert (call["state"], call["discard_reason"], call["number"], call["file"]) == ("discarded", "private", None, None)
     assert trunk.recorder.catalogue.digits(call["id"]) == []
     assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
+
+
+def test_a_trunk_records_one_call_in_two_and_none_outside_its_schedule(trunk):  # noqa: F811
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    tomorrow = DAYS[(datetime.now().weekday() + 1) % 7]
+    recorder = trunk.start(notice_incoming=False, keep_declined_number=True, record_one_in=2)
+    for _ in range(4):
+        call_through(trunk, "uac.xml", "uas.xml", 2000)
+    states = [(c["state"], c["discard_reason"]) for c in trunk.calls()]
+    assert states[:2].count(("complete", None)) == 1 and states[2:].count(("complete", None)) == 1, states
+    assert sorted(states, key=str).count(("discarded", "not-selected")) == 2
+    assert len(list((trunk.folder / "data").glob("archive/**/*.*"))) == 2
+    recorder.reload(recorder.config.model_copy(update={"sip_trunk": [
+        recorder.config.sip_trunk[0].model_copy(update={"schedule": [f"{tomorrow} 10:00-11:00"], "record_one_in": 1})]}))
+    call_through(trunk, "uac.xml", "uas.xml", 2000)
+    assert (trunk.calls()[-1]["state"], trunk.calls()[-1]["discard_reason"]) == ("discarded", "off-schedule")

@@ -343,6 +343,33 @@ def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing
     assert "GPIO pin 18 is used twice" in admin.get("/settings/").data.decode()
 
 
+def test_settings_the_authorities_advise_against_are_shown_until_changed(web):
+    app, _ = web
+    backend = app.extensions["callrec"]
+    admin = login(app, "admin")
+    lines = [line.name for line in [*backend.config.line, *backend.config.sip_trunk]
+             if backend.config.purpose[line.purpose].occasional]
+    assert "shop" in lines
+    page = html.unescape(admin.get("/settings/").data.decode())
+    assert "Line shop records every call for training at all hours" in page
+    wiring = {"capture": "cap1", "playback": "play1", "hook_pin": "17", "hook_active": "low"}
+    before = backend.config_path.read_text()
+    post(admin, "/settings/line/shop", schedule="mon-fri 09:00-12:00\nsat 9-12", **wiring)
+    page = html.unescape(admin.get("/settings/").data.decode())
+    assert "line[0].schedule: 'sat 9-12': expected days and hours" in page
+    assert backend.config_path.read_text() == before
+    post(admin, "/settings/line/shop", schedule="mon-fri 09:00-12:00\n\nsat 10:00-12:00", record_one_in="3",
+         **wiring)
+    [shop] = [line for line in backend.config.line if line.name == "shop"]
+    assert shop.schedule == ["mon-fri 09:00-12:00", "sat 10:00-12:00"] and shop.record_one_in == 3
+    post(admin, "/settings/purpose", name="training", retention_days="200", legal_basis="Training staff")
+    admin.set_cookie("lang", "fr")
+    page = html.unescape(admin.get("/status").data.decode())
+    assert "Line shop" not in page and "La ligne shop" not in page
+    assert "les appels sont conservés 200 jours, plus que les 183 jours recommandés" in page
+    assert "Enregistrés : un appel sur 3, seulement mon-fri 09:00-12:00; sat 10:00-12:00" in page
+
+
 def test_a_setting_saved_keeps_the_technicians_comments_and_changes_only_its_value(web):
     app, _ = web
     path = app.extensions["callrec"].config_path

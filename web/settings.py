@@ -25,6 +25,7 @@ from web.backend import backend
 from web.certificate import CERT_NAME, OWN_MARK, TLS_DIR, CertificateError, install_own, use_issued
 from web.i18n import error_text, gettext as _
 from web.security import client_address, current, require, session_idle_s
+from web.status import advice
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -45,12 +46,18 @@ def _flag(text: str) -> bool:
     return text == "on"
 
 
+def _entries(text: str) -> list[str] | None:
+    # One entry per line of a text area; none removes the key.
+    return [line.strip() for line in text.splitlines() if line.strip()] or None
+
+
 # The line settings the page edits, with how a form field becomes a config value; an empty field
 # removes an optional key. Everything else in the file is kept as it is.
 CALL_RULE_FIELDS = {
     "purpose": str, "notice_incoming": _flag, "notice_outgoing": _flag, "record_from": str,
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
     "keep_declined_number": _flag, "record": _flag, "private_code": _opt(str), "private_window_s": float,
+    "schedule": _entries, "record_one_in": int,
 }
 LINE_FIELDS = {
     **CALL_RULE_FIELDS, "notice_outgoing_after_s": _opt(float), "capture": str, "playback": str,
@@ -138,7 +145,8 @@ def index():
     raw = raw_config().unwrap()
     notices = sorted((backend().data_dir / "notices").glob("*")) if (backend().data_dir / "notices").is_dir() else []
     return render_template("settings.html", raw=raw, config=backend().config, voices=SPEECH_VOICES,
-                           notices=notices, config_path=backend().config_path, certificate=served_certificate())
+                           notices=notices, config_path=backend().config_path, certificate=served_certificate(),
+                           advice=advice())
 
 
 def _tls_folder() -> Path:

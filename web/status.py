@@ -8,9 +8,11 @@ from datetime import date, datetime, timedelta
 from flask import Blueprint, Response, current_app, jsonify, render_template, session, stream_with_context
 
 from appliance import __version__
+from appliance.advice import TEXTS, config_advice
 from appliance.clock import iso_utc
 from appliance.store.catalogue import CallFilter
 from web.backend import backend
+from web.i18n import gettext as _
 from web.security import current, session_idle_s, visible_lines
 
 bp = Blueprint("status", __name__)
@@ -48,6 +50,22 @@ def snapshot() -> dict:
             "version": __version__, "now": iso_utc(time.time())}
 
 
+def advice() -> list[str]:
+    """The settings' departures from the authorities' advice (see `appliance.advice`), translated."""
+    return [_(TEXTS[a.kind], **{k: _(v) if k == "purpose" else v for k, v in a.values.items()})
+            for a in config_advice(backend().config)]
+
+
+def recording_policy(rules) -> str:
+    """Which of a line's calls are recorded (never, always, by schedule, one in N), translated."""
+    if not rules.record:
+        return _("never")
+    parts = [_("one call in {n}", n=rules.record_one_in)] if rules.record_one_in > 1 else []
+    if rules.schedule:
+        parts.append(_("only {schedule}", schedule="; ".join(rules.schedule)))
+    return ", ".join(parts) or _("every call")
+
+
 def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
     """Calls started on each of the last `days` local days (the principal's lines)."""
     today = date.today()
@@ -64,7 +82,10 @@ def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
 @bp.route("/status")
 def page():
     """The status page (it then follows the event stream)."""
-    return render_template("status.html", status=snapshot(), chart=calls_per_day())
+    config = backend().config
+    policies = {line.name: recording_policy(line) for line in [*config.line, *config.sip_trunk]}
+    return render_template("status.html", status=snapshot(), chart=calls_per_day(), advice=advice(),
+                           policies=policies)
 
 
 @bp.route("/status.json")

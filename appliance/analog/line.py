@@ -20,10 +20,11 @@ from appliance.analog.fsk import CallerIdMessage, FskReceiver
 from appliance.analog.hook import Debouncer, LineInputs, RingMonitor
 from appliance.analog.modem import CallerId, CallerIdModem, Ring
 from appliance.analog.playback import play
-from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
+from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import LineConfig, RecorderConfig
 from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.notice import load_notice
+from appliance.selection import selection_for
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
 from appliance.store.spool import SpoolWriter
@@ -149,6 +150,7 @@ class LineRecorder:
         self.desk = desk
         self.period_frames = settings.sample_rate * settings.period_ms // 1000
         self.notice = load_notice(line.notice, settings.sample_rate)
+        self.selection = selection_for(line)
         self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
                                  buttons={"pause": line.pause_button_pin,
                                           "agreement": line.agreement_button_pin},
@@ -392,7 +394,8 @@ class LineRecorder:
         caller = self.caller if action.direction == "incoming" else None
         rules = CallRules(self.line, action.direction, lead_in_s=settings.preroll_s,
                           notice_s=self.notice.duration_s, notice_possible=not action.in_progress,
-                          objected=self.desk.objected(caller and caller.number))
+                          objected=self.desk.objected(caller and caller.number),
+                          selection=self.selection, when=local_from_mono(action.t))
         spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
         spool = self.desk.spool(spool_name, settings.sample_rate)
         started = action.ringing_since if action.ringing_since is not None else action.t
@@ -485,6 +488,7 @@ class LineRecorder:
         self.notice = load_notice(line.notice, self.settings.sample_rate)     # it may be a new file by the same name
         rewired = any(getattr(line, name) != value for name, value in wiring.items())
         self.line = line.model_copy(update=wiring)
+        self.selection = selection_for(line, self.selection)
         return not rewired
 
     def snapshot(self) -> dict:

@@ -33,11 +33,12 @@ from appliance.callrules import CallRules
 from appliance.service import Worker
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
-from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
+from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import SipTrunkConfig
 from appliance.dtmf import DtmfDetector
 from appliance.live import LevelMeter
 from appliance.notice import load_notice
+from appliance.selection import selection_for
 from appliance.sip import g711
 from appliance.sip.media import parse_rtp
 from appliance.sip.stereo import RATE, Timeline
@@ -223,6 +224,7 @@ class SipLine:
         self.call_later = call_later            # the relay loop's timer: (delay, fn, *args) -> handle
         self.desk = desk
         self.notice = load_notice(config.notice, RATE)
+        self.selection = selection_for(config)
         # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
         self.notice_codes = {law: g711.encode(self.notice.pcm, law) for law in g711.LAWS}
         self.active: list[CallRecording] = []
@@ -236,6 +238,7 @@ class SipLine:
         notice = load_notice(config.notice, RATE)
         self.notice_codes = {law: g711.encode(notice.pcm, law) for law in g711.LAWS}
         self.notice, self.config = notice, config
+        self.selection = selection_for(config, self.selection)
 
     # -- the store thread -----------------------------------------------------------------------
 
@@ -266,7 +269,8 @@ class SipLine:
         the notice can be sent in the call's codec. The recording's `play_notice` says whether
         the relay is to play it."""
         rules = CallRules(self.config, facts.direction, lead_in_s=0.0, notice_s=self.notice.duration_s,
-                          notice_possible=notice_possible, objected=self.desk.objected(facts.number))
+                          notice_possible=notice_possible, objected=self.desk.objected(facts.number),
+                          selection=self.selection, when=local_from_mono(facts.answered))
         recording = CallRecording(self, facts, event_types, rules)
         started = rules.started(facts.answered)
         recording.play_notice = any(isinstance(c, callrules.PlayNotice) for c in started)
