@@ -31,6 +31,9 @@ CALL_FIELDS = (
     "offloaded_at", "offload_target", "channels", "end_reason", "restricted", "restrict_reason",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
+# Set with a change to what a call's offloaded manifest says (notes, purpose, number, name): the
+# offloader sends the call again, and its copy at the target says what the box says.
+SEND_AGAIN = "offloaded_at = NULL, offload_target = NULL"
 STATES = ("recording", "complete", "interrupted", "discarded", "missed")
 
 
@@ -308,9 +311,9 @@ class Catalogue:
                 "WHERE file IS NOT NULL AND offloaded_at IS NULL AND state != 'recording'").fetchone())
 
     def set_notes(self, call_id: int, notes: str | None, actor: str, address: str | None = None) -> None:
-        """Replace a call's notes (audited)."""
+        """Replace a call's notes (audited); an offloaded call is sent again."""
         with self.transaction() as db:
-            db.execute("UPDATE calls SET notes = ? WHERE id = ?", [notes, call_id])
+            db.execute(f"UPDATE calls SET notes = ?, {SEND_AGAIN} WHERE id = ?", [notes, call_id])
             audit(db, actor, "notes", call_id, None, address)
 
     def set_contact_name(self, call_id: int, name: str | None) -> None:

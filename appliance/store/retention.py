@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from appliance.store import ledger
-from appliance.store.catalogue import Catalogue, audit
+from appliance.store.catalogue import SEND_AGAIN, Catalogue, audit
 from appliance.clock import iso_utc
 from appliance.config import PurposeConfig, StoreConfig
 from appliance.contacts import ContactsError, normalise
@@ -90,7 +90,7 @@ class Store:
                                    purposes=", ".join(sorted(self.purposes)))
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
-            db.execute("UPDATE calls SET purpose = ? WHERE id = ?", [purpose, call_id])
+            db.execute(f"UPDATE calls SET purpose = ?, {SEND_AGAIN} WHERE id = ?", [purpose, call_id])
             ledger.append(db, "reclassified", call_id, call["sha256"], f"{call['purpose']} -> {purpose}")
             self._audit(db, actor, "reclassify", call_id, f"{call['purpose']} -> {purpose}", address)
 
@@ -160,8 +160,8 @@ class Store:
         key = subject_key(self.data_dir)
         was = ", ".join(f"{name} was {subject_hash(key, call[name] or '', country_code)}" for name in changes)
         with self.catalogue.transaction() as db:
-            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in changes)}, offloaded_at = NULL, "
-                       f"offload_target = NULL WHERE id = ?", [*changes.values(), call_id])
+            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in changes)}, {SEND_AGAIN} "
+                       f"WHERE id = ?", [*changes.values(), call_id])
             if "contact_name" in changes:
                 db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number = ?",
                            [changes["contact_name"], iso_utc(time.time()), changes.get("number", call["number"])])
