@@ -204,6 +204,15 @@ class CallRules:
             return []
         return self._refuse("objected")
 
+    def private_pressed(self, t: float) -> list:
+        """The staff's private button at `t` (or, pressed just before, at the call's start): within
+        `private_window_s` of the start, nothing of the call is kept, not even its number."""
+        if self.declined or self.ended or self.started_at is None:
+            return []
+        if t - self.started_at > self.rules.private_window_s:
+            return []
+        return self._refuse("private")
+
     def _refuse(self, reason: str) -> list:
         self.declined, self.recording, self.paused_until, self.notice_due = True, False, None, None
         return [Decline(reason)]

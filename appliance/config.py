@@ -134,6 +134,7 @@ class LineConfig(CallRulesConfig):
     dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
     pause_button_pin: int | str | None = None               # pauses recording (card payments)
     agreement_button_pin: int | str | None = None           # marks the current or last call
+    private_button_pin: int | str | None = None             # a private call: at the answer, or before off-hook
     recording_led_pin: int | str | None = None              # lit while a call is recorded
 
     @model_validator(mode="before")
@@ -400,7 +401,8 @@ class Config(_Strict):
             raise ValueError(f"each SIP side needs its own listen address, got {listens}")
         wiring = {"GPIO pin": [], "capture device": [], "playback device": [], "modem": []}
         for index, line in enumerate(self.line):
-            for key in ("hook_pin", "ring_pin", "pause_button_pin", "agreement_button_pin", "recording_led_pin"):
+            for key in ("hook_pin", "ring_pin", "pause_button_pin", "agreement_button_pin", "private_button_pin",
+                        "recording_led_pin"):
                 wiring["GPIO pin"].append((f"line[{index}].{key}", getattr(line, key)))
             for kind, key in (("capture device", "capture"), ("playback device", "playback"), ("modem", "modem")):
                 wiring[kind].append((f"line[{index}].{key}", getattr(line, key)))

@@ -71,6 +71,7 @@ class ScenarioCall(_Strict):
     flash_ms: float = Field(300, gt=0, le=10000)
     pause: list[Pause] = []
     agreement_at: list[float] = []
+    private_at: list[float] = []        # the private button; before 0: pressed before the off-hook
 
     @model_validator(mode="before")
     @classmethod
@@ -255,7 +256,7 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
         for flash in call.flash_at:
             edges += _toggle_edges(offhook + flash, line, "hook", False, bounce, rng)
             edges += _toggle_edges(offhook + flash + call.flash_ms / 1000, line, "hook", True, bounce, rng)
-        presses = [("agreement", at) for at in call.agreement_at]
+        presses = [("agreement", at) for at in call.agreement_at] + [("private", at) for at in call.private_at]
         for pause in call.pause:
             presses.append(("pause", pause.at))
             if pause.length is not None:

@@ -92,7 +92,8 @@ class PinDriver(threading.Thread):
             self.pins[(line.name, "hook")] = (factory.pin(line.hook_pin), line.hook_active)
             if line.ring_pin is not None:
                 self.pins[(line.name, "ring")] = (factory.pin(line.ring_pin), line.ring_active)
-            for button, pin in (("pause", line.pause_button_pin), ("agreement", line.agreement_button_pin)):
+            for button, pin in (("pause", line.pause_button_pin), ("agreement", line.agreement_button_pin),
+                                ("private", line.private_button_pin)):
                 if pin is not None:
                     self.pins[(line.name, button)] = (factory.pin(pin), "low")
 

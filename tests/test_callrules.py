@@ -263,3 +263,15 @@ def test_a_call_refused_for_another_reason_takes_no_place_in_the_share(kind):
 def test_a_bad_schedule_entry_is_refused_naming_it(entry, error):
     with pytest.raises(ValueError, match=error):
         CallRulesConfig(notice=Path("notice.wav"), schedule=[entry])
+
+
+def test_the_private_button_within_its_window_keeps_nothing_of_the_call(kind):
+    call = Call(kind, "incoming", private_window_s=5.0, pause_code="*1")
+    assert call.rules.private_pressed(9.0) == []             # not started yet: the line keeps it for the start
+    call.rules.started(10.0)
+    assert call.rules.private_pressed(14.0) == [Decline("private")]
+    assert not call.rules.recording and call.rules.key("*", 15.0, 6.0, True) == []
+    assert call.rules.hung_up(20.0) == [Finish(20.0, "discarded", declined=True)]
+    late = Call(kind, "outgoing", private_window_s=5.0).rules
+    late.started(10.0)
+    assert late.private_pressed(15.5) == [] and late.recording

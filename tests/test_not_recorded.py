@@ -161,3 +161,24 @@ def test_a_trunk_records_one_call_in_two_and_none_outside_its_schedule(trunk):  
         recorder.config.sip_trunk[0].model_copy(update={"schedule": [f"{tomorrow} 10:00-11:00"], "record_one_in": 1})]}))
     call_through(trunk, "uac.xml", "uas.xml", 2000)
     assert (trunk.calls()[-1]["state"], trunk.calls()[-1]["discard_reason"]) == ("discarded", "off-schedule")
+
+
+def test_the_private_button_at_the_answer_or_before_the_off_hook_keeps_nothing_of_the_call(tmp_path):
+    config = write_config(tmp_path, recorder={"ring_gap_s": 3.0},
+                          line={"private_button_pin": 6, "private_window_s": 4.0, "keep_declined_number": True})
+    voice = str(write_wav(tmp_path / "voice.wav", tone(700, 3.0, 0.3)))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "caller_id": NOT_LISTED, "audio": voice, "private_at": [1.0]},
+        {"direction": "outgoing", "at": 8.0, "audio": voice, "private_at": [-1.0],
+         "dtmf": [{"at": 0.5, "digits": "0475123000"}]},
+        {"direction": "outgoing", "at": 14.0, "audio": voice, "private_at": [5.0], "talk": 6.0},   # too late
+    ], ring_on_s=0.8, ring_off_s=1.2)
+    data = tmp_path / "data"
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    calls = calls_json(data)
+    for call in calls[:2]:
+        assert (call["state"], call["discard_reason"], call["number"], call["file"]) == \
+            ("discarded", "private", None, None), call
+        assert Catalogue(data).digits(call["id"]) == []
+    assert (calls[2]["state"], calls[2]["file"] is not None) == ("complete", True)
+    assert len(list(data.glob("archive/**/*.*"))) == 1 and not list((data / SPOOL_DIR).iterdir())

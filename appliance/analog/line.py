@@ -32,7 +32,7 @@ from appliance.store.spool import SpoolWriter
 log = logging.getLogger(__name__)
 
 WIRING = ("hook_pin", "hook_active", "ring_pin", "ring_active", "capture", "playback", "modem", "modem_commands",
-          "caller_id", "pause_button_pin", "agreement_button_pin", "recording_led_pin")
+          "caller_id", "pause_button_pin", "agreement_button_pin", "private_button_pin", "recording_led_pin")
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
 BUTTON_SETTLE_S = 0.03
 CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP, FSK after DT-AS), not earlier
@@ -153,11 +153,13 @@ class LineRecorder:
         self.selection = selection_for(line)
         self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
                                  buttons={"pause": line.pause_button_pin,
-                                          "agreement": line.agreement_button_pin},
+                                          "agreement": line.agreement_button_pin,
+                                          "private": line.private_button_pin},
                                  pin_factory=pin_factory)
         self.buttons = {name: Debouncer(BUTTON_SETTLE_S) for name in self.inputs.buttons}
         self.led = LED(line.recording_led_pin, pin_factory=pin_factory) if line.recording_led_pin is not None else None
         self.on_agreement = on_agreement
+        self.private_until: float | None = None     # the private button, pressed before the off-hook
         self.last_call: ActiveCall | None = None
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
@@ -317,18 +319,21 @@ class LineRecorder:
         for name, button in self.buttons.items():
             while (press := button.poll(now)) is not None:
                 if press[1]:
-                    self._on_button(name)
+                    self._on_button(name, press[0])
         if (call := self.call) is not None:
             self._carry_out(call, call.rules.tick(now))
 
-    def _on_button(self, name: str) -> None:
+    def _on_button(self, name: str, t: float) -> None:
         call = self.call
         if name == "agreement":
             target = call if call is not None else self.last_call
             if target is not None and self.on_agreement is not None:
                 self.on_agreement(target.row, f"button:{self.line.name}")
+        elif name == "private" and call is None:
+            self.private_until = t + self.line.private_window_s     # for the call about to start
         elif call is not None:
-            self._carry_out(call, call.rules.pause_pressed(time.monotonic()))
+            rules = call.rules
+            self._carry_out(call, rules.private_pressed(t) if name == "private" else rules.pause_pressed(t))
 
     def _show(self, call: ActiveCall | None) -> None:
         """The recording LED: lit while audio of a call is being recorded."""
@@ -411,6 +416,9 @@ class LineRecorder:
         self.call = self.last_call = call
         log.info("line %s: %s call started", self.line.name, action.direction)
         self._carry_out(call, rules.started(action.t))
+        armed, self.private_until = self.private_until, None
+        if armed is not None and action.t <= armed:
+            self._carry_out(call, rules.private_pressed(action.t))
 
     def _digit_listener(self, call: ActiveCall) -> Listener | None:
         """A listener for the keys that matter in this call (from its first recorded sample on):
