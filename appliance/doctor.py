@@ -402,7 +402,7 @@ def check_disk(config: Config) -> Result:
     data_dir, settings, lines = config.recorder.data_dir, config.store, len(config.line_names)
     alarm = None
     if (data_dir / CATALOGUE_NAME).exists():
-        store = Store(Catalogue(data_dir), data_dir, config.purpose, settings, lines)
+        store = Store.configured(Catalogue(data_dir), data_dir, config)
         try:
             per_hour, floor, free, alarm = (store.bytes_per_hour(), store.floor_bytes(),
                                             store.free_bytes(), store.alarm())

@@ -72,8 +72,7 @@ class Recorder:
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
                                  config.recorder.opus_bitrate, purposes)
         self.reserve = Reserve(data_dir, config.store.reserve_mb * 1_000_000)
-        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line_names),
-                           self.reserve)
+        self.store = Store.configured(self.catalogue, data_dir, config, self.reserve)
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.reserve.on_release = self.cleaner.wake        # to make room at once
         self.objections = Objections(self.catalogue, data_dir, config.recorder.country_code)
@@ -103,6 +102,7 @@ class Recorder:
         and trunk's call settings apply at once. Returns what waits for a restart (wiring, addresses,
         lines or trunks added or removed)."""
         self.store.purposes, self.store.settings = config.purpose, config.store
+        self.store.tell_webhook = config.webhook is not None
         self.cleaner.interval = config.store.cleaner_interval_s
         running = {line.line.name: line for line in self.lines}
         pending = [f"line {name} added" for name in {line.name for line in config.line} - set(running)]

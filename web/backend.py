@@ -39,7 +39,7 @@ class Backend:
         self.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _store(self, config: Config) -> Store:
-        return Store(self.catalogue, self.data_dir, config.purpose, config.store, len(config.line_names))
+        return Store.configured(self.catalogue, self.data_dir, config)
 
     def reload(self) -> None:
         """Take up a changed configuration file (after the settings pages wrote it)."""

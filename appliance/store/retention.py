@@ -17,6 +17,7 @@ in between is finished at the next pass, so no recording outlives its row.
 import logging
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,12 +25,14 @@ from pathlib import Path
 from appliance.store import ledger
 from appliance.store.catalogue import SEND_AGAIN, Catalogue, audit
 from appliance.clock import iso_utc
-from appliance.config import PurposeConfig, StoreConfig
+from appliance.config import Config, PurposeConfig, StoreConfig
 from appliance.contacts import ContactsError, normalise
 from appliance.errors import CallrecError
+from appliance.store.outbox import Outbox
 from appliance.store.reserve import Reserve
 from appliance.store.subjects import subject_hash, subject_key
 from appliance.store.spool import fsync_dir
+from appliance.webhook import erasure_event, outbox_body
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,21 @@ class Store:
     """Store actions and the cleaner over one catalogue and data folder."""
 
     def __init__(self, catalogue: Catalogue, data_dir: Path, purposes: dict[str, PurposeConfig],
-                 settings: StoreConfig, lines: int = 1, reserve: Reserve | None = None):
+                 settings: StoreConfig, lines: int = 1, reserve: Reserve | None = None,
+                 tell_webhook: bool = False):
         self.catalogue = catalogue
         self.reserve = reserve      # the recorder's; the web UI's store has none
         self.data_dir = Path(data_dir)
         self.purposes = purposes
         self.settings = settings
         self.lines = lines
+        self.tell_webhook = tell_webhook    # erased calls are named to the webhook's receiver
+
+    @classmethod
+    def configured(cls, catalogue: Catalogue, data_dir: Path, config: Config, reserve: Reserve | None = None) -> "Store":
+        """The store of `data_dir` under `config`: its purposes, limits, lines and webhook."""
+        return cls(catalogue, data_dir, config.purpose, config.store, len(config.line_names), reserve,
+                   tell_webhook=config.webhook is not None)
 
     # -- actions on one call ------------------------------------------------------------------------
 
@@ -210,7 +221,8 @@ class Store:
                     detail: str | None = None, address: str | None = None) -> None:
         """In `db`'s transaction: the calls' rows go, with their keys, pauses and waveforms; each
         leaves a tombstone, a ledger entry (and an audit entry when an `actor` asked), and its
-        files are listed for `finish_deletions`."""
+        files are listed for `finish_deletions`. Erased calls are named to the webhook's receiver
+        (`tell_webhook`), in the same transaction."""
         now = iso_utc(time.time())
         for call in calls:
             db.execute("INSERT INTO tombstones (call_id, deleted_at, reason) VALUES (?, ?, ?)",
@@ -223,6 +235,8 @@ class Store:
                            [call["id"], call["file"], call["offload_target"], reason])
             if actor is not None:
                 self._audit(db, actor, reason, call["id"], detail, address)
+        if reason == "erased" and self.tell_webhook and calls:
+            Outbox.put(db, str(uuid.uuid4()), outbox_body(erasure_event([call["id"] for call in calls], now)))
         marks = ", ".join("?" * len(calls))
         for table, column in (("digits", "call_id"), ("pauses", "call_id"), ("peaks", "call_id"), ("calls", "id")):
             db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", [call["id"] for call in calls])
