@@ -216,9 +216,9 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 before = timing == "before_ring"
                 gap = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S     # in the pause after the first burst
                 if timing == "after_answer":
-                    if source != "modem" or not call.answered:
-                        raise ScenarioError(f"scenario call[{index}].caller_id_timing: only a modem reports caller "
-                                            f"ID after the answer, of a call that is answered")
+                    if source.startswith("fsk-") or not call.answered:
+                        raise ScenarioError(f"scenario call[{index}].caller_id_timing: only a modem or DTMF CLIP "
+                                            f"give caller ID after the answer, of a call that is answered")
                     gap = offhook + CALLER_ID_AFTER_ANSWER_S
                 if source == "modem":
                     # MCI format, as the exchange's data comes out of a modem.

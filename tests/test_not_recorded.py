@@ -8,13 +8,14 @@ lines that are never recorded."""
 import shutil
 from datetime import datetime
 
+import numpy as np
 import pytest
 
 from appliance.selection import DAYS
 from appliance.sip import g711
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.catalogue import Catalogue
-from conftest import calls_json, callrec, tone, write_config, write_scenario, write_wav
+from conftest import RATE, calls_json, callrec, tone, write_config, write_scenario, write_wav
 from sipp.harness import SIPP_PCAPS, write_pcap
 from test_sip import CALLEE_HZ, CALLER_HZ, call_through, trunk  # noqa: F401 (trunk: fixture)
 
@@ -182,3 +183,25 @@ def test_the_private_button_at_the_answer_or_before_the_off_hook_keeps_nothing_o
         assert Catalogue(data).digits(call["id"]) == []
     assert (calls[2]["state"], calls[2]["file"] is not None) == ("complete", True)
     assert len(list(data.glob("archive/**/*.*"))) == 1 and not list((data / SPOOL_DIR).iterdir())
+
+
+def test_a_listed_number_given_by_dtmf_clip_after_the_answer_loses_what_was_kept(tmp_path):
+    # The exchange's keys come while the line is quiet: before the callee speaks, with no notice
+    # over them (a notice played at the answer would drown them).
+    config = write_config(tmp_path, recorder={"ring_gap_s": 3.0}, line={"caller_id": "dtmf", "notice_incoming": False})
+    voice = str(write_wav(tmp_path / "voice.wav", np.concatenate([np.zeros(3 * RATE), tone(440, 2.0, 0.3)])))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "caller_id": "+32470123456", "caller_id_timing": "after_answer",
+         "audio": voice},
+        {"direction": "incoming", "at": 9.0, "rings": 1, "caller_id": NOT_LISTED, "caller_id_timing": "after_answer",
+         "audio": voice},
+    ], ring_on_s=0.8, ring_off_s=1.2)
+    data = tmp_path / "data"
+    Catalogue(data).close()
+    callrec("do-not-record", "add", LISTED, "--data", str(data))
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    listed, other = calls_json(data)
+    assert (listed["state"], listed["discard_reason"], listed["number"], listed["file"]) == \
+        ("discarded", "objected", None, None)
+    assert (other["state"], other["number"]) == ("complete", "003225550303") and other["file"]   # "+" sent as 00
+    assert len(list(data.glob("archive/**/*.*"))) == 1

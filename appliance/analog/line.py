@@ -35,6 +35,7 @@ WIRING = ("hook_pin", "hook_active", "ring_pin", "ring_active", "capture", "play
           "caller_id", "pause_button_pin", "agreement_button_pin", "private_button_pin", "recording_led_pin")
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
 BUTTON_SETTLE_S = 0.03
+CALLER_ID_IN_CALL_S = 6.0  # caller ID may come just after the answer; later, it is a waiting call's
 CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP, FSK after DT-AS), not earlier
 
 
@@ -280,10 +281,14 @@ class LineRecorder:
         return None
 
     def _listen_for_caller_id(self, pcm: bytes) -> None:
-        """A captured period, for the caller-ID listener while no call is in progress (on the
-        capture thread). Caller ID comes on-hook: what comes in a call (a waiting call's caller
-        ID) is another caller's, and must not rename this one."""
-        if self.call is None:
+        """A captured period, for the caller-ID listener (on the capture thread): while no call is
+        in progress, and in the first seconds of an incoming call that has no number yet (some
+        exchanges send DTMF CLIP just after the answer). Later in a call, a caller ID is a waiting
+        call's: another caller's, which must not rename this one."""
+        call = self.call
+        answered = call and call.rules.started_at      # None for a moment while the call starts
+        if call is None or (call.direction == "incoming" and call.number is None
+                            and (answered is None or time.monotonic() - answered < CALLER_ID_IN_CALL_S)):
             self.clip.append(pcm)
 
     def _fsk_message(self, message: CallerIdMessage) -> None:
