@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.analog import fsk
 from appliance.codec import decode_to_pcm
@@ -54,6 +54,18 @@ class Pause(_Strict):
     length: float | None = Field(None, gt=0)
 
 
+class LineSound(_Strict):
+    """A sound file the line carries `at` seconds from the call's `at` (below 0: before it), added
+    to whatever else it carries: a signal recorded from a real exchange, played before the answer."""
+    at: float
+    audio: Path
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _path(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+
 class ScenarioCall(_Strict):
     """One call on the simulated line."""
     direction: Literal["incoming", "outgoing"]
@@ -72,6 +84,7 @@ class ScenarioCall(_Strict):
     pause: list[Pause] = []
     agreement_at: list[float] = []
     private_at: list[float] = []        # the private button; before 0: pressed before the off-hook
+    sounds: list[LineSound] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -203,6 +216,12 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
         if line not in segments:
             raise ScenarioError(f"scenario call[{index}].line: no line named {line!r} "
                                 f"(configured: {', '.join(lines)})")
+        for sound in call.sounds:
+            if call.at + sound.at < 0:
+                raise ScenarioError(f"scenario call[{index}].sounds: a sound at {sound.at} s starts before the "
+                                    f"scenario does")
+            pcm = np.frombuffer(decode_to_pcm(base / sound.audio, rate), dtype="<i2") / 32768.0
+            segments[line].append((call.at + sound.at, pcm))
         if call.direction == "incoming":
             for burst in range(call.rings):
                 start = call.at + burst * cadence
