@@ -29,6 +29,9 @@ FSK_LEVEL = 0.1             # FSK caller ID, peak, full scale = 1 (about -17 dBm
 DT_AS = (2130.0, 2750.0)    # the dual-tone alerting signal before FSK sent ahead of the ring (EN 300 659-1)
 DT_AS_S = 0.1
 DT_AS_GAP_S = 0.1           # from its end to the FSK
+RP_AS_S = 0.25              # the ring-pulse alerting signal before FSK (EN 300 659-1: 200-300 ms)…
+RP_AS_GAP_S = 0.6           # …its end to the FSK (500-800 ms)
+RP_AS_FIRST_RING_S = 0.6    # the FSK's end to the first ring (at least 500 ms)
 BUTTON_PRESS_S = 0.15
 DTMF_TONE_S = 0.1
 DTMF_GAP_S = 0.1
@@ -74,7 +77,7 @@ class ScenarioCall(_Strict):
     rings: int = Field(2, ge=1, le=20)
     answered: bool = True
     caller_id: str | None = Field(None, pattern=r"^\+?[0-9]{2,20}$")
-    caller_id_timing: Literal["before_ring", "after_first_ring", "after_answer"] | None = None
+    caller_id_timing: Literal["before_ring", "before_ring_rp_as", "after_first_ring", "after_answer"] | None = None
     audio: Path | None = None
     talk: float | None = Field(None, gt=0)
     dtmf: list[Dtmf] = []
@@ -239,6 +242,9 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                         raise ScenarioError(f"scenario call[{index}].caller_id_timing: only a modem or DTMF CLIP "
                                             f"give caller ID after the answer, of a call that is answered")
                     gap = offhook + CALLER_ID_AFTER_ANSWER_S
+                if timing == "before_ring_rp_as" and not source.startswith("fsk-"):
+                    raise ScenarioError(f"scenario call[{index}].caller_id_timing: a ring pulse (RP-AS) announces "
+                                        f"FSK caller ID only: the line's caller_id is {source!r}")
                 if source == "modem":
                     # MCI format, as the exchange's data comes out of a modem.
                     at = max(0.0, call.at - CLIP_BEFORE_RING_S) if before else gap
@@ -249,6 +255,13 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 else:
                     signal = caller_id_signal(source, call.caller_id, rate, before)
                     at = max(0.0, call.at - len(signal) / rate - CLIP_BEFORE_RING_S) if before else gap
+                    if timing == "before_ring_rp_as":
+                        at = call.at - RP_AS_FIRST_RING_S - len(signal) / rate
+                        pulse = at - RP_AS_GAP_S - RP_AS_S
+                        if pulse < 0:
+                            raise ScenarioError(f"scenario call[{index}].at: a ring pulse and FSK before the first "
+                                                f"ring need it at {call.at - pulse:.1f} s at least")
+                        edges += [PinEdge(pulse, line, "ring", True), PinEdge(pulse + RP_AS_S, line, "ring", False)]
                     segments[line].append((at, signal))
             if not call.answered:
                 end = max(end, offhook)
