@@ -205,3 +205,17 @@ def test_a_listed_number_given_by_dtmf_clip_after_the_answer_loses_what_was_kept
         ("discarded", "objected", None, None)
     assert (other["state"], other["number"]) == ("complete", "003225550303") and other["file"]   # "+" sent as 00
     assert len(list(data.glob("archive/**/*.*"))) == 1
+
+
+def test_a_sip_call_whose_from_names_a_listed_number_is_not_kept(trunk):  # noqa: F811
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    recorder = trunk.start()
+    recorder.objections.add("+32 2 555 00 77", "user:dpo")
+    # No usable P-Asserted-Identity: the number is the From's, as the operator wrote it.
+    call_through(trunk, "uac.xml", "uas.xml", 1500, caller_keys={"pai": "anonymous", "caller": "025550077"})
+    call_through(trunk, "uac.xml", "uas.xml", 1500, caller_keys={"pai": "anonymous", "caller": "025550078"})
+    listed, other = trunk.calls()
+    assert (listed["state"], listed["discard_reason"], listed["number"], listed["file"]) == \
+        ("discarded", "objected", None, None)
+    assert (other["state"], other["number"]) == ("complete", "025550078")
