@@ -141,11 +141,12 @@ def test_an_outgoing_call_over_tcp_is_recorded_with_the_number_dialled_in_stereo
     assert call["notice_played_at"] is None          # notice_outgoing is off by default
     assert call["file"].endswith(".opus") and call["size_bytes"] * 8 / call["duration_s"] < 40000
     left, right = read_stereo(trunk.folder / "data" / call["file"])
-    # Opus (in its speech mode) codes the two channels together: the other side stays over 15 dB down.
-    down_15_db = 10 ** (-15 / 20)
+    # Opus (in its speech mode) codes the two channels together: the other side leaks in, 15 dB
+    # down or more, 15.0 dB at worst seen on a loaded machine; a mix of the two would be 0 dB.
+    down_12_db = 10 ** (-12 / 20)
     for channel, own, other in ((left, CALLER_HZ, CALLEE_HZ), (right, CALLEE_HZ, CALLER_HZ)):
         heard = levels(channel, 0.2, 2.8)
-        assert heard[own] > 0.3 and heard[other] < heard[own] * down_15_db
+        assert heard[own] > 0.3 and heard[other] < heard[own] * down_12_db
 
 
 def test_a_call_cancelled_while_ringing_is_missed_without_a_recording(trunk):
