@@ -196,7 +196,8 @@ class CallRules:
     def _beep(self, now: float) -> list:
         if self.beep_due is None or now < self.beep_due or self.ended or self.declined:
             return []
-        self.beep_due += self.rules.beep_interval_s * max(1, math.ceil((now - self.beep_due) / self.rules.beep_interval_s))
+        # The interval counts from the beep heard: an answer heard late, a late tick, do not bunch them.
+        self.beep_due = now + self.rules.beep_interval_s
         return [Beep(now)]
 
     # ------------------------------------------------------------------------------------------------

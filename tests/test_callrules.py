@@ -95,9 +95,9 @@ def test_beep_sounds_from_the_answer_every_interval_until_the_call_ends(kind):
     assert call.answer(10.0, 18.0) == [Beep(18.0)]
     assert call.rules.deadline() == 33.0
     assert call.rules.tick(32.9) == [] and call.rules.tick(33.0) == [Beep(33.0)]
-    assert call.rules.tick(49.0) == [Beep(49.0)] and call.rules.deadline() == 63.0   # a late tick keeps the beat
+    assert call.rules.tick(49.0) == [Beep(49.0)] and call.rules.deadline() == 64.0   # from the beep heard
     assert call.rules.hung_up(50.0) == [Finish(50.0, "complete")]
-    assert call.rules.deadline() is None and call.rules.tick(63.0) == []
+    assert call.rules.deadline() is None and call.rules.tick(64.0) == []
 
 
 def test_beep_is_for_outgoing_calls_and_stops_with_a_private_call(kind):
