@@ -170,7 +170,9 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     feeders = []
     rate = config.recorder.sample_rate
     for name in names:
-        line_out_path(data_dir, name).unlink(missing_ok=True)
+        out = line_out_path(data_dir, name)
+        for played in (out, *out.parent.glob(f"{out.name}.[0-9][0-9][0-9][0-9]")):     # a run's earlier plays
+            played.unlink(missing_ok=True)
         fifo = sim_dir / f"line-in-{name}.fifo"
         if fifo.exists():
             fifo.unlink()
