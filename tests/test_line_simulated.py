@@ -579,8 +579,9 @@ def beep_starts(samples: np.ndarray) -> list[float]:
 
 @pytest.fixture(scope="module")
 def outgoing_run(tmp_path_factory, speech):
-    """Two lines dial out at once: t1 (outgoing = "announce") rings back twice before the called
-    party speaks; t2 (outgoing = "beep", every 5 s) is answered without ringback."""
+    """Three lines dial out at once: t1 (outgoing = "announce") rings back twice before the called
+    party speaks; t2 (outgoing = "beep", every 5 s) is answered without ringback; t3 is t1 with
+    record_from = "notice_end"."""
     folder = tmp_path_factory.mktemp("outgoing")
     config = write_config(folder)
     config.write_text(config.read_text() + f'''
@@ -594,6 +595,16 @@ playback = "play2"
 notice = "{demo_path('notice-en.wav')}"
 outgoing = "beep"
 beep_interval_s = 5.0
+
+[[line]]
+name = "t3"
+hook_pin = 24
+hook_active = "low"
+ring_pin = 25
+capture = "cap3"
+playback = "play3"
+notice = "{demo_path('notice-en.wav')}"
+record_from = "notice_end"
 ''')
     scenario = write_scenario(folder, [
         {"direction": "outgoing", "at": 0.5, "line": "t1", "talk": 17.0,
@@ -602,6 +613,9 @@ beep_interval_s = 5.0
         {"direction": "outgoing", "at": 0.5, "line": "t2", "talk": 17.0,
          "audio": dialling_then_answer(folder, speech, "t2.wav", ringback=False),
          "dtmf": [{"at": DIALLED_AT, "digits": "025551234"}]},
+        {"direction": "outgoing", "at": 0.5, "line": "t3", "talk": 17.0,
+         "audio": dialling_then_answer(folder, speech, "t3.wav", ringback=True),
+         "dtmf": [{"at": DIALLED_AT, "digits": "065432100"}]},
     ])
     data = folder / "data"
     callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
@@ -642,3 +656,16 @@ def test_beep_sounds_into_the_line_at_its_interval_from_the_answer(outgoing_run)
     first = heard[int((starts[0] + off_hook + 0.05) * RATE):int((starts[0] + off_hook + 0.25) * RATE)]
     assert 0.09 < tone_level(first, 1400) < 0.16
     assert tone_level(heard[int((starts[0] + off_hook + 0.45) * RATE):int((starts[0] + off_hook + 0.9) * RATE)], 1400) < 0.01
+
+
+def test_with_record_from_notice_end_the_dialling_is_heard_but_nothing_before_the_notice_is_kept(outgoing_run):
+    data, calls = outgoing_run
+    call = calls["t3"]
+    assert (call["direction"], call["number"], call["state"]) == ("outgoing", "065432100", "complete")
+    notice_end = iso_seconds(call["notice_played_at"]) + len(decode_to_pcm(demo_path("notice-en.wav"), RATE)) / 2 / RATE
+    assert notice_end - 0.05 <= iso_seconds(call["recording_started_at"]) < notice_end + 0.2
+    assert iso_seconds(call["notice_played_at"]) - iso_seconds(call["started_at"]) > VOICE_AT
+    heard = recording(data, call)
+    assert tone_level(heard, 425) < 0.005           # neither dial tone nor ringback
+    # The keys are placed where the recording starts (the catalogue keeps no audio before it).
+    assert [offset for offset, _ in Catalogue(data).digits(call["id"])] == [0.0] * 9

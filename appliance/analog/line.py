@@ -129,6 +129,8 @@ class ActiveCall:
     audio: CallAudio
     digits: list = field(default_factory=list)
     answer: Listener | None = None          # listens for an outgoing call's answer
+    dialling: Listener | None = None        # its keys, heard before its recording starts
+    recorded_from: float | None = None      # monotonic: the first kept sample, once known
 
     @property
     def direction(self) -> str:
@@ -291,15 +293,17 @@ class LineRecorder:
 
     def _tap(self, pcm: bytes) -> None:
         """A captured period (on the capture thread), recorded or not: for the caller-ID listener
-        while no call is in progress, for the answer listener of an outgoing call. Caller ID comes
+        while no call is in progress, for the answer and dialling listeners of an outgoing call. Caller ID comes
         on-hook: what comes in a call (a waiting call's caller ID) is another caller's, and must
         not rename this one."""
         call = self.call
         if call is None:
             if self.clip is not None:
                 self.clip.append(pcm)
-        elif call.answer is not None:
-            call.answer.append(pcm)
+        else:
+            for listener in (call.answer, call.dialling):
+                if listener is not None:
+                    listener.append(pcm)
 
     def _fsk_message(self, message: CallerIdMessage) -> None:
         """An FSK caller-ID message heard on the line (on the listener's thread)."""
@@ -366,7 +370,7 @@ class LineRecorder:
             elif isinstance(command, callrules.Beep):
                 threading.Thread(target=self._play_beep, name=f"beep-{self.line.name}", daemon=True).start()
             elif isinstance(command, callrules.StartRecording):
-                first = self.capture.start_recording(call.audio, with_preroll=False)
+                first = call.recorded_from = self.capture.start_recording(call.audio, with_preroll=False)
                 call.row.update(recording_started_at=iso_from_mono(first))
             elif isinstance(command, callrules.Pause):
                 call.audio.paused = True
@@ -420,8 +424,8 @@ class LineRecorder:
         spool = self.desk.spool(spool_name, settings.sample_rate)
         started = action.ringing_since if action.ringing_since is not None else action.t
         call = ActiveCall(CallRow(self.desk), rules, started, caller and caller.number, CallAudio(spool, None))
-        call.audio.listener = self._digit_listener(call)
-        first_frame = self.capture.start_recording(call.audio) if rules.recording else None
+        self._digit_listener(call)
+        first_frame = call.recorded_from = self.capture.start_recording(call.audio) if rules.recording else None
         call.row.insert(line=self.line.name, direction=action.direction, number=call.number,
                         started_at=iso_from_mono(started),
                         answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
@@ -432,9 +436,12 @@ class LineRecorder:
         log.info("line %s: %s call started", self.line.name, action.direction)
         self._carry_out(call, rules.started(action.t))
 
-    def _digit_listener(self, call: ActiveCall) -> Listener | None:
-        """A listener for the keys that matter in this call (from its first recorded sample on):
-        the number an outgoing call dials; the pause code; the opt-out key."""
+    def _digit_listener(self, call: ActiveCall) -> None:
+        """Start the call's listener for the keys that matter (from its first recorded sample on):
+        the number an outgoing call dials; the pause code; the opt-out key. An outgoing call that
+        keeps nothing before its notice (`record_from = "notice_end"`) is dialled before it: its
+        listener hears the line from the off-hook, and a key before the recording is placed at
+        its start."""
         rate = self.settings.sample_rate
         until = call.rules.keys_matter_until_s()
         if self.line.dtmf_whole_call:
@@ -442,12 +449,21 @@ class LineRecorder:
         if call.direction == "outgoing":
             until = max(until or 0.0, self.settings.preroll_s + self.settings.dialling_window_s)
         if until is None:
-            return None
+            return
         budget = None if until == math.inf else int(until * rate)
-        listener = Listener(f"digits-{self.line.name}", DtmfDetector(rate), budget,
-                            lambda digit: self.inputs.edges.put(Heard(call, digit.key, digit.start / rate)))
+        tapped, since = call.direction == "outgoing" and not call.rules.recording, time.monotonic()
+
+        def heard(digit) -> None:
+            offset = digit.start / rate
+            if tapped:
+                offset = 0.0 if call.recorded_from is None else max(0.0, since + offset - call.recorded_from)
+            self.inputs.edges.put(Heard(call, digit.key, offset))
+        listener = Listener(f"digits-{self.line.name}", DtmfDetector(rate), budget, heard)
         listener.start()
-        return listener
+        if tapped:
+            call.dialling = listener
+        else:
+            call.audio.listener = listener
 
     def _answer_listener(self, call: ActiveCall) -> Listener:
         """A listener for the called party's answer, on the line's audio from now (recorded or
@@ -505,7 +521,7 @@ class LineRecorder:
     def _end(self, t: float, interrupted: bool = False) -> None:
         call, self.call, self.caller = self.call, None, None
         self.capture.stop_recording()
-        for listener in (call.audio.listener, call.answer):
+        for listener in (call.audio.listener, call.answer, call.dialling):
             if listener is not None:
                 listener.close()
         self._carry_out(call, call.rules.hung_up(t, interrupted))
