@@ -126,8 +126,10 @@ def _old_outgoing(raw: dict, name: str) -> dict:
     raw["outgoing"] = "announce" if flag else "off"
     if flag and delay:
         raw["answer_fallback_s"] = float(delay)
-    log.warning("%s: %s is now written outgoing = %r%s", name, " with ".join(f"{k} = {v!r}" for k, v in old.items()),
-                raw["outgoing"], f" and answer_fallback_s = {float(delay)}" if flag and delay else "")
+    written = " with ".join(f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+                            for key, value in old.items())
+    log.warning('%s: %s is now written outgoing = "%s"%s', name, written, raw["outgoing"],
+                f" and answer_fallback_s = {float(delay)}" if flag and delay else "")
     return raw
 
 

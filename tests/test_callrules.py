@@ -123,7 +123,7 @@ def test_old_outgoing_keys_load_as_the_policy_with_a_warning(caplog):
                                           "playback": "p", "notice": "n.wav", **keys})
     assert line().outgoing == "announce" and not caplog.text                 # lawful by default
     assert line(notice_outgoing=False).outgoing == "off"
-    assert "notice_outgoing = False is now written outgoing = 'off'" in caplog.text
+    assert 'notice_outgoing = false is now written outgoing = "off"' in caplog.text
     assert line(notice_outgoing=True).outgoing == "announce"
     delayed = line(notice_outgoing=True, notice_outgoing_after_s=8.0)
     assert (delayed.outgoing, delayed.answer_fallback_s) == ("announce", 8.0)
@@ -238,7 +238,7 @@ def test_lines_and_trunks_take_the_same_call_rules_and_the_old_spellings_with_a_
         "pbx": {"listen": "127.0.0.1:5062"}, "notice": "n.wav", "record_from": "answer"})
     assert old_trunk.record_from == "start"
     assert "record_from = 'answer' is now written" in caplog.text
-    assert "notice_outgoing_after_s = 5.0 is now written outgoing = 'announce'" in caplog.text
+    assert 'notice_outgoing_after_s = 5.0 is now written outgoing = "announce"' in caplog.text
 
 
 @pytest.mark.parametrize("direction", ["incoming", "outgoing"])
