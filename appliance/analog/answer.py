@@ -5,8 +5,8 @@ ringback, then a voice).
 The audio is judged in blocks of 20 ms: quiet (near the line's noise floor), tone (most of its
 energy within 400-450 Hz: European dial tone and ringback, 425 Hz, or France's 440 Hz) or sound.
 The answer is the onset of sustained sound (`VOICE_S` of sound within `VOICE_WINDOW_S`) that is
-not a key being dialled; or, after a ringback of at least two bursts, the burst that does not come
-when its cadence says it should (an answer with nothing said yet). Tones never count, whatever
+not a key being dialled; or, after a ringback of at least two bursts 2-8 s apart, the burst that
+does not come when its cadence says it should (an answer with nothing said yet). Tones never count, whatever
 their cadence. Pure Python over whole blocks (`sum(map(mul))` runs in C): about a tenth of a
 millisecond of CPU per block on a Pi, and only until the answer.
 """
@@ -27,6 +27,7 @@ FLOOR_MARGIN = 10.0             # sound is at least this many times the quietest
 VOICE_WINDOW_S = 0.8
 VOICE_S = 0.5                   # of sound within the window: someone speaks
 BURST_S = (0.2, 3.0)            # a ringback burst's length
+CADENCE_S = (2.0, 8.0)          # from one burst's start to the next (busy tone's 1 s is not ringback)
 CADENCE_SLACK_S = 1.5           # a burst this late after its period: the ringing stopped
 
 
@@ -106,7 +107,8 @@ class AnswerDetector:
         if len(self._bursts) >= 2 and self._tone_start is None and self._candidate is None:
             (first, _), (last, _) = self._bursts[-2:]
             due = last + (last - first)
-            if self._position > due + CADENCE_SLACK_S * self.rate:
+            ringing = CADENCE_S[0] * self.rate <= last - first <= CADENCE_S[1] * self.rate
+            if ringing and self._position > due + CADENCE_SLACK_S * self.rate:
                 self.done = True
                 return [Answer(due, "ringback-ended")]
         return []
