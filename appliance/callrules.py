@@ -118,7 +118,6 @@ class CallRules:
     optout_until_s: float | None = field(init=False, default=None)
     private_until_s: float | None = field(init=False, default=None)
     started_at: float | None = field(init=False, default=None)
-    answered_at: float | None = field(init=False, default=None)    # an outgoing call's, once known
     answer_due: float | None = field(init=False, default=None)      # the fallback when none is heard
     beep_due: float | None = field(init=False, default=None)
     _keys: str = field(init=False, default="", repr=False)
@@ -185,7 +184,7 @@ class CallRules:
         return self._answered(t)
 
     def _answered(self, t: float) -> list:
-        self.answered_at, self.answer_due = t, None
+        self.answer_due = None
         if self.rules.outgoing == "beep":
             self.beep_due = t
             return []
