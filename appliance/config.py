@@ -24,6 +24,9 @@ DEFAULT_DATA_DIR = Path("/var/lib/callrec")
 Level = Literal["low", "high"]
 # Where a line's caller ID comes from: its modem, or its audio (DTMF CLIP, or FSK in V.23 or Bell 202 tones).
 CallerIdSource = Literal["modem", "dtmf", "fsk-v23", "fsk-bell202"]
+# What the called party of an outgoing call is told: the notice once it answers, a short tone every
+# `beep_interval_s`, or nothing (the shop's documented choice, shown on the status page).
+OutgoingPolicy = Literal["announce", "beep", "off"]
 
 
 class _Strict(BaseModel):
@@ -68,8 +71,6 @@ class CallRulesConfig(_Strict):
 
     notice: Path
     notice_incoming: bool = True                # incoming calls hear the notice when answered
-    notice_outgoing: bool = False               # outgoing calls too…
-    notice_outgoing_after_s: float = Field(0.0, ge=0, le=120)    # …this long after they start
     record_from: Literal["start", "notice_end"] = "start"        # or only once the notice has played
     purpose: str = Field("training", min_length=1)
     pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")   # DTMF keys that pause / resume
@@ -82,6 +83,13 @@ class CallRulesConfig(_Strict):
     private_window_s: float = Field(15.0, ge=1, le=120)     # from the start, for the private code
     schedule: list[str] = []                    # when calls are recorded, e.g. "mon-fri 09:00-12:00"; []: always
     record_one_in: int = Field(1, ge=1, le=100)    # one call in N is recorded (see appliance.selection)
+    # -- outgoing calls: how the called party is told ----------------------------------------------
+    outgoing: OutgoingPolicy = "announce"       # the notice at the answer, a periodic beep, or nothing
+    answer_fallback_s: float = Field(30.0, ge=3, le=120)    # analog: no answer heard this long: act anyway
+    beep_interval_s: float = Field(15.0, ge=5, le=120)
+    beep_hz: int = Field(1400, ge=300, le=3400)
+    beep_ms: int = Field(300, ge=200, le=500)
+    beep_level_dbfs: float = Field(-18.0, ge=-40, le=-6)
 
     @field_validator("notice", mode="before")
     @classmethod
@@ -106,14 +114,33 @@ class CallRulesConfig(_Strict):
         if raw.get("record_from") in ("preroll", "answer"):
             log.warning("%s: record_from = %r is now written record_from = \"start\"", name, raw["record_from"])
             raw["record_from"] = "start"
-        if "notice_outgoing_after_s" in raw and "notice_outgoing" not in raw:
-            # It used to be the only key: given, it meant "play the notice on outgoing calls".
-            log.warning("%s: notice_outgoing_after_s alone is now written notice_outgoing = true with "
-                        "notice_outgoing_after_s", name)
-            raw["notice_outgoing"] = raw["notice_outgoing_after_s"] is not None
-        if raw.get("notice_outgoing_after_s", 0) is None:
-            del raw["notice_outgoing_after_s"]
+        return _old_outgoing(raw, name)
+
+
+def _old_outgoing(raw: dict, name: str) -> dict:
+    """`notice_outgoing` and `notice_outgoing_after_s` of earlier versions, as `outgoing`: true (or a
+    delay alone) is "announce", the delay becoming the fallback of the answer detection; false is
+    "off"."""
+    old = {key: raw.pop(key) for key in ("notice_outgoing", "notice_outgoing_after_s") if key in raw}
+    if not old:
         return raw
+    if "outgoing" in raw:
+        raise ValueError(f"{' and '.join(old)} and outgoing = {raw['outgoing']!r} say the same thing: keep "
+                         "outgoing only")
+    flag, delay = old.get("notice_outgoing", True), old.get("notice_outgoing_after_s")
+    if not isinstance(flag, bool):
+        raise ValueError(f"notice_outgoing: expected true or false, got {flag!r} (it is now written "
+                         'outgoing = "announce" or "off")')
+    if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool)):
+        raise ValueError(f"notice_outgoing_after_s: expected a number of seconds, got {delay!r}")
+    raw["outgoing"] = "announce" if flag else "off"
+    if flag and delay:
+        raw["answer_fallback_s"] = float(delay)
+    written = " with ".join(f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+                            for key, value in old.items())
+    log.warning('%s: %s is now written outgoing = "%s"%s', name, written, raw["outgoing"],
+                f" and answer_fallback_s = {float(delay)}" if flag and delay else "")
+    return raw
 
 
 class LineConfig(CallRulesConfig):
@@ -331,9 +358,9 @@ class SipTrunkConfig(CallRulesConfig):
     def _usable(self):
         if self.trunk.peer is None:
             raise ValueError(f"sip_trunk {self.name!r}: trunk.peer (the operator's SIP server) is required")
-        if self.notice_outgoing_after_s:
-            raise ValueError(f"sip_trunk {self.name!r}: notice_outgoing_after_s must be 0 (a trunk plays the "
-                             "notice to the called party when it answers)")
+        if "answer_fallback_s" in self.model_fields_set:
+            raise ValueError(f"sip_trunk {self.name!r}: answer_fallback_s is for analog lines (a trunk knows "
+                             "the answer from the 200 OK and plays the notice to the called party then)")
         if self.rtp_port_max - self.rtp_port_min < 3:
             raise ValueError(f"sip_trunk {self.name!r}: rtp_port_max must be at least rtp_port_min + 3")
         return self
@@ -356,6 +383,12 @@ class Config(_Strict):
     def line_names(self) -> list[str]:
         """Every line recorded, analog lines then SIP trunks: the names calls are catalogued under."""
         return [line.name for line in self.line] + [trunk.name for trunk in self.sip_trunk]
+
+    @property
+    def outgoing_policy(self) -> dict[str, OutgoingPolicy]:
+        """How each line's and trunk's outgoing calls are made known to the called party, by line
+        name ("announce", "beep" or "off"): for the status page and the privacy notice."""
+        return {line.name: line.outgoing for line in [*self.line, *self.sip_trunk]}
 
     @model_validator(mode="before")
     @classmethod

@@ -573,6 +573,7 @@ def test_the_config_template_loads_as_the_recorder_reads_it(tmp_path):
     [line] = config.line
     assert (line.capture, line.playback, line.hook_pin, line.ring_pin) == ("callrec_capture", "callrec_playback", 17, 27)
     assert line.notice == tmp_path / "notice-en.wav"
+    assert line.outgoing == "announce"              # a new installation tells the called party too
     # Every commented-out key is a real key: uncommented, the file still loads.
     uncommented = re.sub(r"^# ([a-z_]+ = .*)$", r"\1", template.read_text(), flags=re.M)
     uncommented = re.sub(r"^# (\[purpose\.training\])", r"\1", uncommented, flags=re.M)

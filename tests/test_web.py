@@ -747,6 +747,7 @@ def test_a_sip_trunks_call_rules_and_notice_are_set_in_the_settings_and_it_is_a_
 [[sip_trunk]]
 name = "sip1"
 notice = "{demo_path('notice-en.wav')}"
+notice_outgoing = true
 
 [sip_trunk.trunk]
 listen = "127.0.0.1:15060"
@@ -759,13 +760,22 @@ listen = "127.0.0.1:15062"
     backend = app.extensions["callrec"]
     backend.accounts.add_user("admin", PASSWORD, "admin", None)
     admin = login(app, "admin")
-    assert "sip1" in admin.get("/settings/").data.decode()
+    settings = admin.get("/settings/").data.decode()
+    assert "sip1" in settings and '<option value="announce" selected>' in settings    # notice_outgoing = true, as it reads
+    status = admin.get("/status").data.decode()
+    assert 'data-outgoing="announce"' in status and 'class="outgoing flash error"' not in status
     post(admin, "/settings/trunk/sip1", purpose="agreement", notice_incoming=["off", "on"],
-         notice_outgoing=["off", "on"], record_from="notice_end", optout_digit="9", optout_window_s="10",
+         outgoing="off", beep_interval_s="20", record_from="notice_end", optout_digit="9", optout_window_s="10",
          pause_max_s="120", rtp_timeout_s="20", keep_declined_number=["off"])
     [trunk] = backend.config.sip_trunk
-    assert (trunk.purpose, trunk.notice_outgoing, trunk.record_from, trunk.optout_digit, trunk.rtp_timeout_s) == \
-        ("agreement", True, "notice_end", "9", 20.0)
+    assert (trunk.purpose, trunk.outgoing, trunk.record_from, trunk.optout_digit, trunk.rtp_timeout_s) == \
+        ("agreement", "off", "notice_end", "9", 20.0)
+    assert "notice_outgoing" not in config.read_text()           # the new key replaced the old one
+    # The shop's choice not to tell the called party is flagged on the status page, for that trunk only.
+    status = admin.get("/status").data.decode()
+    assert '<p class="outgoing flash error" data-outgoing="off">Outgoing calls: nothing' in status
+    assert status.count('data-outgoing="announce"') == 2
+    assert admin.get("/status.json").get_json()["lines"][2]["outgoing"] == "off"
     assert trunk.trunk.peer == "192.0.2.1:5060"                  # the addresses are kept as written
     post(admin, "/settings/notice", source="text", text="Dit gesprek kan worden opgenomen.", language="nl",
          lines="sip1")

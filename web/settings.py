@@ -54,16 +54,18 @@ def _entries(text: str) -> list[str] | None:
 # The line settings the page edits, with how a form field becomes a config value; an empty field
 # removes an optional key. Everything else in the file is kept as it is.
 CALL_RULE_FIELDS = {
-    "purpose": str, "notice_incoming": _flag, "notice_outgoing": _flag, "record_from": str,
+    "purpose": str, "notice_incoming": _flag, "outgoing": str, "beep_interval_s": float, "record_from": str,
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
     "keep_declined_number": _flag, "record": _flag, "private_code": _opt(str), "private_window_s": float,
     "schedule": _entries, "record_one_in": int,
 }
 LINE_FIELDS = {
-    **CALL_RULE_FIELDS, "notice_outgoing_after_s": _opt(float), "capture": str, "playback": str,
+    **CALL_RULE_FIELDS, "answer_fallback_s": float, "capture": str, "playback": str,
     "hook_pin": _pin, "hook_active": str, "ring_pin": _opt(_pin), "ring_active": str, "modem": _opt(str),
 }
 TRUNK_FIELDS = {**CALL_RULE_FIELDS, "rtp_timeout_s": float}
+# Keys of earlier versions a form's key replaces: both in the file would contradict each other.
+REPLACED_KEYS = {"outgoing": ("notice_outgoing", "notice_outgoing_after_s")}
 STORE_FIELDS = {"max_archive_mb": int, "min_free_mb": int, "min_free_hours": float, "cleaner_interval_s": float}
 
 
@@ -121,6 +123,8 @@ def _form_values(fields: dict) -> dict:
 
 def _apply(section: dict, values: dict) -> None:
     for key, value in values.items():
+        for old in REPLACED_KEYS.get(key, ()):
+            section.pop(old, None)
         if value is None:
             section.pop(key, None)
         else:

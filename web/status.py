@@ -40,11 +40,12 @@ def snapshot() -> dict:
     live = backend().live()
     principal = current()
     lines = []
+    outgoing = backend().config.outgoing_policy
     for name in backend().config.line_names:
         if not principal.may_see(name):
             continue
         state = next((s for s in (live or {}).get("lines", []) if s["name"] == name), None)
-        lines.append(state or {"name": name, "state": "unknown"})
+        lines.append({**(state or {"name": name, "state": "unknown"}), "outgoing": outgoing[name]})
     return {"recorder_running": live is not None, "lines": lines, "disk": disk(),
             "alarm": backend().store.alarm() or (live or {}).get("storage_alarm"), "clock_synced": (live or {}).get("clock_synced"),
             "version": __version__, "now": iso_utc(time.time())}
