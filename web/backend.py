@@ -12,7 +12,9 @@ from pathlib import Path
 
 from flask import current_app
 
+from appliance.alarms import RECORDER_DOWN, AlarmNotifier, recorder_down
 from appliance.store.catalogue import Catalogue
+from appliance.webhook import add_to_outbox
 from appliance.config import Config, load_config
 from appliance.live import read_live, recorder_pid
 from appliance.store.objections import Objections
@@ -62,6 +64,24 @@ class Backend:
         except OSError as exc:
             log.warning("cannot signal the recorder (pid %s): %s", pid, exc)
             return False
+
+    def recorder_watch(self) -> AlarmNotifier | None:
+        """The thread that tells, by e-mail and webhook, that the recorder is down (it cannot say
+        so itself), following the settings pages; None without an `[alarms]` table."""
+        if self.config.alarms is None:
+            return None
+
+        def conditions() -> dict[str, str]:
+            if self.config.alarms is not None:
+                watch.settings = self.config.alarms
+            return recorder_down(self.config.recorder.live_dir, watch.settings)
+
+        def tell(event: dict) -> None:
+            if self.config.webhook is not None:
+                add_to_outbox(self.catalogue, event)
+        watch = AlarmNotifier(self.config.alarms, self.catalogue, conditions, {RECORDER_DOWN},
+                              self.config.web, tell, name="recorder-watch")
+        return watch
 
     def close(self) -> None:
         """Close the databases."""

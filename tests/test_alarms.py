@@ -1,0 +1,288 @@
+"""Alarms that leave the box: the store's alarm mailed through a real SMTP server (aiosmtpd, with
+STARTTLS and a certificate made here) once per episode, reminded and cleared, across a restart;
+the same episodes as webhook events; the mail errors a technician can act on; the recorder down
+told by the web UI's watch."""
+
+import datetime
+import email
+import email.policy
+import ipaddress
+import json
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from appliance.alarms import AlarmNotifier, episodes, storage_conditions, TITLES, RECORDER_DOWN
+from appliance.config import AlarmsConfig, DEFAULT_PURPOSES, StoreConfig, WebConfig
+from appliance.mail import MailError, probe
+from appliance.store.catalogue import Catalogue
+from appliance.store.retention import Store
+from appliance.webhook import Webhook, verify
+from conftest import _toml, free_port, wait_for
+from test_store import add_call
+from test_webhook import SECRET, Receiver, _no_proxy  # noqa: F401 (the fixture)
+
+USER, PASSWORD = "shop@example.net", "mail password 1"
+
+
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own authority) and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test mail server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "mail-cert.pem", folder / "mail-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class MailServer:
+    """A real SMTP server on 127.0.0.1: STARTTLS with the test's certificate (unless `starttls`
+    is false), a login required; it keeps every message it takes with whether it came encrypted."""
+
+    def __init__(self, folder: Path, starttls: bool = True):
+        self.cert, key = certificate(folder)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, key)
+        self.messages: list[dict] = []
+        self.logins: list[str] = []
+        server = self
+
+        class Handler:
+            async def handle_DATA(self, smtp, session, envelope):
+                server.messages.append({"from": envelope.mail_from, "to": envelope.rcpt_tos,
+                                        "encrypted": session.ssl is not None,
+                                        "message": email.message_from_bytes(envelope.content, policy=email.policy.default)})
+                return "250 OK"
+
+        def authenticator(smtp, session, envelope, mechanism, data):
+            ok = isinstance(data, LoginPassword) and data.login.decode() == USER and data.password.decode() == PASSWORD
+            if ok:
+                server.logins.append(data.login.decode())
+            return AuthResult(success=ok, handled=False)       # a refusal answered 535
+
+        self.port = free_port()
+        tls = {"tls_context": context, "require_starttls": True} if starttls else {}
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticator,
+                                     auth_required=True, auth_require_tls=starttls, **tls)
+
+    def __enter__(self):
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+    def table(self, folder: Path, **changes) -> dict:
+        """The keys of an [alarms] table for this server, its password in a file of the appliance's only."""
+        secret = folder / "mail-password"
+        secret.write_text(PASSWORD + "\n")
+        secret.chmod(0o600)
+        return {"smtp_host": "127.0.0.1", "smtp_port": self.port, "ca_file": str(self.cert), "username": USER,
+                "password_file": str(secret), "from_address": "callrec@shop.example", "to": ["owner@shop.example"],
+                "settle_s": 0, "timeout_s": 5, **changes}
+
+    def settings(self, folder: Path, **changes) -> AlarmsConfig:
+        """[alarms] for this server."""
+        return AlarmsConfig.model_validate(self.table(folder, **changes))
+
+    def subjects(self) -> list[str]:
+        return [m["message"]["Subject"] for m in self.messages]
+
+
+@pytest.fixture
+def store(tmp_path):
+    catalogue = Catalogue(tmp_path)
+    yield Store(catalogue, tmp_path, DEFAULT_PURPOSES, StoreConfig(min_free_mb=0, min_free_hours=0))
+    catalogue.close()
+
+
+def notifier(store: Store, settings: AlarmsConfig, tell=None) -> AlarmNotifier:
+    """The recorder's notifier as it watches the store (its other conditions are the recorder's)."""
+    return AlarmNotifier(settings, store.catalogue, lambda: storage_conditions(store),
+                         set(TITLES) - {RECORDER_DOWN}, WebConfig(), tell)
+
+
+def short_of_space(store: Store) -> None:
+    """Space pressure the cleaner cannot relieve: a floor above the disk, only an agreement left."""
+    store.settings = StoreConfig(min_free_mb=10**9, protected_grace_hours=24)
+    assert store.clean().alarm is not None
+
+
+def room_again(store: Store) -> None:
+    store.settings = StoreConfig(min_free_mb=0, min_free_hours=0)
+    assert store.clean().alarm is None
+
+
+def test_the_storage_alarm_is_mailed_once_per_episode_reminded_and_cleared_across_a_restart(store, tmp_path):
+    add_call(store, 9, "agreement", size=4000)
+    add_call(store, 5, "training", size=4000)
+    with MailServer(tmp_path) as server:
+        settings = server.settings(tmp_path, reminder_hours=3 / 3600)
+        alarms = notifier(store, settings)
+        short_of_space(store)                   # the real cleaner evicts the training call, then must stop
+        assert len(store.catalogue.calls()) == 1
+        alarms.check()
+        assert alarms.mail()
+        assert sorted(server.subjects()) == [
+            "[callrec callrec.local] ALARM: Calls kept for a contract or the law will be evicted",
+            "[callrec callrec.local] ALARM: Storage short of space"]
+        storage = next(m for m in server.messages if "Storage" in m["message"]["Subject"])
+        body = storage["message"].get_content()
+        assert store.alarm() in " ".join(body.split()) and "reminded every 0.000833333 h while it stands" in body
+        assert storage["encrypted"] and server.logins == [USER]
+        assert storage["from"] == "callrec@shop.example" and storage["to"] == ["owner@shop.example"]
+        assert storage["message"]["Auto-Submitted"] == "auto-generated"
+
+        store.clean()                           # the alarm still stands: nothing more is sent
+        alarms.check()
+        alarms.mail()
+        restarted = notifier(store, settings)   # nor after a restart
+        restarted.check()
+        restarted.mail()
+        assert len(server.messages) == 2
+
+        time.sleep(3.2)                         # the reminder interval
+        restarted.check()
+        restarted.mail()
+        assert sorted(server.subjects()[2:]) == [
+            "[callrec callrec.local] Still standing: Calls kept for a contract or the law will be evicted",
+            "[callrec callrec.local] Still standing: Storage short of space"]
+        restarted.check()
+        restarted.mail()
+        assert len(server.messages) == 4
+
+        room_again(store)
+        restarted.check()
+        restarted.mail()
+        assert sorted(server.subjects()[4:]) == [
+            "[callrec callrec.local] Cleared: Calls kept for a contract or the law will be evicted",
+            "[callrec callrec.local] Cleared: Storage short of space"]
+        cleared = server.messages[-1]["message"].get_content()
+        assert "Raised:" in cleared and "Cleared:" in cleared
+        assert episodes(store.catalogue) == {}
+        restarted.check()
+        restarted.mail()
+        assert len(server.messages) == 6
+
+
+def test_a_mail_that_fails_is_kept_and_sent_once_the_server_takes_it(store, tmp_path):
+    add_call(store, 9, "agreement", size=4000)
+    port = free_port()
+    with MailServer(tmp_path) as server:
+        down = server.settings(tmp_path, smtp_port=port)        # nothing listens there yet
+    alarms = notifier(store, down)
+    short_of_space(store)
+    alarms.check()
+    assert not alarms.mail()
+    kept = episodes(store.catalogue)["storage"]
+    assert kept.pending == "raised" and "refused the connection" in kept.mail_error
+    assert not alarms.mail()                    # within its back-off, no new attempt
+    alarms._mail_due = 0.0                      # the back-off has run out
+    with MailServer(tmp_path) as server:
+        alarms.settings = server.settings(tmp_path, smtp_port=server.port)
+        assert alarms.mail()
+        assert len(server.messages) == 2
+    kept = episodes(store.catalogue)["storage"]
+    assert kept.pending is None and kept.mail_error is None and kept.mailed_at is not None
+
+
+def test_the_alarm_reaches_the_webhook_as_an_event_of_its_own_signed_like_a_call(store):
+    add_call(store, 9, "agreement", size=4000)
+    with Receiver() as receiver:
+        hook = Webhook(receiver.url, SECRET, store.catalogue, timeout_s=2, retry_first_s=0.05, retry_max_s=0.1)
+        hook.start()
+        try:
+            alarms = notifier(store, AlarmsConfig(settle_s=0), hook.send)     # no mail: the webhook only
+            short_of_space(store)
+            alarms.check()
+            assert wait_for(lambda: len(receiver.requests) == 2, 10)
+            room_again(store)
+            alarms.check()
+            assert wait_for(lambda: len(receiver.requests) == 4, 10)
+        finally:
+            hook.stop(timeout=5)
+    events = []
+    for request in receiver.requests:
+        headers = request["headers"]
+        assert verify(SECRET, headers["X-Callrec-Timestamp"], request["body"], headers["X-Callrec-Signature"])
+        events.append(json.loads(request["body"]))
+    kinds = [(e["event"], e["alarm"]) for e in events]
+    assert set(kinds[:2]) == {("alarm.raised", "storage"), ("alarm.raised", "protected_eviction")}
+    assert set(kinds[2:]) == {("alarm.cleared", "storage"), ("alarm.cleared", "protected_eviction")}
+    raised = next(e for e in events if e == {**e, "event": "alarm.raised", "alarm": "storage"})
+    cleared = next(e for e in events if e == {**e, "event": "alarm.cleared", "alarm": "storage"})
+    assert raised["title"] == "Storage short of space" and "free space" in raised["text"]
+    assert raised["cleared_at"] is None and cleared["raised_at"] == raised["raised_at"] and cleared["cleared_at"]
+    assert raised["appliance"] == "callrec.local"
+    assert episodes(store.catalogue) == {}
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_mail_failures_say_what_to_fix(tmp_path):
+    with MailServer(tmp_path) as server:
+        good = server.settings(tmp_path)
+        probe(good)
+        (tmp_path / "wrong").write_text("not the password")
+        with pytest.raises(MailError, match="refused the login of shop@example.net: wrong user name or password"):
+            probe(good.model_copy(update={"password_file": tmp_path / "wrong"}))
+        with pytest.raises(MailError, match="certificate of the mail server 127.0.0.1:.* is not trusted"):
+            probe(good.model_copy(update={"ca_file": None}))
+        with pytest.raises(MailError, match="no TLS with the mail server"):
+            probe(good.model_copy(update={"security": "tls"}))      # TLS spoken to a STARTTLS port
+    with MailServer(tmp_path, starttls=False) as plain:
+        with pytest.raises(MailError, match="does not offer STARTTLS, and the appliance sends no mail unencrypted"):
+            probe(plain.settings(tmp_path))
+        assert plain.messages == [] and plain.logins == []              # the password never left the box
+    with pytest.raises(MailError, match="refused the connection: check smtp_host and smtp_port"):
+        probe(good.model_copy(update={"smtp_port": free_port()}))
+
+
+def test_the_web_uis_watch_tells_the_recorder_is_down_and_back(web_appliance, tmp_path):
+    from web.backend import Backend
+    from appliance.live import LIVE_NAME
+
+    config, data, _ = web_appliance
+    with MailServer(tmp_path) as server:
+        table = server.table(tmp_path, recorder_down_after_s=10)
+        config.write_text(config.read_text() + "\n[alarms]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()))
+        backend = Backend(config)
+        try:
+            watch = backend.recorder_watch()
+            watch.check()                       # no live state: the recorder is not running
+            assert watch.mail()
+            [down] = server.messages
+            assert down["message"]["Subject"] == "[callrec localhost] ALARM: Recorder not running"
+            body = down["message"].get_content()
+            assert "no call is recorded" in body and f"https://localhost:{backend.config.web.https_port}/status" in body
+            live = backend.config.recorder.live_dir
+            live.mkdir(parents=True, exist_ok=True)
+            (live / LIVE_NAME).write_text(json.dumps({"lines": []}))
+            watch.check()
+            assert watch.mail()
+            assert server.subjects()[1] == "[callrec localhost] Cleared: Recorder not running"
+        finally:
+            backend.close()
