@@ -4,6 +4,7 @@ the same episodes as webhook events; the mail errors a technician can act on; th
 told by the web UI's watch."""
 
 import datetime
+import html
 import email
 import email.policy
 import ipaddress
@@ -286,3 +287,53 @@ def test_the_web_uis_watch_tells_the_recorder_is_down_and_back(web_appliance, tm
             assert server.subjects()[1] == "[callrec localhost] Cleared: Recorder not running"
         finally:
             backend.close()
+
+
+def test_mail_settings_are_checked_saved_and_tried_from_the_settings_page_and_alarms_listed_on_the_status_page(web, tmp_path):
+    from test_web import login, post
+
+    app, _ = web
+    backend = app.extensions["callrec"]
+    admin = login(app, "admin")
+    with MailServer(tmp_path) as server:
+        form = {"smtp_host": "127.0.0.1", "smtp_port": str(server.port), "security": "starttls",
+                "ca_file": str(server.cert), "username": USER, "password": "not the password",
+                "from_address": "callrec@shop.example", "to": "owner@shop.example, tech@shop.example",
+                "reminder_hours": "24", "webhook": ["off", "on"]}
+        before = backend.config_path.read_text()
+        post(admin, "/settings/alarms", **{**form, "from_address": "nobody"})
+        page = html.unescape(admin.get("/settings/").data.decode())
+        assert "alarms.from_address" in page and str(backend.config_path) in page
+        assert backend.config_path.read_text() == before and backend.config.alarms is None
+        assert not (backend.data_dir / "alarm-mail.password").exists()      # a refused change leaves no password
+
+        post(admin, "/settings/alarms", **form)
+        settings = backend.config.alarms
+        assert settings.to == ["owner@shop.example", "tech@shop.example"] and settings.port == server.port
+        assert settings.password_file.read_text() == "not the password\n"
+        assert settings.password_file.stat().st_mode & 0o777 == 0o600
+        post(admin, "/settings/alarms/test")
+        page = html.unescape(admin.get("/settings/").data.decode())
+        assert (f"The test e-mail was not sent: the mail server 127.0.0.1:{server.port} refused the login of "
+                f"{USER}: wrong user name or password (535") in page
+        assert server.messages == []
+
+        post(admin, "/settings/alarms", **{**form, "password": PASSWORD})
+        post(admin, "/settings/alarms", **{**form, "password": ""})          # empty: the password stays
+        assert backend.config.alarms.password_file.read_text() == PASSWORD + "\n"
+        post(admin, "/settings/alarms/test")
+        assert "A test e-mail was sent to owner@shop.example, tech@shop.example." in admin.get("/settings/").data.decode()
+        [test] = server.messages
+        assert test["encrypted"] and test["to"] == ["owner@shop.example", "tech@shop.example"]
+        assert test["message"]["Subject"] == "[callrec localhost] Test e-mail"
+        assert post(login(app, "super"), "/settings/alarms/test").status_code == 403
+
+        alarms = AlarmNotifier(backend.config.alarms.model_copy(update={"settle_s": 0}), backend.catalogue,
+                               lambda: {"sound_card": "no sound card on line shop (cap1)"}, set(TITLES),
+                               backend.config.web)
+        alarms.check()
+        assert alarms.mail()
+    page = admin.get("/status", headers={"Accept-Language": "fr"}).data.decode()
+    row = page[page.index('data-alarm="sound_card"'):]
+    row = html.unescape(row[:row.index("</tr>")])
+    assert "Carte son absente" in row and "no sound card on line shop (cap1)" in row and "envoyée" in row
