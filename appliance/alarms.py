@@ -13,13 +13,14 @@ waits for it. A message still waiting is not stacked: a reminder waits for the o
 clearing replaces a raising never mailed (it says when the alarm was raised).
 
 The recorder's notifier watches every condition but one: the recorder cannot tell its own death.
-The web UI runs a notifier for that one only (`recorder_down`: no fresh live state for
-`recorder_down_after_s`), so each episode has a single owner.
+The web UI runs a notifier for that one only (`recorder_down`, see `RecorderWatch`), so each
+episode has a single owner.
 """
 
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,6 +46,8 @@ TITLES = {
     "recorder_down": "Recorder not running",
 }
 RECORDER_DOWN = "recorder_down"
+RESTART_WINDOW_S = 900.0     # the recorder started RESTARTS_DOWN times within this is down
+RESTARTS_DOWN = 3
 MAIL_RETRY_FIRST_S = 30.0
 MAIL_RETRY_MAX_S = 3600.0
 
@@ -309,10 +312,29 @@ def offload_condition(catalogue, settings: AlarmsConfig, target: str, now: float
                                f"({age_h:.1f} h): check the target (callrec doctor)"}
 
 
-def recorder_down(live_dir, settings: AlarmsConfig) -> dict[str, str]:
-    """The recorder down: its live state missing or older than `recorder_down_after_s`."""
-    if read_live(live_dir, fresh_s=settings.recorder_down_after_s) is not None:
+class RecorderWatch:
+    """The web UI's view of the recorder, which cannot tell its own death: down when its live state
+    is missing or older than `recorder_down_after_s`, or when it was started again and again (a
+    crash at every start leaves a fresh live state for a few seconds each time)."""
+
+    def __init__(self):
+        self.starts: deque[tuple[float, int | None]] = deque()      # (monotonic, pid) of each start seen
+
+    def conditions(self, live_dir, settings: AlarmsConfig, now: float | None = None) -> dict[str, str]:
+        """`recorder_down` and what is wrong, or nothing while the recorder runs on."""
+        live = read_live(live_dir, fresh_s=settings.recorder_down_after_s)
+        if live is None:
+            return {RECORDER_DOWN: f"the recorder has published no live state for more than "
+                                   f"{settings.recorder_down_after_s:g} s: it is stopped, or it crashed; no call is "
+                                   f"recorded. Check `systemctl status callrec-recorder` and "
+                                   f"`journalctl -u callrec-recorder`"}
+        now = time.monotonic() if now is None else now
+        if not self.starts or self.starts[-1][1] != live.get("pid"):
+            self.starts.append((now, live.get("pid")))
+        while len(self.starts) > 1 and now - self.starts[0][0] > RESTART_WINDOW_S:
+            self.starts.popleft()
+        if len(self.starts) >= RESTARTS_DOWN:
+            return {RECORDER_DOWN: f"the recorder was started {len(self.starts)} times in {RESTART_WINDOW_S / 60:g} "
+                                   f"min: it fails again and again, and calls are lost between its starts. Check "
+                                   f"`journalctl -u callrec-recorder`"}
         return {}
-    return {RECORDER_DOWN: f"the recorder has published no live state for more than {settings.recorder_down_after_s:g} s: "
-                           f"it is stopped, it crashed, or it fails at every start; no call is recorded. Check "
-                           f"`systemctl status callrec-recorder` and `journalctl -u callrec-recorder`"}

@@ -337,3 +337,65 @@ def test_mail_settings_are_checked_saved_and_tried_from_the_settings_page_and_al
     row = page[page.index('data-alarm="sound_card"'):]
     row = html.unescape(row[:row.index("</tr>")])
     assert "Carte son absente" in row and "no sound card on line shop (cap1)" in row and "envoyée" in row
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_the_doctor_tries_the_mail_settings_without_sending(tmp_path):
+    from appliance import doctor
+    from appliance.config import Config
+
+    def config(settings: AlarmsConfig) -> Config:
+        return Config.model_validate({"alarms": settings, "line": [{
+            "name": "t1", "hook_pin": 17, "hook_active": "low", "capture": "c", "playback": "p", "notice": "n.wav"}]})
+
+    with MailServer(tmp_path) as server:
+        settings = server.settings(tmp_path)
+        result = doctor.check_alarms(config(settings))
+        assert result.status == "ok" and "STARTTLS, certificate trusted, logged in as shop@example.net" in result.message
+        settings.password_file.chmod(0o644)
+        result = doctor.check_alarms(config(settings))
+        assert result.status == "fail" and "readable by others" in result.message and "chmod 600" in result.fix
+        settings.password_file.chmod(0o600)
+        result = doctor.check_alarms(config(settings.model_copy(update={"username": "someone@example.net"})))
+        assert result.status == "fail" and "refused the login of someone@example.net" in result.message
+        assert server.messages == []
+    assert doctor.check_alarms(config(AlarmsConfig())).status == "info"
+
+
+def test_a_recorder_started_again_and_again_is_down_though_its_live_state_is_fresh(tmp_path):
+    from appliance.alarms import RecorderWatch
+    from appliance.live import LIVE_NAME
+
+    settings, watch = AlarmsConfig(), RecorderWatch()
+    assert RECORDER_DOWN in watch.conditions(tmp_path, settings, now=0)            # no live state at all
+    for minute, pid in ((1, 100), (2, 100), (5, 101)):           # one restart (an upgrade) is not a fault
+        (tmp_path / LIVE_NAME).write_text(json.dumps({"pid": pid}))
+        assert watch.conditions(tmp_path, settings, now=minute * 60) == {}
+    (tmp_path / LIVE_NAME).write_text(json.dumps({"pid": 102}))
+    assert "started 3 times in 15 min" in watch.conditions(tmp_path, settings, now=8 * 60)[RECORDER_DOWN]
+    assert watch.conditions(tmp_path, settings, now=40 * 60) == {}          # it has kept running since
+
+
+def test_an_alarms_table_is_checked_like_the_rest_of_the_file(tmp_path):
+    from appliance.config import load_config
+    from appliance.errors import ConfigError
+    from conftest import write_config
+
+    path = write_config(tmp_path)
+    base = path.read_text()
+    for table, expected in (
+            ('smtp_host = "mail.example.net"\nfrom_address = "callrec@shop.example"\n',
+             "alarms: smtp_host needs from_address and to (a list of addresses)"),
+            ('smtp_host = "mail.example.net"\nfrom_address = "callrec@shop.example"\nto = ["owner"]\n',
+             "alarms.to[0]: String should match pattern"),
+            ('to = ["owner@shop.example"]\n', "alarms: to: only with smtp_host (the mail server)"),
+            ('smtp_host = "mail.example.net"\nfrom_address = "a@b.c"\nto = ["d@e.f"]\nsecurity = "none"\n',
+             "alarms.security: Input should be 'starttls' or 'tls'"),
+            ('smtp_host = "mail.example.net"\nfrom_address = "a@b.c"\nto = ["d@e.f"]\nusername = "me"\n',
+             "alarms: username and password_file go together"),
+            ('smtp_host = "mail.example.net"\nfrom_address = "a@b.c"\nto = ["d@e.f"]\nusername = "me"\n'
+             'password_file = "missing.secret"\n', f"alarms.password_file: no such file {tmp_path / 'missing.secret'}")):
+        path.write_text(base + "\n[alarms]\n" + table)
+        with pytest.raises(ConfigError) as error:
+            load_config(path)
+        assert str(path) in str(error.value) and expected in str(error.value), str(error.value)

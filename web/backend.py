@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from appliance.alarms import RECORDER_DOWN, AlarmNotifier, recorder_down
+from appliance.alarms import RECORDER_DOWN, AlarmNotifier, RecorderWatch
 from appliance.store.catalogue import Catalogue
 from appliance.webhook import add_to_outbox
 from appliance.config import Config, load_config
@@ -71,10 +71,12 @@ class Backend:
         if self.config.alarms is None:
             return None
 
+        recorder = RecorderWatch()
+
         def conditions() -> dict[str, str]:
             if self.config.alarms is not None:
                 watch.settings = self.config.alarms
-            return recorder_down(self.config.recorder.live_dir, watch.settings)
+            return recorder.conditions(self.config.recorder.live_dir, watch.settings)
 
         def tell(event: dict) -> None:
             if self.config.webhook is not None:
