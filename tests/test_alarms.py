@@ -9,9 +9,7 @@ import email
 import email.policy
 import ipaddress
 import json
-import socket
 import ssl
-import threading
 import time
 from pathlib import Path
 
@@ -399,3 +397,41 @@ def test_an_alarms_table_is_checked_like_the_rest_of_the_file(tmp_path):
         with pytest.raises(ConfigError) as error:
             load_config(path)
         assert str(path) in str(error.value) and expected in str(error.value), str(error.value)
+
+
+def test_the_running_recorder_mails_and_posts_a_missing_sound_card(tmp_path, monkeypatch):
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.config import load_config
+    from appliance.recorder import Recorder
+    from appliance.simulate import simulated
+    from conftest import simulated_cards, stop, write_config
+
+    data = tmp_path / "data"
+    alsa, feeders = simulated_cards(data, ["t1"])
+    monkeypatch.setenv("ALSA_CONFIG_PATH", alsa)
+    factory = MockFactory()
+    (tmp_path / "webhook-secret").write_text(SECRET)
+    with MailServer(tmp_path) as server, Receiver() as receiver:
+        path = write_config(tmp_path)
+        path.write_text(path.read_text() + f'\n[webhook]\nurl = "{receiver.url}"\nsecret_file = "webhook-secret"\n'
+                        + "\n[alarms]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in
+                                                   server.table(tmp_path, check_interval_s=1).items()))
+        config = simulated(load_config(path), data)
+        unplugged = config.line[0].model_copy(update={"capture": "callrec_sim_capture_unplugged"})
+        recorder = Recorder(config.model_copy(update={"line": [unplugged]}), pin_factory=factory)
+        recorder.start()
+        try:
+            assert wait_for(lambda: server.messages and receiver.requests, 15)
+        finally:
+            recorder.stop()
+            stop(feeders)
+            factory.reset()
+    [mail] = server.messages
+    assert mail["message"]["Subject"] == "[callrec callrec.local] ALARM: Sound card missing"
+    assert "no sound card on line t1 (callrec_sim_capture_unplugged)" in mail["message"].get_content()
+    [request] = receiver.requests
+    event = json.loads(request["body"])
+    assert event["event"] == "alarm.raised" and event["alarm"] == "sound_card"
+    assert verify(SECRET, request["headers"]["X-Callrec-Timestamp"], request["body"],
+                  request["headers"]["X-Callrec-Signature"])
