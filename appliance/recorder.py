@@ -94,11 +94,7 @@ class Recorder:
         self.offload = Offloader(config.offload, self.catalogue, data_dir) if config.offload is not None else None
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
-        self.alarms = None
-        if config.alarms is not None:
-            self.alarms = AlarmNotifier(config.alarms, self.catalogue, self.alarm_conditions,
-                                        set(TITLES) - {RECORDER_DOWN}, config.web,
-                                        self.webhook.send if self.webhook is not None else None)
+        self.alarms = self._alarm_notifier(config) if config.alarms is not None else None
         self.live = LivePublisher(config.recorder.live_dir,
                                   lambda: [line.snapshot() for line in [*self.lines, *self.trunks]],
                                   self.store.reserve_alarm)
@@ -110,13 +106,9 @@ class Recorder:
         lines or trunks added or removed)."""
         self.store.purposes, self.store.settings = config.purpose, config.store
         self.cleaner.interval = config.store.cleaner_interval_s
-        pending = []
-        if self.alarms is not None and config.alarms is not None:
-            self.alarms.settings = config.alarms        # a new password file is read at the next mail anyway
-        elif (self.alarms is None) != (config.alarms is None):
-            pending.append("[alarms] added or removed")
+        self._reload_alarms(config)
         running = {line.line.name: line for line in self.lines}
-        pending += [f"line {name} added" for name in {line.name for line in config.line} - set(running)]
+        pending = [f"line {name} added" for name in {line.name for line in config.line} - set(running)]
         pending += [f"line {name} removed" for name in set(running) - {line.name for line in config.line}]
         for line in config.line:
             if line.name in running and not running[line.name].apply(line):
@@ -129,6 +121,23 @@ class Recorder:
             if not trunks[name].apply(wanted[name]):
                 pending.append(f"sip trunk {name}: its addresses or RTP ports")
         return pending
+
+    def _alarm_notifier(self, config: Config) -> AlarmNotifier:
+        """The thread that sends alarms (all but the recorder down, which the web UI tells)."""
+        return AlarmNotifier(config.alarms, self.catalogue, self.alarm_conditions, set(TITLES) - {RECORDER_DOWN},
+                             config.web, self.webhook.send if self.webhook is not None else None)
+
+    def _reload_alarms(self, config: Config) -> None:
+        """Alarms set, changed or removed on the settings page apply at once."""
+        if config.alarms is not None and self.alarms is not None:
+            self.alarms.settings = config.alarms
+        elif config.alarms is not None:
+            self.alarms = self._alarm_notifier(config)
+            if self.cleaner.ident is not None:          # started already
+                self.alarms.start()
+        elif self.alarms is not None:
+            alarms, self.alarms = self.alarms, None
+            alarms.stop(timeout=alarms.beat_s)
 
     def faults(self) -> set[int]:
         """What the fault LED shows: a missing sound card, the storage alarm, a lost modem, a SIP
@@ -166,8 +175,8 @@ class Recorder:
         if not clock_synchronised():
             found["clock"] = ("the system clock is not synchronised: calls are time-stamped with a clock that may be "
                               "wrong (each call says so); check the network and the NTP server")
-        if self.offload is not None:
-            found.update(offload_condition(self.catalogue, self.config.alarms, self.offload.target.name))
+        if self.offload is not None and (alarms := self.alarms) is not None:
+            found.update(offload_condition(self.catalogue, alarms.settings, self.offload.target.name))
         return found
 
     def problem(self, stall_s: float) -> str | None:

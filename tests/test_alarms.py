@@ -399,7 +399,7 @@ def test_an_alarms_table_is_checked_like_the_rest_of_the_file(tmp_path):
         assert str(path) in str(error.value) and expected in str(error.value), str(error.value)
 
 
-def test_the_running_recorder_mails_and_posts_a_missing_sound_card(tmp_path, monkeypatch):
+def test_the_running_recorder_mails_and_posts_a_missing_sound_card_once_mail_is_set(tmp_path, monkeypatch):
     from gpiozero.pins.mock import MockFactory
 
     from appliance.config import load_config
@@ -419,9 +419,12 @@ def test_the_running_recorder_mails_and_posts_a_missing_sound_card(tmp_path, mon
                                                    server.table(tmp_path, check_interval_s=1).items()))
         config = simulated(load_config(path), data)
         unplugged = config.line[0].model_copy(update={"capture": "callrec_sim_capture_unplugged"})
-        recorder = Recorder(config.model_copy(update={"line": [unplugged]}), pin_factory=factory)
+        config = config.model_copy(update={"line": [unplugged]})
+        recorder = Recorder(config.model_copy(update={"alarms": None}), pin_factory=factory)
         recorder.start()
         try:
+            assert recorder.reload(config) == []        # mail set on the settings page: at once
+            assert recorder.alarms.is_alive()
             assert wait_for(lambda: server.messages and receiver.requests, 15)
         finally:
             recorder.stop()
