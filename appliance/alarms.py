@@ -134,7 +134,7 @@ class AlarmNotifier(Service):
         self.conditions = conditions
         self.owned = owned
         self.web = web                  # its name and status page, in every message
-        self.tell = tell if settings.webhook else None
+        self.tell = tell                # with `webhook = true` only (a setting that may change)
         self.beat_s = max(Service.beat_s, 3 * settings.timeout_s)     # one mail connection between beats
         self._seen: dict[str, float] = {}       # monotonic: since when a condition is present
         self._gone: dict[str, float] = {}       # monotonic: since when a standing alarm's condition is not
@@ -218,7 +218,7 @@ class AlarmNotifier(Service):
         return self._tell(name, episode, kind) if kind is not None else None
 
     def _tell(self, name: str, episode: Episode, kind: str) -> dict | None:
-        if self.tell is None:
+        if self.tell is None or not self.settings.webhook:
             return None
         body = event(name, episode, kind, self.web.hostname)
         try:
