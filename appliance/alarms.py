@@ -315,22 +315,28 @@ def offload_condition(catalogue, settings: AlarmsConfig, target: str, now: float
 
 
 class RecorderWatch:
-    """The web UI's view of the recorder, which cannot tell its own death: down when its live state
-    is missing or older than `recorder_down_after_s`, or when it was started again and again (a
-    crash at every start leaves a fresh live state for a few seconds each time)."""
+    """The web UI's view of the recorder, which cannot tell its own death: down when it has
+    published no live state for `recorder_down_after_s` (counted from the watch's start, as the
+    recorder may be starting too), or when it was started again and again (a crash at every start
+    leaves a fresh live state for a few seconds each time)."""
 
-    def __init__(self):
+    def __init__(self, started: float | None = None):
+        self.seen = time.monotonic() if started is None else started     # last fresh state (or the start)
         self.starts: deque[tuple[float, int | None]] = deque()      # (monotonic, pid) of each start seen
 
-    def conditions(self, live_dir, settings: AlarmsConfig, now: float | None = None) -> dict[str, str]:
-        """`recorder_down` and what is wrong, or nothing while the recorder runs on."""
-        live = read_live(live_dir, fresh_s=settings.recorder_down_after_s)
-        if live is None:
-            return {RECORDER_DOWN: f"the recorder has published no live state for more than "
-                                   f"{settings.recorder_down_after_s:g} s: it is stopped, or it crashed; no call is "
-                                   f"recorded. Check `systemctl status callrec-recorder` and "
-                                   f"`journalctl -u callrec-recorder`"}
+    def conditions(self, live_dir, settings: AlarmsConfig, standing: str | None = None,
+                   now: float | None = None) -> dict[str, str]:
+        """`recorder_down` and what is wrong, or nothing while the recorder runs on. While it is
+        not known yet (no fresh state, but not for long), an episode `standing` (its text) stands on."""
         now = time.monotonic() if now is None else now
+        live = read_live(live_dir)
+        if live is None:
+            if now - self.seen <= settings.recorder_down_after_s:
+                return {RECORDER_DOWN: standing} if standing else {}
+            return {RECORDER_DOWN: f"the recorder has published no live state for {now - self.seen:.0f} s: it is "
+                                   f"stopped, or it crashed; no call is recorded. Check `systemctl status "
+                                   f"callrec-recorder` and `journalctl -u callrec-recorder`"}
+        self.seen = now
         if not self.starts or self.starts[-1][1] != live.get("pid"):
             self.starts.append((now, live.get("pid")))
         while len(self.starts) > 1 and now - self.starts[0][0] > RESTART_WINDOW_S:

@@ -260,33 +260,6 @@ def test_mail_failures_say_what_to_fix(tmp_path):
         probe(good.model_copy(update={"smtp_port": free_port()}))
 
 
-def test_the_web_uis_watch_tells_the_recorder_is_down_and_back(web_appliance, tmp_path):
-    from web.backend import Backend
-    from appliance.live import LIVE_NAME
-
-    config, data, _ = web_appliance
-    with MailServer(tmp_path) as server:
-        table = server.table(tmp_path, recorder_down_after_s=10)
-        config.write_text(config.read_text() + "\n[alarms]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()))
-        backend = Backend(config)
-        try:
-            watch = backend.recorder_watch()
-            watch.check()                       # no live state: the recorder is not running
-            assert watch.mail()
-            [down] = server.messages
-            assert down["message"]["Subject"] == "[callrec localhost] ALARM: Recorder not running"
-            body = down["message"].get_content()
-            assert "no call is recorded" in body and f"https://localhost:{backend.config.web.https_port}/status" in body
-            live = backend.config.recorder.live_dir
-            live.mkdir(parents=True, exist_ok=True)
-            (live / LIVE_NAME).write_text(json.dumps({"lines": []}))
-            watch.check()
-            assert watch.mail()
-            assert server.subjects()[1] == "[callrec localhost] Cleared: Recorder not running"
-        finally:
-            backend.close()
-
-
 def test_mail_settings_are_checked_saved_and_tried_from_the_settings_page_and_alarms_listed_on_the_status_page(web, tmp_path):
     from test_web import login, post
 
@@ -364,8 +337,10 @@ def test_a_recorder_started_again_and_again_is_down_though_its_live_state_is_fre
     from appliance.alarms import RecorderWatch
     from appliance.live import LIVE_NAME
 
-    settings, watch = AlarmsConfig(), RecorderWatch()
-    assert RECORDER_DOWN in watch.conditions(tmp_path, settings, now=0)            # no live state at all
+    settings, watch = AlarmsConfig(), RecorderWatch(started=0)
+    assert watch.conditions(tmp_path, settings, now=100) == {}          # no live state yet: it may be starting
+    assert watch.conditions(tmp_path, settings, "down before", now=100) == {RECORDER_DOWN: "down before"}
+    assert "no live state for 121 s" in watch.conditions(tmp_path, settings, now=121)[RECORDER_DOWN]
     for minute, pid in ((1, 100), (2, 100), (5, 101)):           # one restart (an upgrade) is not a fault
         (tmp_path / LIVE_NAME).write_text(json.dumps({"pid": pid}))
         assert watch.conditions(tmp_path, settings, now=minute * 60) == {}
@@ -438,3 +413,29 @@ def test_the_running_recorder_mails_and_posts_a_missing_sound_card_once_mail_is_
     assert event["event"] == "alarm.raised" and event["alarm"] == "sound_card"
     assert verify(SECRET, request["headers"]["X-Callrec-Timestamp"], request["body"],
                   request["headers"]["X-Callrec-Signature"])
+
+
+def test_the_web_server_tells_by_mail_that_the_recorder_is_down_then_back(web_appliance, tmp_path):
+    import subprocess
+
+    from appliance.live import LIVE_NAME
+    from test_web_server import CALLREC, ROOT
+
+    config, data, _ = web_appliance
+    with MailServer(tmp_path) as server:
+        table = server.table(tmp_path, recorder_down_after_s=10, check_interval_s=1)
+        config.write_text(config.read_text() + "\n[alarms]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()))
+        started = time.monotonic()
+        web = subprocess.Popen([*CALLREC, "web", "--config", str(config)], cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: server.messages, 40), "no mail from the web UI's watch"
+            assert time.monotonic() - started >= 10            # the recorder's state was missing that long
+            assert server.subjects() == ["[callrec localhost] ALARM: Recorder not running"]
+            live = data / "run"
+            live.mkdir(exist_ok=True)
+            (live / LIVE_NAME).write_text(json.dumps({"pid": 4242, "lines": []}))       # the recorder is back
+            assert wait_for(lambda: len(server.messages) == 2, 10)
+            assert server.subjects()[1] == "[callrec localhost] Cleared: Recorder not running"
+        finally:
+            web.terminate()
+            web.wait(15)

@@ -188,7 +188,6 @@ class WebServer:
         self.wsgi = GatedWSGI(https_or_redirect(with_file_wrapper(self.app), redirect_app(web.https_port, web.hostname)),
                               MAX_UPLOAD_BYTES + FORM_OVERHEAD, SESSION_COOKIE)
         self.setup_code = accounts.setup_code()
-        self.recorder_watch = self.app.extensions["callrec"].recorder_watch()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -210,8 +209,7 @@ class WebServer:
         self._thread = threading.Thread(target=asyncio.run, args=(serve(),), name="web", daemon=True)
         self._thread.start()
         ready.wait(10)
-        if self.recorder_watch is not None:
-            self.recorder_watch.start()
+        self.app.extensions["callrec"].watch_recorder()
         log.info("web UI on https://%s:%s/; the certificate to trust (/certificate.crt) has the SHA-256 fingerprint %s",
                  self.web.hostname, self.web.https_port, certificate_fingerprint(to_trust(self.tls_folder).read_text()))
         if self.setup_code:
@@ -240,7 +238,8 @@ class WebServer:
         health check over HTTPS within `timeout` seconds."""
         import urllib.request
 
-        if self.recorder_watch is not None and (problem := self.recorder_watch.problem(timeout * 10)) is not None:
+        watch = self.app.extensions["callrec"].watch
+        if watch is not None and (problem := watch.problem(timeout * 10)) is not None:
             return problem
         host = "127.0.0.1" if self.web.bind in ("0.0.0.0", "::") else self.web.bind
         host = f"[{host}]" if ":" in host else host
@@ -258,6 +257,4 @@ class WebServer:
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join(10)
-        if self.recorder_watch is not None:
-            self.recorder_watch.stop(timeout=self.recorder_watch.beat_s)
         self.app.extensions["callrec"].close()
