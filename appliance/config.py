@@ -27,6 +27,7 @@ CallerIdSource = Literal["modem", "dtmf", "fsk-v23", "fsk-bell202"]
 # What the called party of an outgoing call is told: the notice once it answers, a short tone every
 # `beep_interval_s`, or nothing (the shop's documented choice, shown on the status page).
 OutgoingPolicy = Literal["announce", "beep", "off"]
+EMAIL = r"^[^@\s<>]+@[^@\s<>]+$"
 
 
 class _Strict(BaseModel):
@@ -244,6 +245,58 @@ class WebhookConfig(_Strict):
         return Path(value) if isinstance(value, str) else value
 
 
+class AlarmsConfig(_Strict):
+    """Alarms that leave the box: by e-mail (SMTP, TLS required) and, with a `[webhook]`, as webhook
+    events. Without `smtp_host`, only the webhook is told. The password is in a file readable by
+    the appliance only."""
+
+    smtp_host: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
+    smtp_port: int | None = Field(None, ge=1, le=65535)     # default: 587 with STARTTLS, 465 with TLS
+    security: Literal["starttls", "tls"] = "starttls"       # STARTTLS required, or TLS from the start
+    ca_file: Path | None = None                             # trust this authority (PEM) instead of the system's
+    username: str | None = Field(None, min_length=1)
+    password_file: Path | None = None
+    from_address: str | None = Field(None, pattern=EMAIL)
+    to: list[Annotated[str, Field(pattern=EMAIL)]] = []
+    timeout_s: float = Field(30.0, ge=1, le=300)
+    webhook: bool = True                                    # also as webhook events, with a [webhook]
+    reminder_hours: float = Field(24.0, ge=0, le=8760)      # an alarm still standing is told again (0: never)
+    settle_s: float = Field(60.0, ge=0, le=3600)            # a condition counts once it stood (or was gone) this long
+    check_interval_s: float = Field(30.0, ge=1, le=3600)
+    clock_unsynced_minutes: float = Field(30.0, ge=1, le=10080)
+    offload_backlog_calls: int = Field(200, ge=1)           # calls waiting to be offloaded, at most
+    offload_backlog_hours: float = Field(24.0, ge=0.1, le=8760)     # the oldest waiting, at most
+    recorder_down_after_s: float = Field(120.0, ge=10, le=86400)    # the web UI's watch on the recorder
+
+    @field_validator("ca_file", "password_file", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _mail_complete(self):
+        if self.smtp_host is None:
+            given = sorted({"smtp_port", "ca_file", "username", "password_file", "from_address", "to"}
+                           & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with smtp_host (the mail server)")
+            return self
+        if self.from_address is None or not self.to:
+            raise ValueError("smtp_host needs from_address and to (a list of addresses)")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (a login needs both)")
+        return self
+
+    @property
+    def port(self) -> int:
+        """The SMTP port: as given, else 587 for STARTTLS and 465 for TLS."""
+        return self.smtp_port or (465 if self.security == "tls" else 587)
+
+    def secret_files(self) -> dict[str, Path]:
+        """The files the mail reads (its password, the authority to trust), by key name."""
+        return {key: getattr(self, key) for key in ("password_file", "ca_file") if getattr(self, key) is not None}
+
+
 class WebConfig(_Strict):
     """The web UI: where it listens. HTTPS on `https_port`; `http_port` only redirects to it (0: off)."""
 
@@ -367,12 +420,13 @@ class SipTrunkConfig(CallRulesConfig):
 
 
 class Config(_Strict):
-    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]`, `[web]`, `[offload]`
-    tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
+    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]`, `[alarms]`, `[web]`,
+    `[offload]` tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
 
     recorder: RecorderConfig = RecorderConfig()
     store: StoreConfig = StoreConfig()
     webhook: WebhookConfig | None = None
+    alarms: AlarmsConfig | None = None
     web: WebConfig = WebConfig()
     offload: OffloadConfig | None = None
     purpose: dict[str, PurposeConfig] = DEFAULT_PURPOSES
@@ -548,12 +602,14 @@ def resolve_paths(config: Config, source: Path) -> Config:
         if not secret.is_file():
             raise ConfigError(f"invalid configuration in {source}:\n  webhook.secret_file: no such file {secret}")
         webhook = webhook.model_copy(update={"secret_file": secret})
-    offload = config.offload
-    if offload is not None:
-        files = {key: path if path.is_absolute() else base / path for key, path in offload.secret_files().items()}
+    def with_files(table, name: str):
+        if table is None:
+            return None
+        files = {key: path if path.is_absolute() else base / path for key, path in table.secret_files().items()}
         for key, path in files.items():
             if not path.is_file():
-                raise ConfigError(f"invalid configuration in {source}:\n  offload.{key}: no such file {path}")
-        offload = offload.model_copy(update=files)
+                raise ConfigError(f"invalid configuration in {source}:\n  {name}.{key}: no such file {path}")
+        return table.model_copy(update=files)
     return config.model_copy(update={"line": lines, "sip_trunk": trunks, "recorder": recorder, "webhook": webhook,
-                                     "offload": offload})
+                                     "offload": with_files(config.offload, "offload"),
+                                     "alarms": with_files(config.alarms, "alarms")})

@@ -12,7 +12,7 @@ again, so receivers must use the delivery id to ignore repeats.
 The request, for receivers:
 
 - `POST <url>` with `Content-Type: application/json`, the body a UTF-8 JSON object (for a call
-  end, see `call_event`). The body is the same bytes on every attempt of an event.
+  end, see `call_event`; for an alarm raised, still standing or cleared, `appliance.alarms.event`). The body is the same bytes on every attempt of an event.
 - `X-Callrec-Delivery`: a UUID4 naming the event. It is the idempotency key: it is the same on
   every retry of that event, before and after a restart of the appliance, so a receiver that saw
   it already answers 2xx and ignores it.
@@ -130,11 +130,17 @@ def erasure_event(call_ids: list[int], erased_at: str) -> dict:
     return {"event": "calls.erased", "ids": list(call_ids), "erased_at": erased_at}
 
 
-def outbox_body(event: dict) -> str:
-    """`event` as the JSON text it is sent as (raises ValueError for text that cannot be sent)."""
+def serialised(event: dict) -> str:
+    """An event's body as it is sent, compact JSON; raises ValueError for what cannot be sent."""
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     body.encode()       # a lone surrogate cannot be sent: ValueError now, not at every attempt
     return body
+
+
+def add_to_outbox(catalogue, event: dict, keep: int = 1000) -> None:
+    """Write `event` to the outbox from a process that runs no webhook thread (the web UI): the
+    recorder's webhook thread delivers it, in order with the others, when it runs."""
+    Outbox(catalogue).add(str(uuid.uuid4()), serialised(event), keep=keep)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -194,7 +200,7 @@ class Webhook(Service):
 
         Raises TypeError or ValueError if `event` cannot be serialised: that is a bug of the caller.
         """
-        body = outbox_body(event)
+        body = serialised(event)
         with self._lock:
             if len(self._pending) >= self.queue_size:
                 self._pending.popleft()

@@ -33,6 +33,9 @@ DYNAMIC_TEXTS = (
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
     "password-changed", "second-factor-on", "second-factor-off",
+    "Storage short of space", "Calls kept for a contract or the law will be evicted", "Sound card missing",   # alarms
+    "Caller-ID modem lost", "SIP trunk down", "A recorder service is dead or stuck", "Clock not synchronised",
+    "Recordings wait to be offloaded", "Recorder not running",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",
     *ADVICE_TEXTS.values(),                                               # the settings' warnings

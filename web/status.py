@@ -1,5 +1,6 @@
 """Health at a glance: each line's state and input level (live, over Server-Sent Events), disk use
-and hours of recording left, the cleaner's alarm, time sync, version, and calls per day."""
+and hours of recording left, the cleaner's alarm and every alarm episode (since when, whether it was
+e-mailed), time sync, version, and calls per day."""
 
 import json
 import time
@@ -9,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, se
 
 from appliance import __version__
 from appliance.advice import TEXTS, config_advice
+from appliance.alarms import TITLES, episodes
 from appliance.clock import iso_utc
 from appliance.store.catalogue import CallFilter
 from web.backend import backend
@@ -46,7 +48,10 @@ def snapshot() -> dict:
             continue
         state = next((s for s in (live or {}).get("lines", []) if s["name"] == name), None)
         lines.append({**(state or {"name": name, "state": "unknown"}), "outgoing": outgoing[name]})
-    return {"recorder_running": live is not None, "lines": lines, "disk": disk(),
+    alarms = [{"name": name, "title": TITLES.get(name, name), **episode.__dict__}
+              for name, episode in sorted(episodes(backend().catalogue).items(), key=lambda item: item[1].raised_at)]
+    return {"recorder_running": live is not None, "lines": lines, "disk": disk(), "alarms": alarms,
+            "alarms_sent": backend().config.alarms is not None,
             "alarm": backend().store.alarm() or (live or {}).get("storage_alarm"), "clock_synced": (live or {}).get("clock_synced"),
             "version": __version__, "now": iso_utc(time.time())}
 

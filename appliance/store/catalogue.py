@@ -310,6 +310,28 @@ class Catalogue:
                 "SELECT COUNT(*), MIN(COALESCE(ended_at, started_at)) FROM calls "
                 "WHERE file IS NOT NULL AND offloaded_at IS NULL AND state != 'recording'").fetchone())
 
+    def status(self, key: str) -> str | None:
+        """The value kept under `key` in the status table (the store's and the alarms' state), or None."""
+        with self.read() as db:
+            row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def statuses(self, prefix: str) -> dict[str, str]:
+        """Every value of the status table whose key starts with `prefix`, by key."""
+        with self.read() as db:
+            return {row[0]: row[1] for row in db.execute(
+                "SELECT key, value FROM status WHERE substr(key, 1, ?) = ? ORDER BY key", [len(prefix), prefix])}
+
+    def set_status(self, key: str, value: str | None) -> None:
+        """Keep `value` under `key` in the status table (None deletes it); `since` is when the key
+        was first set."""
+        with self.transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM status WHERE key = ?", [key])
+            else:
+                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) ON CONFLICT (key) "
+                           "DO UPDATE SET value = excluded.value", [key, value, iso_utc(time.time())])
+
     def set_notes(self, call_id: int, notes: str | None, actor: str, address: str | None = None) -> None:
         """Replace a call's notes (audited); an offloaded call is sent again."""
         with self.transaction() as db:

@@ -32,7 +32,7 @@ from appliance.store.outbox import Outbox
 from appliance.store.reserve import Reserve
 from appliance.store.subjects import subject_hash, subject_key
 from appliance.store.spool import fsync_dir
-from appliance.webhook import erasure_event, outbox_body
+from appliance.webhook import erasure_event, serialised
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class Store:
             if actor is not None:
                 self._audit(db, actor, reason, call["id"], detail, address)
         if reason == "erased" and self.tell_webhook and calls:
-            Outbox.put(db, str(uuid.uuid4()), outbox_body(erasure_event([call["id"] for call in calls], now)))
+            Outbox.put(db, str(uuid.uuid4()), serialised(erasure_event([call["id"] for call in calls], now)))
         marks = ", ".join("?" * len(calls))
         for table, column in (("digits", "call_id"), ("pauses", "call_id"), ("peaks", "call_id"), ("calls", "id")):
             db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", [call["id"] for call in calls])
@@ -378,17 +378,10 @@ class Store:
                 f"restrictions, offload and delete, or add storage; recording goes on into the reserve")
 
     def _status(self, key: str) -> str | None:
-        with self.catalogue.read() as db:
-            row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
-        return row[0] if row else None
+        return self.catalogue.status(key)
 
     def _set_status(self, key: str, value: str | None) -> None:
-        with self.catalogue.transaction() as db:
-            if value is None:
-                db.execute("DELETE FROM status WHERE key = ?", [key])
-            else:
-                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) ON CONFLICT (key) "
-                           "DO UPDATE SET value = excluded.value", [key, value, iso_utc(time.time())])
+        self.catalogue.set_status(key, value)
 
     def _select(self, where: str, params: list, index: str, limit: int = BATCH) -> list[dict]:
         with self.catalogue.read() as db:
@@ -412,21 +405,19 @@ class Store:
                 else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of {report.floor_bytes / 1e6:.0f} MB")
 
     def _set_alarm(self, text: str | None) -> None:
-        with self.catalogue.transaction() as db:
-            current = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
-            if text is None and current is not None:
-                db.execute("DELETE FROM status WHERE key = ?", [ALARM_KEY])
-                log.warning("storage alarm cleared")
-            elif text is not None and (current is None or current[0] != text):
-                if current is None:
-                    log.error("storage alarm: %s", text)
-                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) "
-                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                           [ALARM_KEY, text, iso_utc(time.time())])
+        current = self.catalogue.status(ALARM_KEY)      # only the cleaner writes it
+        if text is None and current is not None:
+            log.warning("storage alarm cleared")
+        elif text is not None and current is None:
+            log.error("storage alarm: %s", text)
+        if text != current:
+            self.catalogue.set_status(ALARM_KEY, text)
 
     def alarm(self) -> str | None:
         """The current storage alarm, for the web UI and the technician's checks."""
-        with self.catalogue.read() as db:
-            row = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
-        return row[0] if row else None
+        return self.catalogue.status(ALARM_KEY)
 
+    def protected_alarm_since(self) -> str | None:
+        """Since when calls kept for a contract or the law are all that is left to evict (the
+        cleaner evicts them `protected_grace_hours` after that), or None."""
+        return self.catalogue.status(PROTECTED_KEY)
