@@ -8,8 +8,9 @@ rules decide is the same for both: whether the notice is played and when, where 
 starts (`record_from`), the caller's opt-out (the key, from the party who heard the notice, within
 its window after the notice) and what it destroys, a number on the do-not-record list (known at
 the start, or later), the pause (by code or button, with its
-automatic resume after `pause_max_s`), which keys are kept (none typed during a pause), and how
-the call's recording ends.
+automatic resume after `pause_max_s`), which keys are kept (none typed during a pause), how the
+called party of an outgoing call is told (`outgoing`: the notice once it answers, a beep every
+`beep_interval_s`, or nothing), and how the call's recording ends.
 
 Times (`t`) are monotonic seconds; offsets (`offset_s`) are seconds into the call's recording,
 counted from its first kept sample, as each line measures them.
@@ -17,8 +18,10 @@ counted from its first kept sample, as each line measures them.
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from appliance.config import CallRulesConfig
+from appliance.selection import Selection
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,21 @@ class Decline:
 # How the log says why a call's recording was destroyed (`private`: kept without its number too).
 DECLINED = {"declined": "the caller declined recording of the call",
             "objected": "the number is on the do-not-record list: the call is not recorded",
-            "private": "a private call: not recorded"}
+            "private": "a private call: not recorded",
+            "off-schedule": "outside the line's recording schedule: not recorded",
+            "not-selected": "not among the share of calls recorded"}
+
+
+@dataclass(frozen=True)
+class ListenForAnswer:
+    """An outgoing call on a line that cannot tell when the called party answers: listen to its
+    audio for the answer (ringback ending, then a voice) and report it with `answered`."""
+
+
+@dataclass(frozen=True)
+class Beep:
+    """Play the warning tone into the call now (`outgoing = "beep"`)."""
+    t: float
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,7 @@ class Finish:
 
 def wants_notice(rules: CallRulesConfig, direction: str) -> bool:
     """Whether a call in `direction` (incoming, outgoing, unknown) hears the notice."""
-    return rules.notice_outgoing if direction == "outgoing" else rules.notice_incoming
+    return rules.outgoing == "announce" if direction == "outgoing" else rules.notice_incoming
 
 
 @dataclass
@@ -86,7 +103,11 @@ class CallRules:
     plays. `notice_possible`: False when no notice may be played: into a call under way before the
     recorder started (it would break into a conversation), or a trunk call in a codec the notice
     cannot be sent in. `objected`: the number is on the do-not-record list: nothing of the call
-    is kept, and no notice is played."""
+    is kept, and no notice is played. `selection` (with `when`, the call's local start): the line's
+    schedule and share of calls; a call they leave out (`unselected`: `off-schedule` or `not-selected`) is
+    refused the same way. A call refused for another reason takes no place in the share.
+    `answer_known`: the call starts when the called party answers (a trunk's 200 OK); an analog
+    line's outgoing call starts at the off-hook instead, and its answer is listened for."""
 
     rules: CallRulesConfig
     direction: str
@@ -94,6 +115,10 @@ class CallRules:
     notice_s: float
     notice_possible: bool = True
     objected: bool = False
+    selection: Selection | None = None
+    when: datetime | None = None
+    answer_known: bool = True
+    unselected: str | None = field(init=False, default=None)
     notice: bool = field(init=False)
     recording: bool = field(init=False)         # the call's audio is kept (it may be paused)
     paused_until: float | None = field(init=False, default=None)   # monotonic: the automatic resume
@@ -101,13 +126,16 @@ class CallRules:
     ended: bool = field(init=False, default=False)
     optout_until_s: float | None = field(init=False, default=None)
     private_until_s: float | None = field(init=False, default=None)
-    notice_due: float | None = field(init=False, default=None)
     started_at: float | None = field(init=False, default=None)
+    answer_due: float | None = field(init=False, default=None)      # the fallback when none is heard
+    beep_due: float | None = field(init=False, default=None)
     _keys: str = field(init=False, default="", repr=False)
     _first_keys: str = field(init=False, default="", repr=False)
 
     def __post_init__(self):
-        refused = self.objected or not self.rules.record
+        if not self.objected and self.rules.record and self.selection is not None:
+            self.unselected = self.selection.refusal(self.when)
+        refused = self.objected or not self.rules.record or self.unselected is not None
         wanted = wants_notice(self.rules, self.direction) and not refused
         self.notice = self.notice_possible and wanted
         # Nothing is kept before the notice: a call that should hear it and cannot is not kept at all.
@@ -118,9 +146,9 @@ class CallRules:
             self.private_until_s = self.lead_in_s + self.rules.private_window_s
         if self.notice and self.rules.optout_digit is not None:
             # From the notice's end, counted where the recording starts: with the lead-in before
-            # the notice, or at the notice's end when nothing before it is kept.
-            delay = self.rules.notice_outgoing_after_s if self.direction == "outgoing" else 0.0
-            self.optout_until_s = (0.0 if waits else self.lead_in_s + delay + self.notice_s) + self.rules.optout_window_s
+            # the notice, or at the notice's end when nothing before it is kept. A notice that
+            # waits for the answer moves it on (see `_answered`).
+            self.optout_until_s = (0.0 if waits else self.lead_in_s + self.notice_s) + self.rules.optout_window_s
 
     @property
     def paused(self) -> bool:
@@ -144,12 +172,47 @@ class CallRules:
             return [Decline("objected")]
         if not self.rules.record:
             return [Decline("private")]
-        if not self.notice:
+        if self.unselected is not None:
+            return [Decline(self.unselected)]
+        if self.direction == "outgoing" and self.tells_called_party:
+            if self.answer_known:
+                return self._answered(t)
+            self.answer_due = t + self.rules.answer_fallback_s
+            return [ListenForAnswer()]
+        return [PlayNotice()] if self.notice else []
+
+    # -- outgoing calls: the notice at the answer, or the beep ---------------------------------------
+
+    @property
+    def tells_called_party(self) -> bool:
+        """An outgoing call whose called party is told it is recorded (the notice or the beep)."""
+        if self.declined or self.direction != "outgoing":
+            return False
+        return self.notice or (self.rules.outgoing == "beep" and self.notice_possible)
+
+    def answered(self, t: float) -> list:
+        """The called party of an outgoing call answered at `t` (heard in the line's audio)."""
+        if self.answer_due is None or self.ended or self.declined:
             return []
-        if self.direction == "outgoing" and self.rules.notice_outgoing_after_s > 0:
-            self.notice_due = t + self.rules.notice_outgoing_after_s
+        return self._answered(t)
+
+    def _answered(self, t: float) -> list:
+        self.answer_due = None
+        if self.rules.outgoing == "beep":
+            self.beep_due = t
             return []
+        if self.optout_until_s is not None and self.rules.record_from == "start":
+            self.optout_until_s += t - self.started_at
         return [PlayNotice()]
+
+    def _beep(self, now: float) -> list:
+        if self.beep_due is None or now < self.beep_due or self.ended or self.declined:
+            return []
+        # The interval counts from the beep heard: an answer heard late, a late tick, do not bunch them.
+        self.beep_due = now + self.rules.beep_interval_s
+        return [Beep(now)]
+
+    # ------------------------------------------------------------------------------------------------
 
     def notice_ended(self, t: float) -> list:
         """The notice has been played to its end at `t`."""
@@ -191,8 +254,18 @@ class CallRules:
             return []
         return self._refuse("objected")
 
+    def private_pressed(self, t: float) -> list:
+        """The staff's private button at `t` (or, pressed just before, at the call's start): within
+        `private_window_s` of the start, nothing of the call is kept, not even its number."""
+        if self.declined or self.ended or self.started_at is None:
+            return []
+        if t - self.started_at > self.rules.private_window_s:
+            return []
+        return self._refuse("private")
+
     def _refuse(self, reason: str) -> list:
-        self.declined, self.recording, self.paused_until, self.notice_due = True, False, None, None
+        self.declined, self.recording, self.paused_until = True, False, None
+        self.answer_due = self.beep_due = None
         return [Decline(reason)]
 
     def pause_pressed(self, t: float) -> list:
@@ -210,15 +283,16 @@ class CallRules:
 
     def deadline(self) -> float | None:
         """The next instant `tick` has something to do, or None."""
-        due = [d for d in (self.notice_due, self.paused_until) if d is not None]
+        due = [d for d in (self.answer_due, self.beep_due, self.paused_until) if d is not None]
         return min(due) if due else None
 
     def tick(self, now: float) -> list:
-        """Time passes: a notice due on an outgoing call, a pause left on past `pause_max_s`."""
+        """Time passes: no answer heard by the fallback (act as if answered), a beep due, a pause
+        left on past `pause_max_s`."""
         commands = []
-        if self.notice_due is not None and now >= self.notice_due and not self.ended:
-            self.notice_due = None
-            commands.append(PlayNotice())
+        if self.answer_due is not None and now >= self.answer_due and not self.ended:
+            commands += self._answered(now)
+        commands += self._beep(now)
         if self.paused_until is not None and now >= self.paused_until and not self.ended:
             self.paused_until = None
             commands.append(Resume(now))
@@ -228,7 +302,7 @@ class CallRules:
         """The call ended at `t` (`interrupted`: by the recorder stopping, not by a party)."""
         if self.ended:
             return []
-        self.ended, self.notice_due = True, None
+        self.ended, self.answer_due, self.beep_due = True, None, None
         commands = []
         if self.paused:
             self.paused_until = None

@@ -69,8 +69,7 @@ def _store(config_path: Path, data: Path | None):
 
     catalogue, data_dir = _catalogue(config_path, data)
     if config_path.exists():
-        config = load_config(config_path)
-        return Store(catalogue, data_dir, config.purpose, config.store, len(config.line_names))
+        return Store.configured(catalogue, data_dir, load_config(config_path))
     return Store(catalogue, data_dir, DEFAULT_PURPOSES, StoreConfig())
 
 

@@ -12,6 +12,11 @@ def wall_from_mono(t: float) -> float:
     return time.time() - (time.monotonic() - t)
 
 
+def local_from_mono(t: float) -> datetime:
+    """The box's local date and time of monotonic instant `t` (for schedules of days and hours)."""
+    return datetime.fromtimestamp(wall_from_mono(t)).astimezone()
+
+
 def iso_utc(epoch: float) -> str:
     """Format epoch seconds as ISO 8601 UTC with milliseconds, e.g. 2026-11-23T10:05:00.123Z."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
+from appliance.selection import parse_window
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,10 @@ DEFAULT_DATA_DIR = Path("/var/lib/callrec")
 Level = Literal["low", "high"]
 # Where a line's caller ID comes from: its modem, or its audio (DTMF CLIP, or FSK in V.23 or Bell 202 tones).
 CallerIdSource = Literal["modem", "dtmf", "fsk-v23", "fsk-bell202"]
+# What the called party of an outgoing call is told: the notice once it answers, a short tone every
+# `beep_interval_s`, or nothing (the shop's documented choice, shown on the status page).
+OutgoingPolicy = Literal["announce", "beep", "off"]
+EMAIL = r"^[^@\s<>]+@[^@\s<>]+$"
 
 
 class _Strict(BaseModel):
@@ -67,8 +72,6 @@ class CallRulesConfig(_Strict):
 
     notice: Path
     notice_incoming: bool = True                # incoming calls hear the notice when answered
-    notice_outgoing: bool = False               # outgoing calls too…
-    notice_outgoing_after_s: float = Field(0.0, ge=0, le=120)    # …this long after they start
     record_from: Literal["start", "notice_end"] = "start"        # or only once the notice has played
     purpose: str = Field("training", min_length=1)
     pause_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")   # DTMF keys that pause / resume
@@ -79,6 +82,15 @@ class CallRulesConfig(_Strict):
     record: bool = True                         # false: no call of this line is ever recorded
     private_code: str | None = Field(None, pattern=r"^[0-9*#]{1,4}$")  # first keys: a private call
     private_window_s: float = Field(15.0, ge=1, le=120)     # from the start, for the private code
+    schedule: list[str] = []                    # when calls are recorded, e.g. "mon-fri 09:00-12:00"; []: always
+    record_one_in: int = Field(1, ge=1, le=100)    # one call in N is recorded (see appliance.selection)
+    # -- outgoing calls: how the called party is told ----------------------------------------------
+    outgoing: OutgoingPolicy = "announce"       # the notice at the answer, a periodic beep, or nothing
+    answer_fallback_s: float = Field(30.0, ge=3, le=120)    # analog: no answer heard this long: act anyway
+    beep_interval_s: float = Field(15.0, ge=5, le=120)
+    beep_hz: int = Field(1400, ge=300, le=3400)
+    beep_ms: int = Field(300, ge=200, le=500)
+    beep_level_dbfs: float = Field(-18.0, ge=-40, le=-6)
     # What the notice says, word for word: the settings check it names the opt-out key.
     notice_text: str | None = Field(None, min_length=1, max_length=2000)
 
@@ -86,6 +98,13 @@ class CallRulesConfig(_Strict):
     @classmethod
     def _path_from_str(cls, value):
         return Path(value) if isinstance(value, str) else value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_entries(cls, entries):
+        for entry in entries:
+            parse_window(entry)
+        return entries
 
     @model_validator(mode="before")
     @classmethod
@@ -98,14 +117,33 @@ class CallRulesConfig(_Strict):
         if raw.get("record_from") in ("preroll", "answer"):
             log.warning("%s: record_from = %r is now written record_from = \"start\"", name, raw["record_from"])
             raw["record_from"] = "start"
-        if "notice_outgoing_after_s" in raw and "notice_outgoing" not in raw:
-            # It used to be the only key: given, it meant "play the notice on outgoing calls".
-            log.warning("%s: notice_outgoing_after_s alone is now written notice_outgoing = true with "
-                        "notice_outgoing_after_s", name)
-            raw["notice_outgoing"] = raw["notice_outgoing_after_s"] is not None
-        if raw.get("notice_outgoing_after_s", 0) is None:
-            del raw["notice_outgoing_after_s"]
+        return _old_outgoing(raw, name)
+
+
+def _old_outgoing(raw: dict, name: str) -> dict:
+    """`notice_outgoing` and `notice_outgoing_after_s` of earlier versions, as `outgoing`: true (or a
+    delay alone) is "announce", the delay becoming the fallback of the answer detection; false is
+    "off"."""
+    old = {key: raw.pop(key) for key in ("notice_outgoing", "notice_outgoing_after_s") if key in raw}
+    if not old:
         return raw
+    if "outgoing" in raw:
+        raise ValueError(f"{' and '.join(old)} and outgoing = {raw['outgoing']!r} say the same thing: keep "
+                         "outgoing only")
+    flag, delay = old.get("notice_outgoing", True), old.get("notice_outgoing_after_s")
+    if not isinstance(flag, bool):
+        raise ValueError(f"notice_outgoing: expected true or false, got {flag!r} (it is now written "
+                         'outgoing = "announce" or "off")')
+    if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool)):
+        raise ValueError(f"notice_outgoing_after_s: expected a number of seconds, got {delay!r}")
+    raw["outgoing"] = "announce" if flag else "off"
+    if flag and delay:
+        raw["answer_fallback_s"] = float(delay)
+    written = " with ".join(f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+                            for key, value in old.items())
+    log.warning('%s: %s is now written outgoing = "%s"%s', name, written, raw["outgoing"],
+                f" and answer_fallback_s = {float(delay)}" if flag and delay else "")
+    return raw
 
 
 class LineConfig(CallRulesConfig):
@@ -126,6 +164,7 @@ class LineConfig(CallRulesConfig):
     dtmf_whole_call: bool = False                           # keep every key of a call, not only windows
     pause_button_pin: int | str | None = None               # pauses recording (card payments)
     agreement_button_pin: int | str | None = None           # marks the current or last call
+    private_button_pin: int | str | None = None             # a private call: at the answer, or before off-hook
     recording_led_pin: int | str | None = None              # lit while a call is recorded
 
     @model_validator(mode="before")
@@ -165,11 +204,17 @@ class PurposeConfig(_Strict):
     # Short of space, calls go lowest rank first; those above rank 1 only after the alarm stood
     # for `protected_grace_hours`.
     eviction_rank: int = Field(1, ge=1, le=9)
+    # What data-protection authorities ask of this purpose (the settings warn when a line goes past
+    # it): the longest retention, and recording only occasionally (a schedule or a share of calls).
+    max_retention_days: int | None = Field(None, ge=1, le=36500)
+    occasional: bool = False
 
 
 DEFAULT_PURPOSES = {
+    # The CNIL (France) asks that training recordings be occasional and kept at most 6 months.
     "training": PurposeConfig(
-        retention_days=30, legal_basis="Legitimate interest in training staff (GDPR Art. 6(1)(f))"),
+        retention_days=30, legal_basis="Legitimate interest in training staff (GDPR Art. 6(1)(f))",
+        max_retention_days=183, occasional=True),
     "agreement": PurposeConfig(
         retention_days=730, legal_basis="Evidence of a contract made by phone (GDPR Art. 6(1)(b))",
         eviction_rank=2),
@@ -200,6 +245,58 @@ class WebhookConfig(_Strict):
     @classmethod
     def _path_from_str(cls, value):
         return Path(value) if isinstance(value, str) else value
+
+
+class AlarmsConfig(_Strict):
+    """Alarms that leave the box: by e-mail (SMTP, TLS required) and, with a `[webhook]`, as webhook
+    events. Without `smtp_host`, only the webhook is told. The password is in a file readable by
+    the appliance only."""
+
+    smtp_host: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
+    smtp_port: int | None = Field(None, ge=1, le=65535)     # default: 587 with STARTTLS, 465 with TLS
+    security: Literal["starttls", "tls"] = "starttls"       # STARTTLS required, or TLS from the start
+    ca_file: Path | None = None                             # trust this authority (PEM) instead of the system's
+    username: str | None = Field(None, min_length=1)
+    password_file: Path | None = None
+    from_address: str | None = Field(None, pattern=EMAIL)
+    to: list[Annotated[str, Field(pattern=EMAIL)]] = []
+    timeout_s: float = Field(30.0, ge=1, le=300)
+    webhook: bool = True                                    # also as webhook events, with a [webhook]
+    reminder_hours: float = Field(24.0, ge=0, le=8760)      # an alarm still standing is told again (0: never)
+    settle_s: float = Field(60.0, ge=0, le=3600)            # a condition counts once it stood (or was gone) this long
+    check_interval_s: float = Field(30.0, ge=1, le=3600)
+    clock_unsynced_minutes: float = Field(30.0, ge=1, le=10080)
+    offload_backlog_calls: int = Field(200, ge=1)           # calls waiting to be offloaded, at most
+    offload_backlog_hours: float = Field(24.0, ge=0.1, le=8760)     # the oldest waiting, at most
+    recorder_down_after_s: float = Field(120.0, ge=10, le=86400)    # the web UI's watch on the recorder
+
+    @field_validator("ca_file", "password_file", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _mail_complete(self):
+        if self.smtp_host is None:
+            given = sorted({"smtp_port", "ca_file", "username", "password_file", "from_address", "to"}
+                           & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with smtp_host (the mail server)")
+            return self
+        if self.from_address is None or not self.to:
+            raise ValueError("smtp_host needs from_address and to (a list of addresses)")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (a login needs both)")
+        return self
+
+    @property
+    def port(self) -> int:
+        """The SMTP port: as given, else 587 for STARTTLS and 465 for TLS."""
+        return self.smtp_port or (465 if self.security == "tls" else 587)
+
+    def secret_files(self) -> dict[str, Path]:
+        """The files the mail reads (its password, the authority to trust), by key name."""
+        return {key: getattr(self, key) for key in ("password_file", "ca_file") if getattr(self, key) is not None}
 
 
 class WebConfig(_Strict):
@@ -342,21 +439,22 @@ class SipTrunkConfig(CallRulesConfig):
     def _usable(self):
         if self.trunk.peer is None:
             raise ValueError(f"sip_trunk {self.name!r}: trunk.peer (the operator's SIP server) is required")
-        if self.notice_outgoing_after_s:
-            raise ValueError(f"sip_trunk {self.name!r}: notice_outgoing_after_s must be 0 (a trunk plays the "
-                             "notice to the called party when it answers)")
+        if "answer_fallback_s" in self.model_fields_set:
+            raise ValueError(f"sip_trunk {self.name!r}: answer_fallback_s is for analog lines (a trunk knows "
+                             "the answer from the 200 OK and plays the notice to the called party then)")
         if self.rtp_port_max - self.rtp_port_min < 3:
             raise ValueError(f"sip_trunk {self.name!r}: rtp_port_max must be at least rtp_port_min + 3")
         return self
 
 
 class Config(_Strict):
-    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]`, `[web]`, `[offload]`,
-    `[privacy]` tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
+    """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]`, `[alarms]`, `[web]`,
+    `[offload]`, `[privacy]` tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
 
     recorder: RecorderConfig = RecorderConfig()
     store: StoreConfig = StoreConfig()
     webhook: WebhookConfig | None = None
+    alarms: AlarmsConfig | None = None
     web: WebConfig = WebConfig()
     offload: OffloadConfig | None = None
     privacy: PrivacyConfig = PrivacyConfig()
@@ -368,6 +466,12 @@ class Config(_Strict):
     def line_names(self) -> list[str]:
         """Every line recorded, analog lines then SIP trunks: the names calls are catalogued under."""
         return [line.name for line in self.line] + [trunk.name for trunk in self.sip_trunk]
+
+    @property
+    def outgoing_policy(self) -> dict[str, OutgoingPolicy]:
+        """How each line's and trunk's outgoing calls are made known to the called party, by line
+        name ("announce", "beep" or "off"): for the status page and the privacy notice."""
+        return {line.name: line.outgoing for line in [*self.line, *self.sip_trunk]}
 
     @model_validator(mode="before")
     @classmethod
@@ -413,7 +517,8 @@ class Config(_Strict):
             raise ValueError(f"each SIP side needs its own listen address, got {listens}")
         wiring = {"GPIO pin": [], "capture device": [], "playback device": [], "modem": []}
         for index, line in enumerate(self.line):
-            for key in ("hook_pin", "ring_pin", "pause_button_pin", "agreement_button_pin", "recording_led_pin"):
+            for key in ("hook_pin", "ring_pin", "pause_button_pin", "agreement_button_pin", "private_button_pin",
+                        "recording_led_pin"):
                 wiring["GPIO pin"].append((f"line[{index}].{key}", getattr(line, key)))
             for kind, key in (("capture device", "capture"), ("playback device", "playback"), ("modem", "modem")):
                 wiring[kind].append((f"line[{index}].{key}", getattr(line, key)))
@@ -526,12 +631,14 @@ def resolve_paths(config: Config, source: Path) -> Config:
         if not secret.is_file():
             raise ConfigError(f"invalid configuration in {source}:\n  webhook.secret_file: no such file {secret}")
         webhook = webhook.model_copy(update={"secret_file": secret})
-    offload = config.offload
-    if offload is not None:
-        files = {key: path if path.is_absolute() else base / path for key, path in offload.secret_files().items()}
+    def with_files(table, name: str):
+        if table is None:
+            return None
+        files = {key: path if path.is_absolute() else base / path for key, path in table.secret_files().items()}
         for key, path in files.items():
             if not path.is_file():
-                raise ConfigError(f"invalid configuration in {source}:\n  offload.{key}: no such file {path}")
-        offload = offload.model_copy(update=files)
+                raise ConfigError(f"invalid configuration in {source}:\n  {name}.{key}: no such file {path}")
+        return table.model_copy(update=files)
     return config.model_copy(update={"line": lines, "sip_trunk": trunks, "recorder": recorder, "webhook": webhook,
-                                     "offload": offload})
+                                     "offload": with_files(config.offload, "offload"),
+                                     "alarms": with_files(config.alarms, "alarms")})

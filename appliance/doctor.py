@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from appliance.advice import config_advice
 from appliance.store.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
 from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, StoreConfig, WebConfig, load_config
@@ -43,6 +44,7 @@ CLIP_SAMPLE = 32700          # within 0.02 dB of full scale
 CLIP_FRACTION = 0.001        # more than one sample in a thousand at full scale is clipping
 MODEM_TIMEOUT_S = 2.0
 WEB_TIMEOUT_S = 3.0
+MAIL_PROBE_S = 10.0
 OFFLOAD_LATE_S = 3600       # a recording waiting this long means the target does not take them
 OFFLOAD_PROBE_S = 5.0       # the offload target's time to connect and to answer, at each step of the test copy
 UNITS = ("callrec-recorder.service", "callrec-web.service")
@@ -401,7 +403,7 @@ def check_disk(config: Config) -> Result:
     data_dir, settings, lines = config.recorder.data_dir, config.store, len(config.line_names)
     alarm = None
     if (data_dir / CATALOGUE_NAME).exists():
-        store = Store(Catalogue(data_dir), data_dir, config.purpose, settings, lines)
+        store = Store.configured(Catalogue(data_dir), data_dir, config)
         try:
             per_hour, floor, free, alarm = (store.bytes_per_hour(), store.floor_bytes(),
                                             store.free_bytes(), store.alarm())
@@ -632,7 +634,41 @@ def check_offload(config: Config, now: float | None = None, target_works: bool =
     return Result(OK, message)
 
 
+def check_alarms(config: Config, timeout_s: float = MAIL_PROBE_S) -> Result:
+    """Where alarms go: with a mail server, connect, encrypt, check its certificate and log in as a
+    mail would (nothing is sent); the password file must be the appliance's only."""
+    from appliance.mail import MailError, probe
+
+    alarms = config.alarms
+    if alarms is None or alarms.smtp_host is None:
+        if alarms is not None and alarms.webhook and config.webhook is not None:
+            return Result(OK, "alarms go to the webhook only (no mail server in [alarms])")
+        return Result(INFO, "alarms are not sent anywhere: only the fault LED and the status page show them",
+                      "add an [alarms] table with a mail server (docs/alarms.md), or set it on the settings page")
+    where = f"alarm mail through {alarms.smtp_host}:{alarms.port}"
+    if alarms.password_file is not None and alarms.password_file.stat().st_mode & 0o077:
+        return Result(FAIL, f"{where}: the password file {alarms.password_file} is readable by others",
+                      f"chmod 600 {alarms.password_file}; chown callrec {alarms.password_file}")
+    try:
+        probe(alarms.model_copy(update={"timeout_s": min(alarms.timeout_s, timeout_s)}))
+    except MailError as exc:
+        return Result(FAIL, f"{where}: {exc}", "fix [alarms] (docs/alarms.md), then send a test e-mail from the "
+                                               "settings page")
+    login = f", logged in as {alarms.username}" if alarms.username else ""
+    return Result(OK, f"{where} works ({alarms.security.upper()}, certificate trusted{login}); to "
+                      f"{', '.join(alarms.to)}")
+
+
 # -- all checks -------------------------------------------------------------------------------------
+
+def check_advice(config: Config) -> list[Result]:
+    """What the settings do that data-protection authorities advise against (see `appliance.advice`)."""
+    found = config_advice(config)
+    if not found:
+        return [Result(OK, "retention and recording follow the authorities' advice for each purpose")]
+    return [Result(WARN, str(advice), "change it in the settings, or record why the shop needs it in its "
+                   "records of processing") for advice in found]
+
 
 def run_checks(config_path: Path, seconds: float = 3.0, *,
                clock: Callable[[], bool] = clock_synchronised, systemd: bool | None = None) -> list[Result]:
@@ -640,7 +676,7 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
     result, config = check_config(config_path)
     if config is None:
         return [result]
-    results = [result]
+    results = [result, *check_advice(config)]
     systemd = systemd_running() if systemd is None else systemd
     live_dir = config.recorder.live_dir
     states = watch_live(live_dir, seconds)
@@ -665,5 +701,6 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
     if (target := check_offload_target(config)) is not None:
         results += [target, check_offload(config, target_works=target.status != FAIL)]
     results.append(check_clock(clock))
+    results.append(check_alarms(config))
     results.append(check_web(config.web, to_trust=to_trust(config.recorder.data_dir / "web" / TLS_DIR)))
     return results

@@ -25,13 +25,15 @@ HISS = 30
 
 
 class LineOut:
-    """Follows the playback device's output file; hands out what was played, period by period.
+    """Follows the playback device's output files; hands out what was played, period by period.
 
-    The file plugin truncates its file each time the device is opened again: that starts afresh.
+    The simulated device does not truncate its file when opened again: each play after the first
+    goes to a new file, `<file>.0001`, `<file>.0002`… (the file plugin's way), followed in turn.
     """
 
     def __init__(self, path: str | None):
         self.path = path
+        self.plays = 0                  # the file being followed: the first, or its numbered successor
         self.position = 0
         self.queued = np.zeros(0, dtype=np.int32)
 
@@ -42,20 +44,28 @@ class LineOut:
         out, self.queued = self.queued[:frames], self.queued[frames:]
         return out
 
+    def _name(self, plays: int) -> str:
+        return self.path if plays == 0 else f"{self.path}.{plays:04d}"
+
     def _follow(self) -> None:
-        try:
-            size = os.path.getsize(self.path)
-        except FileNotFoundError:
-            return
-        if size < self.position:
-            self.position = 0
-        size -= size % 2
-        if size > self.position:
-            with open(self.path, "rb") as f:
-                f.seek(self.position)
-                new = np.frombuffer(f.read(size - self.position), dtype="<i2").astype(np.int32)
-            self.position = size
-            self.queued = np.concatenate([self.queued, new])
+        while True:
+            following = os.path.exists(self._name(self.plays + 1))     # read the rest, then the next
+            try:
+                size = os.path.getsize(self._name(self.plays))
+            except FileNotFoundError:
+                return
+            if size < self.position:
+                self.position = 0
+            size -= size % 2
+            if size > self.position:
+                with open(self._name(self.plays), "rb") as f:
+                    f.seek(self.position)
+                    new = np.frombuffer(f.read(size - self.position), dtype="<i2").astype(np.int32)
+                self.position = size
+                self.queued = np.concatenate([self.queued, new])
+            if not following:
+                return
+            self.plays, self.position = self.plays + 1, 0
 
 
 def feed(raw_path: str, fifo: str, rate: int, t0: float, period_frames: int, speed: float = 1.0,

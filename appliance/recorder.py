@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.advice import config_advice
+from appliance.alarms import RECORDER_DOWN, TITLES, AlarmNotifier, offload_condition, storage_conditions
 from appliance.analog.line import LineRecorder
+from appliance.clock import clock_synchronised
 from appliance.config import Config
 from appliance.contacts import lookup
 from appliance.errors import CallrecError
@@ -69,8 +72,7 @@ class Recorder:
         self.catalogue = Catalogue(data_dir)
         purposes = {line.name: line.purpose for line in [*config.line, *config.sip_trunk]}
         self.reserve = Reserve(data_dir, config.store.reserve_mb * 1_000_000)
-        self.store = Store(self.catalogue, data_dir, config.purpose, config.store, len(config.line_names),
-                           self.reserve)
+        self.store = Store.configured(self.catalogue, data_dir, config, self.reserve)
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
                                  config.recorder.opus_bitrate, purposes, self.store.legal_facts)
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
@@ -92,6 +94,7 @@ class Recorder:
         self.offload = Offloader(config.offload, self.catalogue, data_dir) if config.offload is not None else None
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
+        self.alarms = self._alarm_notifier(config) if config.alarms is not None else None
         self.live = LivePublisher(config.recorder.live_dir,
                                   lambda: [line.snapshot() for line in [*self.lines, *self.trunks]],
                                   self.store.reserve_alarm)
@@ -102,7 +105,9 @@ class Recorder:
         and trunk's call settings apply at once. Returns what waits for a restart (wiring, addresses,
         lines or trunks added or removed)."""
         self.store.purposes, self.store.settings = config.purpose, config.store
+        self.store.tell_webhook = config.webhook is not None
         self.cleaner.interval = config.store.cleaner_interval_s
+        self._reload_alarms(config)
         running = {line.line.name: line for line in self.lines}
         pending = [f"line {name} added" for name in {line.name for line in config.line} - set(running)]
         pending += [f"line {name} removed" for name in set(running) - {line.name for line in config.line}]
@@ -118,6 +123,23 @@ class Recorder:
                 pending.append(f"sip trunk {name}: its addresses or RTP ports")
         return pending
 
+    def _alarm_notifier(self, config: Config) -> AlarmNotifier:
+        """The thread that sends alarms (all but the recorder down, which the web UI tells)."""
+        return AlarmNotifier(config.alarms, self.catalogue, self.alarm_conditions, set(TITLES) - {RECORDER_DOWN},
+                             config.web, self.webhook.send if self.webhook is not None else None)
+
+    def _reload_alarms(self, config: Config) -> None:
+        """Alarms set, changed or removed on the settings page apply at once."""
+        if config.alarms is not None and self.alarms is not None:
+            self.alarms.settings = config.alarms
+        elif config.alarms is not None:
+            self.alarms = self._alarm_notifier(config)
+            if self.cleaner.ident is not None:          # started already
+                self.alarms.start()
+        elif self.alarms is not None:
+            alarms, self.alarms = self.alarms, None
+            alarms.stop(timeout=alarms.beat_s)
+
     def faults(self) -> set[int]:
         """What the fault LED shows: a missing sound card, the storage alarm, a lost modem, a SIP
         trunk whose relay is down or stuck."""
@@ -131,6 +153,32 @@ class Recorder:
         if any(trunk.problem(TRUNK_STALE_S) is not None for trunk in self.trunks):
             present.add(TRUNK_DOWN)
         return present
+
+    def alarm_conditions(self) -> dict[str, str]:
+        """The alarms present now, by name (see appliance.alarms): the store's, the fault LED's
+        faults, a dead or stuck service, the clock, an offload backlog."""
+        found = storage_conditions(self.store)
+        cards = [f"{line.line.name} ({line.capture.device})" for line in self.lines
+                 if not line.capture.connected.is_set()]
+        if cards:
+            found["sound_card"] = (f"no sound card on line {', '.join(cards)}: calls there are not recorded; it is "
+                                   f"tried again by itself: check its USB cable")
+        modems = [f"{line.line.name} ({line.line.modem})" for line in self.lines
+                  if line.modem is not None and not line.modem.connected.is_set()]
+        if modems:
+            found["modem"] = (f"the caller-ID modem of line {', '.join(modems)} does not answer: calls are recorded "
+                              f"without the caller's number; check its USB cable")
+        trunks = [problem for trunk in self.trunks if (problem := trunk.problem(TRUNK_STALE_S)) is not None]
+        if trunks:
+            found["sip_trunk"] = "; ".join(trunks)
+        if (problem := self.problem(TRUNK_STALE_S)) is not None:
+            found["service"] = f"{problem}: the watchdog restarts the recorder"
+        if not clock_synchronised():
+            found["clock"] = ("the system clock is not synchronised: calls are time-stamped with a clock that may be "
+                              "wrong (each call says so); check the network and the NTP server")
+        if self.offload is not None and (alarms := self.alarms) is not None:
+            found.update(offload_condition(self.catalogue, alarms.settings, self.offload.target.name))
+        return found
 
     def problem(self, stall_s: float) -> str | None:
         """Why the recorder needs a restart, for the watchdog: a line whose capture thread died, or
@@ -147,7 +195,7 @@ class Recorder:
             if capture.connected.is_set() and now - since > stall_s:
                 return f"line {line.line.name}: no audio from {capture.device} for {now - since:.0f} s"
         for service in (self.writer, self.finaliser, self.cleaner, self.objections, *self.trunks, self.webhook,
-                        self.offload, self.live):
+                        self.offload, self.live, self.alarms):
             if service is not None and (problem := service.problem(stall_s)) is not None:
                 return problem
         return None
@@ -182,6 +230,8 @@ class Recorder:
         # A thread that waits for I/O (a spool writer, the relay's loop) gets the interpreter back
         # within a millisecond of a busy one (a key detector on a burst of pre-roll), not five.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        for advice in config_advice(self.config):
+            log.warning("%s", advice)
         self.writer.start()
         self.finaliser.start()
         for line in self.lines:
@@ -197,6 +247,8 @@ class Recorder:
             self.webhook.start()
         if self.offload is not None:
             self.offload.start()        # its first pass catches up with what is waiting
+        if self.alarms is not None:
+            self.alarms.start()         # after the webhook: its first events go out at once
         self.watchdog.start()
 
     def idle(self) -> bool:
@@ -234,6 +286,8 @@ class Recorder:
         for line in [*self.lines, *self.trunks]:
             line.stop()
         self._drain()
+        if self.alarms is not None:
+            self.alarms.stop(timeout=self.alarms.beat_s)      # a mail being sent is let finish
         if self.webhook is not None:
             self.webhook.stop(timeout=5)
         if self.offload is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.analog import fsk
 from appliance.codec import decode_to_pcm
@@ -29,6 +29,9 @@ FSK_LEVEL = 0.1             # FSK caller ID, peak, full scale = 1 (about -17 dBm
 DT_AS = (2130.0, 2750.0)    # the dual-tone alerting signal before FSK sent ahead of the ring (EN 300 659-1)
 DT_AS_S = 0.1
 DT_AS_GAP_S = 0.1           # from its end to the FSK
+RP_AS_S = 0.25              # the ring-pulse alerting signal before FSK (EN 300 659-1: 200-300 ms)…
+RP_AS_GAP_S = 0.6           # …its end to the FSK (500-800 ms)
+RP_AS_FIRST_RING_S = 0.6    # the FSK's end to the first ring (at least 500 ms)
 BUTTON_PRESS_S = 0.15
 DTMF_TONE_S = 0.1
 DTMF_GAP_S = 0.1
@@ -54,6 +57,18 @@ class Pause(_Strict):
     length: float | None = Field(None, gt=0)
 
 
+class LineSound(_Strict):
+    """A sound file the line carries `at` seconds from the call's `at` (below 0: before it), added
+    to whatever else it carries: a signal recorded from a real exchange, played before the answer."""
+    at: float
+    audio: Path
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _path(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+
 class ScenarioCall(_Strict):
     """One call on the simulated line."""
     direction: Literal["incoming", "outgoing"]
@@ -62,7 +77,7 @@ class ScenarioCall(_Strict):
     rings: int = Field(2, ge=1, le=20)
     answered: bool = True
     caller_id: str | None = Field(None, pattern=r"^\+?[0-9]{2,20}$")
-    caller_id_timing: Literal["before_ring", "after_first_ring", "after_answer"] | None = None
+    caller_id_timing: Literal["before_ring", "before_ring_rp_as", "after_first_ring", "after_answer"] | None = None
     audio: Path | None = None
     talk: float | None = Field(None, gt=0)
     dtmf: list[Dtmf] = []
@@ -71,6 +86,8 @@ class ScenarioCall(_Strict):
     flash_ms: float = Field(300, gt=0, le=10000)
     pause: list[Pause] = []
     agreement_at: list[float] = []
+    private_at: list[float] = []        # the private button; before 0: pressed before the off-hook
+    sounds: list[LineSound] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -202,6 +219,12 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
         if line not in segments:
             raise ScenarioError(f"scenario call[{index}].line: no line named {line!r} "
                                 f"(configured: {', '.join(lines)})")
+        for sound in call.sounds:
+            if call.at + sound.at < 0:
+                raise ScenarioError(f"scenario call[{index}].sounds: a sound at {sound.at} s starts before the "
+                                    f"scenario does")
+            pcm = np.frombuffer(decode_to_pcm(base / sound.audio, rate), dtype="<i2") / 32768.0
+            segments[line].append((call.at + sound.at, pcm))
         if call.direction == "incoming":
             for burst in range(call.rings):
                 start = call.at + burst * cadence
@@ -215,10 +238,13 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 before = timing == "before_ring"
                 gap = call.at + scenario.ring_on_s + CALLER_ID_AFTER_RING_S     # in the pause after the first burst
                 if timing == "after_answer":
-                    if source != "modem" or not call.answered:
-                        raise ScenarioError(f"scenario call[{index}].caller_id_timing: only a modem reports caller "
-                                            f"ID after the answer, of a call that is answered")
+                    if source.startswith("fsk-") or not call.answered:
+                        raise ScenarioError(f"scenario call[{index}].caller_id_timing: only a modem or DTMF CLIP "
+                                            f"give caller ID after the answer, of a call that is answered")
                     gap = offhook + CALLER_ID_AFTER_ANSWER_S
+                if timing == "before_ring_rp_as" and not source.startswith("fsk-"):
+                    raise ScenarioError(f"scenario call[{index}].caller_id_timing: a ring pulse (RP-AS) announces "
+                                        f"FSK caller ID only: the line's caller_id is {source!r}")
                 if source == "modem":
                     # MCI format, as the exchange's data comes out of a modem.
                     at = max(0.0, call.at - CLIP_BEFORE_RING_S) if before else gap
@@ -229,6 +255,13 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
                 else:
                     signal = caller_id_signal(source, call.caller_id, rate, before)
                     at = max(0.0, call.at - len(signal) / rate - CLIP_BEFORE_RING_S) if before else gap
+                    if timing == "before_ring_rp_as":
+                        at = call.at - RP_AS_FIRST_RING_S - len(signal) / rate
+                        pulse = at - RP_AS_GAP_S - RP_AS_S
+                        if pulse < 0:
+                            raise ScenarioError(f"scenario call[{index}].at: a ring pulse and FSK before the first "
+                                                f"ring need it at {call.at - pulse:.1f} s at least")
+                        edges += [PinEdge(pulse, line, "ring", True), PinEdge(pulse + RP_AS_S, line, "ring", False)]
                     segments[line].append((at, signal))
             if not call.answered:
                 end = max(end, offhook)
@@ -255,7 +288,7 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
         for flash in call.flash_at:
             edges += _toggle_edges(offhook + flash, line, "hook", False, bounce, rng)
             edges += _toggle_edges(offhook + flash + call.flash_ms / 1000, line, "hook", True, bounce, rng)
-        presses = [("agreement", at) for at in call.agreement_at]
+        presses = [("agreement", at) for at in call.agreement_at] + [("private", at) for at in call.private_at]
         for pause in call.pause:
             presses.append(("pause", pause.at))
             if pause.length is not None:

@@ -2,8 +2,9 @@
 
 gpiozero's MockFactory stands in for the pins, and for each line an ALSA `file`-plugin capture
 PCM reads a FIFO fed in real time by a feeder process, while the playback PCM writes what it is
-given to `simulation/line-out-<line>.raw` in the data folder; the feeder mixes that back into the
-line, as a real line carries the notice to the tap. The recorder code is the one
+given to `simulation/line-out-<line>.raw` in the data folder (each later play, a beep every few
+seconds, to `line-out-<line>.raw.0001`, `.0002`…); the feeder mixes that back into the line, as a
+real line carries the notice to the tap. The recorder code is the one
 `callrec run` uses; only the pin factory and the device names differ.
 """
 
@@ -64,6 +65,7 @@ pcm.{playback_pcm(line)} {{
     slave.pcm {{ type null }}
     file "{line_out_path(sim_dir.parent, line)}"
     format "raw"
+    truncate false
 }}""")
     path = sim_dir / "asoundrc"
     path.write_text("".join(parts) + "\n")
@@ -92,7 +94,8 @@ class PinDriver(threading.Thread):
             self.pins[(line.name, "hook")] = (factory.pin(line.hook_pin), line.hook_active)
             if line.ring_pin is not None:
                 self.pins[(line.name, "ring")] = (factory.pin(line.ring_pin), line.ring_active)
-            for button, pin in (("pause", line.pause_button_pin), ("agreement", line.agreement_button_pin)):
+            for button, pin in (("pause", line.pause_button_pin), ("agreement", line.agreement_button_pin),
+                                ("private", line.private_button_pin)):
                 if pin is not None:
                     self.pins[(line.name, button)] = (factory.pin(pin), "low")
 
@@ -168,7 +171,9 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
     feeders = []
     rate = config.recorder.sample_rate
     for name in names:
-        line_out_path(data_dir, name).unlink(missing_ok=True)
+        out = line_out_path(data_dir, name)
+        for played in (out, *out.parent.glob(f"{out.name}.[0-9][0-9][0-9][0-9]")):     # a run's earlier plays
+            played.unlink(missing_ok=True)
         fifo = sim_dir / f"line-in-{name}.fifo"
         if fifo.exists():
             fifo.unlink()

@@ -1,4 +1,5 @@
-"""Call-end notifications: each finished call is POSTed as JSON to a CRM's URL, signed.
+"""Call-end notifications: each finished call is POSTed as JSON to a CRM's URL, signed; so are
+the ids of calls erased for a privacy request (`calls.erased`, see `erasure_event`).
 
 `send` writes the event to the outbox, a table of the catalogue (see `appliance.store.outbox`),
 and returns: a slow or dead CRM never holds up the recorder. One thread delivers the events from
@@ -11,7 +12,7 @@ again, so receivers must use the delivery id to ignore repeats.
 The request, for receivers:
 
 - `POST <url>` with `Content-Type: application/json`, the body a UTF-8 JSON object (for a call
-  end, see `call_event`). The body is the same bytes on every attempt of an event.
+  end, see `call_event`; for an alarm raised, still standing or cleared, `appliance.alarms.event`). The body is the same bytes on every attempt of an event.
 - `X-Callrec-Delivery`: a UUID4 naming the event. It is the idempotency key: it is the same on
   every retry of that event, before and after a restart of the appliance, so a receiver that saw
   it already answers 2xx and ignores it.
@@ -70,6 +71,7 @@ MAX_RESPONSE_BYTES = 64 * 1024      # the answer's body is only drained, never u
 STORE_RETRY_FIRST_S = 0.1           # a catalogue that refuses is tried again after this,
 STORE_RETRY_MAX_S = 30.0            # doubling up to this
 STORE_REPORT_INTERVAL_S = 60.0      # and logged at most this often while it keeps refusing
+OUTBOX_POLL_S = 5.0                 # an idle outbox is looked at again: events written by another process
 
 # The fields of a call row that a call.ended event carries, in this order.
 EVENT_FIELDS = (
@@ -120,6 +122,25 @@ def call_event(row: dict) -> dict:
     if event["file"]:
         event["file"] = PurePosixPath(event["file"]).name
     return event
+
+
+def erasure_event(call_ids: list[int], erased_at: str) -> dict:
+    """The `calls.erased` payload: calls the appliance erased (a privacy request), for a receiver
+    to erase what it keeps of them. Only their ids: the event itself names nobody."""
+    return {"event": "calls.erased", "ids": list(call_ids), "erased_at": erased_at}
+
+
+def serialised(event: dict) -> str:
+    """An event's body as it is sent, compact JSON; raises ValueError for what cannot be sent."""
+    body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    body.encode()       # a lone surrogate cannot be sent: ValueError now, not at every attempt
+    return body
+
+
+def add_to_outbox(catalogue, event: dict, keep: int = 1000) -> None:
+    """Write `event` to the outbox from a process that runs no webhook thread (the web UI): the
+    recorder's webhook thread delivers it, in order with the others, when it runs."""
+    Outbox(catalogue).add(str(uuid.uuid4()), serialised(event), keep=keep)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -179,8 +200,7 @@ class Webhook(Service):
 
         Raises TypeError or ValueError if `event` cannot be serialised: that is a bug of the caller.
         """
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        body.encode()       # a lone surrogate cannot be sent: ValueError now, not at every attempt
+        body = serialised(event)
         with self._lock:
             if len(self._pending) >= self.queue_size:
                 self._pending.popleft()
@@ -296,7 +316,7 @@ class Webhook(Service):
                     self._catalogue_takes()
                 failures = 0
             if wait is None:
-                self.wait(math.inf)
+                self.wait(OUTBOX_POLL_S)
             elif wait > 0:
                 self.wait(wait)
 

@@ -368,7 +368,7 @@ def test_the_web_ui_must_answer_its_health_check_over_https(tmp_path, web_ui):
 
 
 def test_a_healthy_appliance_passes_every_check_and_a_broken_one_exits_non_zero(tmp_path, hardware, web_ui):
-    config = config_file(tmp_path, web_port=web_ui)
+    config = config_file(tmp_path, web_port=web_ui, record_one_in=4)     # occasional, as advised
     live_state(tmp_path)
     results = doctor.run_checks(config, 0.5, clock=lambda: True, systemd=False)
     assert [r.line() for r in results if r.status in ("fail", "warn")] == []
@@ -408,3 +408,14 @@ def test_recordings_waiting_for_offload_over_an_hour_are_a_failure(tmp_path):
     assert "every recording is copied" in doctor.check_offload(config).message
     catalogue.close()
     assert doctor.check_offload(load_config(write_config(tmp_path))) is None    # no [offload]: no check
+
+
+def test_the_doctor_warns_of_what_the_authorities_advise_against(tmp_path):
+    path = config_file(tmp_path, store="\n[purpose.training]\nretention_days = 365\n")
+    warnings = [r for r in doctor.check_advice(load_config(path)) if r.status == doctor.WARN]
+    assert [r.message for r in warnings] == [
+        "Purpose training: calls are kept 365 days, longer than the 183 days advised for it.",
+        "Line t1 records every call for training at all hours: recording for this purpose should be occasional "
+        "(set a schedule or record one call in several)."]
+    calm = config_file(tmp_path, record_one_in=5)
+    assert [r.status for r in doctor.check_advice(load_config(calm))] == [doctor.OK]

@@ -203,3 +203,35 @@ def test_fsk_caller_id_names_the_recorded_call(tmp_path):
     callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
     numbers = {call["line"]: (call["direction"], call["number"]) for call in calls_json(tmp_path / "data")}
     assert numbers == {"t1": ("incoming", "+3225551234"), "t2": ("incoming", "025559876")}
+
+
+def test_a_line_signal_from_a_sound_file_is_replayed_through_the_recorder(tmp_path):
+    """A caller ID as an exchange sent it (here minimodem's V.23, as a recording of a real line
+    would be), played from a sound file in the pause after the first ring: the scenario names no
+    caller ID, the recorder finds it in the line audio."""
+    signal = transmission(mdmf((0x02, b"025551234")), "v23", tmp_path, -20.0)
+    recorded = write_wav(tmp_path / "exchange.wav", np.concatenate([np.zeros(RATE // 10), signal]))
+    config = write_config(tmp_path, line={"caller_id": "fsk-v23", "notice_incoming": False})
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 2, "talk": 1.0, "sounds": [{"at": 0.9, "audio": str(recorded)}]},
+        {"direction": "incoming", "at": 6.5, "rings": 1, "talk": 1.0}], ring_on_s=0.8, ring_off_s=2.0)
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
+    assert [call["number"] for call in calls_json(tmp_path / "data")] == ["025551234", None]
+    missing = write_scenario(tmp_path, [{"direction": "incoming", "at": 0.5, "talk": 1.0,
+                                         "sounds": [{"at": -1.0, "audio": str(recorded)}]}])
+    refused = callrec("simulate", str(missing), "--config", str(config), "--data", str(tmp_path / "d2"), check=False)
+    assert refused.returncode != 0 and "call[0].sounds: a sound at -1.0 s starts before the scenario does" in refused.stderr
+
+
+def test_fsk_announced_by_a_ring_pulse_names_the_call_and_the_pulse_is_no_call(tmp_path):
+    config = write_config(tmp_path, recorder={"ring_gap_s": 3.0}, line={"caller_id": "fsk-v23", "notice_incoming": False})
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 3.0, "rings": 1, "caller_id": "+3225551234", "talk": 1.0,
+         "caller_id_timing": "before_ring_rp_as"}], ring_on_s=0.8, ring_off_s=1.2)
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(tmp_path / "data"))
+    assert [(c["direction"], c["state"], c["number"]) for c in calls_json(tmp_path / "data")] == \
+        [("incoming", "complete", "+3225551234")]
+    early = write_scenario(tmp_path, [{"direction": "incoming", "at": 1.0, "caller_id": "+3225551234", "talk": 1.0,
+                                       "caller_id_timing": "before_ring_rp_as"}])
+    refused = callrec("simulate", str(early), "--config", str(config), "--data", str(tmp_path / "d2"), check=False)
+    assert refused.returncode != 0 and "call[0].at: a ring pulse and FSK before the first ring need it at" in refused.stderr

@@ -573,15 +573,18 @@ def test_the_config_template_loads_as_the_recorder_reads_it(tmp_path):
     [line] = config.line
     assert (line.capture, line.playback, line.hook_pin, line.ring_pin) == ("callrec_capture", "callrec_playback", 17, 27)
     assert line.notice == tmp_path / "notice-en.wav"
+    assert line.outgoing == "announce"              # a new installation tells the called party too
     # Every commented-out key is a real key: uncommented, the file still loads.
     uncommented = re.sub(r"^# ([a-z_]+ = .*)$", r"\1", template.read_text(), flags=re.M)
     uncommented = re.sub(r"^# (\[purpose\.training\])", r"\1", uncommented, flags=re.M)
     uncommented = uncommented.replace('secret_file = "webhook-secret"', f'secret_file = "{tmp_path}/secret"')
-    uncommented = re.sub(r"^# (\[webhook\]|\[privacy\])", r"\1", uncommented, flags=re.M)
+    uncommented = re.sub(r"^# (\[webhook\]|\[alarms\]|\[privacy\])", r"\1", uncommented, flags=re.M)
+    uncommented = uncommented.replace('password_file = "alarm-mail.password"', f'password_file = "{tmp_path}/secret"')
     (tmp_path / "secret").write_text("s3cret\n")
     (tmp_path / "appliance.toml").write_text(uncommented)
     everything = load_config(tmp_path / "appliance.toml")
     assert everything.line[0].modem == "/dev/callrec-modem" and everything.webhook is not None
+    assert everything.alarms.to == ["owner@shop.example"] and everything.alarms.port == 587
     assert everything.privacy.address == "Street 1\n1000 City"
 
 

@@ -35,7 +35,8 @@ def hook_run(tmp_path_factory, speech):
     """An incoming call with chatter and a 300 ms flash, an outgoing call with a 2 s on-hook,
     then an incoming call nobody answers."""
     folder = tmp_path_factory.mktemp("hook")
-    config = write_config(folder, recorder={"ring_gap_s": 3.0})
+    # The outgoing calls only dial: outgoing = "off" keeps any notice out of what the line played.
+    config = write_config(folder, recorder={"ring_gap_s": 3.0}, line={"outgoing": "off"})
     scenario = write_scenario(folder, [
         {"direction": "incoming", "at": 0.5, "rings": 2, "caller_id": "+3225551234",
          "audio": caller_after_notice(folder, speech),
@@ -260,7 +261,7 @@ def test_the_recording_led_follows_the_call_and_a_pause_left_on_resumes_by_itsel
 
 
 def test_two_lines_are_recorded_at_once_each_into_its_own_call(tmp_path):
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, line={"outgoing": "off"})     # each line's own tone only, no notice
     config.write_text(config.read_text() + f'''
 [[line]]
 name = "t2"
@@ -549,3 +550,122 @@ def test_a_catalogue_locked_by_another_process_delays_the_row_never_the_audio(li
     assert 2.0 + 3.0 + 0.5 < call["duration_s"] < 2.0 + 3.0 + 1.0
     assert abs(iso_seconds(call["started_at"]) - iso_seconds(call["recording_started_at"]) - 2.0) < 0.1
     assert not list((data / "spool").iterdir())
+
+
+DIALLED_AT, VOICE_AT = 1.2, 11.0
+
+
+def dialling_then_answer(folder: Path, speech: Path, name: str, ringback: bool) -> str:
+    """An outgoing call's line audio from the off-hook: dial tone (425 Hz), the keys (added by the
+    scenario at DIALLED_AT), silence, with `ringback` two bursts of Belgian ringback (425 Hz, 1 s
+    on, 3 s off), then the called party's "hello" at VOICE_AT (quiet after it: the notice, the
+    beeps are what the line carries then)."""
+    said = np.frombuffer(decode_to_pcm(speech, RATE), dtype="<i2") / 32768.0
+    audio = np.zeros(int(20 * RATE))
+    audio[:RATE] = tone(425, 1.0, 0.3)
+    for burst in (4.5, 8.5) if ringback else ():
+        audio[int(burst * RATE):int((burst + 1) * RATE)] = tone(425, 1.0, 0.3)
+    hello = said[:int(0.9 * RATE)]
+    audio[int(VOICE_AT * RATE):int(VOICE_AT * RATE) + len(hello)] = hello
+    return str(write_wav(folder / name, audio))
+
+
+def beep_starts(samples: np.ndarray) -> list[float]:
+    """Where a 1400 Hz beep starts in `samples` (seconds), found in 50 ms steps."""
+    step = int(0.05 * RATE)
+    loud = [tone_level(samples[at:at + step], 1400) > 0.05 for at in range(0, len(samples) - step, step)]
+    return [n * 0.05 for n, on in enumerate(loud) if on and (n == 0 or not loud[n - 1])]
+
+
+@pytest.fixture(scope="module")
+def outgoing_run(tmp_path_factory, speech):
+    """Three lines dial out at once: t1 (outgoing = "announce") rings back twice before the called
+    party speaks; t2 (outgoing = "beep", every 5 s) is answered without ringback; t3 is t1 with
+    record_from = "notice_end"."""
+    folder = tmp_path_factory.mktemp("outgoing")
+    config = write_config(folder)
+    config.write_text(config.read_text() + f'''
+[[line]]
+name = "t2"
+hook_pin = 22
+hook_active = "low"
+ring_pin = 23
+capture = "cap2"
+playback = "play2"
+notice = "{demo_path('notice-en.wav')}"
+outgoing = "beep"
+beep_interval_s = 5.0
+
+[[line]]
+name = "t3"
+hook_pin = 24
+hook_active = "low"
+ring_pin = 25
+capture = "cap3"
+playback = "play3"
+notice = "{demo_path('notice-en.wav')}"
+record_from = "notice_end"
+''')
+    scenario = write_scenario(folder, [
+        {"direction": "outgoing", "at": 0.5, "line": "t1", "talk": 17.0,
+         "audio": dialling_then_answer(folder, speech, "t1.wav", ringback=True),
+         "dtmf": [{"at": DIALLED_AT, "digits": "0475123456"}]},
+        {"direction": "outgoing", "at": 0.5, "line": "t2", "talk": 17.0,
+         "audio": dialling_then_answer(folder, speech, "t2.wav", ringback=False),
+         "dtmf": [{"at": DIALLED_AT, "digits": "025551234"}]},
+        {"direction": "outgoing", "at": 0.5, "line": "t3", "talk": 17.0,
+         "audio": dialling_then_answer(folder, speech, "t3.wav", ringback=True),
+         "dtmf": [{"at": DIALLED_AT, "digits": "065432100"}]},
+    ])
+    data = folder / "data"
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    return data, {call["line"]: call for call in calls_json(data)}
+
+
+def test_announce_plays_the_notice_when_the_called_party_answers_not_into_the_ringback(outgoing_run):
+    data, calls = outgoing_run
+    call = calls["t1"]
+    assert (call["direction"], call["number"], call["state"]) == ("outgoing", "0475123456", "complete")
+    off_hook = iso_seconds(call["started_at"])
+    answered = iso_seconds(call["answered_at"]) - off_hook
+    notice = iso_seconds(call["notice_played_at"]) - off_hook
+    assert VOICE_AT - 0.3 < answered < VOICE_AT + 0.3        # the voice's onset, after two bursts of ringback
+    assert answered <= notice < VOICE_AT + 1.2                  # within a second of "hello", not before
+    # In the recording (the line carries what is played back to the tap): nothing but the line
+    # between and after the ringback bursts; the notice once the called party spoke.
+    heard = recording(data, call)
+    at = off_hook - iso_seconds(call["recording_started_at"])
+    for lo, hi in ((5.6, 8.4), (9.6, VOICE_AT - 0.1)):
+        assert np.sqrt(np.mean(heard[int((at + lo) * RATE):int((at + hi) * RATE)] ** 2)) < 0.01
+    spoken = np.frombuffer(decode_to_pcm(demo_path("notice-en.wav"), RATE), dtype="<i2") / 32768.0
+    notice_at, likeness = find(spoken, heard[int((at + VOICE_AT) * RATE):])
+    assert likeness > 0.8 and abs(VOICE_AT + notice_at - notice) < 0.3
+
+
+def test_beep_sounds_into_the_line_at_its_interval_from_the_answer(outgoing_run):
+    data, calls = outgoing_run
+    call = calls["t2"]
+    assert (call["direction"], call["state"], call["notice_played_at"]) == ("outgoing", "complete", None)
+    heard = recording(data, call)
+    off_hook = iso_seconds(call["started_at"]) - iso_seconds(call["recording_started_at"])
+    starts = [at - off_hook for at in beep_starts(heard)]
+    # From the answer (the voice at VOICE_AT, no ringback) every 5 s to the hang-up at 17 s.
+    assert len(starts) == 2 and VOICE_AT < starts[0] < VOICE_AT + 1.2
+    assert abs(starts[1] - starts[0] - 5.0) < 0.15
+    # A beep lasts 0.3 s at -18 dBFS (0.126 of full scale).
+    first = heard[int((starts[0] + off_hook + 0.05) * RATE):int((starts[0] + off_hook + 0.25) * RATE)]
+    assert 0.09 < tone_level(first, 1400) < 0.16
+    assert tone_level(heard[int((starts[0] + off_hook + 0.45) * RATE):int((starts[0] + off_hook + 0.9) * RATE)], 1400) < 0.01
+
+
+def test_with_record_from_notice_end_the_dialling_is_heard_but_nothing_before_the_notice_is_kept(outgoing_run):
+    data, calls = outgoing_run
+    call = calls["t3"]
+    assert (call["direction"], call["number"], call["state"]) == ("outgoing", "065432100", "complete")
+    notice_end = iso_seconds(call["notice_played_at"]) + len(decode_to_pcm(demo_path("notice-en.wav"), RATE)) / 2 / RATE
+    assert notice_end - 0.05 <= iso_seconds(call["recording_started_at"]) < notice_end + 0.2
+    assert iso_seconds(call["notice_played_at"]) - iso_seconds(call["started_at"]) > VOICE_AT
+    heard = recording(data, call)
+    assert tone_level(heard, 425) < 0.005           # neither dial tone nor ringback
+    # The keys are placed where the recording starts (the catalogue keeps no audio before it).
+    assert [offset for offset, _ in Catalogue(data).digits(call["id"])] == [0.0] * 9

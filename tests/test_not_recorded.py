@@ -6,13 +6,16 @@ outgoing call dials). The staff's private calls: the private code as a call's fi
 lines that are never recorded."""
 
 import shutil
+from datetime import datetime
 
+import numpy as np
 import pytest
 
+from appliance.selection import DAYS
 from appliance.sip import g711
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.catalogue import Catalogue
-from conftest import calls_json, callrec, tone, write_config, write_scenario, write_wav
+from conftest import RATE, calls_json, callrec, tone, write_config, write_scenario, write_wav
 from sipp.harness import SIPP_PCAPS, write_pcap
 from test_sip import CALLEE_HZ, CALLER_HZ, call_through, trunk  # noqa: F401 (trunk: fixture)
 
@@ -142,3 +145,77 @@ def test_a_private_sip_call_is_relayed_but_nothing_of_it_is_kept(trunk, settings
     assert (call["state"], call["discard_reason"], call["number"], call["file"]) == ("discarded", "private", None, None)
     assert trunk.recorder.catalogue.digits(call["id"]) == []
     assert not list((trunk.folder / "data" / SPOOL_DIR).iterdir())
+
+
+def test_a_trunk_records_one_call_in_two_and_none_outside_its_schedule(trunk):  # noqa: F811
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    tomorrow = DAYS[(datetime.now().weekday() + 1) % 7]
+    recorder = trunk.start(notice_incoming=False, keep_declined_number=True, record_one_in=2)
+    for _ in range(4):
+        call_through(trunk, "uac.xml", "uas.xml", 2000)
+    states = [(c["state"], c["discard_reason"]) for c in trunk.calls()]
+    assert states[:2].count(("complete", None)) == 1 and states[2:].count(("complete", None)) == 1, states
+    assert sorted(states, key=str).count(("discarded", "not-selected")) == 2
+    assert len(list((trunk.folder / "data").glob("archive/**/*.*"))) == 2
+    recorder.reload(recorder.config.model_copy(update={"sip_trunk": [
+        recorder.config.sip_trunk[0].model_copy(update={"schedule": [f"{tomorrow} 10:00-11:00"], "record_one_in": 1})]}))
+    call_through(trunk, "uac.xml", "uas.xml", 2000)
+    assert (trunk.calls()[-1]["state"], trunk.calls()[-1]["discard_reason"]) == ("discarded", "off-schedule")
+
+
+def test_the_private_button_at_the_answer_or_before_the_off_hook_keeps_nothing_of_the_call(tmp_path):
+    config = write_config(tmp_path, recorder={"ring_gap_s": 3.0},
+                          line={"private_button_pin": 6, "private_window_s": 4.0, "keep_declined_number": True})
+    voice = str(write_wav(tmp_path / "voice.wav", tone(700, 3.0, 0.3)))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "caller_id": NOT_LISTED, "audio": voice, "private_at": [1.0]},
+        {"direction": "outgoing", "at": 8.0, "audio": voice, "private_at": [-1.0],
+         "dtmf": [{"at": 0.5, "digits": "0475123000"}]},
+        {"direction": "outgoing", "at": 14.0, "audio": voice, "private_at": [5.0], "talk": 6.0},   # too late
+    ], ring_on_s=0.8, ring_off_s=1.2)
+    data = tmp_path / "data"
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    calls = calls_json(data)
+    for call in calls[:2]:
+        assert (call["state"], call["discard_reason"], call["number"], call["file"]) == \
+            ("discarded", "private", None, None), call
+        assert Catalogue(data).digits(call["id"]) == []
+    assert (calls[2]["state"], calls[2]["file"] is not None) == ("complete", True)
+    assert len(list(data.glob("archive/**/*.*"))) == 1 and not list((data / SPOOL_DIR).iterdir())
+
+
+def test_a_listed_number_given_by_dtmf_clip_after_the_answer_loses_what_was_kept(tmp_path):
+    # The exchange's keys come while the line is quiet: before the callee speaks, with no notice
+    # over them (a notice played at the answer would drown them).
+    config = write_config(tmp_path, recorder={"ring_gap_s": 3.0}, line={"caller_id": "dtmf", "notice_incoming": False})
+    voice = str(write_wav(tmp_path / "voice.wav", np.concatenate([np.zeros(3 * RATE), tone(440, 2.0, 0.3)])))
+    scenario = write_scenario(tmp_path, [
+        {"direction": "incoming", "at": 0.5, "rings": 1, "caller_id": "+32470123456", "caller_id_timing": "after_answer",
+         "audio": voice},
+        {"direction": "incoming", "at": 9.0, "rings": 1, "caller_id": NOT_LISTED, "caller_id_timing": "after_answer",
+         "audio": voice},
+    ], ring_on_s=0.8, ring_off_s=1.2)
+    data = tmp_path / "data"
+    Catalogue(data).close()
+    callrec("do-not-record", "add", LISTED, "--data", str(data))
+    callrec("simulate", str(scenario), "--config", str(config), "--data", str(data))
+    listed, other = calls_json(data)
+    assert (listed["state"], listed["discard_reason"], listed["number"], listed["file"]) == \
+        ("discarded", "objected", None, None)
+    assert (other["state"], other["number"]) == ("complete", "003225550303") and other["file"]   # "+" sent as 00
+    assert len(list(data.glob("archive/**/*.*"))) == 1
+
+
+def test_a_sip_call_whose_from_names_a_listed_number_is_not_kept(trunk):  # noqa: F811
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    recorder = trunk.start()
+    recorder.objections.add("+32 2 555 00 77", "user:dpo")
+    # No usable P-Asserted-Identity: the number is the From's, as the operator wrote it.
+    call_through(trunk, "uac.xml", "uas.xml", 1500, caller_keys={"pai": "anonymous", "caller": "025550077"})
+    call_through(trunk, "uac.xml", "uas.xml", 1500, caller_keys={"pai": "anonymous", "caller": "025550078"})
+    listed, other = trunk.calls()
+    assert (listed["state"], listed["discard_reason"], listed["number"], listed["file"]) == \
+        ("discarded", "objected", None, None)
+    assert (other["state"], other["number"]) == ("complete", "025550078")

@@ -178,6 +178,30 @@ def test_an_erased_or_expired_call_loses_its_copy_on_the_nas_but_an_evicted_one_
     assert callrec("verify", "--data", str(data)).returncode == 0
 
 
+def test_notes_and_a_purpose_changed_after_the_offload_reach_the_copy(tmp_path, nas):
+    from appliance.config import StoreConfig
+    from appliance.store.retention import Store
+
+    nas.start()
+    config = appliance(tmp_path, nas.settings())
+    data = config.recorder.data_dir
+    noted, classified, untouched = record_calls(data, 3)
+    run_offloader(config, lambda _: len(offloaded(data)) == 3)
+    catalogue = Catalogue(data)
+    catalogue.set_notes(noted["id"], "order 1182 confirmed", "user:owner")
+    Store(catalogue, data, config.purpose, StoreConfig()).classify(classified["id"], "agreement", "user:owner")
+    assert {c["id"] for c in offloaded(data)} == {untouched["id"]}
+    catalogue.close()
+    sent_again = run_offloader(config, lambda _: len(offloaded(data)) == 3)
+    assert sent_again.offloaded == 2
+    manifests = {call["id"]: json.loads(Path(f"{nas.folder / Path(call['file']).relative_to('archive')}.json").read_text())
+                 for call in (noted, classified)}
+    assert manifests[noted["id"]]["call"]["notes"] == "order 1182 confirmed"
+    assert manifests[classified["id"]]["call"]["purpose"] == "agreement"
+    assert [e["event"] for e in manifests[classified["id"]]["ledger"]] == ["recorded", "offloaded", "reclassified"]
+    assert verify_manifest(manifests[noted["id"]]) == []
+
+
 def test_a_server_whose_host_key_is_not_the_known_one_gets_nothing(tmp_path, nas, caplog):
     nas.start()
     (nas.root / "known_hosts").write_text(

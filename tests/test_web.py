@@ -343,6 +343,33 @@ def test_a_setting_is_checked_like_the_config_file_and_a_bad_one_changes_nothing
     assert "GPIO pin 18 is used twice" in admin.get("/settings/").data.decode()
 
 
+def test_settings_the_authorities_advise_against_are_shown_until_changed(web):
+    app, _ = web
+    backend = app.extensions["callrec"]
+    admin = login(app, "admin")
+    lines = [line.name for line in [*backend.config.line, *backend.config.sip_trunk]
+             if backend.config.purpose[line.purpose].occasional]
+    assert "shop" in lines
+    page = html.unescape(admin.get("/settings/").data.decode())
+    assert "Line shop records every call for training at all hours" in page
+    wiring = {"capture": "cap1", "playback": "play1", "hook_pin": "17", "hook_active": "low"}
+    before = backend.config_path.read_text()
+    post(admin, "/settings/line/shop", schedule="mon-fri 09:00-12:00\nsat 9-12", **wiring)
+    page = html.unescape(admin.get("/settings/").data.decode())
+    assert "line[0].schedule: 'sat 9-12': expected days and hours" in page
+    assert backend.config_path.read_text() == before
+    post(admin, "/settings/line/shop", schedule="mon-fri 09:00-12:00\n\nsat 10:00-12:00", record_one_in="3",
+         **wiring)
+    [shop] = [line for line in backend.config.line if line.name == "shop"]
+    assert shop.schedule == ["mon-fri 09:00-12:00", "sat 10:00-12:00"] and shop.record_one_in == 3
+    post(admin, "/settings/purpose", name="training", retention_days="200", legal_basis="Training staff")
+    admin.set_cookie("lang", "fr")
+    page = html.unescape(admin.get("/status").data.decode())
+    assert "Line shop" not in page and "La ligne shop" not in page
+    assert "les appels sont conservés 200 jours, plus que les 183 jours recommandés" in page
+    assert "Enregistrés : un appel sur 3, seulement mon-fri 09:00-12:00; sat 10:00-12:00" in page
+
+
 def test_a_setting_saved_keeps_the_technicians_comments_and_changes_only_its_value(web):
     app, _ = web
     path = app.extensions["callrec"].config_path
@@ -720,6 +747,7 @@ def test_a_sip_trunks_call_rules_and_notice_are_set_in_the_settings_and_it_is_a_
 [[sip_trunk]]
 name = "sip1"
 notice = "{demo_path('notice-en.wav')}"
+notice_outgoing = true
 
 [sip_trunk.trunk]
 listen = "127.0.0.1:15060"
@@ -732,13 +760,22 @@ listen = "127.0.0.1:15062"
     backend = app.extensions["callrec"]
     backend.accounts.add_user("admin", PASSWORD, "admin", None)
     admin = login(app, "admin")
-    assert "sip1" in admin.get("/settings/").data.decode()
+    settings = admin.get("/settings/").data.decode()
+    assert "sip1" in settings and '<option value="announce" selected>' in settings    # notice_outgoing = true, as it reads
+    status = admin.get("/status").data.decode()
+    assert 'data-outgoing="announce"' in status and 'class="outgoing flash error"' not in status
     post(admin, "/settings/trunk/sip1", purpose="agreement", notice_incoming=["off", "on"],
-         notice_outgoing=["off", "on"], record_from="notice_end", optout_digit="9", optout_window_s="10",
+         outgoing="off", beep_interval_s="20", record_from="notice_end", optout_digit="9", optout_window_s="10",
          pause_max_s="120", rtp_timeout_s="20", keep_declined_number=["off"])
     [trunk] = backend.config.sip_trunk
-    assert (trunk.purpose, trunk.notice_outgoing, trunk.record_from, trunk.optout_digit, trunk.rtp_timeout_s) == \
-        ("agreement", True, "notice_end", "9", 20.0)
+    assert (trunk.purpose, trunk.outgoing, trunk.record_from, trunk.optout_digit, trunk.rtp_timeout_s) == \
+        ("agreement", "off", "notice_end", "9", 20.0)
+    assert "notice_outgoing" not in config.read_text()           # the new key replaced the old one
+    # The shop's choice not to tell the called party is flagged on the status page, for that trunk only.
+    status = admin.get("/status").data.decode()
+    assert '<p class="outgoing flash error" data-outgoing="off">Outgoing calls: nothing' in status
+    assert status.count('data-outgoing="announce"') == 2
+    assert admin.get("/status.json").get_json()["lines"][2]["outgoing"] == "off"
     assert trunk.trunk.peer == "192.0.2.1:5060"                  # the addresses are kept as written
     post(admin, "/settings/notice", source="text", text="Dit gesprek kan worden opgenomen.", language="nl",
          lines="sip1")

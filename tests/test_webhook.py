@@ -450,3 +450,27 @@ def test_a_catalogue_that_refuses_delays_events_but_loses_none(webhooks, catalog
     assert [json.loads(r["body"])["id"] for r in receiver.requests] == [1, 2]
     assert waiting(catalogue) == []
     assert "the catalogue refuses" in caplog.text
+
+
+def test_calls_erased_in_another_process_are_named_to_the_receiver_by_id_only(webhooks, catalogues, data):
+    from appliance.config import DEFAULT_PURPOSES, StoreConfig
+    from appliance.store.erasure import erase_subject
+    from appliance.store.retention import Store
+    from appliance.webhook import OUTBOX_POLL_S
+    from conftest import record_call
+
+    recorder_side, web_side = catalogues(), catalogues()
+    with Receiver() as crm:
+        hook = webhooks(crm.url, catalogue=recorder_side)
+        hook.start()
+        one, two, three = (record_call(web_side, data) for _ in range(3))
+        silent = Store(web_side, data, DEFAULT_PURPOSES, StoreConfig())            # no webhook configured
+        silent.erase(one["id"], "user:owner")
+        store = Store(web_side, data, DEFAULT_PURPOSES, StoreConfig(), tell_webhook=True)
+        store.erase(two["id"], "user:owner")
+        erase_subject(store, "+32 2 555 12 34", "user:dpo")        # the number of the third
+        wait_for(lambda: len(crm.requests) == 2, OUTBOX_POLL_S + 5)
+    bodies = [json.loads(r["body"]) for r in crm.requests]
+    assert [(b["event"], b["ids"]) for b in bodies] == [("calls.erased", [two["id"]]), ("calls.erased", [three["id"]])]
+    assert all(b"555" not in r["body"] for r in crm.requests)
+    assert waiting(recorder_side) == []

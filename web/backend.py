@@ -12,7 +12,9 @@ from pathlib import Path
 
 from flask import current_app
 
+from appliance.alarms import RECORDER_DOWN, AlarmNotifier, RecorderWatch, episodes
 from appliance.store.catalogue import Catalogue
+from appliance.webhook import add_to_outbox
 from appliance.config import Config, load_config
 from appliance.live import read_live, recorder_pid
 from appliance.store.objections import Objections
@@ -37,15 +39,19 @@ class Backend:
         self.accounts = Accounts(self.data_dir / "web")
         self.exports_dir = self.data_dir / "web" / "exports"
         self.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.watch: AlarmNotifier | None = None     # the recorder's, in the web server
+        self._watching = False
 
     def _store(self, config: Config) -> Store:
-        return Store(self.catalogue, self.data_dir, config.purpose, config.store, len(config.line_names))
+        return Store.configured(self.catalogue, self.data_dir, config)
 
     def reload(self) -> None:
         """Take up a changed configuration file (after the settings pages wrote it)."""
         with self._lock:
             self.config = load_config(self.config_path)
             self.store = self._store(self.config)
+        if self._watching:
+            self.watch_recorder()
 
     def live(self) -> dict | None:
         """The recorder's live state, or None when it is not running."""
@@ -63,8 +69,37 @@ class Backend:
             log.warning("cannot signal the recorder (pid %s): %s", pid, exc)
             return False
 
+    def watch_recorder(self) -> None:
+        """Tell, by e-mail and webhook, when the recorder is down (it cannot say so itself), from a
+        thread of the web server's, now and whenever an `[alarms]` table is set."""
+        self._watching = True
+        if self.watch is None and self.config.alarms is not None:
+            self.watch = self.make_recorder_watch()
+            self.watch.start()
+
+    def make_recorder_watch(self) -> AlarmNotifier:
+        """The thread that watches the recorder (not started), following the settings pages."""
+        recorder = RecorderWatch()
+
+        def conditions() -> dict[str, str]:
+            if self.config.alarms is None:
+                return {}           # alarms turned off: the episode ends
+            watch.settings = self.config.alarms
+            kept = episodes(self.catalogue).get(RECORDER_DOWN)
+            standing = kept.text if kept is not None and kept.cleared_at is None else None
+            return recorder.conditions(self.config.recorder.live_dir, watch.settings, standing)
+
+        def tell(event: dict) -> None:
+            if self.config.webhook is not None:
+                add_to_outbox(self.catalogue, event)
+        watch = AlarmNotifier(self.config.alarms, self.catalogue, conditions, {RECORDER_DOWN},
+                              self.config.web, tell, name="recorder-watch")
+        return watch
+
     def close(self) -> None:
-        """Close the databases."""
+        """Stop watching the recorder, close the databases."""
+        if self.watch is not None:
+            self.watch.stop(timeout=self.watch.beat_s)
         self.catalogue.close()
         self.accounts.close()
 

@@ -14,6 +14,7 @@ from babel.dates import format_date, format_datetime, format_time, format_timede
 from babel.numbers import format_decimal
 from flask import g, request
 
+from appliance.advice import TEXTS as ADVICE_TEXTS
 from appliance.config import DEFAULT_PURPOSES
 from appliance.errors import CallrecError
 
@@ -28,15 +29,19 @@ DYNAMIC_TEXTS = (
     "training", "agreement", "legal-obligation",                          # purposes
     "admin", "supervisor", "staff",                                       # roles
     "held", "restricted",                                                 # list filters (with two above)
-    "button", "dtmf", "declined", "objected", "private",                  # pause and discard reasons
+    "button", "dtmf", "declined", "objected", "private", "off-schedule", "not-selected",  # pause, discard reasons
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
     "access-report",
     *(purpose.legal_basis for purpose in DEFAULT_PURPOSES.values()),    # the built-in purposes' legal bases
     "password-changed", "second-factor-on", "second-factor-off",
+    "Storage short of space", "Calls kept for a contract or the law will be evicted", "Sound card missing",   # alarms
+    "Caller-ID modem lost", "SIP trunk down", "A recorder service is dead or stuck", "Clock not synchronised",
+    "Recordings wait to be offloaded", "Recorder not running",
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",
+    *ADVICE_TEXTS.values(),                                               # the settings' warnings
 )
 
 

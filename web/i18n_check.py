@@ -20,8 +20,8 @@ from web.i18n import DYNAMIC_TEXTS
 WEB = Path(__file__).resolve().parent
 CODE_SPAN = re.compile(r"`[^`]*`")
 # The errors whose messages the pages show translated (through `error_text`), and where they are raised.
-SHOWN_ERRORS = {"AccountError", "ExportRefused", "StoreActionError", "ObjectionError"}
-ERROR_SOURCES = ("web/*.py", "appliance/store/*.py")
+SHOWN_ERRORS = {"AccountError", "ExportRefused", "StoreActionError", "ObjectionError", "MailError"}
+ERROR_SOURCES = ("web/*.py", "appliance/store/*.py", "appliance/mail.py")
 
 
 def template_texts(source: str) -> list[tuple[int, str]]:
@@ -42,7 +42,7 @@ def python_texts(source: str) -> list[tuple[int, str]]:
 
 
 def raised_texts(source: str) -> list[tuple[int, str]]:
-    """The texts of a Python module's `raise SomeError("…", …)` for the errors in `SHOWN_ERRORS`;
+    """The texts of a Python module's `SomeError("…", …)` for the errors in `SHOWN_ERRORS`;
     a text may also be a module-level string constant."""
     tree = ast.parse(source)
     constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
@@ -50,10 +50,11 @@ def raised_texts(source: str) -> list[tuple[int, str]]:
                  and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
     found = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args
-                and isinstance(node.exc.func, ast.Name) and node.exc.func.id in SHOWN_ERRORS):
+        # Raised where it is made, or made by a function that explains another error and raised by its caller.
+        if not (isinstance(node, ast.Call) and node.args
+                and isinstance(node.func, ast.Name) and node.func.id in SHOWN_ERRORS):
             continue
-        first = node.exc.args[0]
+        first = node.args[0]
         if isinstance(first, ast.Constant) and isinstance(first.value, str):
             found.append((node.lineno, first.value))
         elif isinstance(first, ast.Name) and first.id in constants:

@@ -98,7 +98,7 @@ def spoken_notice(config: Config, line, lang: str) -> str:
 def _lines(config: Config, lang: str) -> list[dict]:
     """Each recorded line's rules, as the documents describe them (no wiring, no addresses)."""
     return [{"name": line.name, "record": line.record, "purpose": line.purpose, "incoming": line.notice_incoming,
-             "outgoing": line.notice_outgoing, "record_from": line.record_from, "optout": line.optout_digit,
+             "outgoing": line.outgoing, "record_from": line.record_from, "optout": line.optout_digit,
              "optout_key": line.optout_digit and key_name(line.optout_digit, lang),
              "pause_code": line.pause_code, "pause_button": getattr(line, "pause_button_pin", None) is not None,
              "private_code": line.private_code, "private_window_s": line.private_window_s,

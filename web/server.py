@@ -209,6 +209,7 @@ class WebServer:
         self._thread = threading.Thread(target=asyncio.run, args=(serve(),), name="web", daemon=True)
         self._thread.start()
         ready.wait(10)
+        self.app.extensions["callrec"].watch_recorder()
         log.info("web UI on https://%s:%s/; the certificate to trust (/certificate.crt) has the SHA-256 fingerprint %s",
                  self.web.hostname, self.web.https_port, certificate_fingerprint(to_trust(self.tls_folder).read_text()))
         if self.setup_code:
@@ -237,6 +238,9 @@ class WebServer:
         health check over HTTPS within `timeout` seconds."""
         import urllib.request
 
+        watch = self.app.extensions["callrec"].watch
+        if watch is not None and (problem := watch.problem(timeout * 10)) is not None:
+            return problem
         host = "127.0.0.1" if self.web.bind in ("0.0.0.0", "::") else self.web.bind
         host = f"[{host}]" if ":" in host else host
         context = ssl.create_default_context()

@@ -18,6 +18,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 
 from appliance.config import Config, format_validation_error, resolve_paths
 from appliance.errors import CallrecError
+from appliance.mail import MailError, message, send
 from appliance.notice import load_notice
 from pydantic import ValidationError
 from web.accounts import ROLES, AccountError
@@ -27,6 +28,7 @@ from web.certificate import CERT_NAME, OWN_MARK, TLS_DIR, CertificateError, inst
 from web.i18n import LANGUAGES, error_text, gettext as _
 from web.notice import settings_warnings, spoken_notice
 from web.security import client_address, current, require, session_idle_s
+from web.status import advice
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -47,20 +49,40 @@ def _flag(text: str) -> bool:
     return text == "on"
 
 
+def _entries(text: str) -> list[str] | None:
+    # One entry per line of a text area; none removes the key.
+    return [line.strip() for line in text.splitlines() if line.strip()] or None
+
+
 # The line settings the page edits, with how a form field becomes a config value; an empty field
 # removes an optional key. Everything else in the file is kept as it is.
 CALL_RULE_FIELDS = {
-    "purpose": str, "notice_incoming": _flag, "notice_outgoing": _flag, "record_from": str,
+    "purpose": str, "notice_incoming": _flag, "outgoing": str, "beep_interval_s": float, "record_from": str,
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
     "keep_declined_number": _flag, "record": _flag, "private_code": _opt(str), "private_window_s": float,
     "notice_text": _opt(lambda text: text.replace("\r\n", "\n")),
+    "schedule": _entries, "record_one_in": int,
 }
 LINE_FIELDS = {
-    **CALL_RULE_FIELDS, "notice_outgoing_after_s": _opt(float), "capture": str, "playback": str,
+    **CALL_RULE_FIELDS, "answer_fallback_s": float, "capture": str, "playback": str,
     "hook_pin": _pin, "hook_active": str, "ring_pin": _opt(_pin), "ring_active": str, "modem": _opt(str),
 }
 TRUNK_FIELDS = {**CALL_RULE_FIELDS, "rtp_timeout_s": float}
+# Keys of earlier versions a form's key replaces: both in the file would contradict each other.
+REPLACED_KEYS = {"outgoing": ("notice_outgoing", "notice_outgoing_after_s")}
 STORE_FIELDS = {"max_archive_mb": int, "min_free_mb": int, "min_free_hours": float, "cleaner_interval_s": float}
+
+
+def _addresses(text: str) -> list[str] | None:
+    return [part.strip() for part in text.replace(";", ",").split(",") if part.strip()] or None
+
+
+ALARM_FIELDS = {
+    "smtp_host": _opt(str), "smtp_port": _opt(int), "security": str, "ca_file": _opt(str), "username": _opt(str),
+    "from_address": _opt(str), "to": _addresses, "reminder_hours": float, "webhook": _flag,
+}
+MAIL_KEYS = ("smtp_port", "ca_file", "username", "password_file", "from_address", "to")
+PASSWORD_NAME = "alarm-mail.password"
 
 
 class SettingsError(ValueError):
@@ -117,19 +139,25 @@ def _form_values(fields: dict) -> dict:
 
 def _apply(section: dict, values: dict) -> None:
     for key, value in values.items():
+        for old in REPLACED_KEYS.get(key, ()):
+            section.pop(old, None)
         if value is None:
             section.pop(key, None)
         else:
             section[key] = value
 
 
-def _saving(change, what: str, anchor: str):
+def _saving(change, what: str, anchor: str, undo=None):
+    """Apply `change` to the file's document and save it; a refused change is explained, and
+    `undo` (if given) takes back what `change` did outside the file."""
     try:
         raw = raw_config()
         change(raw)
         save_config(raw, what)
     except SettingsError as exc:
         flash(str(exc), "error")
+        if undo is not None:
+            undo()
     return redirect(url_for("settings.index") + f"#{anchor}")
 
 
@@ -144,7 +172,8 @@ def index():
     spoken = {line.name: spoken_notice(config, line, config.privacy.language) for line in [*config.line, *config.sip_trunk]}
     return render_template("settings.html", raw=raw, config=config, voices=SPEECH_VOICES,
                            notices=notices, config_path=backend().config_path, certificate=served_certificate(),
-                           privacy_warnings=settings_warnings(config), spoken=spoken, document_languages=LANGUAGES)
+                           advice=advice(), privacy_warnings=settings_warnings(config), spoken=spoken,
+                           document_languages=LANGUAGES)
 
 
 def _tls_folder() -> Path:
@@ -226,6 +255,81 @@ def trunk(name: str):
 def store():
     """Change the archive's cap and the free-space floor."""
     return _saving(lambda raw: _apply(raw.setdefault("store", {}), _form_values(STORE_FIELDS)), "store limits", "store")
+
+
+@bp.route("/alarms", methods=["POST"])
+@require("admin")
+@confirmed
+def alarms():
+    """Change where alarms are sent: the mail server, its login (a new password goes to the
+    password file, readable by the appliance only), the addresses, the reminders."""
+    password = request.form.get("password", "")
+    written: list[tuple[Path, str | None]] = []       # (password file, what it held before)
+
+    def change(raw):
+        table = raw.setdefault("alarms", {})
+        _apply(table, _form_values(ALARM_FIELDS))
+        if "smtp_host" not in table:
+            for key in MAIL_KEYS:
+                table.pop(key, None)
+        if "username" not in table:
+            table.pop("password_file", None)
+        elif password:
+            written.append(_new_password(table, password))
+
+    def undo():
+        for path, before in written:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                _write_secret(path, before)
+    return _saving(change, "alarms", "alarms", undo)
+
+
+def _new_password(table, password: str) -> tuple[Path, str | None]:
+    """Write the mail login's password to its file (made if the table names none); returns the
+    file and what it held before (None if it is new), to put back if the change is refused."""
+    if "\n" in password or len(password) > 1000:
+        raise SettingsError(_("alarms.password_file: the password is one line of at most 1000 characters"))
+    path = Path(table.get("password_file") or backend().data_dir / PASSWORD_NAME)
+    if not path.is_absolute():
+        path = backend().config_path.parent / path
+    table["password_file"] = str(path)
+    before = path.read_text(encoding="utf-8") if path.exists() else None
+    _write_secret(path, password + "\n")
+    return path, before
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by the appliance only, never half written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+@bp.route("/alarms/test", methods=["POST"])
+@require("admin")
+@confirmed
+def alarms_test():
+    """Send a test e-mail with the saved mail settings, and say plainly why it failed if it did."""
+    settings = backend().config.alarms
+    if settings is None or settings.smtp_host is None:
+        flash(_("Save a mail server first."), "error")
+        return redirect(url_for("settings.index") + "#alarms")
+    hostname = backend().config.web.hostname
+    mail = message(settings, f"[callrec {hostname}] Test e-mail",
+                   f"This is a test e-mail of the call recorder {hostname}: its alarms reach you this way.\n")
+    try:
+        send(settings, [mail])
+    except MailError as exc:
+        flash(_("The test e-mail was not sent: {reason}", reason=error_text(exc)), "error")
+        return redirect(url_for("settings.index") + "#alarms")
+    backend().catalogue.add_audit(current().actor, "settings", detail=f"test e-mail to {', '.join(settings.to)}",
+                                  address=client_address())
+    flash(_("A test e-mail was sent to {to}.", to=", ".join(settings.to)))
+    return redirect(url_for("settings.index") + "#alarms")
 
 
 @bp.route("/purpose", methods=["POST"])

@@ -1,5 +1,6 @@
 """Health at a glance: each line's state and input level (live, over Server-Sent Events), disk use
-and hours of recording left, the cleaner's alarm, time sync, version, and calls per day."""
+and hours of recording left, the cleaner's alarm and every alarm episode (since when, whether it was
+e-mailed), time sync, version, and calls per day."""
 
 import json
 import time
@@ -8,9 +9,12 @@ from datetime import date, datetime, timedelta
 from flask import Blueprint, Response, current_app, jsonify, render_template, session, stream_with_context
 
 from appliance import __version__
+from appliance.advice import TEXTS, config_advice
+from appliance.alarms import TITLES, episodes
 from appliance.clock import iso_utc
 from appliance.store.catalogue import CallFilter
 from web.backend import backend
+from web.i18n import gettext as _
 from web.security import current, session_idle_s, visible_lines
 
 bp = Blueprint("status", __name__)
@@ -38,14 +42,34 @@ def snapshot() -> dict:
     live = backend().live()
     principal = current()
     lines = []
+    outgoing = backend().config.outgoing_policy
     for name in backend().config.line_names:
         if not principal.may_see(name):
             continue
         state = next((s for s in (live or {}).get("lines", []) if s["name"] == name), None)
-        lines.append(state or {"name": name, "state": "unknown"})
-    return {"recorder_running": live is not None, "lines": lines, "disk": disk(),
+        lines.append({**(state or {"name": name, "state": "unknown"}), "outgoing": outgoing[name]})
+    alarms = [{"name": name, "title": TITLES.get(name, name), **episode.__dict__}
+              for name, episode in sorted(episodes(backend().catalogue).items(), key=lambda item: item[1].raised_at)]
+    return {"recorder_running": live is not None, "lines": lines, "disk": disk(), "alarms": alarms,
+            "alarms_sent": backend().config.alarms is not None,
             "alarm": backend().store.alarm() or (live or {}).get("storage_alarm"), "clock_synced": (live or {}).get("clock_synced"),
             "version": __version__, "now": iso_utc(time.time())}
+
+
+def advice() -> list[str]:
+    """The settings' departures from the authorities' advice (see `appliance.advice`), translated."""
+    return [_(TEXTS[a.kind], **{k: _(v) if k == "purpose" else v for k, v in a.values.items()})
+            for a in config_advice(backend().config)]
+
+
+def recording_policy(rules) -> str:
+    """Which of a line's calls are recorded (never, always, by schedule, one in N), translated."""
+    if not rules.record:
+        return _("never")
+    parts = [_("one call in {n}", n=rules.record_one_in)] if rules.record_one_in > 1 else []
+    if rules.schedule:
+        parts.append(_("only {schedule}", schedule="; ".join(rules.schedule)))
+    return ", ".join(parts) or _("every call")
 
 
 def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
@@ -64,7 +88,10 @@ def calls_per_day(days: int = CHART_DAYS) -> list[tuple[str, int]]:
 @bp.route("/status")
 def page():
     """The status page (it then follows the event stream)."""
-    return render_template("status.html", status=snapshot(), chart=calls_per_day())
+    config = backend().config
+    policies = {line.name: recording_policy(line) for line in [*config.line, *config.sip_trunk]}
+    return render_template("status.html", status=snapshot(), chart=calls_per_day(), advice=advice(),
+                           policies=policies)
 
 
 @bp.route("/status.json")

@@ -15,15 +15,18 @@ from gpiozero import LED
 from appliance import callrules
 from appliance.analog import callstate
 from appliance.callrules import CallRules
+from appliance.analog.answer import Answer, AnswerDetector
 from appliance.analog.capture import Capture
 from appliance.analog.fsk import CallerIdMessage, FskReceiver
 from appliance.analog.hook import Debouncer, LineInputs, RingMonitor
 from appliance.analog.modem import CallerId, CallerIdModem, Ring
 from appliance.analog.playback import play
-from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
+from appliance.beep import beep_tone
+from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import LineConfig, RecorderConfig
 from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.notice import load_notice
+from appliance.selection import selection_for
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
 from appliance.store.spool import SpoolWriter
@@ -31,9 +34,10 @@ from appliance.store.spool import SpoolWriter
 log = logging.getLogger(__name__)
 
 WIRING = ("hook_pin", "hook_active", "ring_pin", "ring_active", "capture", "playback", "modem", "modem_commands",
-          "caller_id", "pause_button_pin", "agreement_button_pin", "recording_led_pin")
+          "caller_id", "pause_button_pin", "agreement_button_pin", "private_button_pin", "recording_led_pin")
 TICK_S = 0.25  # longest sleep of a line's thread with nothing due
 BUTTON_SETTLE_S = 0.03
+CALLER_ID_IN_CALL_S = 6.0  # caller ID may come just after the answer; later, it is a waiting call's
 CALLER_ID_LEAD_S = 10.0  # caller ID may come before the first ring (DTMF CLIP, FSK after DT-AS), not earlier
 
 
@@ -99,6 +103,15 @@ class CallAudio:
 
 
 @dataclass(frozen=True)
+class Answered:
+    """The called party of outgoing `call` answered at `t` (monotonic), as heard in the line audio."""
+
+    call: "ActiveCall"
+    t: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class NoticePlayed:
     """The notice of `call` played from `started` to `ended` (monotonic)."""
 
@@ -117,6 +130,9 @@ class ActiveCall:
     number: str | None
     audio: CallAudio
     digits: list = field(default_factory=list)
+    answer: Listener | None = None          # listens for an outgoing call's answer
+    dialling: Listener | None = None        # its keys, heard before its recording starts
+    recorded_from: float | None = None      # monotonic: the first kept sample, once known
 
     @property
     def direction(self) -> str:
@@ -149,21 +165,24 @@ class LineRecorder:
         self.desk = desk
         self.period_frames = settings.sample_rate * settings.period_ms // 1000
         self.notice = load_notice(line.notice, settings.sample_rate)
+        self.selection = selection_for(line)
+        self.beep = beep_tone(line, settings.sample_rate)
         self.inputs = LineInputs(line.hook_pin, line.hook_active, line.ring_pin, line.ring_active,
                                  buttons={"pause": line.pause_button_pin,
-                                          "agreement": line.agreement_button_pin},
+                                          "agreement": line.agreement_button_pin,
+                                          "private": line.private_button_pin},
                                  pin_factory=pin_factory)
         self.buttons = {name: Debouncer(BUTTON_SETTLE_S) for name in self.inputs.buttons}
         self.led = LED(line.recording_led_pin, pin_factory=pin_factory) if line.recording_led_pin is not None else None
         self.on_agreement = on_agreement
+        self.private_until: float | None = None     # the private button, pressed before the off-hook
         self.last_call: ActiveCall | None = None
         self.capture = Capture(line.capture, settings.sample_rate, self.period_frames,
                                settings.preroll_s, status=self)
         self.modem = (CallerIdModem(line.modem, self.inputs.edges.put, cid_commands=tuple(line.modem_commands))
                       if line.modem else None)
         self.clip = self._caller_id_listener(line, settings.sample_rate)
-        if self.clip is not None:
-            self.capture.tap = self._listen_for_caller_id
+        self.capture.tap = self._tap
         self.caller: CallerId | None = None     # caller ID of the ringing or current call
         self.machine = callstate.CallMachine(
             flash_max=settings.flash_max_ms / 1000,
@@ -224,6 +243,8 @@ class LineRecorder:
                     self._on_digit(edge)
                 elif isinstance(edge, NoticePlayed):
                     self._on_notice_played(edge)
+                elif isinstance(edge, Answered):
+                    self._on_answered(edge)
                 elif isinstance(edge, Ring):
                     self._on_ring_activity(edge.t, True)
                     self._on_ring_activity(edge.t, False)
@@ -275,11 +296,22 @@ class LineRecorder:
             return Listener(f"clip-{line.name}", receiver, None, self._fsk_message)
         return None
 
-    def _listen_for_caller_id(self, pcm: bytes) -> None:
-        """A captured period, for the caller-ID listener while no call is in progress (on the
-        capture thread). Caller ID comes on-hook: what comes in a call (a waiting call's caller
-        ID) is another caller's, and must not rename this one."""
-        if self.call is None:
+    def _tap(self, pcm: bytes) -> None:
+        """A captured period (on the capture thread), recorded or not: for the answer and dialling
+        listeners of an outgoing call, and for the caller-ID listener while no call is in
+        progress or in the first seconds of an incoming call that has no number yet (some
+        exchanges send DTMF CLIP just after the answer). Later in a call, a caller ID is a
+        waiting call's: another caller's, which must not rename this one."""
+        call = self.call
+        if call is not None:
+            for listener in (call.answer, call.dialling):
+                if listener is not None:
+                    listener.append(pcm)
+        if self.clip is None:
+            return
+        answered = call and call.rules.started_at      # None for a moment while the call starts
+        if call is None or (call.direction == "incoming" and call.number is None
+                            and (answered is None or time.monotonic() - answered < CALLER_ID_IN_CALL_S)):
             self.clip.append(pcm)
 
     def _fsk_message(self, message: CallerIdMessage) -> None:
@@ -315,18 +347,21 @@ class LineRecorder:
         for name, button in self.buttons.items():
             while (press := button.poll(now)) is not None:
                 if press[1]:
-                    self._on_button(name)
+                    self._on_button(name, press[0])
         if (call := self.call) is not None:
             self._carry_out(call, call.rules.tick(now))
 
-    def _on_button(self, name: str) -> None:
+    def _on_button(self, name: str, t: float) -> None:
         call = self.call
         if name == "agreement":
             target = call if call is not None else self.last_call
             if target is not None and self.on_agreement is not None:
                 self.on_agreement(target.row, f"button:{self.line.name}")
+        elif name == "private" and call is None:
+            self.private_until = t + self.line.private_window_s     # for the call about to start
         elif call is not None:
-            self._carry_out(call, call.rules.pause_pressed(time.monotonic()))
+            rules = call.rules
+            self._carry_out(call, rules.private_pressed(t) if name == "private" else rules.pause_pressed(t))
 
     def _show(self, call: ActiveCall | None) -> None:
         """The recording LED: lit while audio of a call is being recorded."""
@@ -342,8 +377,12 @@ class LineRecorder:
             if isinstance(command, callrules.PlayNotice):
                 threading.Thread(target=self._play_notice, args=(call,), name=f"notice-{self.line.name}",
                                  daemon=True).start()
+            elif isinstance(command, callrules.ListenForAnswer):
+                call.answer = self._answer_listener(call)
+            elif isinstance(command, callrules.Beep):
+                threading.Thread(target=self._play_beep, name=f"beep-{self.line.name}", daemon=True).start()
             elif isinstance(command, callrules.StartRecording):
-                first = self.capture.start_recording(call.audio, with_preroll=False)
+                first = call.recorded_from = self.capture.start_recording(call.audio, with_preroll=False)
                 call.row.update(recording_started_at=iso_from_mono(first))
             elif isinstance(command, callrules.Pause):
                 call.audio.paused = True
@@ -392,13 +431,14 @@ class LineRecorder:
         caller = self.caller if action.direction == "incoming" else None
         rules = CallRules(self.line, action.direction, lead_in_s=settings.preroll_s,
                           notice_s=self.notice.duration_s, notice_possible=not action.in_progress,
-                          objected=self.desk.objected(caller and caller.number))
+                          answer_known=False, objected=self.desk.objected(caller and caller.number),
+                          selection=self.selection, when=local_from_mono(action.t))
         spool_name = f"{self.line.name}-{int(wall_from_mono(action.t) * 1000)}.wav"
         spool = self.desk.spool(spool_name, settings.sample_rate)
         started = action.ringing_since if action.ringing_since is not None else action.t
         call = ActiveCall(CallRow(self.desk), rules, started, caller and caller.number, CallAudio(spool, None))
-        call.audio.listener = self._digit_listener(call)
-        first_frame = self.capture.start_recording(call.audio) if rules.recording else None
+        self._digit_listener(call)
+        first_frame = call.recorded_from = self.capture.start_recording(call.audio) if rules.recording else None
         call.row.insert(line=self.line.name, direction=action.direction, number=call.number,
                         started_at=iso_from_mono(started),
                         answered_at=iso_from_mono(action.t) if action.direction == "incoming" else None,
@@ -408,10 +448,16 @@ class LineRecorder:
         self.call = self.last_call = call
         log.info("line %s: %s call started", self.line.name, action.direction)
         self._carry_out(call, rules.started(action.t))
+        armed, self.private_until = self.private_until, None
+        if armed is not None and action.t <= armed:
+            self._carry_out(call, rules.private_pressed(action.t))
 
-    def _digit_listener(self, call: ActiveCall) -> Listener | None:
-        """A listener for the keys that matter in this call (from its first recorded sample on):
-        the number an outgoing call dials; the pause code; the opt-out key."""
+    def _digit_listener(self, call: ActiveCall) -> None:
+        """Start the call's listener for the keys that matter (from its first recorded sample on):
+        the number an outgoing call dials; the pause code; the opt-out key. An outgoing call that
+        keeps nothing before its notice (`record_from = "notice_end"`) is dialled before it: its
+        listener hears the line from the off-hook, and a key before the recording is placed at
+        its start."""
         rate = self.settings.sample_rate
         until = call.rules.keys_matter_until_s()
         if self.line.dtmf_whole_call:
@@ -419,12 +465,51 @@ class LineRecorder:
         if call.direction == "outgoing":
             until = max(until or 0.0, self.settings.preroll_s + self.settings.dialling_window_s)
         if until is None:
-            return None
+            return
         budget = None if until == math.inf else int(until * rate)
-        listener = Listener(f"digits-{self.line.name}", DtmfDetector(rate), budget,
-                            lambda digit: self.inputs.edges.put(Heard(call, digit.key, digit.start / rate)))
+        tapped, since = call.direction == "outgoing" and not call.rules.recording, time.monotonic()
+
+        def heard(digit) -> None:
+            offset = digit.start / rate
+            if tapped:
+                offset = 0.0 if call.recorded_from is None else max(0.0, since + offset - call.recorded_from)
+            self.inputs.edges.put(Heard(call, digit.key, offset))
+        listener = Listener(f"digits-{self.line.name}", DtmfDetector(rate), budget, heard)
+        listener.start()
+        if tapped:
+            call.dialling = listener
+        else:
+            call.audio.listener = listener
+
+    def _answer_listener(self, call: ActiveCall) -> Listener:
+        """A listener for the called party's answer, on the line's audio from now (recorded or
+        not) until the rules' fallback."""
+        rate, since = self.settings.sample_rate, time.monotonic()
+
+        def answered(answer: Answer) -> None:
+            self.inputs.edges.put(Answered(call, since + answer.start / rate, answer.reason))
+        listener = Listener(f"answer-{self.line.name}", AnswerDetector(rate),
+                            int(self.line.answer_fallback_s * rate), answered)
         listener.start()
         return listener
+
+    def _on_answered(self, answered: Answered) -> None:
+        call = answered.call
+        if call is self.call and call.answer is not None:
+            call.answer.close()
+            call.answer = None
+            if call.rules.answer_due is None:
+                return          # the fallback came first
+            log.info("line %s: the called party answered (%s)", self.line.name, answered.reason)
+            call.row.update(answered_at=iso_from_mono(answered.t))
+            self._carry_out(call, call.rules.answered(answered.t))
+
+    def _play_beep(self) -> None:
+        """Play the warning tone into the line (its own thread: it blocks until heard)."""
+        try:
+            play(self.beep, self.line.playback, self.period_frames)
+        except alsaaudio.ALSAAudioError as exc:
+            log.error("line %s: cannot play the beep on %s: %s", self.line.name, self.line.playback, exc)
 
     def _on_digit(self, heard: Heard) -> None:
         call = self.call
@@ -452,8 +537,9 @@ class LineRecorder:
     def _end(self, t: float, interrupted: bool = False) -> None:
         call, self.call, self.caller = self.call, None, None
         self.capture.stop_recording()
-        if call.audio.listener is not None:
-            call.audio.listener.close()
+        for listener in (call.audio.listener, call.answer, call.dialling):
+            if listener is not None:
+                listener.close()
         self._carry_out(call, call.rules.hung_up(t, interrupted))
 
     def _finish(self, call: ActiveCall, finish: callrules.Finish) -> None:
@@ -483,8 +569,10 @@ class LineRecorder:
         restart: returns False when that changed."""
         wiring = {name: getattr(self.line, name) for name in WIRING}
         self.notice = load_notice(line.notice, self.settings.sample_rate)     # it may be a new file by the same name
+        self.beep = beep_tone(line, self.settings.sample_rate)
         rewired = any(getattr(line, name) != value for name, value in wiring.items())
         self.line = line.model_copy(update=wiring)
+        self.selection = selection_for(line, self.selection)
         return not rewired
 
     def snapshot(self) -> dict:

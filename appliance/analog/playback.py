@@ -1,15 +1,16 @@
-"""Playing the notice into an analog line through its ALSA playback device."""
+"""Playing the notice (or the beep of an outgoing call) into an analog line through its ALSA playback device."""
 
 import time
 
 import alsaaudio
 
+from appliance.beep import Tone
 from appliance.notice import Notice
 from appliance.store.spool import SAMPLE_BYTES
 
 
-def play(notice: Notice, device: str, period_frames: int) -> float:
-    """Play the notice through ALSA playback device `device`; block until it has been heard.
+def play(notice: Notice | Tone, device: str, period_frames: int) -> float:
+    """Play the notice (or a tone) through ALSA playback device `device`; block until it has been heard.
 
     Returns the monotonic time playback started. Raises alsaaudio.ALSAAudioError if the device
     cannot be opened or fails.

@@ -30,14 +30,16 @@ from dataclasses import dataclass
 
 from appliance import callrules
 from appliance.callrules import CallRules
+from appliance.beep import beep_tone
 from appliance.service import Worker
 from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
-from appliance.clock import clock_synchronised, iso_from_mono, wall_from_mono
+from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import SipTrunkConfig
 from appliance.dtmf import DtmfDetector
 from appliance.live import LevelMeter
 from appliance.notice import load_notice
+from appliance.selection import selection_for
 from appliance.sip import g711
 from appliance.sip.media import parse_rtp
 from appliance.sip.stereo import RATE, Timeline
@@ -81,6 +83,7 @@ class CallRecording:
         self.row = CallRow(line.desk)
         self.keep_from = 0 if rules.recording else NEVER    # frames before this are not kept (record_from)
         self.play_notice = False
+        self.play_beep = None                   # () -> None: the relay sends the beep (outgoing = "beep")
         self.pause_timer = None
         self.last_event: dict[str, tuple[int, int, bool]] = {}    # by side: ssrc, timestamp, ended
         self.key_times: dict[tuple[str, str], float] = {}       # (side, key): when last taken
@@ -223,8 +226,10 @@ class SipLine:
         self.call_later = call_later            # the relay loop's timer: (delay, fn, *args) -> handle
         self.desk = desk
         self.notice = load_notice(config.notice, RATE)
+        self.selection = selection_for(config)
         # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
         self.notice_codes = {law: g711.encode(self.notice.pcm, law) for law in g711.LAWS}
+        self.beep, self.beep_codes = self._beep(config)
         self.active: list[CallRecording] = []
         self.meters = (LevelMeter(), LevelMeter())     # what the callers' and the callees' sides say
         # Spools, key detection and hand-overs to the store, off the relay's loop.
@@ -235,7 +240,15 @@ class SipLine:
         """New call rules (notice, purpose, opt-out, pause), from the next call on."""
         notice = load_notice(config.notice, RATE)
         self.notice_codes = {law: g711.encode(notice.pcm, law) for law in g711.LAWS}
+        self.beep, self.beep_codes = self._beep(config)
         self.notice, self.config = notice, config
+        self.selection = selection_for(config, self.selection)
+
+    @staticmethod
+    def _beep(config: SipTrunkConfig) -> tuple:
+        """The trunk's beep (`outgoing = "beep"`) and its G.711 encodings, made off the relay's loop."""
+        beep = beep_tone(config, RATE)
+        return beep, {law: g711.encode(beep.pcm, law) for law in g711.LAWS}
 
     # -- the store thread -----------------------------------------------------------------------
 
@@ -266,7 +279,8 @@ class SipLine:
         the notice can be sent in the call's codec. The recording's `play_notice` says whether
         the relay is to play it."""
         rules = CallRules(self.config, facts.direction, lead_in_s=0.0, notice_s=self.notice.duration_s,
-                          notice_possible=notice_possible, objected=self.desk.objected(facts.number))
+                          notice_possible=notice_possible, objected=self.desk.objected(facts.number),
+                          selection=self.selection, when=local_from_mono(facts.answered))
         recording = CallRecording(self, facts, event_types, rules)
         started = rules.started(facts.answered)
         recording.play_notice = any(isinstance(c, callrules.PlayNotice) for c in started)
@@ -343,7 +357,7 @@ class SipLine:
                                                        from_outside=side == recording.facts.outside_side))
 
     def _tick_rules(self, recording: CallRecording) -> None:
-        """A deadline of the call's rules has come (a pause left on)."""
+        """A deadline of the call's rules has come (a pause left on, a beep due)."""
         recording.pause_timer = None
         if not recording.ended:
             self._carry_out(recording, recording.rules.tick(time.monotonic()))
@@ -366,6 +380,8 @@ class SipLine:
                 log.info("sip trunk %s: a call %s", self.config.name, "paused" if pause else "resumed")
             elif isinstance(command, callrules.KeepKey):
                 recording.row.key(command.offset_s, command.key)
+            elif isinstance(command, callrules.Beep) and recording.play_beep is not None:
+                recording.play_beep()
             elif isinstance(command, callrules.Decline):
                 self.active.remove(recording)
                 log.info("sip trunk %s: %s", self.config.name, callrules.DECLINED[command.reason])

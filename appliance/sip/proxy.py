@@ -476,6 +476,20 @@ class Proxy:
             dialog.media.play(TRUNK, self.line.notice_codes[law], self.line.notice.pcm, law,
                               functools.partial(recording.notice_audio, channel),
                               lambda t: self.line.notice_ended(recording, t))
+        if law is not None:
+            recording.play_beep = functools.partial(self._beep, dialog, recording, law)
+
+    def _beep(self, dialog: Dialog, recording: CallRecording, law: int) -> None:
+        """Send the beep to both sides of an outgoing call (`outgoing = "beep"`), each in place of
+        what the other side sends while it lasts, and record it in that side's channel."""
+        if dialog.media is None or dialog.media.closed:
+            return
+        beep, codes = self.line.beep, self.line.beep_codes[law]
+        for toward in (TRUNK, PBX):
+            if toward not in dialog.media.notice:
+                channel = recording.channel_from(other(toward))
+                dialog.media.play(toward, codes, beep.pcm, law, functools.partial(recording.notice_audio, channel),
+                                  lambda t: None)
 
     def _session_timer(self, dialog: Dialog, message: Message) -> None:
         value = (message.get("session-expires") or "").split(";")[0].strip()

@@ -32,6 +32,9 @@ CALL_FIELDS = (
     "legal_basis", "retention_end", "crm_sent_at",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
+# Set with a change to what a call's offloaded manifest says (notes, purpose, number, name): the
+# offloader sends the call again, and its copy at the target says what the box says.
+SEND_AGAIN = "offloaded_at = NULL, offload_target = NULL"
 STATES = ("recording", "complete", "interrupted", "discarded", "missed")
 
 
@@ -308,10 +311,32 @@ class Catalogue:
                 "SELECT COUNT(*), MIN(COALESCE(ended_at, started_at)) FROM calls "
                 "WHERE file IS NOT NULL AND offloaded_at IS NULL AND state != 'recording'").fetchone())
 
-    def set_notes(self, call_id: int, notes: str | None, actor: str, address: str | None = None) -> None:
-        """Replace a call's notes (audited)."""
+    def status(self, key: str) -> str | None:
+        """The value kept under `key` in the status table (the store's and the alarms' state), or None."""
+        with self.read() as db:
+            row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def statuses(self, prefix: str) -> dict[str, str]:
+        """Every value of the status table whose key starts with `prefix`, by key."""
+        with self.read() as db:
+            return {row[0]: row[1] for row in db.execute(
+                "SELECT key, value FROM status WHERE substr(key, 1, ?) = ? ORDER BY key", [len(prefix), prefix])}
+
+    def set_status(self, key: str, value: str | None) -> None:
+        """Keep `value` under `key` in the status table (None deletes it); `since` is when the key
+        was first set."""
         with self.transaction() as db:
-            db.execute("UPDATE calls SET notes = ? WHERE id = ?", [notes, call_id])
+            if value is None:
+                db.execute("DELETE FROM status WHERE key = ?", [key])
+            else:
+                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) ON CONFLICT (key) "
+                           "DO UPDATE SET value = excluded.value", [key, value, iso_utc(time.time())])
+
+    def set_notes(self, call_id: int, notes: str | None, actor: str, address: str | None = None) -> None:
+        """Replace a call's notes (audited); an offloaded call is sent again."""
+        with self.transaction() as db:
+            db.execute(f"UPDATE calls SET notes = ?, {SEND_AGAIN} WHERE id = ?", [notes, call_id])
             audit(db, actor, "notes", call_id, None, address)
 
     def set_contact_name(self, call_id: int, name: str | None) -> None:

@@ -22,7 +22,7 @@ from appliance.contacts import written_forms
 from appliance.errors import CallrecError
 from appliance.store import ledger
 from appliance.store.archive import QUARANTINE_DIR
-from appliance.store.catalogue import CallFilter, audit
+from appliance.store.catalogue import SEND_AGAIN, CallFilter, audit
 from appliance.store.outbox import Outbox
 from appliance.store.retention import Store
 from appliance.store.subjects import subject_hash, subject_key
@@ -107,8 +107,8 @@ def _redact(db, text: str, replacement: str) -> int:
     changed = 0
     for column, table in FREE_TEXTS:
         if table == "calls":
-            db.execute(f"UPDATE calls SET offloaded_at = NULL, offload_target = NULL "
-                       f"WHERE offloaded_at IS NOT NULL AND instr({column}, ?) > 0", [text])
+            db.execute(f"UPDATE calls SET {SEND_AGAIN} WHERE offloaded_at IS NOT NULL AND instr({column}, ?) > 0",
+                       [text])
         changed += db.execute(f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?) WHERE instr({column}, ?) > 0",
                               [text, replacement, text]).rowcount
     return changed

@@ -48,9 +48,15 @@ class Outbox:
                     dropped = db.execute(
                         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
                         [waiting - keep + 1]).rowcount
-            db.execute("INSERT INTO outbox (delivery, created_at, body) VALUES (?, ?, ?)",
-                       [delivery, iso_utc(time.time()), body])
+            self.put(db, delivery, body)
         return dropped
+
+    @staticmethod
+    def put(db, delivery: str, body: str) -> None:
+        """In `db`'s transaction: append an event (for a writer that changes the catalogue and
+        tells the receiver in one go, as an erasure does)."""
+        db.execute("INSERT INTO outbox (delivery, created_at, body) VALUES (?, ?, ?)",
+                   [delivery, iso_utc(time.time()), body])
 
     def next(self) -> Entry | None:
         """The oldest waiting event, or None when the outbox is empty."""

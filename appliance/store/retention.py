@@ -20,19 +20,22 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from appliance.store import ledger
-from appliance.store.catalogue import Catalogue, audit
+from appliance.store.catalogue import SEND_AGAIN, Catalogue, audit
 from appliance.clock import iso_utc
-from appliance.config import PurposeConfig, StoreConfig
+from appliance.config import Config, PurposeConfig, StoreConfig
 from appliance.contacts import ContactsError, normalise
 from appliance.errors import CallrecError
+from appliance.store.outbox import Outbox
 from appliance.store.reserve import Reserve
 from appliance.store.subjects import subject_hash, subject_key
 from appliance.store.spool import fsync_dir
+from appliance.webhook import erasure_event, serialised
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +72,21 @@ class Store:
     """Store actions and the cleaner over one catalogue and data folder."""
 
     def __init__(self, catalogue: Catalogue, data_dir: Path, purposes: dict[str, PurposeConfig],
-                 settings: StoreConfig, lines: int = 1, reserve: Reserve | None = None):
+                 settings: StoreConfig, lines: int = 1, reserve: Reserve | None = None,
+                 tell_webhook: bool = False):
         self.catalogue = catalogue
         self.reserve = reserve      # the recorder's; the web UI's store has none
         self.data_dir = Path(data_dir)
         self.purposes = purposes
         self.settings = settings
         self.lines = lines
+        self.tell_webhook = tell_webhook    # erased calls are named to the webhook's receiver
+
+    @classmethod
+    def configured(cls, catalogue: Catalogue, data_dir: Path, config: Config, reserve: Reserve | None = None) -> "Store":
+        """The store of `data_dir` under `config`: its purposes, limits, lines and webhook."""
+        return cls(catalogue, data_dir, config.purpose, config.store, len(config.line_names), reserve,
+                   tell_webhook=config.webhook is not None)
 
     # -- actions on one call ------------------------------------------------------------------------
 
@@ -111,7 +122,7 @@ class Store:
         call = self._call(call_id)
         facts = self.legal_facts(purpose, call["started_at"])
         with self.catalogue.transaction() as db:
-            db.execute("UPDATE calls SET purpose = ?, legal_basis = ?, retention_end = ? WHERE id = ?",
+            db.execute(f"UPDATE calls SET purpose = ?, legal_basis = ?, retention_end = ?, {SEND_AGAIN} WHERE id = ?",
                        [purpose, facts["legal_basis"], facts["retention_end"], call_id])
             ledger.append(db, "reclassified", call_id, call["sha256"],
                           f"{call['purpose']} -> {purpose} ({json.dumps(facts, ensure_ascii=False)})")
@@ -183,8 +194,8 @@ class Store:
         key = subject_key(self.data_dir)
         was = ", ".join(f"{name} was {subject_hash(key, call[name] or '', country_code)}" for name in changes)
         with self.catalogue.transaction() as db:
-            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in changes)}, offloaded_at = NULL, "
-                       f"offload_target = NULL WHERE id = ?", [*changes.values(), call_id])
+            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in changes)}, {SEND_AGAIN} "
+                       f"WHERE id = ?", [*changes.values(), call_id])
             if "contact_name" in changes:
                 db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number = ?",
                            [changes["contact_name"], iso_utc(time.time()), changes.get("number", call["number"])])
@@ -233,7 +244,8 @@ class Store:
                     detail: str | None = None, address: str | None = None) -> None:
         """In `db`'s transaction: the calls' rows go, with their keys, pauses and waveforms; each
         leaves a tombstone, a ledger entry (and an audit entry when an `actor` asked), and its
-        files are listed for `finish_deletions`."""
+        files are listed for `finish_deletions`. Erased calls are named to the webhook's receiver
+        (`tell_webhook`), in the same transaction."""
         now = iso_utc(time.time())
         for call in calls:
             db.execute("INSERT INTO tombstones (call_id, deleted_at, reason) VALUES (?, ?, ?)",
@@ -246,6 +258,8 @@ class Store:
                            [call["id"], call["file"], call["offload_target"], reason])
             if actor is not None:
                 self._audit(db, actor, reason, call["id"], detail, address)
+        if reason == "erased" and self.tell_webhook and calls:
+            Outbox.put(db, str(uuid.uuid4()), serialised(erasure_event([call["id"] for call in calls], now)))
         marks = ", ".join("?" * len(calls))
         for table, column in (("digits", "call_id"), ("pauses", "call_id"), ("peaks", "call_id"), ("calls", "id")):
             db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", [call["id"] for call in calls])
@@ -392,17 +406,10 @@ class Store:
                 f"restrictions, offload and delete, or add storage; recording goes on into the reserve")
 
     def _status(self, key: str) -> str | None:
-        with self.catalogue.read() as db:
-            row = db.execute("SELECT value FROM status WHERE key = ?", [key]).fetchone()
-        return row[0] if row else None
+        return self.catalogue.status(key)
 
     def _set_status(self, key: str, value: str | None) -> None:
-        with self.catalogue.transaction() as db:
-            if value is None:
-                db.execute("DELETE FROM status WHERE key = ?", [key])
-            else:
-                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) ON CONFLICT (key) "
-                           "DO UPDATE SET value = excluded.value", [key, value, iso_utc(time.time())])
+        self.catalogue.set_status(key, value)
 
     def _select(self, where: str, params: list, index: str, limit: int = BATCH) -> list[dict]:
         with self.catalogue.read() as db:
@@ -426,21 +433,19 @@ class Store:
                 else f"free space {report.free_bytes / 1e6:.0f} MB is under the floor of {report.floor_bytes / 1e6:.0f} MB")
 
     def _set_alarm(self, text: str | None) -> None:
-        with self.catalogue.transaction() as db:
-            current = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
-            if text is None and current is not None:
-                db.execute("DELETE FROM status WHERE key = ?", [ALARM_KEY])
-                log.warning("storage alarm cleared")
-            elif text is not None and (current is None or current[0] != text):
-                if current is None:
-                    log.error("storage alarm: %s", text)
-                db.execute("INSERT INTO status (key, value, since) VALUES (?, ?, ?) "
-                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                           [ALARM_KEY, text, iso_utc(time.time())])
+        current = self.catalogue.status(ALARM_KEY)      # only the cleaner writes it
+        if text is None and current is not None:
+            log.warning("storage alarm cleared")
+        elif text is not None and current is None:
+            log.error("storage alarm: %s", text)
+        if text != current:
+            self.catalogue.set_status(ALARM_KEY, text)
 
     def alarm(self) -> str | None:
         """The current storage alarm, for the web UI and the technician's checks."""
-        with self.catalogue.read() as db:
-            row = db.execute("SELECT value FROM status WHERE key = ?", [ALARM_KEY]).fetchone()
-        return row[0] if row else None
+        return self.catalogue.status(ALARM_KEY)
 
+    def protected_alarm_since(self) -> str | None:
+        """Since when calls kept for a contract or the law are all that is left to evict (the
+        cleaner evicts them `protected_grace_hours` after that), or None."""
+        return self.catalogue.status(PROTECTED_KEY)
