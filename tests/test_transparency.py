@@ -17,7 +17,7 @@ from appliance.config import DEFAULT_PURPOSES, PurposeConfig, StoreConfig
 from appliance.store.catalogue import Catalogue
 from appliance.store.retention import Store
 from conftest import PASSWORD, callrec, calls_json, demo_path, tone, write_config, write_scenario, write_wav
-from test_web import csrf, login, post
+from test_web import login, post
 
 FIRST_BASIS = "Training our staff: legitimate interest (GDPR Art. 6(1)(f))"
 PRIVACY = {"controller": "Boulangerie Martin SRL", "address": "Rue Haute 12\n1000 Bruxelles",
