@@ -12,7 +12,7 @@ import click
 
 from appliance import __version__
 from appliance.store.catalogue import Catalogue, public_fields
-from appliance.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, load_config
+from appliance.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, DOCUMENT_LANGUAGES, load_config
 from appliance.errors import CallrecError, ConfigError, StoreError
 
 log = logging.getLogger("callrec")
@@ -320,10 +320,15 @@ def clean(config_path: Path, data: Path | None) -> None:
 @_data_option
 @_actor_option
 @click.option("--reason", help="Why restricted calls among them are needed (audited).")
-def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str, reason: str | None) -> None:
-    """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`."""
+@click.option("--language", type=click.Choice(DOCUMENT_LANGUAGES),
+              help="The access report's language (default: the config's [privacy] language).")
+def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str, reason: str | None,
+           language: str | None) -> None:
+    """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`;
+    with the configuration, also the access report (report.html) and the controller's facts."""
     from appliance.store.evidence import export_bundle
     from appliance.store.retention import StoreActionError
+    from appliance.transparency import controller_facts
 
     catalogue, data_dir = _catalogue(config_path, data)
     try:
@@ -332,7 +337,16 @@ def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None
             raise StoreActionError(f"call(s) {', '.join(map(str, restricted))} restricted: give --reason to export them")
         for call_id in restricted:
             catalogue.add_audit(actor, "open-restricted", call_id, reason)
-        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor)
+        customer = {}
+        if config_path.exists():
+            from web.report import render_report
+
+            config = load_config(config_path)
+            calls = [catalogue.get_call(call_id) for call_id in call_ids]
+            numbers = ", ".join(dict.fromkeys(call["number"] for call in calls if call["number"]))
+            customer = {"report": render_report(config, numbers, calls, language or config.privacy.language),
+                        "controller": controller_facts(config)}
+        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor, **customer)
     except KeyError as exc:
         raise StoreActionError(f"there is no call {exc.args[0]}") from None
     except ValueError as exc:

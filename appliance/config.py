@@ -91,6 +91,8 @@ class CallRulesConfig(_Strict):
     beep_hz: int = Field(1400, ge=300, le=3400)
     beep_ms: int = Field(300, ge=200, le=500)
     beep_level_dbfs: float = Field(-18.0, ge=-40, le=-6)
+    # What the notice says, word for word: the settings check it names the opt-out key.
+    notice_text: str | None = Field(None, min_length=1, max_length=2000)
 
     @field_validator("notice", mode="before")
     @classmethod
@@ -309,6 +311,32 @@ class WebConfig(_Strict):
     threads: int = Field(8, ge=2, le=64)
 
 
+# -- [privacy]: who answers for the recordings, for the privacy notice and the access report ------
+
+DOCUMENT_LANGUAGES = ("en", "fr", "nl", "pl")
+
+
+class PrivacyConfig(_Strict):
+    """The controller (the shop, who answers for the recordings), its data-protection officer, the
+    supervisory authority customers may complain to, other recipients, and the language of the
+    documents: what the privacy notice and a customer's access report say."""
+
+    controller: str = Field("", max_length=200)              # the shop's legal name
+    address: str = Field("", max_length=500)                 # postal address, lines apart
+    email: str = Field("", pattern=r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$")
+    phone: str = Field("", pattern=r"^[+0-9 ()./-]{0,30}$")
+    dpo: str = Field("", max_length=300)                     # the data-protection officer: name, e-mail
+    authority: str = Field("", max_length=200)               # empty: the one of recorder.country_code
+    authority_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    recipients: list[Annotated[str, Field(min_length=1, max_length=300)]] = []  # besides offload and CRM
+    language: Literal[DOCUMENT_LANGUAGES] = "en"              # of documents, where not chosen
+
+    def identity_missing(self) -> list[str]:
+        """The keys of the controller's identity left empty: a notice without them is not lawful."""
+        return [key for key in ("controller", "address") if not getattr(self, key)] + \
+            ([] if self.email or self.phone else ["email"])
+
+
 OFFLOAD_KEYS = {   # the keys of each kind of offload target; those marked required have no default
     "rsync": {"destination": True, "ssh_key_file": True, "known_hosts_file": True, "ssh_port": False},
     "s3": {"endpoint": True, "bucket": True, "access_key_id": True, "secret_key_file": True,
@@ -421,7 +449,7 @@ class SipTrunkConfig(CallRulesConfig):
 
 class Config(_Strict):
     """The whole file: `[recorder]`, `[store]`, `[purpose.NAME]`, `[webhook]`, `[alarms]`, `[web]`,
-    `[offload]` tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
+    `[offload]`, `[privacy]` tables, one `[[line]]` per analog line and one `[[sip_trunk]]` per SIP trunk."""
 
     recorder: RecorderConfig = RecorderConfig()
     store: StoreConfig = StoreConfig()
@@ -429,6 +457,7 @@ class Config(_Strict):
     alarms: AlarmsConfig | None = None
     web: WebConfig = WebConfig()
     offload: OffloadConfig | None = None
+    privacy: PrivacyConfig = PrivacyConfig()
     purpose: dict[str, PurposeConfig] = DEFAULT_PURPOSES
     line: list[LineConfig] = []
     sip_trunk: list[SipTrunkConfig] = []

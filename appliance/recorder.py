@@ -71,10 +71,10 @@ class Recorder:
         ensure_device_key_apart(data_dir)
         self.catalogue = Catalogue(data_dir)
         purposes = {line.name: line.purpose for line in [*config.line, *config.sip_trunk]}
-        self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
-                                 config.recorder.opus_bitrate, purposes)
         self.reserve = Reserve(data_dir, config.store.reserve_mb * 1_000_000)
         self.store = Store.configured(self.catalogue, data_dir, config, self.reserve)
+        self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
+                                 config.recorder.opus_bitrate, purposes, self.store.legal_facts)
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.reserve.on_release = self.cleaner.wake        # to make room at once
         self.objections = Objections(self.catalogue, data_dir, config.recorder.country_code)
@@ -83,7 +83,7 @@ class Recorder:
         self.finaliser = Worker("finaliser")      # encodes ended calls, off every line's thread
         self.desk = Desk(self.catalogue, self.writer, self.finaliser, data_dir, config.recorder.format,
                          config.recorder.opus_bitrate, config.recorder.flush_interval_s, self._finished,
-                         self.reserve, self.objections)
+                         self.reserve, self.objections, self.store.legal_facts)
         self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
         self.trunks = [SipTrunk(trunk, self.desk) for trunk in config.sip_trunk]

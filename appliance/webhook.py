@@ -383,7 +383,7 @@ class Webhook(Service):
     def _settle(self, entry: Entry, counter: str) -> None:
         """Delete `entry`, whose fate is known, then count it under `counter`."""
         def record():
-            self.outbox.done(entry.id)
+            self.outbox.done(entry.id, delivered=counter == "delivered")
             with self._lock:
                 setattr(self, counter, getattr(self, counter) + 1)
         self._record(record)

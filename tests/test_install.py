@@ -578,13 +578,14 @@ def test_the_config_template_loads_as_the_recorder_reads_it(tmp_path):
     uncommented = re.sub(r"^# ([a-z_]+ = .*)$", r"\1", template.read_text(), flags=re.M)
     uncommented = re.sub(r"^# (\[purpose\.training\])", r"\1", uncommented, flags=re.M)
     uncommented = uncommented.replace('secret_file = "webhook-secret"', f'secret_file = "{tmp_path}/secret"')
-    uncommented = re.sub(r"^# (\[webhook\]|\[alarms\])", r"\1", uncommented, flags=re.M)
+    uncommented = re.sub(r"^# (\[webhook\]|\[alarms\]|\[privacy\])", r"\1", uncommented, flags=re.M)
     uncommented = uncommented.replace('password_file = "alarm-mail.password"', f'password_file = "{tmp_path}/secret"')
     (tmp_path / "secret").write_text("s3cret\n")
     (tmp_path / "appliance.toml").write_text(uncommented)
     everything = load_config(tmp_path / "appliance.toml")
     assert everything.line[0].modem == "/dev/callrec-modem" and everything.webhook is not None
     assert everything.alarms.to == ["owner@shop.example"] and everything.alarms.port == 587
+    assert everything.privacy.address == "Street 1\n1000 City"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian: systemd)")

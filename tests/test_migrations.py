@@ -139,6 +139,9 @@ def _fill(db: sqlite3.Connection) -> None:
                                    next_attempt_at="2026-01-05T09:03:00Z"))
     if "peaks" in tables:
         _insert(db, "peaks", dict(call_id=1, levels=bytes(range(200)) * 3))
+    if "objections" in tables:
+        _insert(db, "objections", dict(subject="9" * 64, hint="…234", added_at="2026-01-06T14:00:00Z",
+                                       added_by="admin", note="request R-12"))
     if "tombstones" in tables:
         db.execute("DELETE FROM calls WHERE id = ?", [ERASED_ID])
     db.execute("COMMIT")

@@ -16,7 +16,7 @@ FORM = re.compile(rb'name="csrf_token" value="([^"]+)"')
 SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr",
                "filename": "style.css"}
 PUBLIC = {"auth.login", "auth.code", "auth.setup", "auth.language", "static", "healthz", "certificate", "revocation_list",
-          "api.openapi"}
+          "api.openapi", "notice.public", "notice.sheet"}
 
 
 def csrf(client, url: str = "/login") -> str:

@@ -211,6 +211,22 @@ def test_failures_are_retried_with_the_same_delivery_id(webhooks, catalogue, cap
     assert waiting(catalogue) == []
 
 
+def test_a_call_taken_by_the_crm_is_marked_sent_and_one_refused_is_not(webhooks, catalogue):
+    """What a customer's access report says went to the CRM: the calls whose event it took."""
+    calls = [catalogue.add_call(line="t1", direction="incoming", number="+3225551234", started_at="2026-12-01T10:00:00Z",
+                                purpose="training", state="missed") for _ in range(2)]
+    with Receiver([200, 400]) as receiver:
+        hook = webhooks(receiver.url)
+        hook.start()
+        hook.send(event(calls[0]))
+        hook.send(event(calls[1]))
+        wait_for(lambda: hook.delivered + hook.rejected == 2)
+    taken, refused = (catalogue.get_call(call_id) for call_id in calls)
+    assert taken["crm_sent_at"] is not None and refused["crm_sent_at"] is None
+    assert [e["event"] for e in catalogue.ledger_of(calls[0])[0]] == ["sent-to-crm"]
+    assert catalogue.ledger_of(calls[1])[0] == []
+
+
 @pytest.mark.parametrize("status", [302, 408, 429, 503])
 def test_retried_statuses(webhooks, status):
     with Receiver([status]) as receiver:

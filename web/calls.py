@@ -126,7 +126,7 @@ def detail(call_id: int):
     call = visible_call(call_id)
     catalogue = backend().catalogue
     store = backend().store
-    expires = store.expires_at(call) if call["purpose"] in store.purposes else None
+    expires = store.expires_at(call)
     return render_template("call.html", call=call, digits=catalogue.digits(call_id),
                            pauses=catalogue.pauses(call_id), expires=expires,
                            purposes=sorted(backend().config.purpose), playable=openings().allows(current(), call))

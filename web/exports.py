@@ -31,6 +31,16 @@ class ExportRefused(CallrecError):
     """An export that cannot be made now; the message says why."""
 
 
+@dataclass(frozen=True)
+class CustomerRequest:
+    """What a bundle made for a customer carries besides the recordings: the access report, the
+    controller's facts and the ids of their calls that have no recording."""
+
+    report: str
+    controller: dict
+    without_recording: tuple[int, ...] = ()
+
+
 @dataclass
 class ExportJob:
     """One bundle being made for one principal."""
@@ -47,6 +57,7 @@ class ExportJob:
     state: str = "running"      # running, ready, failed
     error: str | None = None
     created: float = field(default_factory=time.time)
+    request: "CustomerRequest | None" = None   # a customer's request: the report and facts to add
 
     def public(self) -> dict:
         """What the progress page and the API show."""
@@ -67,9 +78,10 @@ class Exports:
             path.unlink(missing_ok=True)
         threading.Thread(target=self._sweeper, name="export-sweeper", daemon=True).start()
 
-    def start(self, call_ids: list[int], principal, address: str | None) -> ExportJob:
+    def start(self, call_ids: list[int], principal, address: str | None,
+              request: CustomerRequest | None = None) -> ExportJob:
         """Start making a bundle of `call_ids` for `principal` in the background (replacing their
-        last one)."""
+        last one), with a customer's `request` when it answers one."""
         catalogue = self.backend.catalogue
         calls = [catalogue.get_call(call_id) for call_id in call_ids]
         for call in calls:
@@ -79,7 +91,7 @@ class Exports:
         lines = frozenset(call["line"] for call in calls)
         job_id = secrets.token_urlsafe(12)
         job = ExportJob(job_id, principal.key, principal.actor, list(call_ids), self.folder / f"{job_id}.zip",
-                        lines=lines, size=catalogue.size_of(call_ids), total=len(call_ids))
+                        lines=lines, size=catalogue.size_of(call_ids), total=len(call_ids), request=request)
         with self._lock:
             for old in [j for j in self._jobs.values() if j.owner == principal.key and j.state != "running"]:
                 self._drop(old)
@@ -114,8 +126,12 @@ class Exports:
         def progress(done, total):
             job.done, job.total = done, total
         try:
+            extra = {}
+            if job.request is not None:
+                extra = {"report": job.request.report, "controller": job.request.controller,
+                         "without_recording": list(job.request.without_recording)}
             export_bundle(self.backend.catalogue, self.backend.data_dir, job.call_ids, job.path, job.actor,
-                          address, progress)
+                          address, progress, **extra)
             with self._lock:
                 if self._erased & set(job.call_ids):
                     raise ExportRefused("a call in this export was erased while it was being made")

@@ -15,6 +15,7 @@ from babel.numbers import format_decimal
 from flask import g, request
 
 from appliance.advice import TEXTS as ADVICE_TEXTS
+from appliance.config import DEFAULT_PURPOSES
 from appliance.errors import CallrecError
 
 LANGUAGES = {"en": "English", "fr": "Français", "nl": "Nederlands", "pl": "Polski"}
@@ -32,6 +33,8 @@ DYNAMIC_TEXTS = (
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
+    "access-report",
+    *(purpose.legal_basis for purpose in DEFAULT_PURPOSES.values()),    # the built-in purposes' legal bases
     "password-changed", "second-factor-on", "second-factor-off",
     "Storage short of space", "Calls kept for a contract or the law will be evicted", "Sound card missing",   # alarms
     "Caller-ID modem lost", "SIP trunk down", "A recorder service is dead or stuck", "Clock not synchronised",
@@ -61,7 +64,11 @@ def pick_language(user_language: str | None = None) -> str:
 
 def gettext(text: str, **values) -> str:
     """`text` in the request's language, with `{name}` placeholders filled from `values`."""
-    lang = getattr(g, "lang", "en")
+    return translate(getattr(g, "lang", "en"), text, **values)
+
+
+def translate(lang: str, text: str, **values) -> str:
+    """`text` in `lang`, with `{name}` placeholders filled from `values`."""
     translated = catalogue(lang).get(text) or text
     return translated.format(**values) if values else translated
 
@@ -84,16 +91,16 @@ def _local(value: str | datetime | None) -> datetime | None:
     return value.astimezone()          # the appliance's time zone: the shop's
 
 
-def when(value, style: str = "medium") -> str:
-    """A timestamp (ISO 8601 UTC) as the shop's local date and time, in the user's locale."""
+def when(value, style: str = "medium", lang: str | None = None) -> str:
+    """A timestamp (ISO 8601 UTC) as the shop's local date and time, in the user's locale (or `lang`)."""
     moment = _local(value)
-    return "" if moment is None else format_datetime(moment, style, tzinfo=moment.tzinfo, locale=g.lang)
+    return "" if moment is None else format_datetime(moment, style, tzinfo=moment.tzinfo, locale=lang or g.lang)
 
 
-def day(value) -> str:
-    """The local date of a timestamp, in the user's locale."""
+def day(value, lang: str | None = None) -> str:
+    """The local date of a timestamp, in the user's locale (or `lang`)."""
     moment = _local(value)
-    return "" if moment is None else format_date(moment, "medium", locale=g.lang)
+    return "" if moment is None else format_date(moment, "medium", locale=lang or g.lang)
 
 
 def clock(value) -> str:
@@ -111,9 +118,9 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def span(seconds: float) -> str:
-    """A long span in words ("3 days"), in the user's locale."""
-    return format_timedelta(timedelta(seconds=seconds), threshold=1.5, locale=g.lang)
+def span(seconds: float, lang: str | None = None) -> str:
+    """A long span in words ("3 days"), in the user's locale (or `lang`)."""
+    return format_timedelta(timedelta(seconds=seconds), threshold=1.5, locale=lang or g.lang)
 
 
 def number(value: float, digits: int = 0) -> str:

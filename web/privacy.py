@@ -1,6 +1,7 @@
 """Answering a customer's privacy request: every recording of their number, exported in one signed
-bundle (access, portability), erased (erasure) or put on hold (restriction), each confirmed and
-audited. Export progress pages and downloads live here too."""
+bundle with the access report in their language (access, portability), the report read or printed
+on its own, erased (erasure) or put on hold (restriction), each confirmed and audited. Export
+progress pages and downloads live here too."""
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
 
@@ -10,8 +11,11 @@ from appliance.errors import CallrecError
 from appliance.store.erasure import erase_subject
 from web.auth import confirmed
 from web.backend import backend
-from web.exports import ExportRefused
-from web.i18n import error_text, gettext as _
+from appliance.transparency import controller_facts
+from web.documents import document_response
+from web.exports import CustomerRequest, ExportRefused
+from web.i18n import LANGUAGES, error_text, gettext as _
+from web.report import render_report
 from web.security import client_address, current, require, visible_lines
 
 bp = Blueprint("privacy", __name__)
@@ -37,6 +41,7 @@ def index():
     calls = calls_of(number) if number else []
     listed = bool(number) and _listed(number)
     return render_template("privacy.html", number=number, calls=calls, listed=listed,
+                           report_lang=backend().config.privacy.language,
                            variants=written_forms(number, backend().config.recorder.country_code) if number else [])
 
 
@@ -56,15 +61,41 @@ def _selected(number: str) -> list[dict]:
     return calls
 
 
+def _report_language(lang: str | None) -> str:
+    """The access report's language: the one picked on the page, else the settings' default."""
+    if lang is None or lang == "":
+        return backend().config.privacy.language
+    if lang not in LANGUAGES:
+        abort(400, description=_("There is no access report in this language."))
+    return lang
+
+
+@bp.route("/privacy/report")
+@require("supervisor")
+def report():
+    """The access report (GDPR Art. 15) of the number, in the language picked, to read or print."""
+    number = request.args.get("number", "").strip()
+    calls = _selected(number)
+    lang = _report_language(request.args.get("lang"))
+    backend().catalogue.add_audit(current().actor, "access-report", detail=f"{len(calls)} call(s), {lang}",
+                                  address=client_address())
+    return document_response(render_report(backend().config, number, calls, lang))
+
+
 @bp.route("/privacy/export", methods=["POST"])
 @require("supervisor")
 def export():
-    """Start a signed bundle of every recording of the number."""
-    calls = [c for c in _selected(request.form.get("number", "").strip()) if c["file"]]
-    if not calls:
-        abort(404, description=_("None of these calls has a recording to export."))
+    """Start a signed bundle of every recording of the number, with the access report in the
+    language picked and the calls that have no recording."""
+    number = request.form.get("number", "").strip()
+    every = [c for c in _selected(number) if c["state"] != "recording"]
+    lang = _report_language(request.form.get("lang"))
+    calls = [c for c in every if c["file"]]
+    config = backend().config
+    customer = CustomerRequest(render_report(config, number, every, lang), controller_facts(config),
+                               tuple(c["id"] for c in every if not c["file"]))
     try:
-        job = exports().start([c["id"] for c in calls], current(), client_address())
+        job = exports().start([c["id"] for c in calls], current(), client_address(), customer)
     except ExportRefused as exc:
         flash(error_text(exc), "error")
         return redirect(url_for("privacy.index", number=request.form.get("number", "").strip()))

@@ -12,7 +12,7 @@ from web.backend import backend
 from web.i18n import gettext as _
 
 PUBLIC_ENDPOINTS = {"auth.login", "auth.code", "auth.setup", "auth.language", "static", "healthz", "certificate",
-                    "revocation_list", "api.openapi"}
+                    "revocation_list", "api.openapi", "notice.public", "notice.sheet"}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")

@@ -1,5 +1,6 @@
 """The technician's pages: lines, the notice (uploaded, or spoken by espeak-ng from a text),
-purposes and retention, store limits, users and API tokens.
+purposes and retention, the privacy information (controller, authority, recipients, with warnings
+of what it lacks), store limits, users and API tokens.
 
 A change is validated exactly as the configuration file is at start-up (the same model, the same
 messages), written atomically with a backup of the previous file, keeping the technician's comments
@@ -24,7 +25,8 @@ from web.accounts import ROLES, AccountError
 from web.auth import confirmed
 from web.backend import backend
 from web.certificate import CERT_NAME, OWN_MARK, TLS_DIR, CertificateError, install_own, use_issued
-from web.i18n import error_text, gettext as _
+from web.i18n import LANGUAGES, error_text, gettext as _
+from web.notice import settings_warnings, spoken_notice
 from web.security import client_address, current, require, session_idle_s
 from web.status import advice
 
@@ -58,6 +60,7 @@ CALL_RULE_FIELDS = {
     "purpose": str, "notice_incoming": _flag, "outgoing": str, "beep_interval_s": float, "record_from": str,
     "optout_digit": _opt(str), "optout_window_s": float, "pause_code": _opt(str), "pause_max_s": float,
     "keep_declined_number": _flag, "record": _flag, "private_code": _opt(str), "private_window_s": float,
+    "notice_text": _opt(lambda text: text.replace("\r\n", "\n")),
     "schedule": _entries, "record_one_in": int,
 }
 LINE_FIELDS = {
@@ -165,9 +168,12 @@ def index():
     """Lines, notice, purposes, store limits."""
     raw = raw_config().unwrap()
     notices = sorted((backend().data_dir / "notices").glob("*")) if (backend().data_dir / "notices").is_dir() else []
-    return render_template("settings.html", raw=raw, config=backend().config, voices=SPEECH_VOICES,
+    config = backend().config
+    spoken = {line.name: spoken_notice(config, line, config.privacy.language) for line in [*config.line, *config.sip_trunk]}
+    return render_template("settings.html", raw=raw, config=config, voices=SPEECH_VOICES,
                            notices=notices, config_path=backend().config_path, certificate=served_certificate(),
-                           advice=advice())
+                           advice=advice(), privacy_warnings=settings_warnings(config), spoken=spoken,
+                           document_languages=LANGUAGES)
 
 
 def _tls_folder() -> Path:
@@ -343,6 +349,27 @@ def purpose():
         _apply(raw.setdefault("purpose", {}).setdefault(name, {}),
                {"retention_days": days, "legal_basis": request.form.get("legal_basis", "").strip()})
     return _saving(change, f"purpose {name}", "purposes")
+
+
+# -- [privacy]: the controller's identity, the authority, the recipients -------------------------------
+
+def _lines_of(text: str) -> list[str] | None:
+    return [line.strip() for line in text.splitlines() if line.strip()] or None
+
+
+PRIVACY_FIELDS = {"controller": _opt(str), "address": _opt(lambda text: text.replace("\r\n", "\n")), "email": _opt(str), "phone": _opt(str),
+                  "dpo": _opt(str), "authority": _opt(str), "authority_url": _opt(str), "recipients": _lines_of,
+                  "language": str}
+
+
+@bp.route("/privacy", methods=["POST"])
+@require("admin")
+@confirmed
+def privacy():
+    """Change who the privacy notice and the access reports name: the controller, its contacts and
+    officer, the supervisory authority, other recipients, the documents' language."""
+    return _saving(lambda raw: _apply(raw.setdefault("privacy", {}), _form_values(PRIVACY_FIELDS)),
+                   "privacy information", "privacy")
 
 
 @bp.route("/notice", methods=["POST"])

@@ -7,6 +7,7 @@ the spool (finalised again at the next start) or the complete archive file, neve
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -116,11 +117,19 @@ def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields)
             # it is removed leaves it to the cleaner (and to `recover`), not to quarantine.
             db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [spool])
         if encoded.sha256 is not None:
-            ledger.append(db, "recorded", encoded.call_id, encoded.sha256, fields["state"])
+            ledger.append(db, "recorded", encoded.call_id, encoded.sha256, recorded_detail(db, encoded.call_id))
         if encoded.peaks is not None:
             db.execute("INSERT OR REPLACE INTO peaks (call_id, levels) VALUES (?, ?)", [encoded.call_id, encoded.peaks])
     _remove(encoded.spool)
     return catalogue.get_call(encoded.call_id)
+
+
+def recorded_detail(db, call_id: int) -> str:
+    """The `recorded` ledger entry's detail: the call's state, purpose, legal basis and end of
+    retention as its row holds them (JSON; the last two null for a call recorded before they were
+    stored)."""
+    row = db.execute("SELECT state, purpose, legal_basis, retention_end FROM calls WHERE id = ?", [call_id]).fetchone()
+    return json.dumps(dict(row), ensure_ascii=False, sort_keys=True)
 
 
 def finalise(catalogue: Catalogue, data_dir: Path, call_id: int, state: str, fmt: str,
@@ -141,10 +150,11 @@ SPOOL_NAME = re.compile(r"(?P<line>.+)-(?P<ms>\d{13})(-\d+)?\.wav")
 
 
 def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
-            purposes: dict[str, str] | None = None) -> list[dict]:
+            purposes: dict[str, str] | None = None, legal_facts=None) -> list[dict]:
     """Finalise every call a crash left in state `recording` as `interrupted`. A spool whose row
     was never written (the catalogue refused writes until the crash) gets one, `interrupted`, if
-    it names a line of `purposes` (line name -> purpose); a spool whose call was archived just
+    it names a line of `purposes` (line name -> purpose), with the legal basis and retention end
+    `legal_facts(purpose, started_at)` gives; a spool whose call was archived just
     before the stop is removed; other stray files are quarantined. Returns the recovered rows."""
     purposes = purposes or {}
     known = {row["spool"] for row in catalogue.calls("state = ?", ["recording"]) if row["spool"]}
@@ -160,8 +170,10 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
         relative = f"{SPOOL_DIR}/{orphan.name}"
         if relative in known or match is None or match["line"] not in purposes:
             continue
-        call_id = catalogue.add_call(line=match["line"], direction="unknown", started_at=iso_utc(int(match["ms"]) / 1000),
-                                     purpose=purposes[match["line"]], state="recording", spool=relative)
+        started_at, purpose = iso_utc(int(match["ms"]) / 1000), purposes[match["line"]]
+        facts = legal_facts(purpose, started_at) if legal_facts is not None else {}
+        call_id = catalogue.add_call(line=match["line"], direction="unknown", started_at=started_at,
+                                     purpose=purpose, state="recording", spool=relative, **facts)
         log.warning("spool %s had no row (the catalogue refused it): recovered as call %s", orphan.name, call_id)
     recovered, kept = [], set()
     for call in catalogue.calls("state = ?", ["recording"]):

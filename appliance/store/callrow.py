@@ -39,6 +39,14 @@ class Desk:
     on_finished: object = None
     reserve: Reserve | None = None
     objections: object = None           # the do-not-record list (None: there is none)
+    legal_facts: object = None          # (purpose, started_at) -> legal basis and retention end now
+
+    def with_legal_facts(self, fields: dict) -> dict:
+        """A new row's `fields` with its purpose's legal basis and retention end as the settings
+        say when it is written, kept with the call whatever they say later."""
+        if self.legal_facts is None:
+            return fields
+        return {**fields, **self.legal_facts(fields["purpose"], fields["started_at"])}
 
     def objected(self, number: str | None) -> bool:
         """Whether a call of this number must not be recorded (never waits)."""
@@ -63,7 +71,7 @@ class Desk:
     def missed(self, **fields) -> None:
         """A call nobody answered: a `missed` row, no audio."""
         def insert():
-            call_id = self.catalogue.add_call(state="missed", **fields)
+            call_id = self.catalogue.add_call(state="missed", **self.with_legal_facts(fields))
             self.finished(call_id)
         self.writer.submit(insert)
 
@@ -79,7 +87,7 @@ class CallRow:
     def insert(self, **fields) -> None:
         """Write the call's row (the first step of every call: the others name its id)."""
         def step():
-            self.id = self.desk.catalogue.add_call(**fields)
+            self.id = self.desk.catalogue.add_call(**self.desk.with_legal_facts(fields))
         self._step(step)
 
     def _step(self, step) -> None:

@@ -29,6 +29,7 @@ CALL_FIELDS = (
     "format", "sample_rate", "samples", "recording_started_at", "flashes", "capture_errors",
     "overruns", "held", "hold_reason", "clock_synced", "discard_reason", "contact_name", "notes",
     "offloaded_at", "offload_target", "channels", "end_reason", "restricted", "restrict_reason",
+    "legal_basis", "retention_end", "crm_sent_at",
 )
 COLUMNS = frozenset(CALL_FIELDS + ("spool",))
 # Set with a change to what a call's offloaded manifest says (notes, purpose, number, name): the

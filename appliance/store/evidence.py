@@ -1,9 +1,12 @@
 """Tamper evidence: checking the store against its hashes and ledger, and signed export bundles
 that can be checked offline, away from the appliance.
 
-A bundle is a zip: the recordings, `manifest.json` (each call's catalogue fields, its ledger
-entries and the ledger head at export time, the device's public key) and `manifest.sig`, the
-device key's Ed25519 signature of the manifest's exact bytes.
+A bundle is a zip: the recordings, `manifest.json` (each call's catalogue fields, with the legal
+basis and end of retention stored when it was recorded, its ledger entries and the ledger head at
+export time, the device's public key; for a customer's request also the controller, the authority
+and the recipients, the calls of theirs that have no recording, and the access report's hash) and
+`manifest.sig`, the device key's Ed25519 signature of the manifest's exact bytes; for a customer's
+request, `report.html`, the access report in their language.
 """
 
 import hashlib
@@ -21,6 +24,7 @@ from appliance.clock import iso_utc
 from appliance.keys import derived_key, fingerprint, key_path, load_private_key, public_key_hex
 
 BUNDLE_FORMAT = "callrec-bundle-1"
+REPORT_FILE = "report.html"
 
 
 def verify_store(catalogue: Catalogue, data_dir: Path) -> list[str]:
@@ -88,12 +92,17 @@ def unowned_files(catalogue: Catalogue, data_dir: Path) -> list[str]:
 
 
 def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out: Path, actor: str,
-                  address: str | None = None, progress=None) -> dict:
+                  address: str | None = None, progress=None, report: str | None = None,
+                  controller: dict | None = None, without_recording: list[int] = ()) -> dict:
     """Write a signed bundle of the given calls to `out`; record the export in the ledger and the
-    audit trail. Returns the manifest. `progress(done, total)` is called after each recording."""
+    audit trail. Returns the manifest. `progress(done, total)` is called after each recording.
+    For a customer's request: `report` (the access report's HTML), `controller` (the facts of
+    `appliance.transparency.controller_facts`) and the ids of their calls `without_recording`."""
     key = load_private_key(data_dir)
     entries = []
     with catalogue.read() as db:
+        others = [public_fields(dict(row)) for call_id in without_recording
+                  if (row := db.execute("SELECT * FROM calls WHERE id = ?", [call_id]).fetchone()) is not None]
         for call_id in call_ids:
             row = db.execute("SELECT * FROM calls WHERE id = ?", [call_id]).fetchone()
             if row is None:
@@ -111,11 +120,18 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
     manifest = {"format": BUNDLE_FORMAT, "created_at": iso_utc(time.time()), "device_public_key": public,
                 "device_fingerprint": fingerprint(public), "ledger_head": head,
                 "calls": [fields for fields, _ in entries]}
+    if controller is not None:
+        manifest["controller"] = controller
+        manifest["calls_without_recording"] = others
+    if report is not None:
+        manifest["report"] = {"file": REPORT_FILE, "sha256": hashlib.sha256(report.encode()).hexdigest()}
     body = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode()
     partial = Path(str(out) + ".part")
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
         bundle.writestr("manifest.json", body)
         bundle.writestr("manifest.sig", key.sign(body).hex())
+        if report is not None:
+            bundle.writestr(REPORT_FILE, report)
         for done, (fields, path) in enumerate(entries, start=1):
             bundle.write(path, fields["recording"])
             if progress is not None:
@@ -156,6 +172,13 @@ def verify_bundle(path: Path, expected_fingerprint: str | None = None) -> tuple[
     if head is not None and (problem := ledger.check_entry(head)) is not None:
         problems.append(f"the ledger head: {problem}")
     listed = {"manifest.json", "manifest.sig"}
+    if (report := manifest.get("report")) is not None:
+        listed.add(report["file"])
+        try:
+            if hashlib.sha256(bundle.read(report["file"])).hexdigest() != report["sha256"]:
+                problems.append(f"{report['file']} does not match its SHA-256 (the report was changed)")
+        except KeyError:
+            problems.append(f"the report {report['file']} is missing")
     for call in manifest.get("calls", []):
         listed.add(call["recording"])
         try:

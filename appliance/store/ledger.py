@@ -1,6 +1,9 @@
 """The evidence ledger: an append-only chain in the catalogue, one entry per event in a call's life
 (recorded, re-classified, held, released, erased, expired, evicted, exported, offloaded, and
-offload-deleted when the copy of an erased or expired call is removed from the offload target).
+offload-deleted when the copy of an erased or expired call is removed from the offload target,
+sent-to-crm when the CRM took the call's webhook event). The `recorded` entry carries the call's
+purpose, legal basis and end of retention as they were when it was recorded; `reclassified`, the
+new ones.
 
 Each entry carries the hash of the one before, the recording's SHA-256 where there is one, a
 sequence number and the boot's monotonic clock, so order is provable even when the wall clock was

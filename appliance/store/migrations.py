@@ -183,8 +183,19 @@ def _migration_15(db: sqlite3.Connection) -> None:
         subject TEXT PRIMARY KEY, hint TEXT NOT NULL, added_at TEXT NOT NULL, added_by TEXT NOT NULL, note TEXT)""")
 
 
+def _migration_16(db: sqlite3.Connection) -> None:
+    """The legal facts of a call as they were when it was recorded: its purpose's legal basis and
+    the end of its retention (NULL for calls from before: not recorded at the time), and when the
+    CRM took the call's webhook event."""
+    db.execute("ALTER TABLE calls ADD COLUMN legal_basis TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN retention_end TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN crm_sent_at TEXT")
+    # What the cleaner asks for: the calls whose recorded retention has ended.
+    db.execute("CREATE INDEX calls_retention_end ON calls (retention_end) WHERE held = 0 AND restricted = 0")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
               _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
-              _migration_13, _migration_14, _migration_15)
+              _migration_13, _migration_14, _migration_15, _migration_16)

@@ -8,11 +8,13 @@ Bodies carry personal data (numbers, contact names): rows are deleted, never kep
 and the catalogue overwrites deleted pages (`secure_delete`).
 """
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from appliance.clock import iso_utc
+from appliance.store import ledger
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,19 @@ class Outbox:
             db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?",
                        [iso_utc(next_attempt_at), entry_id])
 
-    def done(self, entry_id: int) -> None:
+    def done(self, entry_id: int, delivered: bool = False) -> None:
         """Delete an event whose fate is known (delivered, refused or given up). Deleting one that
-        is gone already is not an error."""
+        is gone already is not an error. A call's event `delivered` marks the call as sent to the
+        CRM (`crm_sent_at`, and a `sent-to-crm` ledger entry): a customer's access report says so."""
         with self.catalogue.transaction() as db:
+            row = db.execute("SELECT body FROM outbox WHERE id = ?", [entry_id]).fetchone()
             db.execute("DELETE FROM outbox WHERE id = ?", [entry_id])
+            call_id = _call_of(row[0]) if delivered and row is not None else None
+            if call_id is not None:
+                call = db.execute("SELECT sha256 FROM calls WHERE id = ?", [call_id]).fetchone()
+                if call is not None:
+                    db.execute("UPDATE calls SET crm_sent_at = ? WHERE id = ?", [iso_utc(time.time()), call_id])
+                    ledger.append(db, "sent-to-crm", call_id, call[0])
 
     @staticmethod
     def forget(db, texts: list[str]) -> int:
@@ -96,6 +106,16 @@ class Outbox:
             rows = db.execute("SELECT id, delivery, body, attempts, created_at, next_attempt_at "
                               "FROM outbox ORDER BY id").fetchall()
         return [Entry(r[0], r[1], r[2], r[3], r[4], _epoch(r[5])) for r in rows]
+
+
+def _call_of(body: str) -> int | None:
+    """The call a `call.ended` event is about (None for another event)."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return None
+    call_id = event.get("id") if isinstance(event, dict) and event.get("event") == "call.ended" else None
+    return call_id if isinstance(call_id, int) else None
 
 
 def _epoch(text: str | None) -> float | None:

@@ -1,7 +1,9 @@
 """The ring-buffered store: purposes and retention, holds, erasure and the cleaner.
 
-A call is kept while its purpose needs it (retention counted from `started_at`, so re-classifying a
-call changes its expiry at once), and while the archive fits its cap and leaves the free-space
+A call is kept while its purpose needs it: the legal basis and the end of retention (counted from
+`started_at`) are stored with the call when it is recorded, and again when it is re-classified, so
+a later change of the settings does not lengthen what the customer was told; a purpose's retention
+shortened since applies at once. It is kept only while the archive fits its cap and leaves the free-space
 floor. The cleaner deletes expired calls, then, while over the cap or under the floor, the oldest
 calls of the purposes with the lowest eviction rank (training before agreement before legal
 obligation); it never touches a held or restricted call or one being recorded. Before it evicts
@@ -14,6 +16,7 @@ go first, in one transaction that also lists the files to delete; the files go a
 in between is finished at the next pass, so no recording outlives its row.
 """
 
+import json
 import logging
 import shutil
 import time
@@ -88,11 +91,28 @@ class Store:
     # -- actions on one call ------------------------------------------------------------------------
 
     def expires_at(self, call: dict) -> str | None:
-        """When a call's purpose lets it go (None if held or restricted)."""
+        """When a call goes (None if held or restricted, or if nothing says when): the end of
+        retention recorded with it, or its purpose's retention today if that ends sooner."""
         if call["held"] or call.get("restricted"):
             return None
-        started = datetime.fromisoformat(call["started_at"].replace("Z", "+00:00"))
-        return iso_utc((started + timedelta(days=self.purposes[call["purpose"]].retention_days)).timestamp())
+        ends = [end for end in (call.get("retention_end"), self._retention_end(call["purpose"], call["started_at"]))
+                if end is not None]
+        return min(ends) if ends else None
+
+    def _retention_end(self, purpose: str, started_at: str) -> str | None:
+        if purpose not in self.purposes:
+            return None
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+        return iso_utc((started + timedelta(days=self.purposes[purpose].retention_days)).timestamp())
+
+    def legal_facts(self, purpose: str, started_at: str) -> dict:
+        """What a call of `purpose` starting at `started_at` is kept under, as the settings say
+        now: its legal basis and the end of its retention, stored with the call (empty for a
+        purpose the settings do not know)."""
+        if purpose not in self.purposes:
+            return {}
+        return {"legal_basis": self.purposes[purpose].legal_basis,
+                "retention_end": self._retention_end(purpose, started_at)}
 
     def classify(self, call_id: int, purpose: str, actor: str, address: str | None = None) -> None:
         """Give a call another purpose (e.g. `agreement`), which changes how long it is kept."""
@@ -100,9 +120,12 @@ class Store:
             raise StoreActionError("unknown purpose {purpose}: one of {purposes}", purpose=repr(purpose),
                                    purposes=", ".join(sorted(self.purposes)))
         call = self._call(call_id)
+        facts = self.legal_facts(purpose, call["started_at"])
         with self.catalogue.transaction() as db:
-            db.execute(f"UPDATE calls SET purpose = ?, {SEND_AGAIN} WHERE id = ?", [purpose, call_id])
-            ledger.append(db, "reclassified", call_id, call["sha256"], f"{call['purpose']} -> {purpose}")
+            db.execute(f"UPDATE calls SET purpose = ?, legal_basis = ?, retention_end = ?, {SEND_AGAIN} WHERE id = ?",
+                       [purpose, facts["legal_basis"], facts["retention_end"], call_id])
+            ledger.append(db, "reclassified", call_id, call["sha256"],
+                          f"{call['purpose']} -> {purpose} ({json.dumps(facts, ensure_ascii=False)})")
             self._audit(db, actor, "reclassify", call_id, f"{call['purpose']} -> {purpose}", address)
 
     def hold(self, call_id: int, reason: str, actor: str, address: str | None = None) -> None:
@@ -296,6 +319,11 @@ class Store:
                     "ORDER BY started_at", [name, cutoff], index="calls_expiry"):
                 self._delete(batch, "expired")
                 report.expired += len(batch)
+        # The end recorded with each call, for a purpose since given a longer retention or removed.
+        while batch := self._select("retention_end < ? AND held = 0 AND restricted = 0 AND state != 'recording' "
+                                    "ORDER BY retention_end", [iso_utc(now)], index="calls_retention_end"):
+            self._delete(batch, "expired")
+            report.expired += len(batch)
         report.archive_bytes = self.archive_bytes()
         # Given back (the disk filled up), the reserve is room to make again before all else.
         reserve_out = self.reserve is not None and not self.reserve.held
