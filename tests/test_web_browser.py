@@ -149,7 +149,7 @@ def test_an_owner_sets_up_finds_plays_downloads_exports_and_erases_a_call(server
     page.fill("input[name=confirm]", "+32 2 555 02 02")
     page.click("button:has-text('Erase all')")
     page.wait_for_selector("text=2 call(s) erased")
-    assert "Reference for the customer: E-" in page.content() and "555" not in page.url   # not left in the history
+    assert "Reference for the customer: E-" in page.content() and "555" not in page.url.split("/", 3)[3]   # not left in the history (the port may hold 555)
     page.goto(f"{base}/privacy?number=%2B32+2+555+02+02")
     assert page.locator("table.calls tbody tr td.muted").count() == 1      # "No calls of this number."
     remaining = {call["number"] for call in callrec_calls(data)}
