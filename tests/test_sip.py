@@ -22,6 +22,7 @@ from appliance.config import load_config
 from appliance.live import read_live
 from appliance.recorder import Recorder
 from appliance.sip import client, g711
+from appliance.sip.media import parse_rtp
 from conftest import RATE, calls_json, tone, tone_level, wait_for, write_wav
 from sipp.harness import HOST, SIPP_PCAPS, RtpEndpoint, finish, free_port, pcap_audio, read_stereo, sipp, \
     trunk_config, write_pcap
@@ -127,6 +128,7 @@ def test_an_incoming_call_has_each_side_in_its_channel_and_the_caller_hears_the_
     assert levels(right, 0.0, 0.95)[NOTICE_HZ] > 0.4 and levels(left, 0.0, 0.95)[NOTICE_HZ] < 0.01
     assert best_match(right[int(1.2 * RATE):int(2.2 * RATE)], speech) > 0.95   # the shop, sample for sample
     assert levels(left, 1.2, 3.5)[CALLEE_HZ] < 0.01
+    assert_one_stream(caller.received)              # the notice, then the shop's packets after it
 
 
 def test_an_outgoing_call_over_tcp_is_recorded_with_the_number_dialled_in_stereo_opus(trunk):
@@ -152,9 +154,10 @@ def test_an_outgoing_call_over_tcp_is_recorded_with_the_number_dialled_in_stereo
 BEEP_HZ = 1400.0
 
 
-def call_out(trunk: Trunk, seconds: float) -> tuple[dict, np.ndarray, list[float]]:
+def call_out(trunk: Trunk, seconds: float) -> tuple[dict, RtpEndpoint, list[float]]:
     """An outgoing call from the PBX to a called party who rings with early media (183 with SDP)
-    and answers 1.5 s later: the call's row, what the called party heard, and when (wall clock)."""
+    and answers 1.5 s later: the call's row, the called party (what it heard), and when its
+    packets came (wall clock)."""
     write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, seconds, 0.5), g711.PCMA, 0x1111)
     called = RtpEndpoint(tone(CALLEE_HZ, seconds, 0.5))
     called.start()
@@ -165,12 +168,26 @@ def call_out(trunk: Trunk, seconds: float) -> tuple[dict, np.ndarray, list[float
     finally:
         called.close()
     [call] = trunk.calls()
-    return call, called.audio(), [wall + t for t, _ in called.received]
+    return call, called, [wall + t for t, _ in called.received]
+
+
+def assert_one_stream(received: list[tuple[float, bytes]]) -> None:
+    """The RTP packets a party received (arrival time, packet) form one stream: one SSRC,
+    consecutive sequence numbers, timestamps that follow the arrival times (a phone that sees the
+    SSRC change, or a jump, drops or clicks)."""
+    packets = [(t, parse_rtp(data)) for t, data in received]
+    assert len(packets) > 100 and {rtp.ssrc for _, rtp in packets} == {packets[0][1].ssrc}
+    for (t0, before), (t1, after) in zip(packets, packets[1:]):
+        assert after.sequence == (before.sequence + 1) & 0xFFFF
+        assert abs((after.timestamp - before.timestamp) % 2**32 / RATE - (t1 - t0)) < 0.015
+    (first_t, first), (last_t, last) = packets[0], packets[-1]
+    assert abs((last.timestamp - first.timestamp) % 2**32 / RATE - (last_t - first_t)) < 0.05
 
 
 def test_an_outgoing_call_plays_the_notice_to_the_called_party_only_once_it_answers(trunk):
     trunk.start()                       # outgoing = "announce" by default
-    call, heard, arrivals = call_out(trunk, 3.0)
+    call, called, arrivals = call_out(trunk, 3.0)
+    heard = called.audio()
     answered = datetime.fromisoformat(call["answered_at"]).timestamp()
     notice_at = datetime.fromisoformat(call["notice_played_at"]).timestamp()
     assert call["direction"] == "outgoing" and 0 <= notice_at - answered < 0.05
@@ -180,6 +197,7 @@ def test_an_outgoing_call_plays_the_notice_to_the_called_party_only_once_it_answ
     assert levels(heard, NOTICE_S + 0.2, 2.5)[CALLER_HZ] > 0.4           # then the shop
     left, right = read_stereo(trunk.folder / "data" / call["file"])     # left: the shop, right: the called party
     assert levels(left, 0.0, NOTICE_S - 0.05)[NOTICE_HZ] > 0.4
+    assert_one_stream(called.received)              # the notice, then the shop's packets after it
 
 
 def beeps(samples: np.ndarray) -> list[float]:
@@ -191,7 +209,9 @@ def beeps(samples: np.ndarray) -> list[float]:
 
 def test_beep_on_a_trunk_sounds_to_both_sides_at_its_interval_and_is_in_the_recording(trunk):
     trunk.start(outgoing="beep", beep_interval_s=5.0)
-    call, heard, _ = call_out(trunk, 6.5)
+    call, called, _ = call_out(trunk, 6.5)
+    heard = called.audio()
+    assert_one_stream(called.received)              # beep, shop, beep, shop
     assert call["notice_played_at"] is None and call["state"] == "complete"
     # The called party hears a beep at the answer and 5 s later, 0.3 s each, the shop in between.
     assert [round(at, 1) for at in beeps(heard)] in ([0.0, 5.0], [0.0, 4.9], [0.0, 5.1])

@@ -1,5 +1,5 @@
-"""The pieces of the SIP trunk that need no network: SIP messages, SDP rewriting, G.711 and the
-stereo timeline."""
+"""The pieces of the SIP trunk that need no network: SIP messages, SDP rewriting, G.711, the
+stereo timeline and the renumbering of what is relayed after a notice."""
 
 import math
 import struct
@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from appliance.sip import g711
+from appliance.sip.media import OutStream, parse_rtp, rtp_packet
 from appliance.sip.message import NameAddr, SipError, Uri, Via, parse, response
 from appliance.sip.sdp import SdpError, anchor
 from appliance.sip.stereo import Timeline
@@ -135,3 +136,20 @@ def test_the_timeline_places_packets_by_timestamp_and_leaves_silence_for_what_is
     out = struct.unpack(f"<{2 * 1160}h", timeline.take(1640))[0::2]
     assert set(out[:800 - 480]) == {0} and out[800 - 480:900 - 480] == (4,) * 100
     assert set(out[900 - 480:1160]) == {0}
+
+
+def test_after_the_notice_the_relayed_stream_and_its_rtcp_go_on_under_the_notices_ssrc():
+    out = OutStream()
+    for n in range(50):                     # one second of notice, 20 ms a packet
+        out.carry(rtp_packet(8, 100 + n, 5000 + 160 * n, 0xAAAA, bytes(160), marker=n == 0), "notice", n * 0.02)
+    relayed = parse_rtp(out.carry(rtp_packet(8, 7, 90000, 0xBBBB, bytes(160)), "pbx", 1.0))
+    assert (relayed.ssrc, relayed.sequence, relayed.timestamp) == (0xAAAA, 150, 5000 + 160 * 50)
+    following = parse_rtp(out.carry(rtp_packet(8, 8, 90160, 0xBBBB, bytes(160)), "pbx", 1.02))
+    assert (following.ssrc, following.sequence, following.timestamp) == (0xAAAA, 151, 5000 + 160 * 51)
+
+    sender_report = struct.pack("!BBHIIIIII", 0x80, 200, 6, 0xBBBB, 1, 2, 90160, 51, 8160)
+    sdes = struct.pack("!BBHIBB6s", 0x81, 202, 3, 0xBBBB, 1, 6, b"pbx@it") + bytes(2)
+    fields = struct.unpack_from("!BBHIIIIII", out.carry_rtcp(sender_report + sdes, "pbx"))
+    assert fields[3] == 0xAAAA and fields[6] == 5000 + 160 * 51     # named and timed as the RTP it reports
+    assert struct.unpack_from("!I", out.carry_rtcp(sender_report + sdes, "pbx"), 32)[0] == 0xAAAA
+    assert out.carry_rtcp(sender_report, "trunk") == sender_report  # not the stream carried: as it came

@@ -3,9 +3,11 @@ relays it to the other side and hands a copy to the call's recording.
 
 What leaves toward a side is what the recording keeps in that flow's channel: while the notice
 plays toward the caller, the callee's packets are not relayed to the caller but the notice is
-(and recorded in their place). The far end's address comes from its SDP; when its packets come
-from another host (a phone behind NAT that announced its private address), the anchor answers
-where they come from instead.
+(and recorded in their place). Whatever the source, a side gets one stream: the notice and the
+packets relayed after it carry one SSRC, one run of sequence numbers and timestamps that follow
+the clock. The far end's address comes from its SDP; when its packets come from another host (a
+phone behind NAT that announced its private address), the anchor answers where they come from
+instead.
 """
 
 import logging
@@ -23,6 +25,9 @@ RTP_VERSION = 2
 PACKET_BYTES = 2048
 DRAIN_MAX = 64          # packets read per wake-up of one socket, so one stream cannot starve the rest
 NOTICE_PACKET_S = 0.02  # 20 ms packets, the usual G.711 ptime
+RTP_CLOCK = 8000        # G.711's RTP clock (and G.722's, by RFC 3551's exception)
+TIMESTAMP_GRID = 80     # 10 ms: a spliced stream's timestamps move on in steps of the shortest ptime
+RTCP_SR, RTCP_RR, RTCP_SDES, RTCP_BYE = 200, 201, 202, 203
 
 
 class NoPortsError(OSError):
@@ -63,6 +68,68 @@ def rtp_packet(payload_type: int, sequence: int, timestamp: int, ssrc: int, payl
     """An RTP packet without CSRCs or extension."""
     return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | payload_type, sequence & 0xFFFF,
                        timestamp & 0xFFFFFFFF, ssrc) + payload
+
+
+class OutStream:
+    """What leaves toward one side, as one RTP stream, whatever it comes from.
+
+    The first stream toward the side (the other side's, or the notice) goes out as it is; when
+    another takes over (the other side's audio after the notice, a beep, a new SSRC after a
+    transfer), its packets are renumbered to go on where the last packet left off: the same SSRC,
+    the next sequence number, a timestamp as far on as the time that passed, and the marker bit
+    that tells the phone's jitter buffer a talkspurt starts. A phone that saw the SSRC change at the
+    notice's end logged it and dropped the packet after the switch; older phones clicked."""
+
+    def __init__(self):
+        self.ssrc: int | None = None
+        self.source: tuple[str, int] | None = None      # (origin, SSRC) of the stream carried now
+        self.sequence_shift = self.timestamp_shift = 0
+        self.last_sequence = self.last_timestamp = 0
+        self.last_at = 0.0
+
+    def carry(self, packet: bytes, origin: str, now: float) -> bytes:
+        """The RTP `packet` from `origin` ("notice", or the side it is relayed from), as it goes out."""
+        if len(packet) < 12 or packet[0] >> 6 != RTP_VERSION:
+            return packet
+        sequence, timestamp, ssrc = struct.unpack_from("!HII", packet, 2)
+        marker = False
+        if (origin, ssrc) != self.source:
+            if self.ssrc is None:
+                self.ssrc = ssrc
+            else:
+                steps = max(1, round((now - self.last_at) * RTP_CLOCK / TIMESTAMP_GRID))
+                self.sequence_shift = (self.last_sequence + 1 - sequence) & 0xFFFF
+                self.timestamp_shift = (self.last_timestamp + steps * TIMESTAMP_GRID - timestamp) & 0xFFFFFFFF
+                marker = True
+            self.source = (origin, ssrc)
+        self.last_sequence = (sequence + self.sequence_shift) & 0xFFFF
+        self.last_timestamp = (timestamp + self.timestamp_shift) & 0xFFFFFFFF
+        self.last_at = now
+        if not marker and ssrc == self.ssrc and not self.sequence_shift and not self.timestamp_shift:
+            return packet
+        header = bytearray(packet[:12])
+        struct.pack_into("!HII", header, 2, self.last_sequence, self.last_timestamp, self.ssrc)
+        if marker:
+            header[1] |= 0x80
+        return bytes(header) + packet[12:]
+
+    def carry_rtcp(self, data: bytes, origin: str) -> bytes:
+        """An RTCP compound packet from `origin`, its sender named as the stream it sends under
+        (the SSRC of sender and receiver reports, of the first SDES chunk and of a BYE; the RTP
+        timestamp of a sender report moved as its packets are)."""
+        if self.source is None or self.source[0] != origin or self.ssrc == self.source[1]:
+            return data
+        out, at = bytearray(data), 0
+        while at + 8 <= len(out):
+            kind, words = out[at + 1], struct.unpack_from("!H", out, at + 2)[0]
+            if kind in (RTCP_SR, RTCP_RR, RTCP_SDES, RTCP_BYE) and \
+                    struct.unpack_from("!I", out, at + 4)[0] == self.source[1]:
+                struct.pack_into("!I", out, at + 4, self.ssrc)
+                if kind == RTCP_SR and at + 20 <= len(out):      # after the SSRC, the NTP time, then this
+                    timestamp = struct.unpack_from("!I", out, at + 16)[0]
+                    struct.pack_into("!I", out, at + 16, (timestamp + self.timestamp_shift) & 0xFFFFFFFF)
+            at += 4 * (words + 1)
+        return bytes(out)
 
 
 class PortPool:
@@ -113,9 +180,19 @@ class Leg:
     media: Media | None = None
     last_received: float = field(default_factory=time.monotonic)
     local: tuple[str, int] = ()             # the appliance's RTP address for this side
+    outgoing: OutStream = field(default_factory=OutStream)     # what the appliance sends it
 
     def __post_init__(self):
         self.local = self.rtp.getsockname()[:2]
+
+    def send(self, packet: bytes, origin: str, now: float) -> None:
+        """Send an RTP packet to this side, in its one outgoing stream; a side that is not there
+        (yet) loses it, as on a line."""
+        if self.remote is not None:
+            try:
+                self.rtp.sendto(self.outgoing.carry(packet, origin, now), self.remote)
+            except OSError:
+                pass
 
     def described(self, media: Media) -> None:
         """This side's latest SDP: send its RTP where it asks (until its packets say otherwise)."""
@@ -162,11 +239,7 @@ class NoticePlayer:
         timestamp = self.timestamp0 + at
         packet = rtp_packet(self.payload_type, self.sequence + self.sent, timestamp, self.ssrc, chunk,
                             marker=self.sent == 0)
-        if self.leg.remote is not None:
-            try:
-                self.leg.rtp.sendto(packet, self.leg.remote)
-            except OSError:
-                pass                    # a side that is not there yet loses this packet, as on a line
+        self.leg.send(packet, "notice", time.monotonic())
         self.on_sent(self.ssrc, timestamp, self.pcm[2 * at:2 * (at + len(chunk))],
                      self.started + at / 8000)
         self.sent += 1
@@ -218,10 +291,7 @@ class MediaSession:
                 leg.remote = source[:2]         # behind NAT: answer where its packets come from
             if other.side in self.notice or other.remote is None:
                 continue
-            try:
-                other.rtp.sendto(data, other.remote)
-            except OSError:
-                pass
+            other.send(data, leg.side, now)
             if self.tap is not None:
                 self.tap(leg.side, data, now)
 
@@ -237,7 +307,7 @@ class MediaSession:
                 leg.remote_rtcp = source[:2]
             if other.remote_rtcp is not None:
                 try:
-                    other.rtcp.sendto(data, other.remote_rtcp)
+                    other.rtcp.sendto(other.outgoing.carry_rtcp(data, leg.side), other.remote_rtcp)
                 except OSError:
                     pass
 
