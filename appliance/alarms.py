@@ -40,6 +40,7 @@ TITLES = {
     "sound_card": "Sound card missing",
     "modem": "Caller-ID modem lost",
     "sip_trunk": "SIP trunk down",
+    "sip_peer": "SIP peer not answering",
     "service": "A recorder service is dead or stuck",
     "clock": "Clock not synchronised",
     "offload_backlog": "Recordings wait to be offloaded",

@@ -404,6 +404,8 @@ class SipSideConfig(_Strict):
     listen: str                                     # "192.0.2.10:5060": SIP on UDP and TCP
     peer: str | None = None                         # "sip.operator.example:5060"
     transport: Literal["udp", "tcp"] = "udp"        # toward the peer
+    external: str | None = None                     # "203.0.113.7": the NAT router's address the peer reaches
+    keepalive_s: float = Field(30.0, ge=0, le=3600)     # an OPTIONS to the peer this often; 0: none
 
     @field_validator("listen")
     @classmethod
@@ -422,6 +424,19 @@ class SipSideConfig(_Strict):
     @classmethod
     def _peer_address(cls, value):
         return None if value is None else _address(value, 5060)
+
+    @field_validator("external")
+    @classmethod
+    def _external_address(cls, value):
+        if value is None:
+            return None
+        import ipaddress
+        host, _, port = value.strip().partition(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected the NAT router's public IP address (and a port), got {value!r}") from None
+        return _address(value, None) if port else host
 
 
 class SipTrunkConfig(CallRulesConfig):

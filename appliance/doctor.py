@@ -28,7 +28,7 @@ from pathlib import Path
 from appliance.advice import config_advice
 from appliance.store.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
-from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, StoreConfig, WebConfig, load_config
+from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, SipTrunkConfig, StoreConfig, WebConfig, load_config
 from appliance.errors import CallrecError
 from appliance.keys import certificate_fingerprint
 from appliance.live import FRESH_S, read_live
@@ -349,6 +349,26 @@ def check_live_trunk(name: str, entries: list[dict]) -> Result:
                       "restart the recorder (`sudo systemctl restart callrec-recorder`) and read why in "
                       "`journalctl -u callrec-recorder.service`")
     return Result(OK, f"sip trunk {name}: relaying and recording ({entries[-1].get('calls') or 0} call(s) now)")
+
+
+def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
+    """Each side's peer of a SIP trunk asked with an OPTIONS request, from the side's address."""
+    from appliance.sip.keepalive import PEER_NAMES, ping
+
+    results = []
+    for side, config in (("trunk", trunk.trunk), ("pbx", trunk.pbx)):
+        if config.peer is None:
+            continue
+        host, _, port = config.peer.rpartition(":")
+        status, what = ping((host, int(port)), config.listen.rpartition(":")[0], config.transport, seconds)
+        where = f"sip trunk {trunk.name}: {PEER_NAMES[side]}"
+        if status is None:
+            results.append(Result(FAIL, f"{where}: {what}",
+                                  f"check `peer` in [sip_trunk.{side}] and the network to it; behind a NAT router, "
+                                  f"set `external` and forward the SIP and RTP ports (docs/sip.md)"))
+        else:
+            results.append(Result(OK, f"{where}: {what}"))
+    return results
 
 
 # -- disk, clock, web -------------------------------------------------------------------------------
@@ -694,8 +714,10 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
             results.append(check_inputs(line))
             if line.modem is not None:
                 results.append(check_modem(line))
-    if states:
-        results += [check_live_trunk(trunk.name, line_states(states, trunk.name)) for trunk in config.sip_trunk]
+    for trunk in config.sip_trunk:
+        if states:
+            results.append(check_live_trunk(trunk.name, line_states(states, trunk.name)))
+        results += check_trunk_peers(trunk, seconds)
     results.append(check_data_dir(config, systemd))
     results.append(check_disk(config))
     if (target := check_offload_target(config)) is not None:

@@ -142,7 +142,7 @@ class Recorder:
 
     def faults(self) -> set[int]:
         """What the fault LED shows: a missing sound card, the storage alarm, a lost modem, a SIP
-        trunk whose relay is down or stuck."""
+        trunk whose relay is down or stuck or whose peer does not answer."""
         present = set()
         if any(not line.capture.connected.is_set() for line in self.lines):
             present.add(NO_SOUND_CARD)
@@ -150,7 +150,7 @@ class Recorder:
             present.add(STORAGE_ALARM)
         if any(line.modem is not None and not line.modem.connected.is_set() for line in self.lines):
             present.add(MODEM_LOST)
-        if any(trunk.problem(TRUNK_STALE_S) is not None for trunk in self.trunks):
+        if any(trunk.problem(TRUNK_STALE_S) is not None or trunk.peer_problems() for trunk in self.trunks):
             present.add(TRUNK_DOWN)
         return present
 
@@ -171,6 +171,9 @@ class Recorder:
         trunks = [problem for trunk in self.trunks if (problem := trunk.problem(TRUNK_STALE_S)) is not None]
         if trunks:
             found["sip_trunk"] = "; ".join(trunks)
+        peers = [problem for trunk in self.trunks for problem in trunk.peer_problems()]
+        if peers:
+            found["sip_peer"] = "; ".join(peers)
         if (problem := self.problem(TRUNK_STALE_S)) is not None:
             found["service"] = f"{problem}: the watchdog restarts the recorder"
         if not clock_synchronised():

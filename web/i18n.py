@@ -15,6 +15,7 @@ from babel.numbers import format_decimal
 from flask import g, request
 
 from appliance.advice import TEXTS as ADVICE_TEXTS
+from appliance.alarms import TITLES as ALARM_TITLES
 from appliance.config import DEFAULT_PURPOSES
 from appliance.errors import CallrecError
 
@@ -36,9 +37,7 @@ DYNAMIC_TEXTS = (
     "access-report",
     *(purpose.legal_basis for purpose in DEFAULT_PURPOSES.values()),    # the built-in purposes' legal bases
     "password-changed", "second-factor-on", "second-factor-off",
-    "Storage short of space", "Calls kept for a contract or the law will be evicted", "Sound card missing",   # alarms
-    "Caller-ID modem lost", "SIP trunk down", "A recorder service is dead or stuck", "Clock not synchronised",
-    "Recordings wait to be offloaded", "Recorder not running",
+    *ALARM_TITLES.values(),                                               # the alarms
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error",
     *ADVICE_TEXTS.values(),                                               # the settings' warnings

@@ -1,7 +1,8 @@
-"""The appliance's own requests (the BYEs that end a dead call) as RFC 3261 non-INVITE client
-transactions (17.1.2): over UDP a request is sent again after T1, then at intervals doubling up to
-T2 (every T2 once a provisional answer came), until a final answer or Timer F; over TCP it is sent
-once. A request that gets no final answer is given up with a warning.
+"""The appliance's own requests (the BYEs that end a dead call, the OPTIONS that keep a peer's
+NAT binding open) as RFC 3261 non-INVITE client transactions (17.1.2): over UDP a request is sent
+again after T1, then at intervals doubling up to T2 (every T2 once a provisional answer came), until
+a final answer or Timer F (or a shorter wait the request sets); over TCP it is sent once. A request
+that gets no final answer is given up with a warning, or told to whoever sent it.
 """
 
 import asyncio
@@ -26,6 +27,7 @@ class Transaction:
     due: float                              # when it is sent again (loop time)
     timer_e: asyncio.TimerHandle | None = None    # the next retransmission
     timer_f: asyncio.TimerHandle | None = None    # the end of waiting
+    on_final: Callable[[int | None], None] | None = None    # told the final status (None: no answer)
 
 
 class ClientTransactions:
@@ -37,12 +39,15 @@ class ClientTransactions:
         self.name = name
         self.pending: dict[str, Transaction] = {}
 
-    def start(self, branch: str, send: Callable[[], None], reliable: bool, what: str) -> None:
-        """Send a request with `send()`, and again until it is answered unless `reliable` (TCP)."""
+    def start(self, branch: str, send: Callable[[], None], reliable: bool, what: str,
+              on_final: Callable[[int | None], None] | None = None, wait_s: float | None = None) -> None:
+        """Send a request with `send()`, and again until it is answered unless `reliable` (TCP).
+        With `on_final`, its final status (or None after `wait_s` without one) goes there instead
+        of a warning to the log. It waits for it `wait_s`, or Timer F."""
         send()
         now = self.loop.time()
-        transaction = Transaction(send, what, T1_S, now + T1_S)
-        transaction.timer_f = self.loop.call_at(now + TIMER_F_S, self._give_up, branch)
+        transaction = Transaction(send, what, T1_S, now + T1_S, on_final=on_final)
+        transaction.timer_f = self.loop.call_at(now + (TIMER_F_S if wait_s is None else wait_s), self._give_up, branch)
         if not reliable:
             transaction.timer_e = self.loop.call_at(transaction.due, self._retransmit, branch)
         self.pending[branch] = transaction
@@ -55,6 +60,8 @@ class ClientTransactions:
             return                          # a late or repeated answer
         if status >= 200:
             self._finish(branch)
+            if transaction.on_final is not None:
+                transaction.on_final(status)
         else:
             transaction.interval = T2_S
 
@@ -72,9 +79,12 @@ class ClientTransactions:
         transaction.timer_e = self.loop.call_at(transaction.due, self._retransmit, branch)
 
     def _give_up(self, branch: str) -> None:
-        log.warning("sip trunk %s: %s got no final answer in %g s; given up",
-                    self.name, self.pending[branch].what, TIMER_F_S)
+        transaction = self.pending[branch]
         self._finish(branch)
+        if transaction.on_final is not None:
+            transaction.on_final(None)
+        else:
+            log.warning("sip trunk %s: %s got no final answer in %g s; given up", self.name, transaction.what, TIMER_F_S)
 
     def _finish(self, branch: str) -> None:
         transaction = self.pending.pop(branch)

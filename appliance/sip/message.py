@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 MAX_MESSAGE_BYTES = 65535
 VERSION = "SIP/2.0"
+BRANCH = "z9hG4bKcr"        # how every branch the appliance makes starts (RFC 3261's magic cookie, then ours)
 
 COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
            "c": "content-type", "k": "supported", "x": "session-expires", "s": "subject",

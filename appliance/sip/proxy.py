@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 
 from appliance.config import SipSideConfig, SipTrunkConfig
 from appliance.sip.client import ClientTransactions
+from appliance.sip.keepalive import PeerWatch
 from appliance.sip.line import CallFacts, CallRecording, SipLine
 from appliance.sip.media import Leg, MediaSession, NoPortsError, PortPool
-from appliance.sip.message import Message, NameAddr, SipError, Uri, Via, parse, response
+from appliance.sip.message import BRANCH, Message, NameAddr, SipError, Uri, Via, parse, response
 from appliance.sip.sdp import anchor
 from appliance.sip.transport import SideTransport
 
 log = logging.getLogger(__name__)
 
 TRUNK, PBX = "trunk", "pbx"
-BRANCH = "z9hG4bKcr"
 TIMER_C_S = 180.0           # an INVITE with no final answer by then is given up (RFC 3261 16.8)
 LINGER_S = 32.0             # a finished dialog is kept this long for retransmissions (64*T1)
 SUBSCRIPTION_S = 3600.0
@@ -55,19 +55,31 @@ def _host_port(address: str) -> tuple[str, int]:
 
 @dataclass
 class Side:
-    """One side's settings: the appliance's address there, its peer, its transport."""
+    """One side's settings: the appliance's address there (where it listens, and the one it names
+    in Via, Contact and SDP: the NAT router's when there is one), its peer, its transport."""
 
     name: str
     host: str
     port: int
     peer: tuple[str, int] | None
     transport: str
+    public_host: str
+    public_port: int
 
     @classmethod
     def of(cls, name: str, config: SipSideConfig) -> "Side":
         """From the configuration."""
         host, port = _host_port(config.listen)
-        return cls(name, host, port, _host_port(config.peer) if config.peer else None, config.transport.upper())
+        public_host, public_port = host, port
+        if config.external is not None:
+            public_host, _, external_port = config.external.partition(":")
+            public_port = int(external_port or port)
+        return cls(name, host, port, _host_port(config.peer) if config.peer else None, config.transport.upper(),
+                   public_host, public_port)
+
+    def is_us(self, host: str, port: int | None) -> bool:
+        """Whether `host`:`port` names the appliance on this side."""
+        return (host, port or 5060) in ((self.host, self.port), (self.public_host, self.public_port))
 
 
 @dataclass
@@ -143,12 +155,16 @@ class Proxy:
         for name, side in self.sides.items():
             self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name))
         self._ticker = None
+        self.peers = PeerWatch(loop, config.name, {name: side.peer for name, side in self.sides.items() if side.peer},
+                               {TRUNK: config.trunk.keepalive_s, PBX: config.pbx.keepalive_s},
+                               self._own_via, self._sender, self.client.start)
 
     def start(self) -> None:
-        """Start listening and the timers (on the loop's thread)."""
+        """Start listening, the timers and the peers' pings (on the loop's thread)."""
         for transport in self.transports.values():
             transport.start()
         self._tick()
+        self.peers.start()
 
     @property
     def busy(self) -> bool:
@@ -159,6 +175,7 @@ class Proxy:
         """End the calls in progress as interrupted and close every socket."""
         if self._ticker is not None:
             self._ticker.cancel()
+        self.peers.close()
         now = time.monotonic()
         for dialog in list(self.dialogs.values()):
             if dialog.state == "confirmed":
@@ -309,7 +326,7 @@ class Proxy:
         if message.body and kind == "application/sdp" and dialog is not None and dialog.media is not None \
                 and not dialog.media.closed:
             legs = dialog.media.legs
-            message.body, media = anchor(message.body, self.sides[out].host, legs[out].local[1])
+            message.body, media = anchor(message.body, self.sides[out].public_host, legs[out].local[1])
             legs[side].described(media)
             on_hold = any(leg.media is not None and leg.media.on_hold for leg in legs.values())
             if dialog.on_hold and not on_hold:
@@ -320,16 +337,24 @@ class Proxy:
 
     def _our_uri(self, side: str, user: str | None, transport: str) -> Uri:
         here = self.sides[side]
-        return Uri("sip", user, here.host, here.port, {"transport": "tcp"} if transport == "TCP" else {})
+        return Uri("sip", user, here.public_host, here.public_port, {"transport": "tcp"} if transport == "TCP" else {})
+
+    def _own_via(self, side: str, branch: str, transport: str | None = None) -> Via:
+        """The appliance's Via on a side's requests."""
+        here = self.sides[side]
+        return Via(transport or here.transport, here.public_host, here.public_port, {"branch": branch, "rport": None})
+
+    def _sender(self, side: str, message: Message):
+        """What sends one of the appliance's own requests to a side's peer (again, when retransmitted)."""
+        here = self.sides[side]
+        return functools.partial(self.transports[side].send, message.to_bytes(), self._resolve(here.peer), here.transport)
 
     def _via(self, side: str, transport: str, message: Message) -> Via:
         # The same branch for an INVITE, its CANCEL and the ACK of its error answer, as a
         # stateless proxy must (RFC 3261 16.11): from the branch and CSeq number they share.
         top = Via.parse(message.get("via"))
         seed = f"{top.branch}|{message.call_id}|{message.cseq[0]}|{side}"
-        branch = BRANCH + hashlib.sha1(seed.encode()).hexdigest()[:20]
-        here = self.sides[side]
-        return Via(transport, here.host, here.port, {"branch": branch, "rport": None})
+        return self._own_via(side, BRANCH + hashlib.sha1(seed.encode()).hexdigest()[:20], transport)
 
     def _ours(self, value: str) -> bool:
         """Whether a Via value is one the appliance added."""
@@ -337,8 +362,7 @@ class Proxy:
             via = Via.parse(value)
         except SipError:
             return False
-        return via.branch.startswith(BRANCH) and any(
-            via.host == s.host and (via.port or 5060) == s.port for s in self.sides.values())
+        return via.branch.startswith(BRANCH) and any(s.is_us(via.host, via.port) for s in self.sides.values())
 
     # -- where requests go -------------------------------------------------------------------------
 
@@ -354,7 +378,7 @@ class Proxy:
         peer_side = self.sides[other(side)]
         if peer_side.peer is None:
             raise SipError(f"no phone is registered for {uri.user}", 480)
-        if any(uri.host == s.host for s in self.sides.values()):
+        if any(uri.host in (s.host, s.public_host) for s in self.sides.values()):
             uri.host, uri.port = peer_side.peer
         return str(uri), self._resolve(peer_side.peer), peer_side.transport
 
@@ -402,7 +426,7 @@ class Proxy:
         for value in message.get_all("contact"):
             contact = NameAddr.parse(value)
             binding = self.bindings.get(contact.uri.user or "")
-            if binding is not None and (contact.uri.host, contact.uri.port or 5060) == (here.host, here.port):
+            if binding is not None and here.is_us(contact.uri.host, contact.uri.port):
                 contact.uri = binding.uri
                 granted = contact.params.get("expires") or message.get("expires") or ""
                 if 200 <= message.status < 300 and granted.isdigit():
@@ -519,9 +543,8 @@ class Proxy:
             address, transport = self._contact_target(contact, side)
             dialog.cseq[sender] = dialog.cseq.get(sender, dialog.invite_cseq if sender == caller else 0) + 1
             bye = Message(method="BYE", uri=str(contact))
-            here = self.sides[side]
             branch = f"{BRANCH}{random.getrandbits(64):016x}"
-            via = Via(transport, here.host, here.port, {"branch": branch, "rport": None})
+            via = self._own_via(side, branch, transport)
             for name, value in (("via", str(via)), ("max-forwards", "70"), ("from", from_), ("to", to),
                                 ("call-id", dialog.call_id), ("cseq", f"{dialog.cseq[sender]} BYE"),
                                 ("reason", f'SIP;cause={cause};text="{reason}"')):

@@ -82,6 +82,12 @@ class SipTrunk:
         problem = self.line.worker.problem(stale_s)
         return problem and f"sip trunk {self.config.name}: {problem}"
 
+    def peer_problems(self) -> list[str]:
+        """The peers of this trunk that stopped answering its pings (not the recorder's fault: no
+        restart helps, the technician does)."""
+        proxy = self.proxy
+        return [] if proxy is None else proxy.peers.problems()
+
     def stop(self) -> None:
         """Stop relaying; calls in progress are finalised as interrupted."""
         if self.proxy is None:
@@ -116,7 +122,8 @@ class SipTrunk:
                 "hook": None, "calls": len(active), "call_id": first.call_id if first else None,
                 "call_started_at": iso_from_mono(first.facts.answered) if first else None,
                 "direction": first.facts.direction if first else None, "number": first.facts.number if first else None,
-                **self.levels(), "capture_connected": problem is None, "problem": problem, "modem_connected": None}
+                **self.levels(), "capture_connected": problem is None, "problem": problem, "modem_connected": None,
+                "peer_problem": "; ".join(self.peer_problems()) or None}
 
     def levels(self) -> dict:
         """The input levels since the last reading: each side's (caller, callee), and the louder."""

@@ -18,14 +18,15 @@ MODULES = Path("/usr/lib/baresip/modules")
 class Baresip:
     """One baresip in its own configuration folder, with an account that does not register."""
 
-    def __init__(self, folder: Path, microphone: np.ndarray, codecs: str = "PCMA"):
-        self.folder = folder
+    def __init__(self, folder: Path, microphone: np.ndarray, codecs: str = "PCMA", host: str = HOST,
+                 prefix: tuple = ()):
+        self.folder, self.prefix = folder, prefix      # prefix: e.g. `ip netns exec NAME`, to run elsewhere
         folder.mkdir(parents=True, exist_ok=True)
         self.port, rtp = free_port(), free_port(4)
         write_wav(folder / "microphone.wav", microphone)
         # aubridge is a player without a sound card; sndfile dumps what was decoded (and sent).
         (folder / "config").write_text(
-            f"sip_listen {HOST}:{self.port}\n"
+            f"sip_listen {host}:{self.port}\n"
             f"audio_source aufile,{folder / 'microphone.wav'}\n"
             "audio_player aubridge,speaker\naudio_alert aubridge,speaker\n"
             f"rtp_ports {rtp}-{rtp + 3}\n"
@@ -33,13 +34,13 @@ class Baresip:
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             "module_app account.so\nmodule_app menu.so\n"
             f"snd_path {folder}\n")
-        (folder / "accounts").write_text(f"<sip:operator@{HOST}:{self.port}>;regint=0;audio_codecs={codecs}\n")
+        (folder / "accounts").write_text(f"<sip:operator@{host}:{self.port}>;regint=0;audio_codecs={codecs}\n")
         self.log = folder / "baresip.log"
 
     def call(self, uri: str, seconds: float) -> None:
         """Dial `uri`, talk for about `seconds`, hang up (baresip quits)."""
         with self.log.open("w") as log:
-            subprocess.run([BARESIP, "-f", str(self.folder), "-e", f"/dial {uri}", "-t", str(round(seconds))],
+            subprocess.run([*self.prefix, BARESIP, "-f", str(self.folder), "-e", f"/dial {uri}", "-t", str(round(seconds))],
                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                            timeout=seconds + 20, check=True)
 

@@ -101,12 +101,12 @@ def pcap_audio(path: Path) -> np.ndarray:
 
 def sipp(scenario: str, folder: Path, port: int, media_port: int, remote: str | None = None,
          duration_ms: int = 1000, transport: str = "u1", calls: int = 1, keys: dict | None = None,
-         service: str = "shop", extra: tuple = ()) -> subprocess.Popen:
+         service: str = "shop", extra: tuple = (), host: str = HOST, prefix: tuple = ()) -> subprocess.Popen:
     """Start SIPp on a scenario of tests/sipp in `folder` (where its pcaps are): a UAC when it has
-    a `remote` to call, else a UAS waiting on `port`."""
+    a `remote` to call, else a UAS waiting on `port` of `host` (`prefix`: e.g. `ip netns exec NAME`)."""
     keys = {"caller": "3225550000", "pai": "+3225551234", "rtp_port": str(media_port), "pt": "8",
             "codec": "PCMA", **(keys or {})}
-    command = [SIPP, "-sf", str(SCENARIOS / scenario), "-i", HOST, "-p", str(port), "-mi", HOST,
+    command = [*prefix, SIPP, "-sf", str(SCENARIOS / scenario), "-i", host, "-p", str(port), "-mi", host,
                "-mp", str(media_port), "-t", transport, "-m", str(calls), "-l", str(calls), "-r", str(calls),
                "-d", str(duration_ms), "-nostdin", "-timeout", "40s", "-timeout_error", "-trace_err",
                "-max_socket", "200", *extra]
@@ -131,15 +131,18 @@ def finish(process: subprocess.Popen, folder: Path, timeout: float = 45) -> None
 
 def trunk_config(folder: Path, trunk_port: int, pbx_port: int, trunk_peer: int, pbx_peer: int | None,
                  notice: Path, rtp_base: int, transport: str = "udp", rtp_ports: int = 100,
-                 archive_format: str = "flac", **settings) -> Path:
-    """An appliance.toml with one SIP trunk on 127.0.0.1 and nothing else."""
+                 archive_format: str = "flac", keepalive_s: float = 0.0, **settings) -> Path:
+    """An appliance.toml with one SIP trunk on 127.0.0.1 and nothing else; its peers are not
+    pinged unless `keepalive_s` says how often (SIPp as a UAS cannot answer an OPTIONS outside
+    its scenario's calls)."""
     recorder = {"data_dir": str(folder / "data"), "format": archive_format}
     trunk = {"name": "sip1", "notice": str(notice), "rtp_port_min": rtp_base, "rtp_port_max": rtp_base + rtp_ports - 1,
              "rtp_timeout_s": 5.0, **settings}
     text = "[recorder]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in recorder.items())
     text += "\n[[sip_trunk]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in trunk.items())
     text += f'\n[sip_trunk.trunk]\nlisten = "{HOST}:{trunk_port}"\npeer = "{HOST}:{trunk_peer}"\ntransport = "{transport}"\n'
-    text += f'\n[sip_trunk.pbx]\nlisten = "{HOST}:{pbx_port}"\ntransport = "{transport}"\n'
+    text += f'keepalive_s = {keepalive_s}\n'
+    text += f'\n[sip_trunk.pbx]\nlisten = "{HOST}:{pbx_port}"\ntransport = "{transport}"\nkeepalive_s = {keepalive_s}\n'
     if pbx_peer is not None:
         text += f'peer = "{HOST}:{pbx_peer}"\n'
     path = folder / "appliance.toml"
