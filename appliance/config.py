@@ -388,22 +388,56 @@ class OffloadConfig(_Strict):
                 if getattr(self, key) is not None}
 
 
+def split_host_port(value: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` → (host, port or None); ValueError when unreadable."""
+    value = value.strip()
+    if value.startswith("["):
+        host, close, port = value[1:].partition("]")
+        if not close or (port and not port.startswith(":")):
+            raise ValueError(f"expected [IPv6 address]:port, got {value!r}")
+        port = port[1:]
+        if not is_ip_address(host) or ":" not in host:
+            raise ValueError(f"expected an IPv6 address in brackets, got {value!r}")
+    else:
+        host, _, port = value.partition(":")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"expected host:port, got {value!r}")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"expected a port from 1 to 65535, got {value!r}")
+    return host, int(port) if port else None
+
+
+def join_host_port(host: str, port: int | None) -> str:
+    """The inverse of `split_host_port`."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def is_ip_address(host: str) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address (not a name)."""
+    import ipaddress
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def _address(value: str, default_port: int | None) -> str:
     """Check a `host:port` value (the port may be left out when there is a default)."""
-    match = re.fullmatch(r"([A-Za-z0-9.-]+)(?::(\d{1,5}))?", value.strip())
-    port = match and (match.group(2) or default_port)
-    if not match or port is None or not 0 < int(port) < 65536:
+    host, port = split_host_port(value)
+    if (port or default_port) is None:
         raise ValueError(f"expected host:port, got {value!r}")
-    return f"{match.group(1)}:{port}"
+    return join_host_port(host, port or default_port)
 
 
 class SipSideConfig(_Strict):
     """One side of a SIP trunk: the appliance's address on it (in Via, Contact and SDP, so a real
     address, not 0.0.0.0) and the peer that requests for this side go to."""
 
-    listen: str                                     # "192.0.2.10:5060": SIP on UDP and TCP
-    peer: str | None = None                         # "sip.operator.example:5060"
-    transport: Literal["udp", "tcp"] = "udp"        # toward the peer
+    listen: str                                     # "192.0.2.10:5060", "[2001:db8::10]:5060": UDP and TCP
+    peer: str | None = None                         # "sip.operator.example" (found by DNS), "192.0.2.1:5060"
+    transport: Literal["udp", "tcp"] = "udp"        # toward the peer (unless its NAPTR records choose)
     external: str | None = None                     # "203.0.113.7": the NAT router's address the peer reaches
     keepalive_s: float = Field(30.0, ge=0, le=3600)     # an OPTIONS to the peer this often; 0: none
 
@@ -412,31 +446,31 @@ class SipSideConfig(_Strict):
     def _concrete_address(cls, value):
         import ipaddress
         value = _address(value, None)
-        host = value.rpartition(":")[0]
-        try:
-            if ipaddress.ip_address(host).is_unspecified:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"expected the appliance's own IP address and a port, got {value!r}") from None
+        host, _ = split_host_port(value)
+        if not is_ip_address(host) or ipaddress.ip_address(host).is_unspecified:
+            raise ValueError(f"expected the appliance's own IP address and a port, got {value!r}")
         return value
 
     @field_validator("peer")
     @classmethod
     def _peer_address(cls, value):
-        return None if value is None else _address(value, 5060)
+        # Kept without a port when written without one: a name is then looked up as RFC 3263 says.
+        return None if value is None else join_host_port(*split_host_port(value))
 
     @field_validator("external")
     @classmethod
     def _external_address(cls, value):
         if value is None:
             return None
-        import ipaddress
-        host, _, port = value.strip().partition(":")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"expected the NAT router's public IP address (and a port), got {value!r}") from None
-        return _address(value, None) if port else host
+        host, port = split_host_port(value)
+        if not is_ip_address(host):
+            raise ValueError(f"expected the NAT router's public IP address (and a port), got {value!r}")
+        return join_host_port(host, port)
+
+    @property
+    def transport_chosen(self) -> bool:
+        """Whether `transport` was written (else the peer's NAPTR records may choose it)."""
+        return "transport" in self.model_fields_set
 
 
 class SipTrunkConfig(CallRulesConfig):
@@ -449,6 +483,18 @@ class SipTrunkConfig(CallRulesConfig):
     rtp_port_min: int = Field(20000, ge=1024, le=65534)
     rtp_port_max: int = Field(20999, ge=1025, le=65535)
     rtp_timeout_s: float = Field(30.0, ge=1, le=3600)     # no RTP from a side this long ends the call
+    dns_servers: list[str] = []                     # where the peers' names are looked up; none: the system's
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value):
+        servers = []
+        for server in value:
+            host, port = split_host_port(server)
+            if not is_ip_address(host):
+                raise ValueError(f"expected a DNS server's IP address (and port), got {server!r}")
+            servers.append(join_host_port(host, port))
+        return servers
 
     @model_validator(mode="after")
     def _usable(self):

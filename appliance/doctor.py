@@ -14,6 +14,7 @@ import os
 import pwd
 import shlex
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -352,22 +353,31 @@ def check_live_trunk(name: str, entries: list[dict]) -> Result:
 
 
 def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
-    """Each side's peer of a SIP trunk asked with an OPTIONS request, from the side's address."""
+    """Each side's peer of a SIP trunk looked up as the relay does (RFC 3263) and asked with an
+    OPTIONS request, from the side's address."""
+    import asyncio
+
+    from appliance.config import split_host_port
     from appliance.sip.keepalive import PEER_NAMES, ping
+    from appliance.sip.locate import Locator
 
     results = []
+    servers = [split_host_port(server) for server in trunk.dns_servers]
     for side, config in (("trunk", trunk.trunk), ("pbx", trunk.pbx)):
         if config.peer is None:
             continue
-        host, _, port = config.peer.rpartition(":")
-        status, what = ping((host, int(port)), config.listen.rpartition(":")[0], config.transport, seconds)
-        where = f"sip trunk {trunk.name}: {PEER_NAMES[side]}"
-        if status is None:
-            results.append(Result(FAIL, f"{where}: {what}",
-                                  f"check `peer` in [sip_trunk.{side}] and the network to it; behind a NAT router, "
-                                  f"set `external` and forward the SIP and RTP ports (docs/sip.md)"))
-        else:
-            results.append(Result(OK, f"{where}: {what}"))
+        here, _ = split_host_port(config.listen)
+        locator = Locator(*split_host_port(config.peer), config.transport.upper() if config.transport_chosen else None,
+                          socket.AF_INET6 if ":" in here else socket.AF_INET, servers)
+        asyncio.run(locator.refresh())
+        where = f"sip trunk {trunk.name}: {PEER_NAMES[side]} {config.peer}"
+        fix = (f"check `peer` in [sip_trunk.{side}] and the network to it; behind a NAT router, set `external` "
+               f"and forward the SIP and RTP ports (docs/sip.md)")
+        if locator.target is None:
+            results.append(Result(FAIL, f"{where}: {locator.error}", fix))
+            continue
+        status, what = ping(locator.target.address, here, locator.target.transport.lower(), seconds)
+        results.append(Result(FAIL, f"{where}: {what}", fix) if status is None else Result(OK, f"{where}: {what}"))
     return results
 
 

@@ -42,8 +42,8 @@ def test_the_doctor_asks_each_peer_and_names_the_one_that_does_not_answer(trunk)
     operator_result, pbx_result = check_trunk_peers(config, 2.0)
     finish(operator, trunk.folder, timeout=10)
     assert operator_result.status == OK
-    assert operator_result.message == f"sip trunk sip1: the operator's server: {HOST}:{trunk.operator_port} over " \
-                                      "UDP answered 200 OK"
+    assert operator_result.message == f"sip trunk sip1: the operator's server {HOST}:{trunk.operator_port}: " \
+                                      f"{HOST}:{trunk.operator_port} over UDP answered 200 OK"
     assert pbx_result.status == FAIL
-    assert f"the PBX: nothing listens at {HOST}:{trunk.phone_port} over UDP" in pbx_result.message
+    assert f"the PBX {HOST}:{trunk.phone_port}: nothing listens at {HOST}:{trunk.phone_port} over UDP" in pbx_result.message
     assert "external" in pbx_result.fix

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.config import join_host_port
 from appliance.sip.message import BRANCH, MAX_MESSAGE_BYTES, Message, SipError, Via, parse
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,13 @@ MISSES_DOWN = 2             # misses in a row that make a peer "not answering"
 PEER_NAMES = {"trunk": "the operator's server", "pbx": "the PBX"}
 
 
-def options_request(peer: tuple[str, int], via: Via, call_id: str, cseq: int) -> Message:
-    """An OPTIONS request to `peer` from the appliance (sent-by and branch in `via`)."""
-    host, port = peer
-    host = f"[{host}]" if ":" in host else host
-    message = Message(method="OPTIONS", uri=f"sip:{host}:{port}")
-    sent_by = f"[{via.host}]" if ":" in via.host else via.host
+def options_request(peer: tuple[str, int | None], via: Via, call_id: str, cseq: int) -> Message:
+    """An OPTIONS request to `peer` (host, port or None) from the appliance (sent-by and branch in `via`)."""
+    target = join_host_port(*peer)
+    message = Message(method="OPTIONS", uri=f"sip:{target}")
+    sent_by = join_host_port(via.host, None)
     for name, value in (("via", str(via)), ("max-forwards", "70"),
-                        ("from", f"<sip:callrec@{sent_by}>;tag={call_id[:10]}"), ("to", f"<sip:{host}:{port}>"),
+                        ("from", f"<sip:callrec@{sent_by}>;tag={call_id[:10]}"), ("to", f"<sip:{target}>"),
                         ("call-id", call_id), ("cseq", f"{cseq} OPTIONS"), ("accept", "application/sdp")):
         message.headers.append([name, value])
     return message
@@ -41,7 +41,7 @@ class PeerHealth:
     """What is known of one side's peer."""
 
     side: str
-    peer: tuple[str, int]
+    peer: tuple[str, int | None]
     answering: bool | None = None           # None until its first ping is over
     since: float = 0.0                      # wall clock of the last change
     misses: int = 0
@@ -51,8 +51,7 @@ class PeerHealth:
         """Why this peer is a problem now, or None."""
         if self.answering is not False:
             return None
-        host, port = self.peer
-        return (f"sip trunk {trunk}: {PEER_NAMES[self.side]} {host}:{port} has not answered since "
+        return (f"sip trunk {trunk}: {PEER_NAMES[self.side]} {join_host_port(*self.peer)} has not answered since "
                 f"{time.strftime('%H:%M:%S', time.localtime(self.since))}: calls through it fail; check "
                 f"the network, the address and the NAT router's port forwarding")
 
@@ -64,13 +63,14 @@ class PeerWatch:
     one of the appliance's requests to that side's peer (it raises SipError when it cannot, e.g. a
     name that does not resolve); `start_transaction` is the relay's `ClientTransactions.start`."""
 
-    def __init__(self, loop, trunk: str, peers: dict[str, tuple[str, int]], intervals: dict[str, float],
+    def __init__(self, loop, trunk: str, peers: dict[str, tuple[str, int | None]], intervals: dict[str, float],
                  via: Callable[[str, str], Via], sender: Callable[[str, Message], Callable[[], None]],
-                 start_transaction):
+                 start_transaction, missed: Callable[[str], None] = lambda side: None):
         self.loop, self.trunk = loop, trunk
         self.health = {side: PeerHealth(side, peer) for side, peer in peers.items() if intervals.get(side)}
         self.intervals = intervals
         self._via, self._sender, self._start_transaction = via, sender, start_transaction
+        self._missed = missed               # told each miss: an SRV set's next target may answer
         self._timers: dict[str, object] = {}
         self._cseq = 0
 
@@ -112,11 +112,12 @@ class PeerWatch:
             health.misses, health.status = 0, status
             if health.answering is not True:
                 if health.answering is False:
-                    log.warning("sip trunk %s: %s %s:%s answers again (%s)", self.trunk, PEER_NAMES[side],
-                                *health.peer, status)
+                    log.warning("sip trunk %s: %s %s answers again (%s)", self.trunk, PEER_NAMES[side],
+                                join_host_port(*health.peer), status)
                 health.answering, health.since = True, time.time()
             return
         health.misses += 1
+        self._missed(side)
         if health.misses >= MISSES_DOWN and health.answering is not False:
             health.answering, health.since = False, time.time()
             log.warning("%s", health.problem(self.trunk))

@@ -16,18 +16,19 @@ are the appliance's own requests: it sends them again over UDP until they are an
 3261 client transaction (`client.py`).
 """
 
+import asyncio
 import functools
 import hashlib
-import ipaddress
 import logging
 import random
 import socket
 import time
 from dataclasses import dataclass, field
 
-from appliance.config import SipSideConfig, SipTrunkConfig
+from appliance.config import SipSideConfig, SipTrunkConfig, is_ip_address, split_host_port
 from appliance.sip.client import ClientTransactions
 from appliance.sip.keepalive import PeerWatch
+from appliance.sip.locate import Locator, Target, locate_all
 from appliance.sip.line import CallFacts, CallRecording, SipLine
 from appliance.sip.media import Leg, MediaSession, NoPortsError, PortPool
 from appliance.sip.message import BRANCH, Message, NameAddr, SipError, Uri, Via, parse, response
@@ -48,11 +49,6 @@ def other(side: str) -> str:
     return PBX if side == TRUNK else TRUNK
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
-
-
 @dataclass
 class Side:
     """One side's settings: the appliance's address there (where it listens, and the one it names
@@ -61,7 +57,7 @@ class Side:
     name: str
     host: str
     port: int
-    peer: tuple[str, int] | None
+    peer: tuple[str, int | None] | None     # as configured: a name, or an address; its port if given
     transport: str
     public_host: str
     public_port: int
@@ -69,13 +65,18 @@ class Side:
     @classmethod
     def of(cls, name: str, config: SipSideConfig) -> "Side":
         """From the configuration."""
-        host, port = _host_port(config.listen)
+        host, port = split_host_port(config.listen)
         public_host, public_port = host, port
         if config.external is not None:
-            public_host, _, external_port = config.external.partition(":")
-            public_port = int(external_port or port)
-        return cls(name, host, port, _host_port(config.peer) if config.peer else None, config.transport.upper(),
+            public_host, external_port = split_host_port(config.external)
+            public_port = external_port or port
+        return cls(name, host, port, split_host_port(config.peer) if config.peer else None, config.transport.upper(),
                    public_host, public_port)
+
+    @property
+    def family(self) -> int:
+        """The address family of the appliance's address on this side (and so of its peer's)."""
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
     def is_us(self, host: str, port: int | None) -> bool:
         """Whether `host`:`port` names the appliance on this side."""
@@ -155,12 +156,20 @@ class Proxy:
         for name, side in self.sides.items():
             self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name))
         self._ticker = None
+        servers = [split_host_port(server) for server in config.dns_servers]
+        self.locators = {name: Locator(*side.peer, getattr(config, name).transport.upper()
+                                       if getattr(config, name).transport_chosen else None, side.family, servers)
+                         for name, side in self.sides.items() if side.peer is not None}
+        self._lookups: set[asyncio.Task] = set()
         self.peers = PeerWatch(loop, config.name, {name: side.peer for name, side in self.sides.items() if side.peer},
                                {TRUNK: config.trunk.keepalive_s, PBX: config.pbx.keepalive_s},
-                               self._own_via, self._sender, self.client.start)
+                               self._own_via, self._sender, self.client.start,
+                               lambda side: self.locators[side].failed())
 
     def start(self) -> None:
-        """Start listening, the timers and the peers' pings (on the loop's thread)."""
+        """Look the peers up (while the loop is not running yet: before relaying starts), start
+        listening, the timers and the peers' pings (on the loop's thread)."""
+        self.loop.run_until_complete(locate_all(list(self.locators.values())))
         for transport in self.transports.values():
             transport.start()
         self._tick()
@@ -340,14 +349,23 @@ class Proxy:
         return Uri("sip", user, here.public_host, here.public_port, {"transport": "tcp"} if transport == "TCP" else {})
 
     def _own_via(self, side: str, branch: str, transport: str | None = None) -> Via:
-        """The appliance's Via on a side's requests."""
+        """The appliance's Via on a side's requests (by default over the transport its peer takes)."""
         here = self.sides[side]
-        return Via(transport or here.transport, here.public_host, here.public_port, {"branch": branch, "rport": None})
+        locator = self.locators.get(side)
+        transport = transport or (locator.target.transport if locator and locator.target else here.transport)
+        return Via(transport, here.public_host, here.public_port, {"branch": branch, "rport": None})
+
+    def _peer_target(self, side: str) -> Target:
+        """Where a side's peer is now; SipError (503) while its name does not resolve."""
+        locator = self.locators[side]
+        if locator.target is None:
+            raise SipError(locator.error or f"{locator.host} is being looked up", 503)
+        return locator.target
 
     def _sender(self, side: str, message: Message):
         """What sends one of the appliance's own requests to a side's peer (again, when retransmitted)."""
-        here = self.sides[side]
-        return functools.partial(self.transports[side].send, message.to_bytes(), self._resolve(here.peer), here.transport)
+        target = self._peer_target(side)
+        return functools.partial(self.transports[side].send, message.to_bytes(), target.address, target.transport)
 
     def _via(self, side: str, transport: str, message: Message) -> Via:
         # The same branch for an INVITE, its CANCEL and the ACK of its error answer, as a
@@ -380,19 +398,18 @@ class Proxy:
             raise SipError(f"no phone is registered for {uri.user}", 480)
         if any(uri.host in (s.host, s.public_host) for s in self.sides.values()):
             uri.host, uri.port = peer_side.peer
-        return str(uri), self._resolve(peer_side.peer), peer_side.transport
+        target = self._peer_target(peer_side.name)
+        return str(uri), target.address, target.transport
 
     def _contact_target(self, contact: Uri, side: str) -> tuple[tuple[str, int], str]:
         transport = (contact.params.get("transport") or self.sides[side].transport).upper()
         return self._resolve((contact.host, contact.port or 5060)), "TCP" if transport == "TCP" else "UDP"
 
     def _resolve(self, address: tuple[str, int]) -> tuple[str, int]:
+        """A Contact's host as an address (a name in a Contact is rare: looked up once, and kept)."""
         host, port = address
-        try:
-            ipaddress.ip_address(host)
+        if is_ip_address(host):
             return host, port
-        except ValueError:
-            pass
         if host not in self._resolved:
             try:
                 self._resolved[host] = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]
@@ -570,6 +587,11 @@ class Proxy:
                 self._check(dialog, now)
             for user in [u for u, b in self.bindings.items() if b.until <= now]:
                 del self.bindings[user]
+            for locator in self.locators.values():
+                if locator.due(now):
+                    lookup = self.loop.create_task(locator.refresh())
+                    self._lookups.add(lookup)           # held until done: the loop keeps only a weak one
+                    lookup.add_done_callback(self._lookups.discard)
         except Exception:
             log.exception("sip trunk %s: error in the periodic check", self.config.name)
         self._ticker = self.loop.call_later(TICK_S, self._tick)
