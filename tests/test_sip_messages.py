@@ -1,6 +1,7 @@
 """The pieces of the SIP trunk that need no network: SIP messages, SDP rewriting, G.711, the
 stereo timeline and the renumbering of what is relayed after a notice."""
 
+import base64
 import math
 import struct
 
@@ -78,7 +79,7 @@ OFFER = ("v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\
 
 
 def test_an_offer_is_anchored_to_the_appliance_and_keeps_only_what_can_be_recorded():
-    body, media = anchor(OFFER, "198.51.100.1", 20000)
+    body, media, _ = anchor(OFFER, "198.51.100.1", 20000)
     text = body.decode()
     assert (media.address, media.port, media.payloads, media.telephone_event) == ("192.0.2.7", 49170, (0, 8, 101), 101)
     assert media.direction == "sendonly" and media.on_hold and media.law == g711.PCMU
@@ -88,10 +89,31 @@ def test_an_offer_is_anchored_to_the_appliance_and_keeps_only_what_can_be_record
     assert "a=fmtp:101 0-15" in text
 
 
+def test_an_srtp_offer_goes_on_with_the_appliances_own_key_and_its_answer_comes_back_with_another():
+    key = base64.b64encode(bytes(range(30))).decode()
+    offer = (f"v=0\r\nc=IN IP4 192.0.2.7\r\nm=audio 4000 RTP/SAVP 8\r\n"
+             f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{key}|2^31\r\na=crypto:4 NULL_CIPHER inline:{key}\r\n").encode()
+    toward_callee: dict = {}
+    body, offered, sent = anchor(offer, "198.51.100.1", 20000, toward_callee, None)
+    assert offered.crypto.key == bytes(range(30)) and offered.secure_profile
+    assert (sent.tag, sent.suite, sent.key) == (3, "AES_CM_128_HMAC_SHA1_32", toward_callee["AES_CM_128_HMAC_SHA1_32"])
+    assert sent.key != offered.crypto.key and key not in body.decode() and "NULL_CIPHER" not in body.decode()
+    assert "m=audio 20000 RTP/SAVP 8\r\n" in body.decode() and sent.line() in body.decode()
+    # The callee answers in plain RTP: the caller, who asked for SRTP, still gets it, from the appliance.
+    answer = b"v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 5000 RTP/AVP 8\r\n"
+    toward_caller: dict = {}
+    body, answered, sent = anchor(answer, "198.51.100.1", 20002, toward_caller, offered)
+    assert answered.crypto is None and "m=audio 20002 RTP/SAVP 8" in body.decode()
+    assert (sent.tag, sent.suite) == (3, "AES_CM_128_HMAC_SHA1_32") and sent.key == toward_caller[sent.suite]
+    assert anchor(answer, "198.51.100.1", 20002, toward_caller, offered)[2] == sent      # the same key again
+
+
 @pytest.mark.parametrize("sdp, status", [
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 18\r\n", 488),          # no G.711
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\n", 488),          # no audio
-    (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/SAVP 0\r\n", 488),          # SRTP cannot be recorded
+    (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/SAVP 0\r\n", 488),          # SRTP without a key (DTLS)
+    (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 "
+     b"inline:" + base64.b64encode(bytes(30)) + b"|2^20|1:4\r\n", 488),                      # with an MKI
     (b"v=0\r\nm=audio 1 RTP/AVP 0\r\n", 400),                                # no address
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio x RTP/AVP 0\r\n", 400),
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP zero\r\n", 400),
@@ -152,4 +174,4 @@ def test_after_the_notice_the_relayed_stream_and_its_rtcp_go_on_under_the_notice
     fields = struct.unpack_from("!BBHIIIIII", out.carry_rtcp(sender_report + sdes, "pbx"))
     assert fields[3] == 0xAAAA and fields[6] == 5000 + 160 * 51     # named and timed as the RTP it reports
     assert struct.unpack_from("!I", out.carry_rtcp(sender_report + sdes, "pbx"), 32)[0] == 0xAAAA
-    assert out.carry_rtcp(sender_report, "trunk") == sender_report  # not the stream carried: as it came
+    assert out.carry_rtcp(sender_report, "trunk") is None       # reports on a stream this side does not get

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from appliance.sip.sdp import Media
+from appliance.sip.srtp import Crypto, Srtp
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,16 @@ class OutStream:
             header[1] |= 0x80
         return bytes(header) + packet[12:]
 
-    def carry_rtcp(self, data: bytes, origin: str) -> bytes:
+    def carry_rtcp(self, data: bytes, origin: str) -> bytes | None:
         """An RTCP compound packet from `origin`, its sender named as the stream it sends under
         (the SSRC of sender and receiver reports, of the first SDES chunk and of a BYE; the RTP
-        timestamp of a sender report moved as its packets are)."""
-        if self.source is None or self.source[0] != origin or self.ssrc == self.source[1]:
+        timestamp of a sender report moved as its packets are); None while another stream is
+        carried (the notice): it reports on packets this side does not get."""
+        if self.source is None:
+            return data
+        if self.source[0] != origin:
+            return None
+        if self.ssrc == self.source[1]:
             return data
         out, at = bytearray(data), 0
         while at + 8 <= len(out):
@@ -181,25 +187,41 @@ class Leg:
     last_received: float = field(default_factory=time.monotonic)
     local: tuple[str, int] = ()             # the appliance's RTP address for this side
     outgoing: OutStream = field(default_factory=OutStream)     # what the appliance sends it
+    keys: dict[str, bytes] = field(default_factory=dict)       # the appliance's SRTP keys toward it, by suite
+    decrypt: Srtp | None = None             # what it sends, with its key (SRTP)
+    encrypt: Srtp | None = None             # what goes to it, with the appliance's key (SRTP)
 
     def __post_init__(self):
         self.local = self.rtp.getsockname()[:2]
 
-    def send(self, packet: bytes, origin: str, now: float) -> None:
-        """Send an RTP packet to this side, in its one outgoing stream; a side that is not there
-        (yet) loses it, as on a line."""
-        if self.remote is not None:
-            try:
-                self.rtp.sendto(self.outgoing.carry(packet, origin, now), self.remote)
-            except OSError:
-                pass
-
     def described(self, media: Media) -> None:
-        """This side's latest SDP: send its RTP where it asks (until its packets say otherwise)."""
+        """This side's latest SDP: send its RTP where it asks (until its packets say otherwise),
+        and decrypt what it sends with the key it gave, if any."""
         self.media = media
         if media.port and media.address not in ("0.0.0.0", "::"):
             self.remote = (media.address, media.port)
             self.remote_rtcp = (media.address, media.port + 1)
+        if media.crypto != (self.decrypt.crypto if self.decrypt else None):
+            self.decrypt = Srtp(media.crypto, inbound=True) if media.crypto else None
+
+    def sent(self, crypto: Crypto | None) -> None:
+        """The SDP the appliance sent this side gave it `crypto`: encrypt what goes to it with
+        that key from now (a new session only for a new key: the stream's packet index runs on)."""
+        if crypto != (self.encrypt.crypto if self.encrypt else None):
+            self.encrypt = Srtp(crypto, inbound=False) if crypto else None
+
+    def send(self, packet: bytes, origin: str, now: float) -> None:
+        """Send an RTP packet to this side, in its one outgoing stream, encrypted if it takes
+        SRTP; a side that is not there (yet) loses it, as on a line."""
+        if self.remote is None:
+            return
+        packet = self.outgoing.carry(packet, origin, now)
+        if self.encrypt is not None and (packet := self.encrypt.rtp(packet)) is None:
+            return
+        try:
+            self.rtp.sendto(packet, self.remote)
+        except OSError:
+            pass
 
 
 class NoticePlayer:
@@ -285,6 +307,8 @@ class MediaSession:
                 return
             except OSError:
                 continue                # an ICMP error from an earlier send: nothing to read
+            if leg.decrypt is not None and (data := leg.decrypt.rtp(data)) is None:
+                continue                # forged, replayed or damaged: as if it never came
             now = time.monotonic()
             leg.last_received = now
             if leg.remote is None or leg.remote[0] != source[0]:
@@ -303,11 +327,17 @@ class MediaSession:
                 return
             except OSError:
                 continue
+            if leg.decrypt is not None and (data := leg.decrypt.rtcp(data)) is None:
+                continue
             if leg.remote_rtcp is None or leg.remote_rtcp[0] != source[0]:
                 leg.remote_rtcp = source[:2]
+            if (data := other.outgoing.carry_rtcp(data, leg.side)) is None:
+                continue
+            if other.encrypt is not None and (data := other.encrypt.rtcp(data)) is None:
+                continue
             if other.remote_rtcp is not None:
                 try:
-                    other.rtcp.sendto(other.outgoing.carry_rtcp(data, leg.side), other.remote_rtcp)
+                    other.rtcp.sendto(data, other.remote_rtcp)
                 except OSError:
                     pass
 

@@ -335,8 +335,10 @@ class Proxy:
         if message.body and kind == "application/sdp" and dialog is not None and dialog.media is not None \
                 and not dialog.media.closed:
             legs = dialog.media.legs
-            message.body, media = anchor(message.body, self.sides[out].public_host, legs[out].local[1])
+            message.body, media, sent = anchor(message.body, self.sides[out].public_host, legs[out].local[1],
+                                               legs[out].keys, legs[out].media)
             legs[side].described(media)
+            legs[out].sent(sent)
             on_hold = any(leg.media is not None and leg.media.on_hold for leg in legs.values())
             if dialog.on_hold and not on_hold:
                 now = time.monotonic()

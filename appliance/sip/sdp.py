@@ -3,8 +3,10 @@
 Each SDP that crosses the appliance is rewritten so that the other side sends its RTP to the
 appliance: the connection address and the audio port become the anchor's. The first audio stream
 keeps only what the appliance can record — G.711 µ-law and A-law, RFC 4733 telephone events and
-comfort noise —; other streams (video, a second audio stream, SRTP) are refused with port 0, and
-ICE and RTCP-port attributes go, since the anchor answers on its own ports.
+comfort noise —; other streams (video, a second audio stream) are refused with port 0, and ICE
+and RTCP-port attributes go, since the anchor answers on its own ports. An SRTP stream (SDES keys,
+RFC 4568) keeps its profile, and its `a=crypto` line carries the appliance's own key for the side
+the SDP goes to (see srtp.py).
 """
 
 import re
@@ -12,8 +14,11 @@ from dataclasses import dataclass
 
 from appliance.sip.g711 import PCMA, PCMU
 from appliance.sip.message import SipError
+from appliance.sip.srtp import SUITES, Crypto, our_crypto, parse_crypto
 
 COMFORT_NOISE = 13
+SECURE_PROFILES = ("RTP/SAVP", "RTP/SAVPF")
+PROFILES = ("RTP/AVP", "RTP/AVPF", *SECURE_PROFILES)
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 DROPPED_ATTRIBUTES = ("rtcp", "rtcp-mux", "candidate", "ice-ufrag", "ice-pwd", "ice-options",
                       "end-of-candidates", "remote-candidates", "crypto", "fingerprint", "setup")
@@ -33,6 +38,8 @@ class Media:
     payloads: tuple[int, ...]
     telephone_event: int | None
     direction: str
+    crypto: Crypto | None = None            # the key it encrypts what it sends with (SRTP)
+    secure_profile: bool = False            # RTP/SAVP: it will take nothing unencrypted
 
     @property
     def law(self) -> int | None:
@@ -45,8 +52,11 @@ class Media:
         return self.direction != "sendrecv" or self.address in ("0.0.0.0", "::") or self.port == 0
 
 
-def anchor(body: bytes, address: str, port: int) -> tuple[bytes, Media]:
-    """Rewrite an SDP body to the anchor at `address`:`port`; return it with what the body said."""
+def anchor(body: bytes, address: str, port: int, keys: dict[str, bytes] | None = None,
+           toward: Media | None = None) -> tuple[bytes, Media, Crypto | None]:
+    """Rewrite an SDP body to the anchor at `address`:`port`, for the side whose last description
+    was `toward` and whose SRTP keys from the appliance are in `keys`; return it with what the body
+    said and the `a=crypto` it now carries (None: that side is sent plain RTP)."""
     try:
         lines = [line.rstrip("\r") for line in body.decode("utf-8").split("\n") if line.strip()]
     except UnicodeDecodeError:
@@ -70,23 +80,39 @@ def anchor(body: bytes, address: str, port: int) -> tuple[bytes, Media]:
         if len(fields) < 4 or not fields[1].split("/")[0].isdigit():
             raise SdpError(f"bad media line {stream[0][:60]!r}")
         kind, proto = fields[0], fields[2]
-        if media is None and kind == "audio" and proto in ("RTP/AVP", "RTP/AVPF") and int(fields[1].split("/")[0]) > 0:
+        if media is None and kind == "audio" and proto in PROFILES and int(fields[1].split("/")[0]) > 0:
             stream_address = _connection(stream) or session_address
             if stream_address is None:
                 raise SdpError("no connection address for the audio stream")
             kept, events = _payloads(stream, fields[3:])
             media = Media(stream_address, int(fields[1].split("/")[0]), tuple(kept), events,
-                          _direction(stream, session_direction))
+                          _direction(stream, session_direction), _crypto(stream), proto in SECURE_PROFILES)
             if media.law is None:
                 raise SdpError("no G.711 (PCMU or PCMA) in the audio stream", 488)
-            out.append(f"m=audio {port} RTP/AVP {' '.join(map(str, kept))}")
+            if media.secure_profile and media.crypto is None:
+                raise SdpError(f"no SRTP key in a suite the appliance speaks ({', '.join(SUITES)}) "
+                               f"without an MKI", 488)
+            # An SRTP side is answered with SRTP (with the appliance's key), whatever the other side does.
+            theirs = media.crypto or (toward.crypto if toward is not None else None)
+            sent = our_crypto(theirs, keys if keys is not None else {}) if theirs else None
+            secure = media.secure_profile or (toward is not None and toward.secure_profile)
+            out.append(f"m=audio {port} {'RTP/SAVP' if secure else 'RTP/AVP'} {' '.join(map(str, kept))}")
             out += [_rewrite_common(line, address) for line in stream[1:] if _keep(line, kept)]
+            out += [sent.line()] if sent else []
         else:
             out.append(f"m={kind} 0 {' '.join(fields[2:])}")
             out += [_rewrite_common(line, address) for line in stream[1:]]
     if media is None:
-        raise SdpError("no audio stream the appliance can record (RTP/AVP)", 488)
-    return ("\r\n".join(out) + "\r\n").encode(), media
+        raise SdpError("no audio stream the appliance can record (RTP/AVP or RTP/SAVP)", 488)
+    return ("\r\n".join(out) + "\r\n").encode(), media, sent
+
+
+def _crypto(stream: list[str]) -> Crypto | None:
+    """The first `a=crypto` line of a stream that the appliance can use."""
+    for line in stream:
+        if line.startswith("a=crypto:") and (crypto := parse_crypto(line[len("a=crypto:"):])) is not None:
+            return crypto
+    return None
 
 
 def _connection(lines: list[str]) -> str | None:

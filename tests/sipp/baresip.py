@@ -16,10 +16,11 @@ MODULES = Path("/usr/lib/baresip/modules")
 
 
 class Baresip:
-    """One baresip in its own configuration folder, with an account that does not register."""
+    """One baresip in its own configuration folder, with an account `user` that does not register;
+    `srtp`: it offers and takes only SRTP (RTP/SAVP, SDES keys); `answer`: it answers calls at once."""
 
     def __init__(self, folder: Path, microphone: np.ndarray, codecs: str = "PCMA", host: str = HOST,
-                 prefix: tuple = ()):
+                 prefix: tuple = (), user: str = "operator", srtp: bool = False, answer: bool = False):
         self.folder, self.prefix = folder, prefix      # prefix: e.g. `ip netns exec NAME`, to run elsewhere
         folder.mkdir(parents=True, exist_ok=True)
         self.port, rtp = free_port(), free_port(4)
@@ -32,17 +33,31 @@ class Baresip:
             f"rtp_ports {rtp}-{rtp + 3}\n"
             f"module_path {MODULES}\n"
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
+            + ("module srtp.so\n" if srtp else "") +
             "module_app account.so\nmodule_app menu.so\n"
             f"snd_path {folder}\n")
-        (folder / "accounts").write_text(f"<sip:operator@{host}:{self.port}>;regint=0;audio_codecs={codecs}\n")
+        params = f";regint=0;audio_codecs={codecs}" + (";mediaenc=srtp-mand" if srtp else "") + \
+            (";answermode=auto" if answer else "")
+        (folder / "accounts").write_text(f"<sip:{user}@{host}:{self.port}>{params}\n")
         self.log = folder / "baresip.log"
+        self.process: subprocess.Popen | None = None
 
     def call(self, uri: str, seconds: float) -> None:
         """Dial `uri`, talk for about `seconds`, hang up (baresip quits)."""
+        self.start(seconds, f"/dial {uri}")
+        self.wait(seconds + 20)
+
+    def start(self, seconds: float, command: str | None = None) -> None:
+        """Run for `seconds` (taking calls, or doing `command` first) without waiting for it."""
+        extra = ["-e", command] if command else []
         with self.log.open("w") as log:
-            subprocess.run([*self.prefix, BARESIP, "-f", str(self.folder), "-e", f"/dial {uri}", "-t", str(round(seconds))],
-                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                           timeout=seconds + 20, check=True)
+            self.process = subprocess.Popen([*self.prefix, BARESIP, "-f", str(self.folder), *extra,
+                                             "-t", str(round(seconds))],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 30) -> None:
+        """Wait until it quits; fail if it did not quit well."""
+        assert self.process.wait(timeout) == 0, self.log.read_text(errors="replace")[-2000:]
 
     def heard(self) -> np.ndarray:
         """What it decoded from the far end, full scale 1.0."""
