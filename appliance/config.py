@@ -5,6 +5,7 @@ was expected, so the technician can fix it without reading code.
 """
 
 import logging
+import os
 import re
 import tomllib
 from importlib import resources
@@ -437,9 +438,29 @@ class SipSideConfig(_Strict):
 
     listen: str                                     # "192.0.2.10:5060", "[2001:db8::10]:5060": UDP and TCP
     peer: str | None = None                         # "sip.operator.example" (found by DNS), "192.0.2.1:5060"
-    transport: Literal["udp", "tcp"] = "udp"        # toward the peer (unless its NAPTR records choose)
+    transport: Literal["udp", "tcp", "tls"] = "udp"     # toward the peer (unless its NAPTR records choose)
     external: str | None = None                     # "203.0.113.7": the NAT router's address the peer reaches
     keepalive_s: float = Field(30.0, ge=0, le=3600)     # an OPTIONS to the peer this often; 0: none
+    tls_port: int | None = Field(None, ge=1, le=65535)  # SIP over TLS here (with a certificate); listen port + 1
+    tls_certificate: Path | None = None             # PEM: the appliance's certificate (and chain) on this side
+    tls_key: Path | None = None                     # PEM: its private key
+    tls_ca: Path | None = None                      # PEM: whom to trust for the peer's certificate; else the system's
+    tls_verify: bool = True                         # check the peer's certificate and name
+
+    @field_validator("tls_certificate", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _path_from_str(cls, value):
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _tls_files(self):
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        for key in ("tls_certificate", "tls_key", "tls_ca"):
+            path = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{key}: cannot read {path}")
+        return self
 
     @field_validator("listen")
     @classmethod

@@ -7,10 +7,14 @@ import time
 
 import pytest
 
+from appliance.config import load_config
+from appliance.recorder import Recorder
+
 from sipp.baresip import BARESIP, Baresip
-from sipp.harness import HOST, SIPP_PCAPS, finish, pcap_audio, read_stereo, sipp
+from sipp.certs import make_certificates
+from sipp.harness import HOST, SIPP_PCAPS, finish, free_port, pcap_audio, read_stereo, sipp
 from test_sip import CALLEE_HZ, CALLER_HZ, NOTICE_HZ, NOTICE_S, best_match, levels, trunk  # noqa: F401 (fixture)
-from conftest import RATE, tone
+from conftest import RATE, tone, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which(BARESIP) is None, reason="baresip is not installed")
 
@@ -57,3 +61,56 @@ def test_an_srtp_call_between_two_softphones_is_recorded_in_the_clear_and_each_h
     left, right = read_stereo(trunk.folder / "data" / call["file"])
     assert levels(left, 1.5, 4.0)[CALLER_HZ] > 0.3 and levels(left, 1.5, 4.0)[CALLEE_HZ] < 0.05
     assert levels(right, 1.5, 4.0)[CALLEE_HZ] > 0.3 and levels(right, 1.5, 4.0)[CALLER_HZ] < 0.05
+
+
+def tls_trunk(trunk, shop: Baresip, certificates, trusted) -> int:
+    """The trunk with SIP over TLS on both sides: the operator's side accepts TLS with the
+    appliance's certificate (on the port returned); the PBX side (the softphone `shop`) is reached
+    over TLS, its certificate checked against `trusted`."""
+    config, tls_port = trunk.config(), free_port()
+    text = config.read_text()
+    text = text.replace("[sip_trunk.trunk]\n", f'[sip_trunk.trunk]\ntls_certificate = "{certificates / "cert.pem"}"\n'
+                                                f'tls_key = "{certificates / "key.pem"}"\ntls_port = {tls_port}\n')
+    operator_side, pbx_side = text.split("[sip_trunk.pbx]\n")
+    pbx_side = pbx_side.replace('transport = "udp"\n', "").replace(
+        f'peer = "{HOST}:{trunk.phone_port}"\n',
+        f'peer = "{HOST}:{shop.tls_port}"\ntransport = "tls"\ntls_ca = "{trusted / "ca.pem"}"\n')
+    config.write_text(f"{operator_side}[sip_trunk.pbx]\n{pbx_side}")
+    trunk.recorder = Recorder(load_config(config))
+    trunk.recorder.start()
+    return tls_port
+
+
+def test_a_call_over_tls_and_srtp_on_both_sides_is_recorded_and_each_side_hears_the_other(trunk):
+    certificates = make_certificates(trunk.folder / "certificates")
+    shop = Baresip(trunk.folder / "shop", tone(CALLEE_HZ, 8.0, 0.5), user="shop", srtp=True, answer=True,
+                   tls=certificates)
+    trunk_tls_port = tls_trunk(trunk, shop, certificates, trusted=certificates)
+    shop.start(9)
+    phone = Baresip(trunk.folder / "operator", tone(CALLER_HZ, 8.0, 0.5), srtp=True, tls=certificates)
+    phone.call(f"sip:shop@{HOST}:{trunk_tls_port};transport=tls", 6)
+    shop.wait()
+
+    assert phone.said("Call established") and shop.said("Call established")
+    assert levels(phone.heard(), 0.05, NOTICE_S - 0.05)[NOTICE_HZ] > 0.3
+    assert levels(phone.heard(), NOTICE_S + 0.5, 4.0)[CALLEE_HZ] > 0.3
+    assert levels(shop.heard(), NOTICE_S + 0.5, 4.0)[CALLER_HZ] > 0.3
+    [call] = trunk.calls()
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert levels(left, 1.5, 4.0)[CALLER_HZ] > 0.3 and levels(right, 1.5, 4.0)[CALLEE_HZ] > 0.3
+
+
+def test_a_pbx_whose_certificate_is_not_trusted_is_not_called(trunk, caplog):
+    certificates = make_certificates(trunk.folder / "certificates")
+    stranger = make_certificates(trunk.folder / "another-ca", "another CA")
+    shop = Baresip(trunk.folder / "shop", tone(CALLEE_HZ, 8.0, 0.5), user="shop", answer=True, tls=certificates)
+    trunk_tls_port = tls_trunk(trunk, shop, certificates, trusted=stranger)
+    shop.start(6)
+    phone = Baresip(trunk.folder / "operator", tone(CALLER_HZ, 8.0, 0.5), tls=certificates)
+    phone.start(5, f"/dial sip:shop@{HOST}:{trunk_tls_port};transport=tls")
+    refused = [f"SIP over TLS with {HOST}:{shop.tls_port} failed: self-signed certificate in certificate chain"]
+    assert wait_for(lambda: refused == [r.getMessage() for r in caplog.records if "SIP over TLS" in r.getMessage()], 10)
+    phone.process.kill()        # its INVITE is never answered: it would try for 32 s
+    shop.wait()
+    assert not shop.said("Call established") and not phone.said("Call established")
+    assert [c["state"] for c in trunk.recorder.catalogue.calls()] in ([], ["missed"])

@@ -4,7 +4,7 @@ relay's event loop without blocking it (dnspython's asyncio resolver).
 A name without a port is looked up as NAPTR records (which transport, which SRV name), then SRV
 (which hosts and ports, by priority and weight), then A or AAAA (the address family of the side's
 own address); a name with a port, or without NAPTR and SRV records, straight as A/AAAA on that port
-(5060 by default). Each answer is kept for its records' TTL and looked up again when it runs out,
+(5060 by default, 5061 for TLS). Each answer is kept for its records' TTL and looked up again when it runs out,
 keeping the old targets until the new answer comes (or when the lookup fails). The next target of
 an SRV set is tried when the current one stops answering the keep-alive pings.
 """
@@ -24,9 +24,9 @@ from appliance.config import is_ip_address
 
 log = logging.getLogger(__name__)
 
-NAPTR_SERVICES = {"SIP+D2U": "UDP", "SIP+D2T": "TCP"}      # what the relay speaks
-SRV_PREFIX = {"UDP": "_sip._udp", "TCP": "_sip._tcp"}
-DEFAULT_PORT = 5060
+NAPTR_SERVICES = {"SIP+D2U": "UDP", "SIP+D2T": "TCP", "SIPS+D2T": "TLS"}    # what the relay speaks
+SRV_PREFIX = {"UDP": "_sip._udp", "TCP": "_sip._tcp", "TLS": "_sips._tcp"}
+DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
 MIN_TTL_S = 10.0            # not more often than this, whatever the zone says
 MAX_TTL_S = 86400.0
 RETRY_S = 30.0              # after a failed lookup
@@ -38,7 +38,7 @@ class Target:
     """One place to send a peer's requests."""
 
     address: tuple[str, int]
-    transport: str                  # "UDP" or "TCP"
+    transport: str                  # "UDP", "TCP" or "TLS"
 
 
 class Locator:
@@ -52,7 +52,7 @@ class Locator:
         self.looking = False
         self.error: str | None = None       # why the last lookup failed
         if is_ip_address(host):
-            self.targets = [Target((host, port or DEFAULT_PORT), transport or "UDP")]
+            self.targets = [Target((host, port or DEFAULT_PORTS[transport or "UDP"]), transport or "UDP")]
             self.expires = float("inf")
         self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
@@ -104,22 +104,24 @@ class Locator:
         addresses = await self._addresses(self.host, ttls)
         if not addresses:
             raise dns.resolver.NoAnswer(f"no {self._kind} record")
-        port = self.port or DEFAULT_PORT
-        return [Target((address, port), self.transport or "UDP") for address in addresses], min(ttls, default=MAX_TTL_S)
+        transport = self.transport or "UDP"
+        port = self.port or DEFAULT_PORTS[transport]
+        return [Target((address, port), transport) for address in addresses], min(ttls, default=MAX_TTL_S)
 
     async def _services(self, ttls: list[float]) -> list[tuple[str, str]]:
         """(transport, SRV name) to try, from the NAPTR records or else the usual SRV names."""
         wanted = [self.transport] if self.transport else list(SRV_PREFIX)
+        usual = [(t, f"{SRV_PREFIX[t]}.{self.host}") for t in ([self.transport] if self.transport else ["UDP", "TCP"])]
         try:
             answer = await self._resolver.resolve(self.host, "NAPTR")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return [(t, f"{SRV_PREFIX[t]}.{self.host}") for t in wanted]
+            return usual
         ttls.append(answer.rrset.ttl)
         records = sorted(answer, key=lambda r: (r.order, r.preference))
         found = [(NAPTR_SERVICES[r.service.decode().upper()], r.replacement.to_text(omit_final_dot=True))
                  for r in records if r.flags.decode().lower() == "s"
                  and NAPTR_SERVICES.get(r.service.decode().upper()) in wanted]
-        return found or [(t, f"{SRV_PREFIX[t]}.{self.host}") for t in wanted]
+        return found or usual
 
     async def _srv(self, name: str, transport: str, ttls: list[float]) -> list[Target]:
         try:

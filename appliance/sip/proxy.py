@@ -33,7 +33,7 @@ from appliance.sip.line import CallFacts, CallRecording, SipLine
 from appliance.sip.media import Leg, MediaSession, NoPortsError, PortPool
 from appliance.sip.message import BRANCH, Message, NameAddr, SipError, Uri, Via, parse, response
 from appliance.sip.sdp import anchor
-from appliance.sip.transport import SideTransport
+from appliance.sip.transport import SideTransport, tls_settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Side:
     transport: str
     public_host: str
     public_port: int
+    tls_port: int                           # SIP over TLS (when the side has a certificate)
 
     @classmethod
     def of(cls, name: str, config: SipSideConfig) -> "Side":
@@ -71,7 +72,11 @@ class Side:
             public_host, external_port = split_host_port(config.external)
             public_port = external_port or port
         return cls(name, host, port, split_host_port(config.peer) if config.peer else None, config.transport.upper(),
-                   public_host, public_port)
+                   public_host, public_port, config.tls_port or port + 1)
+
+    def our_port(self, transport: str) -> int:
+        """The port the appliance names on this side for `transport`."""
+        return self.tls_port if transport == "TLS" else self.public_port
 
     @property
     def family(self) -> int:
@@ -80,7 +85,7 @@ class Side:
 
     def is_us(self, host: str, port: int | None) -> bool:
         """Whether `host`:`port` names the appliance on this side."""
-        return (host, port or 5060) in ((self.host, self.port), (self.public_host, self.public_port))
+        return host in (self.host, self.public_host) and (port or 5060) in (self.port, self.public_port, self.tls_port)
 
 
 @dataclass
@@ -154,7 +159,8 @@ class Proxy:
         self.client = ClientTransactions(loop, config.name)
         self.transports = {}
         for name, side in self.sides.items():
-            self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name))
+            self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name),
+                                                  tls_settings(getattr(config, name), side.tls_port))
         self._ticker = None
         servers = [split_host_port(server) for server in config.dns_servers]
         self.locators = {name: Locator(*side.peer, getattr(config, name).transport.upper()
@@ -348,20 +354,22 @@ class Proxy:
 
     def _our_uri(self, side: str, user: str | None, transport: str) -> Uri:
         here = self.sides[side]
-        return Uri("sip", user, here.public_host, here.public_port, {"transport": "tcp"} if transport == "TCP" else {})
+        params = {"transport": transport.lower()} if transport in ("TCP", "TLS") else {}
+        return Uri("sip", user, here.public_host, here.our_port(transport), params)
 
     def _own_via(self, side: str, branch: str, transport: str | None = None) -> Via:
         """The appliance's Via on a side's requests (by default over the transport its peer takes)."""
         here = self.sides[side]
         locator = self.locators.get(side)
         transport = transport or (locator.target.transport if locator and locator.target else here.transport)
-        return Via(transport, here.public_host, here.public_port, {"branch": branch, "rport": None})
+        return Via(transport, here.public_host, here.our_port(transport), {"branch": branch, "rport": None})
 
     def _peer_target(self, side: str) -> Target:
         """Where a side's peer is now; SipError (503) while its name does not resolve."""
         locator = self.locators[side]
         if locator.target is None:
             raise SipError(locator.error or f"{locator.host} is being looked up", 503)
+        self.transports[side].names[locator.target.address] = locator.host     # for its TLS certificate
         return locator.target
 
     def _sender(self, side: str, message: Message):
@@ -405,7 +413,8 @@ class Proxy:
 
     def _contact_target(self, contact: Uri, side: str) -> tuple[tuple[str, int], str]:
         transport = (contact.params.get("transport") or self.sides[side].transport).upper()
-        return self._resolve((contact.host, contact.port or 5060)), "TCP" if transport == "TCP" else "UDP"
+        transport = transport if transport in ("TCP", "TLS") else "UDP"
+        return self._resolve((contact.host, contact.port or (5061 if transport == "TLS" else 5060))), transport
 
     def _resolve(self, address: tuple[str, int]) -> tuple[str, int]:
         """A Contact's host as an address (a name in a Contact is rare: looked up once, and kept)."""

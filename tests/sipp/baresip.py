@@ -17,13 +17,15 @@ MODULES = Path("/usr/lib/baresip/modules")
 
 class Baresip:
     """One baresip in its own configuration folder, with an account `user` that does not register;
-    `srtp`: it offers and takes only SRTP (RTP/SAVP, SDES keys); `answer`: it answers calls at once."""
+    `srtp`: it offers and takes only SRTP (RTP/SAVP, SDES keys); `answer`: it answers calls at once;
+    `tls`: a folder of tests/sipp/certs.py, for SIP over TLS on `port + 1` (its certificate, its CA)."""
 
     def __init__(self, folder: Path, microphone: np.ndarray, codecs: str = "PCMA", host: str = HOST,
-                 prefix: tuple = (), user: str = "operator", srtp: bool = False, answer: bool = False):
+                 prefix: tuple = (), user: str = "operator", srtp: bool = False, answer: bool = False,
+                 tls: Path | None = None):
         self.folder, self.prefix = folder, prefix      # prefix: e.g. `ip netns exec NAME`, to run elsewhere
         folder.mkdir(parents=True, exist_ok=True)
-        self.port, rtp = free_port(), free_port(4)
+        self.port, rtp = free_port(2), free_port(4)     # SIP over TLS on the second port
         write_wav(folder / "microphone.wav", microphone)
         # aubridge is a player without a sound card; sndfile dumps what was decoded (and sent).
         (folder / "config").write_text(
@@ -35,10 +37,12 @@ class Baresip:
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             + ("module srtp.so\n" if srtp else "") +
             "module_app account.so\nmodule_app menu.so\n"
-            f"snd_path {folder}\n")
+            f"snd_path {folder}\n"
+            + (f"sip_certificate {tls / 'both.pem'}\nsip_cafile {tls / 'ca.pem'}\n" if tls else ""))
         params = f";regint=0;audio_codecs={codecs}" + (";mediaenc=srtp-mand" if srtp else "") + \
             (";answermode=auto" if answer else "")
         (folder / "accounts").write_text(f"<sip:{user}@{host}:{self.port}>{params}\n")
+        self.tls_port = self.port + 1
         self.log = folder / "baresip.log"
         self.process: subprocess.Popen | None = None
 
