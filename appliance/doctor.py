@@ -360,6 +360,7 @@ def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
     from appliance.config import split_host_port
     from appliance.sip.keepalive import PEER_NAMES, ping
     from appliance.sip.locate import Locator
+    from appliance.sip.transport import tls_settings
 
     results = []
     servers = [split_host_port(server) for server in trunk.dns_servers]
@@ -376,7 +377,9 @@ def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
         if locator.target is None:
             results.append(Result(FAIL, f"{where}: {locator.error}", fix))
             continue
-        status, what = ping(locator.target.address, here, locator.target.transport.lower(), seconds)
+        context = tls_settings(config, 0).client if locator.target.transport == "TLS" else None
+        status, what = ping(locator.target.address, here, locator.target.transport.lower(), seconds, context,
+                            locator.host)
         results.append(Result(FAIL, f"{where}: {what}", fix) if status is None else Result(OK, f"{where}: {what}"))
     return results
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from appliance.config import load_config
+from appliance.doctor import FAIL, check_trunk_peers
 from appliance.recorder import Recorder
 
 from sipp.baresip import BARESIP, Baresip
@@ -106,6 +107,10 @@ def test_a_pbx_whose_certificate_is_not_trusted_is_not_called(trunk, caplog):
     shop = Baresip(trunk.folder / "shop", tone(CALLEE_HZ, 8.0, 0.5), user="shop", answer=True, tls=certificates)
     trunk_tls_port = tls_trunk(trunk, shop, certificates, trusted=stranger)
     shop.start(6)
+    time.sleep(0.5)
+    [config] = trunk.recorder.config.sip_trunk
+    [pbx] = [r for r in check_trunk_peers(config, 2.0) if "the PBX" in r.message]
+    assert pbx.status == FAIL and "TLS with" in pbx.message and "self-signed certificate in certificate chain" in pbx.message
     phone = Baresip(trunk.folder / "operator", tone(CALLER_HZ, 8.0, 0.5), tls=certificates)
     phone.start(5, f"/dial sip:shop@{HOST}:{trunk_tls_port};transport=tls")
     refused = [f"SIP over TLS with {HOST}:{shop.tls_port} failed: self-signed certificate in certificate chain"]

@@ -10,6 +10,7 @@ blocking, for `callrec doctor`.
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,9 +124,10 @@ class PeerWatch:
             log.warning("%s", health.problem(self.trunk))
 
 
-def ping(peer: tuple[str, int], local_host: str, transport: str = "udp", wait_s: float = 4.0) -> tuple[int | None, str]:
-    """Ask `peer` once, from an ephemeral port on `local_host`: (its final status, or None, and what
-    happened in words)."""
+def ping(peer: tuple[str, int], local_host: str, transport: str = "udp", wait_s: float = 4.0,
+         tls: ssl.SSLContext | None = None, hostname: str | None = None) -> tuple[int | None, str]:
+    """Ask `peer` once, from an ephemeral port on `local_host` (over TLS with `tls`, checking that
+    the certificate names `hostname`): (its final status, or None, and what happened in words)."""
     host, port = peer
     try:
         address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)[0]
@@ -141,6 +143,13 @@ def ping(peer: tuple[str, int], local_host: str, transport: str = "udp", wait_s:
         except OSError as exc:
             return None, f"cannot reach {where}: {exc.strerror or exc}"
         here = sock.getsockname()
+        if transport == "tls":
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=hostname or host)
+            except ssl.SSLError as exc:
+                return None, f"TLS with {where} failed: {getattr(exc, 'verify_message', None) or exc}"
+            except OSError as exc:
+                return None, f"TLS with {where} failed: {exc.strerror or exc}"
         branch = f"{BRANCH}{random.getrandbits(64):016x}"
         via = Via(transport.upper(), here[0], here[1], {"branch": branch, "rport": None})
         data = options_request(peer, via, f"{random.getrandbits(64):016x}@callrec", 1).to_bytes()
