@@ -79,6 +79,9 @@ function setUpExport() {
     bar.max = job.total || 1;
     bar.value = job.done;
     document.getElementById("export-text").textContent = `${job.done} / ${job.total}`;
+    const bytes = document.getElementById("export-bytes");
+    const mb = (n) => (n / 1e6).toLocaleString(document.documentElement.lang, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+    bytes.textContent = `${mb(job.written)} MB ${bytes.dataset.of} ${mb(job.size)} MB`;
     if (job.state === "ready") document.getElementById("export-download").hidden = false;
     if (job.state === "failed") {
       const error = document.getElementById("export-error");
