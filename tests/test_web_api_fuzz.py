@@ -17,7 +17,7 @@ def test_the_api_never_fails_with_a_server_error_and_answers_as_documented(web_a
     headers = {"Authorization": f"Bearer {accounts.add_token('fuzz', 'supervisor', ['shop'], 'test')}"}
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10
+    assert len(operations) == 20
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)

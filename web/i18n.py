@@ -34,7 +34,7 @@ DYNAMIC_TEXTS = (
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
-    "access-report",
+    "access-report", "contact-add", "contact-edit", "contact-delete", "contact-import", "contact-export",
     *(purpose.legal_basis for purpose in DEFAULT_PURPOSES.values()),    # the built-in purposes' legal bases
     "password-changed", "second-factor-on", "second-factor-off",
     *ALARM_TITLES.values(),                                               # the alarms

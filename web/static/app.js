@@ -81,7 +81,7 @@ function setUpExport() {
     document.getElementById("export-text").textContent = `${job.done} / ${job.total}`;
     const bytes = document.getElementById("export-bytes");
     const mb = (n) => (n / 1e6).toLocaleString(document.documentElement.lang, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
-    bytes.textContent = `${mb(job.written)} MB ${bytes.dataset.of} ${mb(job.size)} MB`;
+    bytes.textContent = bytes.dataset.template.replace("{written}", mb(job.written)).replace("{size}", mb(job.size));
     if (job.state === "ready") document.getElementById("export-download").hidden = false;
     if (job.state === "failed") {
       const error = document.getElementById("export-error");
