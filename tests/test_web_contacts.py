@@ -186,7 +186,7 @@ def test_the_api_sets_notes_purpose_and_holds_as_the_call_page_does(web):
         (client.put(f"/api/v1/calls/{call}/purpose", json={"purpose": "forever"}, headers=boss), 400, "unknown purpose"),
         (client.post(f"/api/v1/calls/{call}/hold", json={"reason": " "}, headers=boss), 400, "reason"),
         (client.post(f"/api/v1/calls/{call}/hold", data="reason", headers=boss), 400, "JSON"),
-        (client.post(f"/api/v1/calls/{call}/release", json={}, headers=boss), 400, "not on hold"),
+        (client.post(f"/api/v1/calls/{call}/release", json={}, headers=boss), 409, "not on hold"),
         (client.put(f"/api/v1/calls/{call}/notes", json={"notes": "x"}, headers=_bearer(app, "staff", None, "s")),
          403, "supervisor"),
     ]
@@ -240,7 +240,7 @@ def test_a_bulk_export_from_the_page_shows_its_size_and_follows_the_users_lines(
     assert b'id="export-selection"' not in login(app, "clerk").get("/?line=office").data
     page = boss.get("/export?line=office&number=025550202").data.decode()
     size = calls["customer_again"]["size_bytes"]
-    assert f"1 recording(s), {size / 1e6:.1f} MB in all." in page
+    assert f"1 recording(s), {size / 1e3:.0f} kB in all." in page
     assert 'name="line" value="office"' in page and 'name="number" value="025550202"' in page
     assert login(app, "clerk").get("/export?line=office").status_code == 403
     assert boss.get("/export?since=never").status_code == 400

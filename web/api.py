@@ -45,7 +45,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 @bp.route("/openapi.json")
 def openapi():
     """The OpenAPI document of this API."""
-    return jsonify(document(request.host_url.rstrip("/")))
+    return jsonify(document(request.host_url.rstrip("/"), sorted(backend().config.purpose)))
 
 
 @bp.route("/v1/calls")
@@ -179,8 +179,11 @@ def hold(call_id: int):
 @bp.route("/v1/calls/<int:call_id>/release", methods=["POST"])
 def release(call_id: int):
     """End a call's hold (the audit trail keeps the hold's reason)."""
-    return _call_action(call_id, {}, (),
-                        lambda call, body: backend().store.release(call["id"], current().actor, request.remote_addr))
+    def release_held(call, body):
+        if not call["held"]:
+            abort(409, description=f"call {call['id']} is not on hold")
+        backend().store.release(call["id"], current().actor, request.remote_addr)
+    return _call_action(call_id, {}, (), release_held)
 
 
 def _contact_json(contact) -> dict:

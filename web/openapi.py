@@ -63,22 +63,23 @@ _FILTER_OBJECT = {"type": "object", "additionalProperties": False, "properties":
     "flag": {"type": "array", "items": {"type": "string", "enum": ["held", "restricted", "agreement", "interrupted"]}}}}
 
 
-def _call_change(summary: str, properties: dict, required: list[str]) -> dict:
+def _call_change(summary: str, properties: dict, required: list[str], conflict: str | None = None) -> dict:
     """A change to one call as the call page's buttons make it."""
     return {"summary": summary, "parameters": [_CALL_ID],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": required, "additionalProperties": False, "properties": properties}}}},
             "responses": {"200": _CALL_CHANGED, "400": _error("Refused (the message says why); nothing changed"),
                           "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor"),
-                          "404": _error("No such call, or not on the token's lines")}}
+                          "404": _error("No such call, or not on the token's lines"),
+                          **({"409": _error(conflict)} if conflict else {})}}
 
 
 _ADDED = {"description": "On the list (201: added now, 200: it was already)", "content": {"application/json": {
     "schema": {"type": "object", "required": ["added"], "properties": {"added": {"type": "boolean"}}}}}}
 
 
-def document(server: str) -> dict:
-    """The OpenAPI document, with `server` as the base address."""
+def document(server: str, purposes: list[str]) -> dict:
+    """The OpenAPI document, with `server` as the base address and the configured `purposes`."""
     call = {"type": "object", "properties": {name: _CALL_TYPES.get(name, _NULLABLE_STRING) for name in CALL_FIELDS},
             "required": list(CALL_FIELDS)}
     job = {"type": "object", "required": ["id", "state", "done", "total", "calls"],
@@ -171,11 +172,12 @@ def document(server: str) -> dict:
                 {"notes": {"type": ["string", "null"], "maxLength": 4000}}, ["notes"])},
             "/api/v1/calls/{call_id}/purpose": {"put": _call_change(
                 "Give a call another purpose (which sets how long it is kept)",
-                {"purpose": {"type": "string"}}, ["purpose"])},
+                {"purpose": {"type": "string", "enum": purposes}}, ["purpose"])},
             "/api/v1/calls/{call_id}/hold": {"post": _call_change(
                 "Put a call on hold for a reason: never deleted until released",
                 {"reason": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"\S"}}, ["reason"])},
-            "/api/v1/calls/{call_id}/release": {"post": _call_change("End a call's hold", {}, [])},
+            "/api/v1/calls/{call_id}/release": {"post": _call_change("End a call's hold", {}, [],
+                                                                     "The call is not on hold")},
             "/api/v1/contacts": {
                 "get": {
                     "summary": "Every contact, by name",
