@@ -87,6 +87,9 @@ def test_a_csv_upload_is_checked_like_the_command_line_import(web, tmp_path):
     exported.write_bytes(boss.get("/contacts.csv").data)
     from appliance.contacts import read_csv
     assert sorted((c.number, c.name, c.company, c.note) for c in read_csv(exported)) == _contacts(data_dir)
+    config = str(app.extensions["callrec"].config_path)
+    assert "0 added, 0 updated" in callrec("contacts", "import", str(exported), "--config", config).stdout
+    assert [e["actor"][:4] for e in _audit(app, "contact-import")] == ["cli:", "user"]
 
 
 def test_staff_read_the_contacts_and_change_nothing(web):
