@@ -151,7 +151,7 @@ def test_the_api_manages_contacts_and_refuses_bad_input_without_a_change(web):
 
 
 def test_erasing_a_customer_removes_their_contact_and_its_audit_traces(web):
-    app, calls = web
+    app, _ = web
     data_dir = app.extensions["callrec"].data_dir
     client, boss = app.test_client(), _bearer(app, "admin")
     client.post("/api/v1/contacts", json={"number": "02 555 02 02", "name": "Jeanne Martin"}, headers=boss)
@@ -216,6 +216,10 @@ def test_a_bulk_export_of_a_filter_holds_exactly_its_calls_and_is_checked_on_eve
     assert bad.status_code == 400 and "since" in bad.get_json()["error"]
     assert client.post("/api/v1/exports", json={"filter": {"colour": "red"}}, headers=boss).status_code == 400
     assert client.post("/api/v1/exports", json={"filter": {"line": "nowhere"}}, headers=boss).status_code == 404
+    # A restricted call in the selection: refused as its own export is, and nothing is started.
+    backend.store.restrict(calls["supplier"]["id"], "customer's request", "test")
+    refused = client.post("/api/v1/exports", json={"filter": {"line": "shop"}}, headers=boss)
+    assert refused.status_code == 409 and "restricted" in refused.get_json()["error"]
 
     started = client.post("/api/v1/exports", json={"filter": {"line": "office", "min_s": 2.5}}, headers=boss)
     assert started.status_code == 202
