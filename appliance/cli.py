@@ -389,18 +389,19 @@ def contacts() -> None:
 @click.argument("csv_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @_config_option
 @_data_option
-def contacts_import(csv_file: Path, config_path: Path, data: Path | None) -> None:
-    """Add or update contacts from a CSV file with columns number,name[,company,note].
+@_actor_option
+def contacts_import(csv_file: Path, config_path: Path, data: Path | None, actor: str) -> None:
+    """Add or update contacts from a CSV file with columns number,name[,company,note] (audited).
 
     Nothing is imported if any row is wrong; each wrong row is named with its line number.
     """
-    from appliance.contacts import import_contacts, read_csv
+    from appliance.contacts import read_csv
+    from appliance.store.directory import Directory
 
     country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
     found = read_csv(csv_file, country)
     catalogue, _ = _catalogue(config_path, data)
-    with catalogue.transaction() as db:
-        added, updated = import_contacts(db, found, country)
+    added, updated = Directory(catalogue, country).import_checked(found, actor, csv_file.name)
     click.echo(f"{csv_file}: {added} added, {updated} updated")
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import PASSWORD, callrec, demo_path, simulated_cards, stop, wait_for
 
 FORM = re.compile(rb'name="csrf_token" value="([^"]+)"')
-SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr",
+SAMPLE_ARGS = {"call_id": 1, "job_id": "abc", "name": "shop", "user_id": 1, "token_id": 1, "lang": "fr", "number": "+3225550101",
                "filename": "style.css"}
 PUBLIC = {"auth.login", "auth.code", "auth.setup", "auth.language", "static", "healthz", "certificate", "revocation_list",
           "api.openapi", "notice.public", "notice.sheet"}
@@ -78,7 +78,8 @@ def test_a_staff_member_reaches_nothing_of_a_line_not_theirs(web):
             if method == "GET":
                 response = clerk.get(url, headers=bearer)
             elif url.startswith("/api/"):
-                response = clerk.post(url, headers=bearer, json={"number": "+3225559999", "contact_name": "x"})
+                response = clerk.open(url, method=method, headers=bearer,
+                                      json={"number": "+3225559999", "contact_name": "x", "notes": "x"})
             else:
                 response = post(clerk, url, reason="x", confirm="yes", notes="x", purpose="agreement")
             assert response.status_code in (403, 404) and b"OggS" not in response.data, (endpoint, method)

@@ -1,13 +1,19 @@
-"""The JSON API for a CRM: calls, a call, its audio, signed exports and the do-not-record list, with token authentication
+"""The JSON API for a CRM: calls, a call, its audio, its notes, purpose and hold, signed exports, the contacts
+and the do-not-record list, with token authentication
 (`Authorization: Bearer …`, tokens made on the users page), described by `/api/openapi.json`."""
 
+from dataclasses import asdict
+
 from flask import Blueprint, abort, jsonify, request, send_file, url_for
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from appliance.errors import CallrecError
 from appliance.store.catalogue import public_fields
 from web.backend import backend
-from web.calls import BadFilter, find_calls, send_recording
+from appliance.store.directory import DuplicateContact
+from web.calls import FILTER_KEYS, BadFilter, call_query, find_calls, save_notes, selection, send_recording
+from web.contacts import csv_response
 from web.exports import ExportRefused
 from web.openapi import document
 from web.privacy import calls_of, exports
@@ -39,7 +45,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 @bp.route("/openapi.json")
 def openapi():
     """The OpenAPI document of this API."""
-    return jsonify(document(request.host_url.rstrip("/")))
+    return jsonify(document(request.host_url.rstrip("/"), sorted(backend().config.purpose)))
 
 
 @bp.route("/v1/calls")
@@ -78,8 +84,10 @@ def start_export():
         abort(403, description="exports need a supervisor or admin token")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        abort(400, description="send a JSON object with call_ids (a list of call ids) or number")
-    if "number" in body:
+        abort(400, description="send a JSON object with call_ids (a list of call ids), number or filter")
+    if "filter" in body:
+        ids = [call["id"] for call in selection(_filter_args(body["filter"]), current())]
+    elif "number" in body:
         if not isinstance(body["number"], str) or not body["number"].strip():
             abort(400, description="number: a phone number")
         ids = [c["id"] for c in calls_of(body["number"].strip()) if c["file"]]
@@ -98,6 +106,167 @@ def start_export():
     except ExportRefused as exc:
         abort(409, description=str(exc))
     return jsonify(**job.public(), status_url=url_for("api.export_status", job_id=job.id)), 202
+
+
+def _filter_args(given) -> MultiDict:
+    """An export's `filter` object as the calls list's query (the same keys and meaning)."""
+    if not isinstance(given, dict) or set(given) - set(FILTER_KEYS):
+        abort(400, description=f"filter: an object with some of {', '.join(FILTER_KEYS)}")
+    args = MultiDict()
+    for key, value in given.items():
+        if key in ("min_s", "max_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        values = value if key == "flag" and isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            abort(400, description=f"filter: {key} is " + {"flag": "a list of texts", "min_s": "a number",
+                                                           "max_s": "a number"}.get(key, "text"))
+        for v in values:
+            args.add(key, v)
+    try:
+        call_query(args, current())
+    except BadFilter as exc:
+        abort(400, description=str(exc))
+    return args
+
+
+def _json_object(allowed: dict[str, tuple], required: tuple[str, ...] = ()) -> dict:
+    """The request's JSON object, checked: only `allowed` fields, each of one of its types, `required` present."""
+    body = request.get_json(silent=True)
+    if (not isinstance(body, dict) or set(body) - set(allowed) or any(name not in body for name in required)
+            or not all(isinstance(body[name], allowed[name]) for name in body)):
+        fields = ", ".join(f"{name}{'' if name in required else ' (optional)'}" for name in allowed)
+        abort(400, description=f"send a JSON object with {fields}")
+    return body
+
+
+def _call_action(call_id: int, allowed: dict[str, tuple], required: tuple[str, ...], action):
+    """Check the token's role, the call's line and the body, then run `action(call, body)` as the call
+    page's buttons do; its refusal is a 400 and changes nothing."""
+    if not current().at_least("supervisor"):
+        abort(403, description="changing a call needs a supervisor or admin token")
+    row = visible_call(call_id)
+    body = _json_object(allowed, required)
+    try:
+        action(row, body)
+    except CallrecError as exc:
+        abort(400, description=str(exc))
+    return jsonify(call=public_fields(backend().catalogue.get_call(row["id"])))
+
+
+@bp.route("/v1/calls/<int:call_id>/notes", methods=["PUT"])
+def set_notes(call_id: int):
+    """Replace a call's notes (null or empty: none)."""
+    return _call_action(call_id, {"notes": (str, type(None))}, ("notes",),
+                        lambda call, body: save_notes(call, body["notes"] or "", current(), request.remote_addr))
+
+
+@bp.route("/v1/calls/<int:call_id>/purpose", methods=["PUT"])
+def set_purpose(call_id: int):
+    """Give a call another purpose (which sets how long it is kept)."""
+    return _call_action(call_id, {"purpose": (str,)}, ("purpose",),
+                        lambda call, body: backend().store.classify(call["id"], body["purpose"], current().actor,
+                                                                    request.remote_addr))
+
+
+@bp.route("/v1/calls/<int:call_id>/hold", methods=["POST"])
+def hold(call_id: int):
+    """Put a call on hold for a reason: never deleted until released."""
+    return _call_action(call_id, {"reason": (str,)}, ("reason",),
+                        lambda call, body: backend().store.hold(call["id"], body["reason"], current().actor,
+                                                                request.remote_addr))
+
+
+@bp.route("/v1/calls/<int:call_id>/release", methods=["POST"])
+def release(call_id: int):
+    """End a call's hold (the audit trail keeps the hold's reason)."""
+    def release_held(call, body):
+        if not call["held"]:
+            abort(409, description=f"call {call['id']} is not on hold")
+        backend().store.release(call["id"], current().actor, request.remote_addr)
+    return _call_action(call_id, {}, (), release_held)
+
+
+def _contact_json(contact) -> dict:
+    return {**asdict(contact), "url": url_for("api.contact", number=contact.number)}
+
+
+_CONTACT_FIELDS = {"number": (str,), "name": (str,), "company": (str, type(None)), "note": (str, type(None))}
+
+
+def _manage_contacts() -> None:
+    if not current().at_least("supervisor"):
+        abort(403, description="changing the contacts needs a supervisor or admin token")
+
+
+def _contact_change(change):
+    """Run a directory change: a refused one is a 400 (409 for a number taken), and changes nothing."""
+    try:
+        return change()
+    except DuplicateContact as exc:
+        abort(409, description=str(exc))
+    except CallrecError as exc:
+        abort(400, description=str(exc))
+
+
+@bp.route("/v1/contacts")
+def contacts():
+    """Every contact, by name."""
+    return jsonify(contacts=[_contact_json(contact) for contact in backend().directory.entries()])
+
+
+@bp.route("/v1/contacts.csv")
+def contacts_csv():
+    """The contacts as the CSV file `callrec contacts import` reads."""
+    _manage_contacts()
+    return csv_response()
+
+
+@bp.route("/v1/contacts", methods=["POST"])
+def add_contact():
+    """Add a contact."""
+    _manage_contacts()
+    body = _json_object(_CONTACT_FIELDS, ("number", "name"))
+    directory = backend().directory
+    contact = _contact_change(lambda: directory.checked(body["number"], body["name"], body.get("company"),
+                                                        body.get("note")))
+    _contact_change(lambda: directory.add(contact, current().actor, request.remote_addr))
+    return jsonify(_contact_json(contact)), 201
+
+
+def _existing(number: str):
+    contact = backend().directory.get(number)
+    if contact is None:
+        abort(404, description="no contact has this number")
+    return contact
+
+
+@bp.route("/v1/contacts/<path:number>")
+def contact(number: str):
+    """The contact of a number (in any written form)."""
+    return jsonify(_contact_json(_existing(number)))
+
+
+@bp.route("/v1/contacts/<path:number>", methods=["PATCH"])
+def edit_contact(number: str):
+    """Change some fields of a contact (its number too)."""
+    _manage_contacts()
+    old = _existing(number)
+    body = _json_object(_CONTACT_FIELDS)
+    merged = {**asdict(old), **body}
+    directory = backend().directory
+    new = _contact_change(lambda: directory.checked(merged["number"], merged["name"], merged["company"],
+                                                    merged["note"]))
+    _contact_change(lambda: directory.update(old.number, new, current().actor, request.remote_addr))
+    return jsonify(_contact_json(new))
+
+
+@bp.route("/v1/contacts/<path:number>", methods=["DELETE"])
+def delete_contact(number: str):
+    """Delete a contact."""
+    _manage_contacts()
+    old = _existing(number)
+    backend().directory.delete(old.number, current().actor, request.remote_addr)
+    return jsonify(deleted=True)
 
 
 @bp.route("/v1/calls/<int:call_id>/rectify", methods=["POST"])

@@ -7,6 +7,7 @@ import io
 from flask import Blueprint, Response, render_template, request
 
 from appliance.store.catalogue import AUDIT_FIELDS, AuditFilter
+from appliance.store.directory import inert_cell
 from web.backend import backend
 from web.calls import known_args, page_number
 from web.security import require
@@ -17,14 +18,6 @@ PAGE = 100
 
 
 FILTER_KEYS = ("actor", "action", "call", "since", "until")
-
-
-def _inert(value):
-    """A cell a spreadsheet shows as text: a leading = + - @ would make it a formula (a hold
-    reason typed as `=HYPERLINK(…)`, say)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def _query(args) -> AuditFilter:
@@ -58,7 +51,7 @@ def export_csv():
         last = 0
         while batch := catalogue.audit_entries(which, 1000, after_id=last):
             for row in batch:
-                writer.writerow([_inert(row[field]) for field in AUDIT_FIELDS])
+                writer.writerow([inert_cell(row[field]) for field in AUDIT_FIELDS])
             last = batch[-1]["id"]
             yield out.getvalue()
             out.seek(0)

@@ -14,6 +14,7 @@ from flask import current_app
 
 from appliance.alarms import RECORDER_DOWN, AlarmNotifier, RecorderWatch, episodes
 from appliance.store.catalogue import Catalogue
+from appliance.store.directory import Directory
 from appliance.webhook import add_to_outbox
 from appliance.config import Config, load_config
 from appliance.live import read_live, recorder_pid
@@ -52,6 +53,11 @@ class Backend:
             self.store = self._store(self.config)
         if self._watching:
             self.watch_recorder()
+
+    @property
+    def directory(self) -> Directory:
+        """The contacts directory, numbers read with the configured country code."""
+        return Directory(self.catalogue, self.config.recorder.country_code)
 
     def live(self) -> dict | None:
         """The recorder's live state, or None when it is not running."""

@@ -11,7 +11,9 @@ from appliance.store.catalogue import FLAGS, CallFilter
 from appliance.store.peaks import peaks_from_levels
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
+from appliance.store.retention import StoreActionError
 from web.backend import backend
+from web.exports import ExportRefused
 from web.i18n import error_text, gettext as _
 from web.restriction import openings, refuse_if_restricted
 from web.security import client_address, current, require, visible_call, visible_lines
@@ -99,6 +101,13 @@ def find_calls(args, principal, limit: int, offset: int = 0) -> tuple[list[dict]
     """The calls matching the filters in `args`, newest first (one more than `limit` if there are more)."""
     which, shown = call_query(args, principal)
     return backend().catalogue.find_calls(which, limit + 1, offset), shown
+
+
+def selection(args, principal) -> list[dict]:
+    """The calls with a recording that the list's filters in `args` select, newest first: what a
+    bulk export of the list takes."""
+    which, _shown = call_query(args, principal)
+    return [call for call in backend().catalogue.find_calls(which) if call["file"]]
 
 
 @bp.route("/")
@@ -220,17 +229,19 @@ def _act(call_id: int, action, done: str):
     return redirect(url_for("calls.detail", call_id=call_id))
 
 
+def save_notes(call: dict, text: str, principal, address: str) -> None:
+    """Replace a call's notes (empty: none), checked and audited; the UI and the API both save here."""
+    if len(text) > MAX_NOTES:
+        raise StoreActionError("Notes are limited to {n} characters.", n=MAX_NOTES)
+    backend().catalogue.set_notes(call["id"], text.strip() or None, principal.actor, address)
+
+
 @bp.route("/calls/<int:call_id>/notes", methods=["POST"])
 @require("supervisor")
 def notes(call_id: int):
     """Save the call's notes (searchable from the list)."""
     text = request.form.get("notes", "")
-    if len(text) > MAX_NOTES:
-        abort(400, description=_("Notes are limited to {n} characters.", n=MAX_NOTES))
-
-    def save(call):
-        backend().catalogue.set_notes(call["id"], text.strip() or None, current().actor, client_address())
-    return _act(call_id, save, _("Notes saved."))
+    return _act(call_id, lambda call: save_notes(call, text, current(), client_address()), _("Notes saved."))
 
 
 @bp.route("/calls/<int:call_id>/agreement", methods=["POST"])
@@ -302,3 +313,38 @@ def delete(call_id: int):
     current_app.extensions["exports"].forget_calls({call_id})
     flash(_("Call {id} is erased.", id=call_id))
     return redirect(url_for("calls.index"))
+
+
+@bp.route("/export")
+@require("supervisor")
+def export_selection():
+    """What a bulk export of the list's calls would hold (how many, how large), and the button that starts it."""
+    try:
+        chosen = selection(request.args, current())
+        error = None
+    except BadFilter as exc:
+        chosen, error = [], str(exc)
+    size = backend().catalogue.size_of([call["id"] for call in chosen]) if chosen else 0
+    return render_template("export_selection.html", count=len(chosen), size=size, error=error,
+                           filters=known_args(request.args, FILTER_KEYS)), 400 if error else 200
+
+
+@bp.route("/export", methods=["POST"])
+@require("supervisor")
+def start_export():
+    """Start one signed bundle of the calls the list's filters select (the filters are sent again:
+    the selection is made now, with the principal's lines)."""
+    try:
+        chosen = selection(request.form, current())
+    except BadFilter as exc:
+        abort(400, description=str(exc))
+    filters = known_args(request.form, FILTER_KEYS)
+    if not chosen:
+        flash(_("No recordings match these filters."), "error")
+        return redirect(url_for("calls.export_selection", **filters))
+    try:
+        job = current_app.extensions["exports"].start([call["id"] for call in chosen], current(), client_address())
+    except ExportRefused as exc:
+        flash(error_text(exc), "error")
+        return redirect(url_for("calls.export_selection", **filters))
+    return redirect(url_for("privacy.export_page", job_id=job.id))

@@ -52,6 +52,8 @@ class ExportJob:
     path: Path
     lines: frozenset[str] = frozenset()     # the lines its calls were on
     size: int = 0                           # the bytes its recordings take
+    sizes: list[int] = field(default_factory=list)      # each recording's, in call_ids' order
+    written: int = 0                        # the bytes of the recordings already in the bundle
     done: int = 0
     total: int = 0
     state: str = "running"      # running, ready, failed
@@ -62,7 +64,7 @@ class ExportJob:
     def public(self) -> dict:
         """What the progress page and the API show."""
         return {"id": self.id, "state": self.state, "done": self.done, "total": self.total,
-                "calls": len(self.call_ids), "error": self.error}
+                "calls": len(self.call_ids), "size": self.size, "written": self.written, "error": self.error}
 
 
 class Exports:
@@ -90,8 +92,10 @@ class Exports:
                                     id=call["id"])
         lines = frozenset(call["line"] for call in calls)
         job_id = secrets.token_urlsafe(12)
+        sizes = [call["size_bytes"] or 0 for call in calls]
         job = ExportJob(job_id, principal.key, principal.actor, list(call_ids), self.folder / f"{job_id}.zip",
-                        lines=lines, size=catalogue.size_of(call_ids), total=len(call_ids), request=request)
+                        lines=lines, size=sum(sizes), sizes=sizes, total=len(call_ids),
+                        request=request)
         with self._lock:
             for old in [j for j in self._jobs.values() if j.owner == principal.key and j.state != "running"]:
                 self._drop(old)
@@ -124,7 +128,7 @@ class Exports:
 
     def _run(self, job: ExportJob, address: str | None) -> None:
         def progress(done, total):
-            job.done, job.total = done, total
+            job.done, job.total, job.written = done, total, sum(job.sizes[:done])
         try:
             extra = {}
             if job.request is not None:

@@ -34,7 +34,7 @@ DYNAMIC_TEXTS = (
     "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
-    "access-report",
+    "access-report", "contact-add", "contact-edit", "contact-delete", "contact-import", "contact-export",
     *(purpose.legal_basis for purpose in DEFAULT_PURPOSES.values()),    # the built-in purposes' legal bases
     "password-changed", "second-factor-on", "second-factor-off",
     *ALARM_TITLES.values(),                                               # the alarms
@@ -127,7 +127,16 @@ def number(value: float, digits: int = 0) -> str:
     return format_decimal(round(value, digits), format=f"#,##0{'.' + '0' * digits if digits else ''}", locale=g.lang)
 
 
+def data_size(size: int) -> str:
+    """A size in bytes as people read it: kB below a megabyte, then MB, then GB (powers of 1000,
+    as disks are sold; the same rule as `dataSize` in app.js)."""
+    for unit, scale, digits in (("GB", 1e9, 1), ("MB", 1e6, 1)):
+        if size >= scale:
+            return f"{number(size / scale, digits)} {unit}"
+    return f"{number(size / 1e3, 0)} kB"
+
+
 def template_helpers() -> dict:
     """What the templates use: `_`, the formatters and the languages."""
     return {"_": gettext, "when": when, "day": day, "clock": clock, "duration": duration, "span": span,
-            "number": number, "languages": LANGUAGES}
+            "number": number, "data_size": data_size, "languages": LANGUAGES}

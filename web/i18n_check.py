@@ -20,7 +20,8 @@ from web.i18n import DYNAMIC_TEXTS
 WEB = Path(__file__).resolve().parent
 CODE_SPAN = re.compile(r"`[^`]*`")
 # The errors whose messages the pages show translated (through `error_text`), and where they are raised.
-SHOWN_ERRORS = {"AccountError", "ExportRefused", "StoreActionError", "ObjectionError", "MailError"}
+SHOWN_ERRORS = {"AccountError", "ExportRefused", "StoreActionError", "ObjectionError", "MailError", "ContactError",
+                "DuplicateContact"}
 ERROR_SOURCES = ("web/*.py", "appliance/store/*.py", "appliance/mail.py")
 
 

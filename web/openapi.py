@@ -49,19 +49,49 @@ _NUMBER_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["number"], "additionalProperties": False,
     "properties": {"number": {"type": "string", "pattern": _PHONE_NUMBER},
                    "note": {"type": ["string", "null"], "maxLength": 500}}}}}}
+_CONTACT_NUMBER = {"name": "number", "in": "path", "required": True, "schema": {"type": "string"},
+                   "description": "The contact's number, in any written form (e.g. +3225551234)"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
+_TEXT = {"type": ["string", "null"], "maxLength": 500}
+_CONTACT_PROPERTIES = {"number": {"type": "string", "pattern": _PHONE_NUMBER}, "name": _NAME,
+                       "company": _TEXT, "note": _TEXT}
+_CALL_CHANGED = {"description": "Done: the call as it is now", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["call"], "properties": {"call": {"$ref": "#/components/schemas/Call"}}}}}}
+_FILTER_OBJECT = {"type": "object", "additionalProperties": False, "properties": {
+    **{p["name"]: p["schema"] for p in _FILTERS if p["name"] not in ("limit", "offset", "min_s", "max_s", "flag")},
+    "min_s": {"type": "number", "minimum": 0}, "max_s": {"type": "number", "minimum": 0},
+    "flag": {"type": "array", "items": {"type": "string", "enum": ["held", "restricted", "agreement", "interrupted"]}}}}
+
+
+def _call_change(summary: str, properties: dict, required: list[str], conflict: str | None = None) -> dict:
+    """A change to one call as the call page's buttons make it."""
+    return {"summary": summary, "parameters": [_CALL_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": required, "additionalProperties": False, "properties": properties}}}},
+            "responses": {"200": _CALL_CHANGED, "400": _error("Refused (the message says why); nothing changed"),
+                          "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor"),
+                          "404": _error("No such call, or not on the token's lines"),
+                          **({"409": _error(conflict)} if conflict else {})}}
+
+
 _ADDED = {"description": "On the list (201: added now, 200: it was already)", "content": {"application/json": {
     "schema": {"type": "object", "required": ["added"], "properties": {"added": {"type": "boolean"}}}}}}
 
 
-def document(server: str) -> dict:
-    """The OpenAPI document, with `server` as the base address."""
+def document(server: str, purposes: list[str]) -> dict:
+    """The OpenAPI document, with `server` as the base address and the configured `purposes`."""
     call = {"type": "object", "properties": {name: _CALL_TYPES.get(name, _NULLABLE_STRING) for name in CALL_FIELDS},
             "required": list(CALL_FIELDS)}
     job = {"type": "object", "required": ["id", "state", "done", "total", "calls"],
            "properties": {"id": {"type": "string"}, "state": {"type": "string", "enum": ["running", "ready", "failed"]},
                           "done": {"type": "integer"}, "total": {"type": "integer"}, "calls": {"type": "integer"},
+                          "size": {"type": "integer"}, "written": {"type": "integer"},
                           "error": _NULLABLE_STRING, "status_url": {"type": "string"},
                           "bundle_url": {"type": "string"}}}
+    contact = {"type": "object", "required": ["number", "name", "company", "note", "url"],
+               "properties": {"number": {"type": "string"}, "name": {"type": "string"}, "company": _NULLABLE_STRING,
+                              "note": _NULLABLE_STRING, "url": {"type": "string"}}}
+    contact_answer = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Contact"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "callrec API", "version": __version__,
@@ -75,6 +105,7 @@ def document(server: str) -> dict:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Call": call,
                 "Job": job,
+                "Contact": contact,
             },
         },
         "paths": {
@@ -110,7 +141,9 @@ def document(server: str) -> dict:
                         {"type": "object", "required": ["call_ids"], "additionalProperties": False, "properties": {
                             "call_ids": {"type": "array", "minItems": 1, "items": {"type": "integer"}}}},
                         {"type": "object", "required": ["number"], "additionalProperties": False, "properties": {
-                            "number": {"type": "string", "minLength": 1}}}]}}}},
+                            "number": {"type": "string", "minLength": 1}}},
+                        {"type": "object", "required": ["filter"], "additionalProperties": False, "properties": {
+                            "filter": _FILTER_OBJECT}}]}}}},
                 "responses": {
                     "202": {"description": "The export started", "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Job"}}}},
@@ -134,6 +167,61 @@ def document(server: str) -> dict:
                     "400": _error("Not a phone number or a name, or a malformed request"), "401": _UNAUTHORISED,
                     "403": _error("The token's role is below supervisor"),
                     "404": _error("No such call, or not on the token's lines")}}},
+            "/api/v1/calls/{call_id}/notes": {"put": _call_change(
+                "Replace a call's notes (null or empty: none)",
+                {"notes": {"type": ["string", "null"], "maxLength": 4000}}, ["notes"])},
+            "/api/v1/calls/{call_id}/purpose": {"put": _call_change(
+                "Give a call another purpose (which sets how long it is kept)",
+                {"purpose": {"type": "string", "enum": purposes}}, ["purpose"])},
+            "/api/v1/calls/{call_id}/hold": {"post": _call_change(
+                "Put a call on hold for a reason: never deleted until released",
+                {"reason": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"\S"}}, ["reason"])},
+            "/api/v1/calls/{call_id}/release": {"post": _call_change("End a call's hold", {}, [],
+                                                                     "The call is not on hold")},
+            "/api/v1/contacts": {
+                "get": {
+                    "summary": "Every contact, by name",
+                    "responses": {
+                        "200": {"description": "The contacts", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["contacts"], "properties": {"contacts": {
+                                "type": "array", "items": {"$ref": "#/components/schemas/Contact"}}}}}}},
+                        "401": _UNAUTHORISED}},
+                "post": {
+                    "summary": "Add a contact (its number is normalised as the CSV import does)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["number", "name"], "additionalProperties": False,
+                        "properties": _CONTACT_PROPERTIES}}}},
+                    "responses": {
+                        "201": {"description": "Added", **contact_answer},
+                        "400": _error("Not a phone number, no name, or a malformed request; nothing changed"),
+                        "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor"),
+                        "409": _error("Another contact has this number; nothing changed")}}},
+            "/api/v1/contacts.csv": {"get": {
+                "summary": "The contacts as the CSV file `callrec contacts import` reads",
+                "responses": {"200": {"description": "CSV: number,name,company,note", "content": {"text/csv": {}}},
+                              "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor")}}},
+            "/api/v1/contacts/{number}": {
+                "get": {
+                    "summary": "The contact of a number", "parameters": [_CONTACT_NUMBER],
+                    "responses": {"200": {"description": "The contact", **contact_answer}, "401": _UNAUTHORISED,
+                                  "404": _error("No contact has this number")}},
+                "patch": {
+                    "summary": "Change some fields of a contact (its number too)", "parameters": [_CONTACT_NUMBER],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": False, "properties": _CONTACT_PROPERTIES}}}},
+                    "responses": {
+                        "200": {"description": "The contact as it is now", **contact_answer},
+                        "400": _error("Not a phone number, no name, or a malformed request; nothing changed"),
+                        "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor"),
+                        "404": _error("No contact has this number"),
+                        "409": _error("Another contact has the new number; nothing changed")}},
+                "delete": {
+                    "summary": "Delete a contact", "parameters": [_CONTACT_NUMBER],
+                    "responses": {
+                        "200": {"description": "Deleted", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}}}}},
+                        "401": _UNAUTHORISED, "403": _error("The token's role is below supervisor"),
+                        "404": _error("No contact has this number")}}},
             "/api/v1/do-not-record": {
                 "get": {
                     "summary": "The do-not-record list (each number's last digits only)",

@@ -68,6 +68,15 @@ function setUpStatus() {
   };
 }
 
+// A size as `data_size` in web/i18n.py writes it.
+function dataSize(size) {
+  const lang = document.documentElement.lang;
+  for (const [unit, scale] of [["GB", 1e9], ["MB", 1e6]]) {
+    if (size >= scale) return `${(size / scale).toLocaleString(lang, { minimumFractionDigits: 1, maximumFractionDigits: 1 })} ${unit}`;
+  }
+  return `${Math.round(size / 1e3).toLocaleString(lang)} kB`;
+}
+
 function setUpExport() {
   const root = document.getElementById("export");
   if (!root || root.dataset.state !== "running") return;
@@ -79,6 +88,8 @@ function setUpExport() {
     bar.max = job.total || 1;
     bar.value = job.done;
     document.getElementById("export-text").textContent = `${job.done} / ${job.total}`;
+    const bytes = document.getElementById("export-bytes");
+    bytes.textContent = bytes.dataset.template.replace("{written}", dataSize(job.written)).replace("{size}", dataSize(job.size));
     if (job.state === "ready") document.getElementById("export-download").hidden = false;
     if (job.state === "failed") {
       const error = document.getElementById("export-error");
