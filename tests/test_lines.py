@@ -95,3 +95,260 @@ def test_two_usb_modems_are_named_by_their_ports_and_kept_from_modemmanager(tmp_
     swapped = udev_add(tmp_path, [(b, tty_b), (a, tty_a)])
     assert "/dev/callrec-modem-1-1.4" in swapped[tty_a].split()
     assert swapped[tty_b].split() == ["/dev/callrec-modem-1-1.5"]
+
+
+LEGACY_CONFIG = """# The shop's recorder.
+[recorder]
+data_dir = "data"
+
+[[line]]
+name = "shop"
+hook_pin = 17
+hook_active = "low"
+# The USB sound card, by the stable names from /etc/alsa/conf.d/50-callrec.conf.
+capture = "callrec_capture"
+playback = "callrec_playback"
+notice = "{notice}"
+"""
+
+
+def upgrade(config: Path, tree: Path) -> str:
+    """The installer's step for the lines, on a machine whose /sys holds the devices of `tree`."""
+    out = subprocess.run(["umockdev-run", "-d", str(tree), "--", sys.executable, "-c",
+                          "import sys; from appliance.lines import upgrade_legacy_names; "
+                          "print(upgrade_legacy_names(sys.argv[1]))", str(config)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@needs_umockdev
+def test_an_upgrade_moves_the_one_card_line_onto_its_ports_names_and_a_second_run_changes_nothing(tmp_path):
+    from appliance.config import demo_path, load_config
+
+    config = tmp_path / "appliance.toml"
+    config.write_text(LEGACY_CONFIG.format(notice=demo_path("notice-en.wav")))
+    config.chmod(0o660)
+    text, _ = sound_card("1-1.2", 1)
+    tree = tmp_path / "one-card.umockdev"
+    tree.write_text(text.replace("A: id=Device", "A: id=callrec"))     # as the earlier rule named it
+    assert upgrade(config, tree) == "line shop: sound card in USB port 1-1.2 (callrec_capture:callrec_1-1_2)"
+    line = load_config(config).line[0]
+    assert (line.capture, line.playback) == ("callrec_capture:callrec_1-1_2", "callrec_playback:callrec_1-1_2")
+    written = config.read_text()
+    assert "# The shop's recorder." in written and "# The USB sound card, by the stable names" in written
+    assert config.stat().st_mode & 0o777 == 0o660
+    assert upgrade(config, tree) == "nothing changed"
+    assert config.read_text() == written
+
+
+@needs_umockdev
+def test_an_upgrade_with_two_cards_present_leaves_the_line_and_says_to_identify(tmp_path):
+    from appliance.config import demo_path
+
+    config = tmp_path / "appliance.toml"
+    config.write_text(LEGACY_CONFIG.format(notice=demo_path("notice-en.wav")))
+    before = config.read_text()
+    tree = tmp_path / "two-cards.umockdev"
+    tree.write_text(sound_card("1-1.2", 1)[0] + sound_card("1-1.3", 2)[0])
+    said = upgrade(config, tree)
+    assert said.startswith("nothing changed") and "callrec doctor --identify" in said and "2 USB sound card(s)" in said
+    assert config.read_text() == before
+
+
+TWO_LINES = """# Two lines: which card and which pins are whose is for `callrec doctor --identify` to find.
+[recorder]
+data_dir = "data"
+
+[[line]]
+name = "shop"
+hook_pin = 17
+hook_active = "low"
+ring_pin = 27
+capture = "cap1"        # the card: written by --identify
+playback = "play1"
+notice = "{notice}"
+outgoing = "off"
+
+[[line]]
+name = "office"
+hook_pin = 18
+hook_active = "low"
+ring_pin = 22
+capture = "cap2"
+playback = "play2"
+notice = "{notice}"
+outgoing = "off"
+"""
+PORTS = ("1-1.2", "1-1.3")
+
+
+def alsa_cards(folder: Path, timelines: dict[str, np.ndarray]) -> tuple[str, list]:
+    """The names firmware-config/asound.conf gives each card (callrec_capture:<ID>,
+    callrec_playback:<ID>) as ALSA file-plugin PCMs: a card's capture reads a FIFO that a feeder
+    fills with its timeline (float samples, hiss after it) in real time, from now. Returns the
+    value for ALSA_CONFIG_PATH and the feeders."""
+    from appliance.lines import card_id
+    from appliance.simulate import ALSA_BASE_CONFIG
+
+    asoundrc = folder / "asoundrc"
+    asoundrc.write_text(f"""
+pcm.callrec_capture {{
+    @args [ CARD ]
+    @args.CARD {{ type string }}
+    type file
+    slave.pcm {{ type null }}
+    file "/dev/null"
+    infile {{ @func concat strings [ "{folder}/" $CARD ".fifo" ] }}
+    format "raw"
+}}
+pcm.callrec_playback {{
+    @args [ CARD ]
+    @args.CARD {{ type string }}
+    type file
+    slave.pcm {{ type null }}
+    file {{ @func concat strings [ "{folder}/" $CARD ".out" ] }}
+    format "raw"
+    truncate false
+}}
+""")
+    feeders = []
+    for port, samples in timelines.items():
+        fifo = folder / f"{card_id(port)}.fifo"
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+        raw = folder / f"{card_id(port)}.raw"
+        raw.write_bytes((np.clip(samples, -1, 0.999) * 32768).astype("<i2").tobytes())
+        feeders.append(feed(raw, fifo))
+    return f"{ALSA_BASE_CONFIG}:{asoundrc}", feeders
+
+
+def timeline(*tones: tuple[float, float, float]) -> np.ndarray:
+    """Hiss-free silence with tones (start s, end s, Hz): the handset lifted, the line's tone heard."""
+    samples = np.zeros(int(max(end for _, end, _ in tones) * RATE))
+    for start, end, freq in tones:
+        samples[int(start * RATE):int(end * RATE)] = tone(freq, end - start, 0.4)
+    return samples
+
+
+def drive(factory, edges: list[tuple[float, int, bool]]) -> threading.Thread:
+    """Drive mock pins low (off-hook) or high at (seconds from now, pin, low)."""
+    t0 = time.monotonic()
+
+    def run():
+        for at, pin, low in edges:
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            factory.pin(pin).drive_low() if low else factory.pin(pin).drive_high()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def two_lines(tmp_path, monkeypatch):
+    """A two-line configuration whose pins are wired the other way round from what it says, and a
+    function that starts the simulated cards: yields (config path, start_cards, MockFactory)."""
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.config import demo_path
+
+    config = tmp_path / "appliance.toml"
+    config.write_text(TWO_LINES.format(notice=demo_path("notice-en.wav")))
+    feeders, factory = [], MockFactory()
+
+    def start_cards(timelines):
+        alsa, started = alsa_cards(tmp_path, timelines)
+        monkeypatch.setenv("ALSA_CONFIG_PATH", alsa)
+        feeders.extend(started)
+    yield config, start_cards, factory
+    stop(feeders)
+    factory.reset()
+
+
+def identify(config: Path, factory, timeout_s: float = 10.0) -> tuple[list, list[str]]:
+    from appliance.identify import identify as run
+    from appliance.lines import capture_name
+
+    said = []
+    found = run(config, {port: capture_name(port) for port in PORTS}, factory, timeout_s, said.append)
+    return found, said
+
+
+def test_identify_finds_each_lines_card_and_pins_and_the_recorder_records_each_line_through_them(two_lines):
+    from appliance.config import load_config
+    from appliance.recorder import Recorder
+
+    config, start_cards, factory = two_lines
+    # The shop's handset is on the pins configured for the office (18, ring 22) and its line on
+    # the card in port 1-1.3; the office's on 17 and the card in 1-1.2.
+    start_cards({"1-1.3": timeline((1.0, 3.0, 425)), "1-1.2": timeline((3.5, 5.5, 425))})
+    drive(factory, [(1.0, 18, True), (3.0, 18, False), (3.5, 17, True), (5.5, 17, False)])
+    found, said = identify(config, factory)
+    assert said[0] == "Line 1 (shop): lift its handset now (hang up the others)."
+    assert said[2] == "Line 2 (office): lift its handset now (hang up the others)."
+    assert [(f.line, f.port, f.pins_of.hook_pin) for f in found] == [("shop", "1-1.3", 18), ("office", "1-1.2", 17)]
+    lines = {line.name: line for line in load_config(config).line}
+    assert (lines["shop"].capture, lines["shop"].playback) == ("callrec_capture:callrec_1-1_3",
+                                                             "callrec_playback:callrec_1-1_3")
+    assert (lines["shop"].hook_pin, lines["shop"].ring_pin) == (18, 22)
+    assert (lines["office"].capture, lines["office"].hook_pin, lines["office"].ring_pin) == (
+        "callrec_capture:callrec_1-1_2", 17, 27)
+    written = config.read_text()
+    assert "# Two lines: which card" in written and "# the card: written by --identify" in written
+    assert any("line shop: capture callrec_capture:callrec_1-1_3" in line for line in said)
+
+    # The recorder, from the written file: a 440 Hz call on the shop's line, 660 Hz on the office's.
+    start_cards({"1-1.3": timeline((0.5, 3.5, 440)), "1-1.2": timeline((0.5, 3.5, 660))})
+    recorder = Recorder(load_config(config), pin_factory=factory)
+    recorder.start()
+    try:
+        drive(factory, [(1.0, 18, True), (1.0, 17, True), (3.0, 18, False), (3.0, 17, False)]).join()
+        assert wait_for(lambda: len(recorder.catalogue.calls("state != 'recording'")) == 2, 10)
+        calls = {call["line"]: call for call in recorder.catalogue.calls()}
+    finally:
+        recorder.stop()
+    data = config.parent / "data"
+    shop, office = recording(data, calls["shop"]), recording(data, calls["office"])
+    assert tone_level(shop, 440) > 0.2 and tone_level(shop, 660) < 0.02
+    assert tone_level(office, 660) > 0.2 and tone_level(office, 440) < 0.02
+
+
+def test_identify_says_which_line_had_no_handset_lifted_and_changes_nothing(two_lines):
+    from appliance.identify import IdentifyError
+
+    config, start_cards, factory = two_lines
+    before = config.read_text()
+    start_cards({"1-1.3": timeline((0.5, 2.0, 425)), "1-1.2": np.zeros(RATE)})
+    drive(factory, [(0.5, 18, True), (2.0, 18, False)])
+    with pytest.raises(IdentifyError, match=r"no handset lifted in 4 s on line 2 \(office\)"):
+        identify(config, factory, timeout_s=4.0)
+    assert config.read_text() == before
+
+
+def test_identify_refuses_two_cards_hearing_audio_at_once(two_lines):
+    from appliance.identify import IdentifyError
+
+    config, start_cards, factory = two_lines
+    before = config.read_text()
+    start_cards({"1-1.3": timeline((0.5, 3.0, 425)), "1-1.2": timeline((0.5, 3.0, 425))})
+    drive(factory, [(1.0, 17, True)])
+    with pytest.raises(IdentifyError, match=r"line 1 \(shop\): the sound cards in USB ports 1-1.\d and 1-1.\d both "
+                                            r"hear audio"):
+        identify(config, factory)
+    assert config.read_text() == before
+
+
+def test_identify_does_not_run_while_the_recorder_does(two_lines):
+    from appliance.config import load_config
+    from appliance.live import LIVE_NAME
+
+    config, _, _ = two_lines
+    live = load_config(config).recorder.live_dir
+    live.mkdir(parents=True)
+    (live / LIVE_NAME).write_text('{"pid": 1, "lines": []}')
+    before = config.read_text()
+    out = subprocess.run([sys.executable, "-m", "appliance", "doctor", "--identify", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "the recorder is running: it holds the sound cards and the GPIO pins. Stop it first" in out.stderr
+    assert config.read_text() == before
