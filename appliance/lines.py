@@ -1,6 +1,5 @@
-"""Analog lines' hardware by USB port: the names the udev rules give each USB sound card and modem
-(firmware-config/85-callrec-sound.rules, 85-callrec-modem.rules), the cards and modems present,
-and the lines' wiring written into the configuration file.
+"""Analog lines' sound cards by USB port: the names firmware-config/85-callrec-sound.rules gives
+each USB sound card, the cards present, and the lines' wiring written into the configuration file.
 
 A port is named as the kernel names the USB device in it (`1-1.2`: bus 1, port 2 of the hub on
 port 1), so a card keeps its name across reboots, whatever order the devices come up in.
@@ -16,7 +15,6 @@ from appliance.config import Config, format_validation_error, resolve_paths
 from appliance.errors import ConfigError
 
 SYSFS = Path("/sys")
-LEGACY_CARD = "callrec"         # the ID earlier versions gave the one USB sound card
 
 
 def card_id(port: str) -> str:
@@ -34,11 +32,6 @@ def playback_name(port: str) -> str:
     return f"callrec_playback:{card_id(port)}"
 
 
-def modem_name(port: str) -> str:
-    """The device of the USB modem in `port`, as 85-callrec-modem.rules names it."""
-    return f"/dev/callrec-modem-{port}"
-
-
 def _usb_port(device: Path) -> str | None:
     """The port of the USB device above a sysfs device: the nearest ancestor with a `devpath`."""
     for folder in [device, *device.parents]:
@@ -52,25 +45,9 @@ def usb_sound_cards(sysfs: Path = SYSFS) -> dict[str, str]:
     cards = {}
     for card in sorted((sysfs / "class" / "sound").glob("card*")):
         device = card.resolve()
-        port = _usb_port(device)
-        if port is not None and re.fullmatch(r"card\d+", card.name):
+        if re.fullmatch(r"card\d+", card.name) and (port := _usb_port(device)) is not None:
             cards[port] = (device / "id").read_text().strip()
     return cards
-
-
-def usb_modems(sysfs: Path = SYSFS) -> dict[str, str]:
-    """The USB modems present (/dev/ttyACM*): their stable device name by port."""
-    modems = {}
-    for tty in sorted((sysfs / "class" / "tty").glob("ttyACM*")):
-        if (port := _usb_port(tty.resolve())) is not None:
-            modems[port] = modem_name(port)
-    return modems
-
-
-def port_of(capture: str) -> str | None:
-    """The port a capture name was given for (None for the legacy names and any other PCM)."""
-    match = re.fullmatch(r"callrec_capture:callrec_([0-9]+-[0-9_]+)", capture)
-    return match.group(1).replace("_", ".") if match else None
 
 
 def write_config(path: Path, document: tomlkit.TOMLDocument) -> None:
