@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.config import LineConfig, load_config
+import tomlkit
+
+from appliance.config import Config, LineConfig, _pin_key, load_config
 from appliance.errors import CallrecError
 from appliance.lines import capture_name, playback_name, read_document, usb_sound_cards, write_config
 from appliance.live import read_live
@@ -25,6 +27,9 @@ HEARD_WINDOW_S = 0.3    # the level is judged over this much of the latest audio
 POLL_S = 0.02
 # The pins that go with a line's hook input, moved with it to the line it is found on.
 PIN_KEYS = ("hook_pin", "hook_active", "ring_pin", "ring_active")
+# Each line's hook and ring inputs as the wiring guide (firmware-config/README.md) puts them: a
+# card beyond the configured lines gets a line on the first pair not in use.
+GUIDE_PINS = ((17, 27), (22, 23), (24, 25), (16, 20))
 
 
 class IdentifyError(CallrecError):
@@ -98,6 +103,11 @@ def identify(config_path: Path, cards: dict[str, str] | None = None, pin_factory
     if len(cards) < len(config.line):
         raise IdentifyError(f"{len(config.line)} line(s) configured but {len(cards)} USB sound card(s) "
                             f"found ({', '.join(cards) or 'none'}): plug in one card per line")
+    added = _added_lines(config, len(cards) - len(config.line))
+    for line in added:
+        say(f"A line for a card beyond the configured ones: {line.name}, hook GPIO {line.hook_pin}, "
+            f"ring GPIO {line.ring_pin} (as in the wiring guide).")
+    lines = [*config.line, *added]
     rate = config.recorder.sample_rate
     listeners, inputs = [], {}
     try:
@@ -106,17 +116,17 @@ def identify(config_path: Path, cards: dict[str, str] | None = None, pin_factory
             listeners[-1].start()
         with warnings.catch_warnings():     # gpiozero names each pin library it tries
             warnings.simplefilter("ignore")
-            for line in config.line:
+            for line in lines:
                 inputs[line.name] = LineInputs(line.hook_pin, line.hook_active, pin_factory=pin_factory)
         found = []
-        for number, line in enumerate(config.line, 1):
+        for number, line in enumerate(lines, 1):
             taken_ports = {f.port for f in found}
             taken_pins = {f.pins_of.name for f in found}
             say(f"Line {number} ({line.name}): lift its handset now (hang up the others).")
             found.append(_wait_for_line(number, line.name,
                                         [c for c in listeners if c.port not in taken_ports],
                                         {name: i for name, i in inputs.items() if name not in taken_pins},
-                                        {other.name: other for other in config.line}, timeout_s))
+                                        {other.name: other for other in lines}, timeout_s))
             say(f"  found: sound card in USB port {found[-1].port}, hook GPIO {found[-1].pins_of.hook_pin}")
     finally:
         for listener in listeners:
@@ -160,16 +170,41 @@ def _wait_for_line(number: int, name: str, listeners: list[CardListener], inputs
                         "detector's wiring (pinctrl get shows the pin's level)")
 
 
+def _added_lines(config: Config, count: int) -> list[LineConfig]:
+    """`count` new lines on the wiring guide's pins that no line or LED uses yet, each with the
+    first line's rules (its notice and purpose are written with it)."""
+    used = {_pin_key(pin) for line in config.line for pin in (line.hook_pin, line.ring_pin, line.pause_button_pin,
+            line.agreement_button_pin, line.private_button_pin, line.recording_led_pin) if pin is not None}
+    used |= {_pin_key(config.recorder.fault_led_pin)} if config.recorder.fault_led_pin is not None else set()
+    free = [pair for pair in GUIDE_PINS if not {str(pin) for pin in pair} & used]
+    if count > len(free):
+        raise IdentifyError(f"{count} more sound card(s) than lines, and the wiring guide's pins for only "
+                            f"{len(free)} more line(s) are free: add a [[line]] table with its pins for each card")
+    names = {line.name for line in config.line}
+    numbers = (n for n in range(2, 100) if f"line{n}" not in names)
+    return [config.line[0].model_copy(update={
+                "name": f"line{next(numbers)}", "hook_pin": hook, "hook_active": "low", "ring_pin": ring,
+                "ring_active": "low", "modem": None, "pause_button_pin": None, "agreement_button_pin": None,
+                "private_button_pin": None, "recording_led_pin": None})
+            for hook, ring in free[:count]]
+
+
 def _gpio(line: LineConfig) -> str:
     return f"GPIO {line.hook_pin}"
 
 
 def _write(config_path: Path, found: list[Found]) -> None:
-    """Each line's card and pins into the configuration file, the rest of the file kept."""
+    """Each line's card and pins into the configuration file, the rest of the file kept; an added
+    line gets a table of its own after the others."""
     document = read_document(config_path)
     tables = {table["name"]: table for table in document["line"]}
+    first = document["line"][0]
     for f in found:
-        table = tables[f.line]
+        table = tables.get(f.line)
+        if table is None:
+            table = tomlkit.table()
+            table.update({"name": f.line, "notice": first["notice"],
+                          **({"purpose": first["purpose"]} if "purpose" in first else {})})
         table["capture"], table["playback"] = capture_name(f.port), playback_name(f.port)
         for key in PIN_KEYS:
             value = getattr(f.pins_of, key)
@@ -177,4 +212,7 @@ def _write(config_path: Path, found: list[Found]) -> None:
                 table.pop(key, None)
             else:
                 table[key] = value
+        if f.line not in tables:
+            table.add(tomlkit.nl())
+            document["line"].append(table)
     write_config(config_path, document)

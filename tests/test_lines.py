@@ -352,3 +352,22 @@ def test_identify_does_not_run_while_the_recorder_does(two_lines):
     assert out.returncode == 2
     assert "the recorder is running: it holds the sound cards and the GPIO pins. Stop it first" in out.stderr
     assert config.read_text() == before
+
+
+def test_identify_adds_a_line_on_the_wiring_guides_pins_for_a_card_beyond_the_configured_lines(two_lines):
+    from appliance.config import load_config
+
+    config, start_cards, factory = two_lines
+    one_line = config.read_text().split("\n[[line]]\nname = \"office\"")[0]
+    config.write_text(one_line)
+    start_cards({"1-1.2": timeline((1.0, 3.0, 425)), "1-1.3": timeline((3.5, 5.5, 425))})
+    drive(factory, [(1.0, 17, True), (3.0, 17, False), (3.5, 22, True), (5.5, 22, False)])
+    found, said = identify(config, factory)
+    assert said[0] == "A line for a card beyond the configured ones: line2, hook GPIO 22, ring GPIO 23 (as in the wiring guide)."
+    assert [(f.line, f.port) for f in found] == [("shop", "1-1.2"), ("line2", "1-1.3")]
+    shop, line2 = load_config(config).line
+    assert (shop.capture, shop.hook_pin, shop.ring_pin) == ("callrec_capture:callrec_1-1_2", 17, 27)
+    assert (line2.capture, line2.playback) == ("callrec_capture:callrec_1-1_3", "callrec_playback:callrec_1-1_3")
+    assert (line2.hook_pin, line2.hook_active, line2.ring_pin, line2.notice) == (22, "low", 23, shop.notice)
+    assert line2.outgoing == "announce" and line2.modem is None      # the defaults: only the needed keys written
+    assert '\n[[line]]\nname = "line2"\nnotice = ' in config.read_text()
