@@ -347,6 +347,22 @@ install_system_files() {
     install_announcement
 }
 
+# A line still on the one-card names of earlier versions (or of the template) gets the names of
+# the USB port its card is in, the only USB sound card present; otherwise the technician runs
+# `callrec doctor --identify`. After install_system_files: the udev rules have named the cards.
+install_lines() {
+    local what
+    what=$("$VENV/bin/python" -I -c 'import sys
+from appliance.errors import CallrecError
+from appliance.lines import upgrade_legacy_names
+try:
+    print(upgrade_legacy_names(sys.argv[1]))
+except CallrecError as exc:
+    sys.exit(str(exc))' "$CONFIG" 2>&1) || fail "$what"
+    report "lines" "$what"
+    case "$what" in "nothing changed"*) ;; *) CONFIG_CHANGED=true ;; esac
+}
+
 https_port() {
     "$VENV/bin/python" -c 'import sys, tomllib
 print(tomllib.load(open(sys.argv[1], "rb")).get("web", {}).get("https_port", 443))' "$CONFIG" 2>/dev/null || echo 443
@@ -502,6 +518,7 @@ install_config
 read_data_dir
 install_data_dir
 install_system_files
+install_lines
 install_units
 summary
 if $SERVICE_FAILED; then

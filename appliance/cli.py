@@ -141,13 +141,23 @@ def simulate(scenario: Path | None, config_path: Path | None, data: Path | None)
 @click.option("--seconds", type=click.FloatRange(0.5, 60), default=3.0, show_default=True,
               help="How long to listen to each sound card.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def doctor(config_path: Path, seconds: float, as_json: bool) -> None:
+@click.option("--identify", is_flag=True,
+              help="Find each analog line's sound card and hook pin as its handset is lifted, and write them "
+                   "into the configuration (the recorder must be stopped).")
+@click.option("--timeout", type=click.FloatRange(5, 600), default=60.0, show_default=True,
+              help="With --identify: how long to wait for each handset.")
+def doctor(config_path: Path, seconds: float, as_json: bool, identify: bool, timeout: float) -> None:
     """Check the appliance: config, sound cards, GPIO, modems, disk, clock, services, web.
 
     Says what is wrong and how to fix it; exits with status 1 when something is wrong.
     """
     from appliance import doctor as checks
 
+    if identify:
+        from appliance.identify import identify as identify_lines
+
+        identify_lines(config_path, timeout_s=timeout, say=click.echo)
+        return
     results = checks.run_checks(config_path, seconds)
     click.echo(checks.as_json(results) if as_json else checks.render(results))
     sys.exit(1 if any(result.status == checks.FAIL for result in results) else 0)

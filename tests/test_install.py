@@ -24,6 +24,7 @@ import pytest
 
 from appliance import __version__
 from appliance.config import load_config
+from appliance.lines import card_id, usb_sound_cards
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"
@@ -274,6 +275,8 @@ def _tell(root: Path, seen: dict):
                        if (root / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink() else None
                        for unit in UNITS}
     seen["version"] = in_root(root, "callrec --version").stdout
+    seen["udev rules"] = {name: (root / "etc/udev/rules.d" / name).read_text()
+                          for name in ("85-callrec-sound.rules", "85-callrec-modem.rules")}
     seen["config loads"] = in_root(root, "/opt/callrec/venv/bin/python -c "
                                    "'from appliance.config import load_config; "
                                    "print(load_config(\"/etc/callrec/appliance.toml\").line[0].capture)'").stdout
@@ -374,7 +377,19 @@ def test_a_first_run_installs_everything_and_enables_the_units(story):
         assert said[f"enable {unit.removesuffix('.service')}"] == [f"enabled {unit} (starts at every boot)"]
     assert said["start"] == ["nothing changed (systemd is not running here, e.g. a chroot: the services start at the next boot)"]
     assert story["version"].strip() == f"callrec, version {__version__}"
-    assert story["config loads"].strip() == "callrec_capture"
+    # Each USB sound card and modem named by its USB port (tests/test_lines.py runs the rules).
+    assert story["udev rules"] == {name: (REPO / "firmware-config" / name).read_text() for name in story["udev rules"]}
+    # The template's line is on the one-card names; with the only USB sound card present (the
+    # chroot sees this machine's /sys) it takes that card's port names, else they stay.
+    cards = usb_sound_cards()
+    if len(cards) == 1:
+        (port,) = cards
+        assert said["lines"] == [f"line shop: sound card in USB port {port} (callrec_capture:{card_id(port)})"]
+        assert story["config loads"].strip() == f"callrec_capture:{card_id(port)}"
+    else:
+        assert said["lines"] == [f"nothing changed (1 line(s) on the names of one card, {len(cards)} USB sound "
+                                 "card(s) present: run `sudo callrec doctor --identify` with the cards plugged in)"]
+        assert story["config loads"].strip() == "callrec_capture"
     assert story["enabled"] == {u: f"/etc/systemd/system/{u}" for u in UNITS}
     # The name on the sticker: the box answers to callrec.local and announces its web UI.
     assert story["host name"] == "callrec" and said["host name"][0].startswith("named the box callrec")
