@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Flask, abort, g, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from web import api, audit, auth, calls, notice, privacy, restriction, settings, status
+from web import api, audit, auth, calls, live, notice, privacy, restriction, settings, status
 from web.backend import Backend
 from web.exports import Exports
 from web.i18n import gettext as _
@@ -60,7 +60,7 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
         SEND_FILE_MAX_AGE_DEFAULT=0,
     )
     install(app)
-    for blueprint in (auth.bp, calls.bp, restriction.bp, privacy.bp, notice.bp, status.bp, settings.bp, audit.bp, api.bp):
+    for blueprint in (auth.bp, calls.bp, restriction.bp, privacy.bp, notice.bp, status.bp, settings.bp, audit.bp, api.bp, live.bp):
         app.register_blueprint(blueprint)
     app.context_processor(template_helpers)
 
