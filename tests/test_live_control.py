@@ -189,3 +189,48 @@ def test_nothing_of_a_declined_call_is_streamed(line):
     wait_idle(recorder)
     [call] = recorder.catalogue.calls()
     assert call["state"] == "discarded" and call["discard_reason"] == "private"
+
+
+def test_a_sip_call_is_heard_live_in_stereo_and_paused_from_the_screen(tmp_path):
+    from appliance.sip import g711
+    from sipp.harness import read_stereo
+    from test_sip import CALLEE_HZ, CALLER_HZ, Trunk, call_through, write_pcap
+
+    trunk = Trunk(tmp_path)
+    write_pcap(tmp_path / "caller.pcap", tone(CALLER_HZ, 5.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(tmp_path / "callee.pcap", tone(CALLEE_HZ, 5.0, 0.5), g711.PCMA, 0x2222)
+    recorder = trunk.start(notice_incoming=False)
+    heard, answers = bytearray(), []
+
+    def control():
+        assert wait_for(lambda: any(r.call_id is not None for r in recorder.trunks[0].line.active), 10)
+        answer, conn = ask(recorder, {"command": "listen", "line": "sip1", "by": "user:boss"})
+        answers.append(answer)
+        reader = threading.Thread(target=read_all, args=(conn, heard))
+        reader.start()
+        time.sleep(1.0)
+        for command in ("pause", "resume"):
+            answer, conn = ask(recorder, {"command": command, "line": "sip1", "by": "user:clerk"})
+            conn.close()
+            answers.append(answer)
+            time.sleep(1.0)
+        reader.join(10)
+    controller = threading.Thread(target=control)
+    try:
+        controller.start()
+        call_through(trunk, "uac.xml", "uas.xml", 4000)
+        controller.join(15)
+        [call] = trunk.calls()
+        assert answers[0]["ok"] and (answers[0]["channels"], answers[0]["rate"]) == (2, RATE)
+        assert [a["paused"] for a in answers[1:]] == [True, False]
+        [(start, end, reason)] = recorder.catalogue.pauses(call["id"])
+        assert reason == "screen" and 0.8 < end - start < 1.3
+        _, right = read_stereo(tmp_path / "data" / call["file"])
+        assert np.abs(right[int(start * RATE) + 8:int(end * RATE) - 8]).max() == 0
+        stream = np.frombuffer(bytes(heard), "<i2").reshape(-1, 2) / 32768
+        assert len(stream) > 2.5 * RATE
+        assert tone_level(stream[:, 0], CALLER_HZ) > 0.2 and tone_level(stream[:, 1], CALLEE_HZ) > 0.2
+        silent = np.abs(stream).max(axis=1) == 0
+        assert 0.7 * RATE < silent.sum() < 1.4 * RATE           # the pause, as silence
+    finally:
+        trunk.stop()

@@ -48,6 +48,7 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     app.extensions["listens"] = calls.RecentListens()
     app.extensions["openings"] = restriction.Openings()
     app.extensions["status_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 2))
+    app.extensions["live_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 4))
     app.config.update(
         SECRET_KEY=_secret_key(the_backend.accounts.folder),
         # __Host-: the browser keeps it to this host and HTTPS, whatever another service on the LAN sets.

@@ -8,7 +8,7 @@ import struct
 import time
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, flash, redirect, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, request, stream_with_context, url_for
 
 from appliance.clock import iso_utc
 from appliance.control import SOCKET_NAME
@@ -107,13 +107,18 @@ def wav_header(rate: int, channels: int) -> bytes:
 def listen(call_id: int):
     """The call in progress as it is recorded: a WAV stream of open length, from when the call is
     known to be kept, silence while paused, until the call ends or the browser goes. Audited when
-    it ends, with how long it lasted."""
+    it ends, with how long it lasted. Each stream holds one of the server's threads: a quarter of
+    them at most stream calls."""
     call = call_of_line(call_id)
     principal, address = current(), client_address()
+    streams = current_app.extensions["live_streams"]
+    if not streams.acquire(blocking=False):
+        return Response(_("Too many calls are being listened to: try again later."), status=503, mimetype="text/plain")
     try:
         answer, conn = ask(backend().config.recorder.live_dir,
                            {"command": "listen", "line": call["line"], "by": principal.actor, "call_id": call_id})
     except ControlRefused as exc:
+        streams.release()
         return Response(str(exc), status=409, mimetype="text/plain")
     gone = request.environ.get("callrec.gone")
     catalogue = backend().catalogue
@@ -133,6 +138,7 @@ def listen(call_id: int):
                 yield pcm
         finally:
             conn.close()
+            streams.release()
             catalogue.add_audit(principal.actor, "live-listen", call_id,
                                 f"from {began} for {time.monotonic() - started:.0f} s", address)
     response = Response(stream_with_context(produce()), mimetype="audio/wav")
