@@ -4,11 +4,13 @@ real time): a supervisor hears the line live within two seconds; staff pause and
 recording keeps silence there; whoever lacks the line is refused. Screenshots in
 `test-artifacts/screenshots/`."""
 
+import http.client
 import http.cookiejar
 import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -103,7 +105,7 @@ def appliance(tmp_path, monkeypatch):
             return False
     assert wait_for(answers, 20), web.stdout.read() if web.poll() is not None else "no answer"
     yield {"base": base, "data": data, "recorder": recorder, "hook": factory.pin(17), "audio": line_audio,
-           "fed_at": fed_at}
+           "fed_at": fed_at, "web": web}
     web.terminate()
     web.wait(timeout=10)
     recorder.stop()
@@ -253,6 +255,33 @@ def test_whoever_lacks_the_line_is_refused_and_nothing_changes(appliance):
     assert status(clerk, f"{base}/calls/{call_id}/live") == 403          # staff pause, never listen
     time.sleep(0.5)
     assert not appliance["recorder"].lines[0].call.rules.paused
+    assert audit(data, "pause") == [] and audit(data, "live-listen") == []
+    # A listener whose connection drops is audited then, while the call goes on.
+    boss, _ = session("boss")
+    stream = boss.open(f"{base}/calls/{call_id}/live", timeout=5)
+    assert stream.read(44)[:4] == b"RIFF" and len(stream.read(8000)) == 8000
+    stream.close()
+    assert wait_for(lambda: audit(data, "live-listen"), 5)
+    [dropped] = audit(data, "live-listen")
+    assert dropped["actor"] == "user:boss" and dropped["call_id"] == call_id
+    # One listening (reading as a browser does) when the web server stops: the stream ends, the
+    # server stops, the listen is audited.
+    stream = boss.open(f"{base}/calls/{call_id}/live", timeout=5)
+    def read_on():
+        try:
+            while stream.read(4096):
+                pass
+        except (OSError, ValueError, http.client.HTTPException):
+            pass                # cut short by the server stopping
+    reader = threading.Thread(target=read_on)
+    reader.start()
+    time.sleep(1.0)
+    stopping = time.monotonic()
+    appliance["web"].terminate()
+    appliance["web"].wait(timeout=10)
+    print(f"the web server stopped {time.monotonic() - stopping:.1f} s after it was asked, a listener connected")
+    reader.join(5)
+    assert not reader.is_alive()
+    assert len(audit(data, "live-listen")) == 2
     hang_up(appliance)
     assert Catalogue(data).pauses(call_id) == []
-    assert audit(data, "pause") == [] and audit(data, "live-listen") == []

@@ -114,6 +114,7 @@ class GatedWSGI(WSGIWrapper):
                     return await sync_spawn(func, environ, send_app)
                 finally:
                     watcher.cancel()
+                    gone.set()      # also when the server, stopping, gives up on the request
             await super().handle_http(scope, receive, send, spawn, call_soon)
             return
         status, text = refusal

@@ -138,7 +138,8 @@ class SipTrunk:
         ringing = self.proxy is not None and any(d.state == "calling" for d in list(self.proxy.dialogs.values()))
         first = active[0] if active else None
         problem = self.problem(PROBLEM_STALE_S) if self.proxy is not None else "not relaying"
-        return {"name": self.config.name, "state": "in_call" if active else "ringing" if ringing else "idle",
+        state = ("paused" if first.rules.paused else "in_call") if first else "ringing" if ringing else "idle"
+        return {"name": self.config.name, "state": state,
                 "hook": None, "calls": len(active), "call_id": first.call_id if first else None,
                 "call_started_at": iso_from_mono(first.facts.answered) if first else None,
                 "direction": first.facts.direction if first else None, "number": first.facts.number if first else None,
