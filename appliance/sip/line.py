@@ -343,8 +343,18 @@ class SipLine:
                 if all_heard or recording.declined:
                     self._close(recording)
             elif not recording.declined:
-                recording.live = recording.live or recording.rules.listenable(recording.offset_s(now - JITTER_S))
+                if not recording.live:
+                    recording.live = recording.rules.listenable(recording.offset_s(self._heard_to(recording, now)))
                 recording.flush(recording.timeline.frame_at(now - JITTER_S), checked)
+
+    @staticmethod
+    def _heard_to(recording: CallRecording, now: float) -> float:
+        """Up to when (monotonic) the call's keys are known: what leaves the timeline now, or,
+        while its audio is listened to for keys, what the store thread has listened to."""
+        until = now - JITTER_S
+        if recording.listening != [None, None]:
+            until = min(until, recording.timeline.start + recording.checked / RATE)
+        return until
 
     def _act_on_heard(self, recording: CallRecording) -> bool:
         """Take the keys found in-band, each press once; True when the call's last audio has been
