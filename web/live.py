@@ -57,6 +57,8 @@ def call_of_line(call_id: int) -> dict:
     """The call, when it is in progress on a line the principal has; 403 without the line, 404
     when there is no such call, 409 when it is over."""
     try:
+        if not 0 < call_id < 2 ** 63:          # beyond SQLite's integers: no such call either
+            raise KeyError(call_id)
         call = backend().catalogue.get_call(call_id)
     except KeyError:
         abort(404, description=_("There is no such call."))
