@@ -24,6 +24,9 @@ from appliance.config import CallRulesConfig
 from appliance.selection import Selection
 
 
+KEY_HEARD_S = 1.0       # a key pressed at a window's end is heard and acted on within this
+
+
 @dataclass(frozen=True)
 class PlayNotice:
     """Play the notice into the call now."""
@@ -39,7 +42,7 @@ class StartRecording:
 class Pause:
     """Write silence instead of the line from `t` on (or from what has already been written)."""
     t: float
-    reason: str             # "dtmf" or "button"
+    reason: str             # "dtmf", "button" or "screen"
 
 
 @dataclass(frozen=True)
@@ -268,11 +271,20 @@ class CallRules:
         self.answer_due = self.beep_due = None
         return [Decline(reason)]
 
-    def pause_pressed(self, t: float) -> list:
-        """The pause button (or the screen's) at `t`: pause, or resume when paused."""
+    def pause_pressed(self, t: float, source: str = "button") -> list:
+        """The pause button (or the screen's, `source = "screen"`) at `t`: pause, or resume when
+        paused."""
         if not self.recording or self.declined or self.ended:
             return []
-        return self._toggle_pause(t, "button")
+        return self._toggle_pause(t, source)
+
+    def listenable(self, offset_s: float) -> bool:
+        """Whether the call, `offset_s` into its recording, may be heard live: it is being kept
+        and no key or button can still refuse it (the opt-out and private windows are over, and a
+        key pressed at their end has been heard)."""
+        if not self.recording or self.declined or self.ended:
+            return False
+        return all(end is None or offset_s > end + KEY_HEARD_S for end in (self.optout_until_s, self.private_until_s))
 
     def _toggle_pause(self, t: float, reason: str) -> list:
         if self.paused:

@@ -54,6 +54,7 @@ class RecorderConfig(_Strict):
     fault_led_pin: int | str | None = None                  # blinks 1: no sound card, 2: storage, 3: modem
     country_code: str = Field("32", pattern=r"^[1-9][0-9]{0,2}$")   # for national numbers in contacts
     runtime_dir: Path | None = None     # live state for the web UI; default <data_dir>/run, /run/callrec on a Pi
+    listeners_per_line: int = Field(2, ge=0, le=10)     # who may hear a line's call live at once (0: no one)
 
     @field_validator("data_dir", "runtime_dir", mode="before")
     @classmethod

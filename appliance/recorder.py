@@ -14,6 +14,7 @@ from appliance.analog.line import LineRecorder
 from appliance.clock import clock_synchronised
 from appliance.config import Config
 from appliance.contacts import lookup
+from appliance.control import ControlService
 from appliance.errors import CallrecError
 from appliance.faultled import MODEM_LOST, NO_SOUND_CARD, STORAGE_ALARM, TRUNK_DOWN, FaultLed
 from appliance.keys import ensure_device_key_apart
@@ -86,7 +87,9 @@ class Recorder:
                          self.reserve, self.objections, self.store.legal_facts)
         self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
-        self.trunks = [SipTrunk(trunk, self.desk) for trunk in config.sip_trunk]
+        self.trunks = [SipTrunk(trunk, self.desk, config.recorder.listeners_per_line) for trunk in config.sip_trunk]
+        self.control = ControlService(config.recorder.live_dir, {**{line.line.name: line for line in self.lines},
+                                                                 **{trunk.config.name: trunk for trunk in self.trunks}})
         self.webhook = None
         if config.webhook is not None:
             secret = config.webhook.secret_file.read_text().strip()
@@ -198,7 +201,7 @@ class Recorder:
             if capture.connected.is_set() and now - since > stall_s:
                 return f"line {line.line.name}: no audio from {capture.device} for {now - since:.0f} s"
         for service in (self.writer, self.finaliser, self.cleaner, self.objections, *self.trunks, self.webhook,
-                        self.offload, self.live, self.alarms):
+                        self.offload, self.live, self.alarms, self.control):
             if service is not None and (problem := service.problem(stall_s)) is not None:
                 return problem
         return None
@@ -244,6 +247,7 @@ class Recorder:
         self.cleaner.start()
         self.objections.start()
         self.live.start()
+        self.control.start()
         if self.fault_led is not None:
             self.fault_led.start()
         if self.webhook is not None:
@@ -284,6 +288,7 @@ class Recorder:
         self.cleaner.stopping.set()
         self.objections.stop()
         self.live.stop()
+        self.control.stop()
         if self.fault_led is not None:
             self.fault_led.close()
         for line in [*self.lines, *self.trunks]:

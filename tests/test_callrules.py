@@ -223,6 +223,32 @@ def test_the_pause_button_toggles_and_a_hang_up_ends_the_pause_with_the_recordin
     assert call.rules.hung_up(21.0) == [] and call.rules.tick(400.0) == []
 
 
+def test_the_screens_pause_follows_the_buttons_rules_and_is_marked_screen(kind):
+    call = Call(kind, pause_max_s=60.0)
+    assert call.rules.pause_pressed(10.0, "screen") == [Pause(10.0, "screen")]
+    assert call.rules.deadline() == 70.0                        # left on, it resumes by itself
+    assert call.rules.pause_pressed(12.0, "screen") == [Resume(12.0)]
+    waiting = Call(kind, record_from="notice_end")              # nothing kept yet: nothing to pause
+    assert waiting.rules.pause_pressed(1.0, "screen") == []
+
+
+def test_a_call_may_be_heard_live_only_once_no_key_can_refuse_it(kind):
+    call = Call(kind, optout_digit="9", optout_window_s=15.0, private_code="00", private_window_s=5.0)
+    call.rules.started(10.0)
+    window_end = call.after_notice(15.0)
+    assert not call.rules.listenable(window_end + 0.9)         # a key at its end may not be heard yet
+    assert call.rules.listenable(window_end + 1.1)
+    call.rules.hung_up(60.0)
+    assert not call.rules.listenable(window_end + 1.0)          # over
+    waiting = Call(kind, record_from="notice_end")
+    assert not waiting.rules.listenable(100.0)                   # not kept (yet)
+    assert Call(kind).rules.listenable(0.0)                      # no window: at once
+    declined = Call(kind, optout_digit="9")
+    declined.rules.notice_ended(14.0)
+    declined.key("9", 15.0, declined.after_notice(1.0))
+    assert not declined.rules.listenable(100.0)
+
+
 def test_a_call_stopped_by_the_recorder_is_interrupted(kind):
     assert Call(kind).rules.hung_up(20.0, interrupted=True) == [Finish(20.0, "interrupted")]
 

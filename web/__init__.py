@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Flask, abort, g, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from web import api, audit, auth, calls, contacts, notice, privacy, restriction, settings, status
+from web import api, audit, auth, calls, contacts, live, notice, privacy, restriction, settings, status
 from web.backend import Backend
 from web.exports import Exports
 from web.i18n import gettext as _
@@ -48,6 +48,7 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
     app.extensions["listens"] = calls.RecentListens()
     app.extensions["openings"] = restriction.Openings()
     app.extensions["status_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 2))
+    app.extensions["live_streams"] = threading.BoundedSemaphore(max(1, web_config.threads // 4))
     app.config.update(
         SECRET_KEY=_secret_key(the_backend.accounts.folder),
         # __Host-: the browser keeps it to this host and HTTPS, whatever another service on the LAN sets.
@@ -60,7 +61,8 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
         SEND_FILE_MAX_AGE_DEFAULT=0,
     )
     install(app)
-    for blueprint in (auth.bp, calls.bp, contacts.bp, restriction.bp, privacy.bp, notice.bp, status.bp, settings.bp, audit.bp, api.bp):
+    for blueprint in (auth.bp, calls.bp, contacts.bp, restriction.bp, privacy.bp, notice.bp, status.bp, settings.bp, audit.bp,
+                      api.bp, live.bp):
         app.register_blueprint(blueprint)
     app.context_processor(template_helpers)
 

@@ -30,8 +30,8 @@ DYNAMIC_TEXTS = (
     "training", "agreement", "legal-obligation",                          # purposes
     "admin", "supervisor", "staff",                                       # roles
     "held", "restricted",                                                 # list filters (with two above)
-    "button", "dtmf", "declined", "objected", "private", "off-schedule", "not-selected",  # pause, discard reasons
-    "listen", "download", "export", "erased", "expired", "hold", "release",   # audit actions
+    "button", "dtmf", "screen", "declined", "objected", "private", "off-schedule", "not-selected",  # pause, discard reasons
+    "listen", "live-listen", "pause", "resume", "download", "export", "erased", "expired", "hold", "release",   # audit actions
     "reclassify", "notes", "login", "login-failed", "setup", "settings", "account",
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
     "access-report", "contact-add", "contact-edit", "contact-delete", "contact-import", "contact-export",

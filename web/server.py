@@ -104,7 +104,18 @@ class GatedWSGI(WSGIWrapper):
         elif (length > ANONYMOUS_BODY or b"chunked" in headers.get(b"transfer-encoding", b"")) and not credentials:
             refusal = (401, b"Log in first.")
         if refusal is None:
-            await super().handle_http(scope, receive, send, sync_spawn, call_soon)
+            gone = threading.Event()
+
+            async def spawn(func, environ, send_app):
+                # A long answer (a live call) ends when its client goes: the app looks at this.
+                environ["callrec.gone"] = gone
+                watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
+                try:
+                    return await sync_spawn(func, environ, send_app)
+                finally:
+                    watcher.cancel()
+                    gone.set()      # also when the server, stopping, gives up on the request
+            await super().handle_http(scope, receive, send, spawn, call_soon)
             return
         status, text = refusal
         await send({"type": "http.response.start", "status": status,
@@ -137,6 +148,13 @@ class GatedWSGI(WSGIWrapper):
         finally:
             if hasattr(body, "close"):
                 body.close()
+
+
+async def _watch_disconnect(receive, gone: threading.Event) -> None:
+    """Set `gone` when the client of a request whose body is read goes away (or the server stops)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 def https_or_redirect(app, redirect):

@@ -7,6 +7,7 @@ import math
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import alsaaudio
@@ -24,6 +25,7 @@ from appliance.analog.playback import play
 from appliance.beep import beep_tone
 from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import LineConfig, RecorderConfig
+from appliance.control import ControlError, Tap
 from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.notice import load_notice
 from appliance.selection import selection_for
@@ -88,18 +90,42 @@ class Listener(threading.Thread):
 
 class CallAudio:
     """A call's audio goes to its spool and, within its window, to its digit listener; while
-    paused, silence of the same length goes to the spool instead, so durations stay true."""
+    paused, silence of the same length goes to the spool instead, so durations stay true. Once
+    the call is known to be kept (`live`), the same goes to whoever listens live (`taps`)."""
 
     def __init__(self, spool: SpoolWriter, listener: Listener | None):
         self.spool = spool
         self.listener = listener
         self.paused = False
+        self.live = False
+        self.taps: tuple[Tap, ...] = ()
 
     def append(self, pcm: bytes) -> None:
         """Take a period of audio."""
-        self.spool.append(bytes(len(pcm)) if self.paused else pcm)
+        kept = bytes(len(pcm)) if self.paused else pcm
+        self.spool.append(kept)
         if self.listener is not None:
             self.listener.append(pcm)       # while paused, only to hear the resume code
+        if self.live:
+            for tap in self.taps:
+                tap.offer(kept)
+
+    def close_taps(self, discard: bool = False) -> None:
+        """End every live listener's stream (`discard`: the call was declined)."""
+        self.live = False
+        for tap in self.taps:
+            tap.close(discard)
+
+
+@dataclass(frozen=True)
+class ScreenPause:
+    """The screen's pause (`pause`) or resume button, pressed by `by` for call `call_id` (or the
+    call in progress); the answer goes to `done`."""
+
+    pause: bool
+    by: str
+    call_id: int | None
+    done: Future
 
 
 @dataclass(frozen=True)
@@ -250,6 +276,8 @@ class LineRecorder:
                     self._on_ring_activity(edge.t, False)
                 elif isinstance(edge, CallerId):
                     self._on_caller_id(edge)
+                elif isinstance(edge, ScreenPause):
+                    self._on_screen_pause(edge)
                 elif edge is not None:
                     self._on_edge(edge)
                 self._advance(time.monotonic())
@@ -350,6 +378,68 @@ class LineRecorder:
                     self._on_button(name, press[0])
         if (call := self.call) is not None:
             self._carry_out(call, call.rules.tick(now))
+            if not call.audio.live and self._listenable(call, now):
+                call.audio.live = True
+
+    def _listenable(self, call: ActiveCall, now: float) -> bool:
+        """Whether the call may be heard live: its rules say so, a caller ID that could still put
+        it on the do-not-record list can no longer come, and the number an outgoing call dialled
+        is not on that list."""
+        if not call.rules.listenable(call.spool.frames / self.settings.sample_rate):
+            return False
+        started = call.rules.started_at or now
+        if call.direction == "incoming" and call.number is None and now - started < CALLER_ID_IN_CALL_S:
+            return False
+        if call.direction == "outgoing":
+            if now - started < self.settings.dialling_window_s:
+                return False
+            return not self.desk.objected(dialled_number(call.digits))
+        return True
+
+    def _on_screen_pause(self, press: ScreenPause) -> None:
+        call = self.call
+        if call is None or (press.call_id is not None and call.id != press.call_id):
+            press.done.set_exception(ControlError(f"line {self.line.name}: that call is not in progress"))
+        elif call.rules.paused == press.pause:
+            press.done.set_exception(ControlError(f"line {self.line.name}: the call is "
+                                                  f"{'already paused' if press.pause else 'not paused'}"))
+        elif not (commands := call.rules.pause_pressed(time.monotonic(), "screen")):
+            press.done.set_exception(ControlError(f"line {self.line.name}: the call is not being recorded"))
+        else:
+            log.info("line %s: %s from the screen by %s", self.line.name,
+                     "pause" if press.pause else "resume", press.by)
+            self._carry_out(call, commands)
+            press.done.set_result({"call_id": call.id, "paused": call.rules.paused})
+
+    # -- the control channel (its threads) -----------------------------------------------------------
+
+    def screen_pause(self, pause: bool, by: str, call_id: int | None) -> dict:
+        """Pause (or resume) the call in progress as the pause button does, from the screen; the
+        line's thread decides. Raises ControlError when there is nothing to do."""
+        press = ScreenPause(pause, by, call_id, Future())
+        self.inputs.edges.put(press)
+        try:
+            return press.done.result(timeout=2.0)
+        except TimeoutError:
+            raise ControlError(f"line {self.line.name}: no answer from the line") from None
+
+    def listen(self, by: str, call_id: int | None, queue_s: float) -> tuple[Tap, dict]:
+        """A live listener of the call in progress: its audio from when it is known to be kept
+        (silence while paused) until it ends. Raises ControlError when there is no such call or
+        the line has its listeners already."""
+        call = self.call
+        if call is None or (call_id is not None and call.id != call_id):
+            raise ControlError(f"line {self.line.name}: that call is not in progress")
+        audio = call.audio
+        if sum(not tap.closed.is_set() for tap in audio.taps) >= self.settings.listeners_per_line:
+            raise ControlError(f"line {self.line.name}: {self.settings.listeners_per_line} listeners already "
+                               f"(listeners_per_line)")
+        tap = Tap(int(queue_s * 1000 / self.settings.period_ms))
+        audio.taps = (*[t for t in audio.taps if not t.closed.is_set()], tap)
+        if self.call is not call or call.rules.declined:
+            tap.close(discard=True)         # it ended meanwhile: `_end` saw the taps before this one
+        log.info("line %s: %s listens live to %s", self.line.name, by, call.label)
+        return tap, {"call_id": call.id, "rate": self.settings.sample_rate, "channels": 1}
 
     def _on_button(self, name: str, t: float) -> None:
         call = self.call
@@ -398,6 +488,7 @@ class LineRecorder:
                 call.digits.append((command.offset_s, command.key))
                 call.row.key(command.offset_s, command.key)
             elif isinstance(command, callrules.Decline):
+                call.audio.close_taps(discard=True)
                 self.capture.stop_recording()
                 self.capture.clear_preroll()
                 log.info("line %s: %s", self.line.name, callrules.DECLINED[command.reason])
@@ -537,6 +628,7 @@ class LineRecorder:
     def _end(self, t: float, interrupted: bool = False) -> None:
         call, self.call, self.caller = self.call, None, None
         self.capture.stop_recording()
+        call.audio.close_taps()
         for listener in (call.audio.listener, call.answer, call.dialling):
             if listener is not None:
                 listener.close()

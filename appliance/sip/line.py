@@ -36,6 +36,7 @@ from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
 from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import SipTrunkConfig
+from appliance.control import ControlError, Tap
 from appliance.dtmf import DtmfDetector
 from appliance.live import LevelMeter
 from appliance.notice import load_notice
@@ -98,6 +99,14 @@ class CallRecording:
         self.ended = False
         self.closing: tuple[float, str, bool] | None = None     # when the call ended, why, interrupted
         self.end_reason: str | None = None
+        self.live = False                       # known to be kept: its audio goes to the taps too
+        self.taps: tuple[Tap, ...] = ()
+
+    def close_taps(self, discard: bool = False) -> None:
+        """End every live listener's stream (`discard`: the call was declined)."""
+        self.live = False
+        for tap in self.taps:
+            tap.close(discard)
 
     @property
     def declined(self) -> bool:
@@ -163,6 +172,9 @@ class CallRecording:
                 self.spool.append(pcm)
             else:
                 self.pending.append(pcm)
+        if self.live:
+            for tap in self.taps:
+                tap.offer(pcm)
 
     def _listened(self, until: int) -> list:
         """Each listened channel's audio up to frame `until`, read before `take` (which writes a
@@ -331,7 +343,18 @@ class SipLine:
                 if all_heard or recording.declined:
                     self._close(recording)
             elif not recording.declined:
+                if not recording.live:
+                    recording.live = recording.rules.listenable(recording.offset_s(self._heard_to(recording, now)))
                 recording.flush(recording.timeline.frame_at(now - JITTER_S), checked)
+
+    @staticmethod
+    def _heard_to(recording: CallRecording, now: float) -> float:
+        """Up to when (monotonic) the call's keys are known: what leaves the timeline now, or,
+        while its audio is listened to for keys, what the store thread has listened to."""
+        until = now - JITTER_S
+        if recording.listening != [None, None]:
+            until = min(until, recording.timeline.start + recording.checked / RATE)
+        return until
 
     def _act_on_heard(self, recording: CallRecording) -> bool:
         """Take the keys found in-band, each press once; True when the call's last audio has been
@@ -383,6 +406,7 @@ class SipLine:
             elif isinstance(command, callrules.Beep) and recording.play_beep is not None:
                 recording.play_beep()
             elif isinstance(command, callrules.Decline):
+                recording.close_taps(discard=True)
                 self.active.remove(recording)
                 log.info("sip trunk %s: %s", self.config.name, callrules.DECLINED[command.reason])
                 # After the store thread's step that made the spool.
@@ -426,10 +450,45 @@ class SipLine:
             recording.row.update(ended_at=ended_at, end_reason=reason)
             return
         recording.flush(recording.timeline.frame_at(finish.t))
+        recording.close_taps()
         self.active.remove(recording)
         # After the store thread's steps: the spool exists and has every piece of audio.
         self.worker.submit(lambda: recording.row.finish(recording.spool, finish.state, ended_at=ended_at, end_reason=reason))
         log.info("sip trunk %s: call ended (%s)", self.config.name, reason)
+
+    # -- the control channel (on the loop's thread) -------------------------------------------------
+
+    def recording_of(self, call_id: int | None) -> CallRecording:
+        """The call in progress with that id (or the only one). Raises ControlError."""
+        calls = [r for r in self.active if not r.ended and not r.declined
+                 and (call_id is None or r.call_id == call_id)]
+        if len(calls) != 1:
+            raise ControlError(f"sip trunk {self.config.name}: " + ("that call is not in progress" if not calls
+                                                                    else "several calls in progress: say which"))
+        return calls[0]
+
+    def screen_pause(self, pause: bool, by: str, call_id: int | None) -> dict:
+        """The screen's pause or resume button, as the pause code does."""
+        recording = self.recording_of(call_id)
+        if recording.rules.paused == pause:
+            raise ControlError(f"sip trunk {self.config.name}: the call is {'already paused' if pause else 'not paused'}")
+        commands = recording.rules.pause_pressed(time.monotonic(), "screen")
+        if not commands:
+            raise ControlError(f"sip trunk {self.config.name}: the call is not being recorded")
+        log.info("sip trunk %s: %s from the screen by %s", self.config.name, "pause" if pause else "resume", by)
+        self._carry_out(recording, commands)
+        return {"call_id": recording.call_id, "paused": recording.rules.paused}
+
+    def listen(self, by: str, call_id: int | None, limit: int, periods: int) -> tuple[Tap, dict]:
+        """A live listener of a call in progress: both sides as recorded (stereo), from when it
+        is known to be kept, silence while paused, until it ends."""
+        recording = self.recording_of(call_id)
+        if sum(not tap.closed.is_set() for tap in recording.taps) >= limit:
+            raise ControlError(f"sip trunk {self.config.name}: {limit} listeners already (listeners_per_line)")
+        tap = Tap(periods)
+        recording.taps = (*[t for t in recording.taps if not t.closed.is_set()], tap)
+        log.info("sip trunk %s: %s listens live to a call", self.config.name, by)
+        return tap, {"call_id": recording.call_id, "rate": RATE, "channels": CHANNELS}
 
     def missed(self, facts: CallFacts, t: float, reason: str) -> None:
         """A call that was never answered: a `missed` row, no recording."""

@@ -10,6 +10,7 @@ import time
 from appliance.store.callrow import Desk
 from appliance.clock import iso_from_mono
 from appliance.config import SipTrunkConfig
+from appliance.control import ControlError
 from appliance.errors import HardwareError
 from appliance.sip.line import SipLine
 from appliance.sip.proxy import Proxy
@@ -18,14 +19,21 @@ log = logging.getLogger(__name__)
 
 BEAT_S = 1.0
 PROBLEM_STALE_S = 10.0      # a heartbeat this old is a stuck relay, for the live state
+CONTROL_S = 2.0             # the loop answers the control channel within this
+LISTEN_PERIOD_S = 0.02      # about how much audio a tick hands on (for a listener's queue)
 NETWORK = ("trunk", "pbx", "rtp_port_min", "rtp_port_max")     # these change only at a restart
+
+
+async def _run(job):
+    return job()
 
 
 class SipTrunk:
     """Relays and records one configured SIP trunk."""
 
-    def __init__(self, config: SipTrunkConfig, desk: Desk):
+    def __init__(self, config: SipTrunkConfig, desk: Desk, listeners: int = 2):
         self.config = config
+        self.listeners = listeners          # live listeners of one call at most
         self.loop = asyncio.new_event_loop()
         self.line = SipLine(config, desk, self._call_later)
         self.proxy: Proxy | None = None
@@ -100,6 +108,22 @@ class SipTrunk:
         self._thread.join()
         self.line.stop()
 
+    def _on_loop(self, job):
+        """Run `job` on the relay's loop and return what it returns (or raise what it raises)."""
+        try:
+            return asyncio.run_coroutine_threadsafe(_run(job), self.loop).result(timeout=CONTROL_S)
+        except TimeoutError:
+            raise ControlError(f"sip trunk {self.config.name}: no answer from the relay") from None
+
+    def screen_pause(self, pause: bool, by: str, call_id: int | None) -> dict:
+        """The screen's pause or resume of a call in progress (see SipLine.screen_pause)."""
+        return self._on_loop(lambda: self.line.screen_pause(pause, by, call_id))
+
+    def listen(self, by: str, call_id: int | None, queue_s: float):
+        """A live listener of a call in progress (see SipLine.listen)."""
+        periods = int(queue_s / LISTEN_PERIOD_S)
+        return self._on_loop(lambda: self.line.listen(by, call_id, self.listeners, periods))
+
     def apply(self, config: SipTrunkConfig) -> bool:
         """Take up new call rules (notice, purpose, opt-out, pause, RTP timeout) from the next call.
         The addresses and RTP ports stay until a restart: returns False when they changed."""
@@ -118,7 +142,8 @@ class SipTrunk:
         ringing = self.proxy is not None and any(d.state == "calling" for d in list(self.proxy.dialogs.values()))
         first = active[0] if active else None
         problem = self.problem(PROBLEM_STALE_S) if self.proxy is not None else "not relaying"
-        return {"name": self.config.name, "state": "in_call" if active else "ringing" if ringing else "idle",
+        state = ("paused" if first.rules.paused else "in_call") if first else "ringing" if ringing else "idle"
+        return {"name": self.config.name, "state": state,
                 "hook": None, "calls": len(active), "call_id": first.call_id if first else None,
                 "call_started_at": iso_from_mono(first.facts.answered) if first else None,
                 "direction": first.facts.direction if first else None, "number": first.facts.number if first else None,

@@ -1,4 +1,5 @@
-// Progressive enhancements: confirmations, the waveform cursor and seeking, live status, export progress.
+// Progressive enhancements: confirmations, the waveform cursor and seeking, live status, export progress,
+// listening to a call in progress.
 "use strict";
 
 document.addEventListener("submit", (event) => {
@@ -38,6 +39,87 @@ function describeLine(card, line, labels) {
   const level = line.level_dbfs === null || line.level_dbfs === undefined ? -90 : line.level_dbfs;
   card.querySelector("[data-field=level]").value = level;
   card.querySelector("[data-field=level-text]").textContent = line.level_dbfs === null ? "—" : `${line.level_dbfs} dBFS`;
+  describeControls(card, line);
+}
+
+function describeControls(card, line) {
+  // Pause / Resume and Listen for the call in progress; the URLs carry call 0 in the page.
+  const live = card.querySelector("[data-field=live]");
+  if (!live) return;
+  const inCall = (line.state === "in_call" || line.state === "paused") && line.call_id;
+  live.hidden = !inCall;
+  if (!inCall) return;
+  const forCall = (url) => url.replace(/\/0(\/|$)/, `/${line.call_id}$1`);
+  const button = live.querySelector("[data-field=pause]");
+  const paused = line.state === "paused";
+  button.form.action = forCall(paused ? live.dataset.resume : live.dataset.pause);
+  button.textContent = paused ? button.dataset.labelResume : button.dataset.labelPause;
+  const listen = live.querySelector("[data-field=listen]");
+  if (listen) listen.href = `${forCall(live.dataset.call)}#live`;
+}
+
+function setUpLive() {
+  // Hears a call in progress: the WAV stream read as it comes and played through Web Audio.
+  const button = document.getElementById("listen-live");
+  if (!button) return;
+  const state = document.getElementById("live-state");
+  const label = button.textContent;
+  let stop = null;
+  button.addEventListener("click", async () => {
+    if (stop) { stop(); return; }
+    const context = new AudioContext();
+    const abort = new AbortController();
+    stop = () => { abort.abort(); context.close(); stop = null; button.textContent = label; };
+    button.textContent = button.dataset.stop;
+    try {
+      const response = await fetch(button.dataset.src, { credentials: "same-origin", signal: abort.signal });
+      if (!response.ok) throw new Error(await response.text());
+      await play(response.body.getReader(), context);
+      state.textContent = button.dataset.ended;
+    } catch (error) {
+      if (error.name !== "AbortError") state.textContent = error.message;
+    }
+    if (stop) stop();
+  });
+}
+
+async function play(reader, context) {
+  // A 44-byte WAV header (rate, channels), then 16-bit PCM, scheduled back to back a little ahead.
+  let pending = new Uint8Array(0);
+  let rate = 0, channels = 1, next = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const joined = new Uint8Array(pending.length + value.length);
+    joined.set(pending);
+    joined.set(value, pending.length);
+    let data = joined;
+    if (!rate) {
+      if (data.length < 44) { pending = data; continue; }
+      const head = new DataView(data.buffer, data.byteOffset, 44);
+      channels = head.getUint16(22, true);
+      rate = head.getUint32(24, true);
+      data = data.subarray(44);
+    }
+    const frameBytes = 2 * channels;
+    const usable = data.length - (data.length % frameBytes);
+    pending = data.slice(usable);
+    const frames = usable / frameBytes;
+    if (!frames) continue;
+    const samples = new DataView(data.buffer, data.byteOffset, usable);
+    const buffer = context.createBuffer(channels, frames, rate);
+    for (let channel = 0; channel < channels; channel++) {
+      const out = new Float32Array(frames);
+      for (let i = 0; i < frames; i++) out[i] = samples.getInt16((i * channels + channel) * 2, true) / 32768;
+      buffer.copyToChannel(out, channel);
+    }
+    const source = context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(context.destination);
+    next = Math.max(next, context.currentTime + 0.05);
+    source.start(next);
+    next += buffer.duration;
+  }
 }
 
 function setUpStatus() {
@@ -104,4 +186,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpPlayer();
   setUpStatus();
   setUpExport();
+  setUpLive();
 });
