@@ -463,7 +463,7 @@ def test_malformed_sip_is_answered_with_an_error_or_dropped_and_never_stops_the_
             (invite(trunk, port, 3, **{"Content-Length": "999"}), 400),
             (invite(trunk, port, 4, **{"From": "nobody"}), 400),
             (invite(trunk, port, 5, sdp="v=0\r\nm=audio many RTP/AVP 8\r\n"), 400),
-            (invite(trunk, port, 6, sdp="v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 18\r\n"), 488),
+            (invite(trunk, port, 6, sdp="v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 4\r\n"), 488),
             (invite(trunk, port, 7, sdp="\xff\xfe"), 400),
             (invite(trunk, port, 8, **{"Max-Forwards": "0"}), 483),
             (invite(trunk, port, 9, **{"Via": "nonsense"}), None),
