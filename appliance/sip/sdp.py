@@ -2,11 +2,12 @@
 
 Each SDP that crosses the appliance is rewritten so that the other side sends its RTP to the
 appliance: the connection address and the audio port become the anchor's. The first audio stream
-keeps only what the appliance can record — G.711 µ-law and A-law, RFC 4733 telephone events and
-comfort noise —; other streams (video, a second audio stream) are refused with port 0, and ICE
-and RTCP-port attributes go, since the anchor answers on its own ports. An SRTP stream (SDES keys,
-RFC 4568) keeps its profile, and its `a=crypto` line carries the appliance's own key for the side
-the SDP goes to (see srtp.py).
+keeps only what the appliance can record — the codecs of codecs.py (G.711, G.722, G.729, GSM), RFC
+4733 telephone events and comfort noise —, those it can send the notice in first (so that the
+answer to an offer of G.729 and G.711 takes G.711 when it can); other streams (video, a second
+audio stream) are refused with port 0, and ICE and RTCP-port attributes go, since the anchor
+answers on its own ports. An SRTP stream (SDES keys, RFC 4568) keeps its profile, and its
+`a=crypto` line carries the appliance's own key for the side the SDP goes to (see srtp.py).
 """
 
 import re
