@@ -142,6 +142,13 @@ def test_an_sdp_the_appliance_cannot_anchor_is_refused(sdp, status):
     assert caught.value.status == status
 
 
+def test_an_offer_without_a_recordable_codec_names_those_the_appliance_records():
+    offer = b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n"
+    with pytest.raises(SdpError) as caught:
+        anchor(offer, "198.51.100.1", 20000)
+    assert caught.value.status == 488 and "(PCMU, PCMA, G722, G729, GSM)" in str(caught.value)
+
+
 def test_g711_decodes_and_encodes_like_the_itu_tables():
     assert g711.ulaw_to_linear(0xFF) == 0 and g711.ulaw_to_linear(0x00) == -32124
     assert g711.alaw_to_linear(0xD5) == 8 and g711.alaw_to_linear(0x2A) == -32256
