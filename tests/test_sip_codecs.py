@@ -2,7 +2,7 @@
 wideband (at 16 kHz: a 6 kHz tone is kept) with the notice in G.722, from SIPp and from baresip;
 G.729 and GSM calls (their RTP from bcg729 and libgsm, not from the appliance's FFmpeg) are relayed
 and recorded, with G.711 put first in the offer passed on, and without a notice when the answer
-leaves no codec the appliance can send it in."""
+leaves no codec the appliance can send it in (with it in G.711 when the answer lists G.711 too)."""
 
 import shutil
 import subprocess
@@ -167,3 +167,39 @@ def test_a_call_in_a_codec_the_notice_cannot_be_sent_in_is_recorded_and_g711_is_
     reference = codec.decode(sent)                  # the caller's audio through an independent decoder
     assert best_match(stretch(left, 0.5, 1.5, 8000), reference) > 0.9
     assert level(right, CALLEE_HZ, 0.2, 2.5, 8000) > 0.2 and level(left, CALLEE_HZ, 0.2, 2.5, 8000) < 0.01
+
+
+def test_a_g729_call_whose_answer_also_lists_g711_gets_the_notice_in_g711_then_g729_in_one_stream(trunk):
+    codec = G729()
+    write_payloads_pcap(trunk.folder / "caller.pcap", codec.encode(tone(CALLER_HZ, 3.0, 0.3)), codec.payload_type,
+                        0x1111)
+    write_payloads_pcap(trunk.folder / "callee.pcap", codec.encode(tone(CALLEE_HZ, 3.0, 0.3)), codec.payload_type,
+                        0x2222)
+    trunk.start()
+    caller = RtpEndpoint(None, payloads=[])         # only listens: SIPp sends the caller's RTP
+    caller.start()
+    shop = sipp("uas_answer.xml", trunk.folder, trunk.phone_port, trunk.media[1], keys={"formats": "18 8 101"})
+    time.sleep(0.2)
+    try:
+        call = sipp("uac_offer.xml", trunk.folder, trunk.caller_port, trunk.media[0],
+                    remote=f"{HOST}:{trunk.trunk_port}", duration_ms=3000,
+                    keys={"formats": "18 8 101", "rtp_port": str(caller.port)})
+        finish(call, trunk.folder)
+        finish(shop, trunk.folder)
+    finally:
+        caller.close()
+    # The notice in G.711 A-law (G.729 has no encoder here), then the shop's G.729, one stream.
+    assert_one_stream(caller.received)
+    kinds = [parse_rtp(data).payload_type for _, data in caller.received]
+    notice = kinds.index(codec.payload_type)
+    assert set(kinds[:notice]) == {8} and set(kinds[notice:]) == {codec.payload_type}
+    assert abs(notice * 0.02 - NOTICE_S) < 0.05
+    heard = caller.audio()                          # the G.711 part
+    assert level(heard, NOTICE_HZ, 0.05, NOTICE_S - 0.05, 8000) > 0.4
+    assert level(codec.decode([parse_rtp(data).payload for _, data in caller.received[notice:]]),
+                 CALLEE_HZ, 0.2, 1.5, 8000) > 0.2
+    [row] = trunk.calls()
+    assert (row["state"], row["sample_rate"]) == ("complete", 8000) and row["notice_played_at"]
+    left, right = read_stereo(trunk.folder / "data" / row["file"])
+    assert level(right, NOTICE_HZ, 0.05, NOTICE_S - 0.05, 8000) > 0.4
+    assert level(right, CALLEE_HZ, NOTICE_S + 0.2, 2.5, 8000) > 0.2 and level(left, CALLER_HZ, 0.2, 2.5, 8000) > 0.2
