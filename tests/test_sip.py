@@ -179,9 +179,10 @@ def assert_one_stream(received: list[tuple[float, bytes]]) -> None:
     assert len(packets) > 100 and {rtp.ssrc for _, rtp in packets} == {packets[0][1].ssrc}
     for (t0, before), (t1, after) in zip(packets, packets[1:]):
         assert after.sequence == (before.sequence + 1) & 0xFFFF
-        assert abs((after.timestamp - before.timestamp) % 2**32 / RATE - (t1 - t0)) < 0.015
+        # A switch of stream without renumbering jumps by seconds; a loaded machine delays packets by tens of ms.
+        assert abs((after.timestamp - before.timestamp) % 2**32 / RATE - (t1 - t0)) < 0.1
     (first_t, first), (last_t, last) = packets[0], packets[-1]
-    assert abs((last.timestamp - first.timestamp) % 2**32 / RATE - (last_t - first_t)) < 0.05
+    assert abs((last.timestamp - first.timestamp) % 2**32 / RATE - (last_t - first_t)) < 0.1
 
 
 def test_an_outgoing_call_plays_the_notice_to_the_called_party_only_once_it_answers(trunk):
@@ -463,7 +464,7 @@ def test_malformed_sip_is_answered_with_an_error_or_dropped_and_never_stops_the_
             (invite(trunk, port, 3, **{"Content-Length": "999"}), 400),
             (invite(trunk, port, 4, **{"From": "nobody"}), 400),
             (invite(trunk, port, 5, sdp="v=0\r\nm=audio many RTP/AVP 8\r\n"), 400),
-            (invite(trunk, port, 6, sdp="v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 18\r\n"), 488),
+            (invite(trunk, port, 6, sdp="v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 4\r\n"), 488),
             (invite(trunk, port, 7, sdp="\xff\xfe"), 400),
             (invite(trunk, port, 8, **{"Max-Forwards": "0"}), 483),
             (invite(trunk, port, 9, **{"Via": "nonsense"}), None),

@@ -81,12 +81,28 @@ OFFER = ("v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\
 def test_an_offer_is_anchored_to_the_appliance_and_keeps_only_what_can_be_recorded():
     body, media, _ = anchor(OFFER, "198.51.100.1", 20000)
     text = body.decode()
-    assert (media.address, media.port, media.payloads, media.telephone_event) == ("192.0.2.7", 49170, (0, 8, 101), 101)
-    assert media.direction == "sendonly" and media.on_hold and media.law == g711.PCMU
-    assert "m=audio 20000 RTP/AVP 0 8 101\r\n" in text and "m=video 0 RTP/AVP 96" in text
+    assert (media.address, media.port, media.payloads, media.telephone_event) == \
+        ("192.0.2.7", 49170, (18, 0, 8, 101), 101)
+    assert media.direction == "sendonly" and media.on_hold and (media.codec, media.playable) == (18, g711.PCMU)
+    # G.729 stays, with its Annex B parameter, behind the codecs the notice can be sent in.
+    assert "m=audio 20000 RTP/AVP 0 8 18 101\r\n" in text and "m=video 0 RTP/AVP 96" in text
+    assert "a=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\n" in text
     assert "192.0.2.7" not in text and "c=IN IP4 198.51.100.1" in text
-    assert "G729" not in text and "a=rtcp:" not in text and "ice-ufrag" not in text
+    assert "a=rtcp:" not in text and "ice-ufrag" not in text
     assert "a=fmtp:101 0-15" in text
+
+
+@pytest.mark.parametrize("formats, listed, codec, playable", [
+    ("9 0 101", "9 0 101", 9, 9),               # wideband first stays first
+    ("18 3 101", "18 3 101", 18, None),         # nothing the notice can be sent in
+    ("3 97 9 13", "9 3 13", 3, 9),              # an unknown dynamic type goes; comfort noise stays
+])
+def test_recordable_codecs_are_kept_those_the_notice_can_be_sent_in_first(formats, listed, codec, playable):
+    offer = f"v=0\r\nc=IN IP4 192.0.2.7\r\nm=audio 4000 RTP/AVP {formats}\r\na=rtpmap:97 opus/48000/2\r\n" \
+            "a=rtpmap:101 telephone-event/8000\r\n"
+    body, media, _ = anchor(offer.encode(), "198.51.100.1", 20000)
+    assert f"m=audio 20000 RTP/AVP {listed}\r\n" in body.decode() and "opus" not in body.decode()
+    assert (media.codec, media.playable) == (codec, playable)
 
 
 def test_an_srtp_offer_goes_on_with_the_appliances_own_key_and_its_answer_comes_back_with_another():
@@ -109,7 +125,7 @@ def test_an_srtp_offer_goes_on_with_the_appliances_own_key_and_its_answer_comes_
 
 
 @pytest.mark.parametrize("sdp, status", [
-    (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 18\r\n", 488),          # no G.711
+    (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 4 97\r\na=rtpmap:97 opus/48000/2\r\n", 488),  # none recordable
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 96\r\n", 488),          # no audio
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/SAVP 0\r\n", 488),          # SRTP without a key (DTLS)
     (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 "
@@ -124,6 +140,13 @@ def test_an_sdp_the_appliance_cannot_anchor_is_refused(sdp, status):
     with pytest.raises(SdpError) as caught:
         anchor(sdp, "198.51.100.1", 20000)
     assert caught.value.status == status
+
+
+def test_an_offer_without_a_recordable_codec_names_those_the_appliance_records():
+    offer = b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n"
+    with pytest.raises(SdpError) as caught:
+        anchor(offer, "198.51.100.1", 20000)
+    assert caught.value.status == 488 and "(PCMU, PCMA, G722, G729, GSM)" in str(caught.value)
 
 
 def test_g711_decodes_and_encodes_like_the_itu_tables():

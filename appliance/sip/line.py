@@ -39,11 +39,12 @@ from appliance.config import SipTrunkConfig
 from appliance.control import ControlError, Tap
 from appliance.dtmf import DtmfDetector
 from appliance.live import LevelMeter
-from appliance.notice import load_notice
+from appliance.notice import Notice, load_notice
 from appliance.selection import selection_for
-from appliance.sip import g711
+from appliance.sip import codecs
+from appliance.sip.codecs import CODECS, Decoder
 from appliance.sip.media import parse_rtp
-from appliance.sip.stereo import RATE, Timeline
+from appliance.sip.stereo import Timeline
 from appliance.store.spool import SpoolWriter
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ JITTER_S = 0.2          # audio is taken off the timeline this far behind real t
 EVENT_KEYS = "0123456789*#ABCD"     # RFC 4733 events 0-15
 ECHO_S = 0.25           # the same key in the other channel this close to a press is that press
 NEVER = 1 << 62         # a frame no call reaches
-HEAR_BYTES = 320        # 20 ms: the detectors let the relay's loop run between pieces this long
+HEAR_S = 0.02           # the detectors let the relay's loop run between pieces this long
 
 
 @dataclass
@@ -69,15 +70,17 @@ class CallFacts:
 
 
 class CallRecording:
-    """One answered call being recorded: its timeline, its spool once the store thread made it,
-    the keys heard, the pause and the decline."""
+    """One answered call being recorded at `rate` (16 kHz when wideband): its timeline, its spool
+    once the store thread made it, the keys heard, the pause and the decline."""
 
-    def __init__(self, line: "SipLine", facts: CallFacts, event_types, rules: CallRules):
+    def __init__(self, line: "SipLine", facts: CallFacts, event_types, rules: CallRules, rate: int):
         self.line = line
         self.facts = facts
         self.rules = rules
+        self.rate = rate
         self.event_types = event_types          # () -> the telephone-event payload types in use
-        self.timeline = Timeline(facts.answered)
+        self.timeline = Timeline(facts.answered, rate)
+        self.decoders: dict[tuple[int, int, int], Decoder] = {}   # by channel, SSRC and payload type
         self.lock = threading.Lock()
         self.spool: SpoolWriter | None = None
         self.pending: list[bytes] = []
@@ -124,9 +127,13 @@ class CallRecording:
         packet = parse_rtp(data)
         if packet is None:
             return
-        if packet.payload_type in g711.LAWS:
-            self.timeline.put(self.channel_from(side), packet.ssrc, packet.timestamp,
-                              g711.decode(packet.payload, packet.payload_type), arrival)
+        if packet.payload_type in CODECS:
+            channel = self.channel_from(side)
+            stream = (channel, packet.ssrc, packet.payload_type)
+            decoder = self.decoders.get(stream)
+            if decoder is None:
+                decoder = self.decoders[stream] = Decoder(packet.payload_type, self.rate)
+            self.timeline.put(channel, packet.ssrc, packet.timestamp, decoder.decode(packet.payload), arrival)
         elif packet.payload_type in self.event_types() and len(packet.payload) >= 4:
             # One key is many packets with the same timestamp, the last three marking its end; a
             # new key has a new timestamp, or starts again after an end.
@@ -145,7 +152,7 @@ class CallRecording:
 
     def offset_s(self, t: float) -> float:
         """Seconds into the kept recording of monotonic instant `t`."""
-        return max(0, self.timeline.frame_at(t) - self.keep_from) / RATE
+        return max(0, self.timeline.frame_at(t) - self.keep_from) / self.rate
 
     def flush(self, until: int, checked: int | None = None) -> None:
         """Hand the audio up to frame `until` that is listened to to the store thread's key
@@ -185,7 +192,7 @@ class CallRecording:
             if start is None:
                 continue
             end = until if self.listen_whole_call else \
-                min(until, self.keep_from + round(self.rules.optout_until_s * RATE))
+                min(until, self.keep_from + round(self.rules.optout_until_s * self.rate))
             last = self.ended or end < until or self.sides[channel] in self.last_event
             first = max(self.timeline.taken, start)
             if end > first or last:
@@ -204,11 +211,11 @@ class CallRecording:
                 if not pcm:
                     settled.append(end)
                     continue
-                self.detectors[channel] = (first, DtmfDetector(RATE))
+                self.detectors[channel] = (first, DtmfDetector(self.rate))
             base, detector = self.detectors[channel]
-            digits = []
-            for at in range(0, len(pcm), HEAR_BYTES):
-                digits += detector.feed(pcm[at:at + HEAR_BYTES])
+            digits, step = [], 2 * round(HEAR_S * self.rate)
+            for at in range(0, len(pcm), step):
+                digits += detector.feed(pcm[at:at + step])
                 time.sleep(0)       # hands the GIL to the loop if it waits, rather than after 5 ms
             digits += detector.flush() if last else []
             found += [(base + digit.start, self.sides[channel], digit.key) for digit in digits]
@@ -237,11 +244,10 @@ class SipLine:
         self.config = config
         self.call_later = call_later            # the relay loop's timer: (delay, fn, *args) -> handle
         self.desk = desk
-        self.notice = load_notice(config.notice, RATE)
         self.selection = selection_for(config)
-        # Encoded now: the first encoding builds a 64 KiB table, too slow for the relay's loop.
-        self.notice_codes = {law: g711.encode(self.notice.pcm, law) for law in g711.LAWS}
-        self.beep, self.beep_codes = self._beep(config)
+        # Encoded now: encoders are too slow for the relay's loop (G.711's first builds a 64 KiB table).
+        self.notice, self.notice_sound = self._notice(config)
+        self.beep = self._beep(config)
         self.active: list[CallRecording] = []
         self.meters = (LevelMeter(), LevelMeter())     # what the callers' and the callees' sides say
         # Spools, key detection and hand-overs to the store, off the relay's loop.
@@ -250,17 +256,22 @@ class SipLine:
 
     def apply(self, config: SipTrunkConfig) -> None:
         """New call rules (notice, purpose, opt-out, pause), from the next call on."""
-        notice = load_notice(config.notice, RATE)
-        self.notice_codes = {law: g711.encode(notice.pcm, law) for law in g711.LAWS}
-        self.beep, self.beep_codes = self._beep(config)
-        self.notice, self.config = notice, config
+        self.notice, self.notice_sound = self._notice(config)
+        self.beep = self._beep(config)
+        self.config = config
         self.selection = selection_for(config, self.selection)
 
     @staticmethod
-    def _beep(config: SipTrunkConfig) -> tuple:
-        """The trunk's beep (`outgoing = "beep"`) and its G.711 encodings, made off the relay's loop."""
-        beep = beep_tone(config, RATE)
-        return beep, {law: g711.encode(beep.pcm, law) for law in g711.LAWS}
+    def _notice(config: SipTrunkConfig) -> tuple[Notice, codecs.Sound]:
+        """The trunk's notice, and as it is played (at both rates, in every codec the relay can
+        encode), made off the relay's loop."""
+        notice = load_notice(config.notice, codecs.NARROWBAND)
+        return notice, codecs.sound(lambda rate: notice.pcm if rate == notice.rate else load_notice(config.notice, rate).pcm)
+
+    @staticmethod
+    def _beep(config: SipTrunkConfig) -> codecs.Sound:
+        """The trunk's beep (`outgoing = "beep"`) as it is played, made off the relay's loop."""
+        return codecs.sound(lambda rate: beep_tone(config, rate).pcm)
 
     # -- the store thread -----------------------------------------------------------------------
 
@@ -286,14 +297,15 @@ class SipLine:
 
     # -- events from the relay (its loop's thread) ------------------------------------------------
 
-    def answered(self, facts: CallFacts, event_types, notice_possible: bool) -> CallRecording:
-        """A call was answered: record it from now (or from the notice's end). `notice_possible`:
-        the notice can be sent in the call's codec. The recording's `play_notice` says whether
-        the relay is to play it."""
+    def answered(self, facts: CallFacts, event_types, notice_possible: bool,
+                 rate: int = codecs.NARROWBAND) -> CallRecording:
+        """A call was answered: record it at `rate` from now (or from the notice's end).
+        `notice_possible`: the notice can be sent in a codec of the call. The recording's
+        `play_notice` says whether the relay is to play it."""
         rules = CallRules(self.config, facts.direction, lead_in_s=0.0, notice_s=self.notice.duration_s,
                           notice_possible=notice_possible, objected=self.desk.objected(facts.number),
                           selection=self.selection, when=local_from_mono(facts.answered))
-        recording = CallRecording(self, facts, event_types, rules)
+        recording = CallRecording(self, facts, event_types, rules, rate)
         started = rules.started(facts.answered)
         recording.play_notice = any(isinstance(c, callrules.PlayNotice) for c in started)
         until = rules.keys_matter_until_s()
@@ -314,9 +326,9 @@ class SipLine:
             started_at=iso_from_mono(facts.started), answered_at=iso_from_mono(facts.answered),
             recording_started_at=iso_from_mono(facts.answered) if rules.recording else None,
             purpose=config.purpose, state="recording", spool=f"{SPOOL_DIR}/{spool_name}",
-            sample_rate=RATE, channels=CHANNELS, clock_synced=clock_synchronised())
+            sample_rate=rate, channels=CHANNELS, clock_synced=clock_synchronised())
         # Making a file waits for the disk: on the store thread, never on the relay's loop.
-        self.worker.submit(lambda: recording.attach(self.desk.spool(spool_name, RATE, CHANNELS)))
+        self.worker.submit(lambda: recording.attach(self.desk.spool(spool_name, rate, CHANNELS)))
         # Never the number: logs leave the data folder and erasure cannot reach them.
         log.info("sip trunk %s: %s call answered", config.name, facts.direction)
         self._carry_out(recording, [c for c in started if not isinstance(c, callrules.PlayNotice)])
@@ -353,7 +365,7 @@ class SipLine:
         while its audio is listened to for keys, what the store thread has listened to."""
         until = now - JITTER_S
         if recording.listening != [None, None]:
-            until = min(until, recording.timeline.start + recording.checked / RATE)
+            until = min(until, recording.timeline.start + recording.checked / recording.rate)
         return until
 
     def _act_on_heard(self, recording: CallRecording) -> bool:
@@ -364,7 +376,7 @@ class SipLine:
             if heard is None:
                 return True
             frame, side, key = heard
-            t = recording.timeline.start + frame / RATE
+            t = recording.timeline.start + frame / recording.rate
             pressed = recording.key_times.get((recording.sides[1 - recording.channel_from(side)], key))
             if recording.declined or side in recording.last_event:
                 continue            # this side sends its keys as telephone events: the tone is the same press
@@ -393,7 +405,7 @@ class SipLine:
                 recording.keep_from = timeline.frame_at(command.t)
                 recording.row.update(recording_started_at=iso_from_mono(command.t))
             elif isinstance(command, (callrules.Pause, callrules.Resume)):
-                t = max(command.t, timeline.start + timeline.taken / RATE)  # what left for the spool stays
+                t = max(command.t, timeline.start + timeline.taken / timeline.rate)  # what left for the spool stays
                 pause = isinstance(command, callrules.Pause)
                 (timeline.mute if pause else timeline.unmute)(timeline.frame_at(t))
                 if pause:
@@ -488,7 +500,7 @@ class SipLine:
         tap = Tap(periods)
         recording.taps = (*[t for t in recording.taps if not t.closed.is_set()], tap)
         log.info("sip trunk %s: %s listens live to a call", self.config.name, by)
-        return tap, {"call_id": recording.call_id, "rate": RATE, "channels": CHANNELS}
+        return tap, {"call_id": recording.call_id, "rate": recording.rate, "channels": CHANNELS}
 
     def missed(self, facts: CallFacts, t: float, reason: str) -> None:
         """A call that was never answered: a `missed` row, no recording."""

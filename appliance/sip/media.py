@@ -17,6 +17,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from appliance.sip.codecs import RTP_CLOCK
 from appliance.sip.sdp import Media
 from appliance.sip.srtp import Crypto, Srtp
 
@@ -25,8 +26,7 @@ log = logging.getLogger(__name__)
 RTP_VERSION = 2
 PACKET_BYTES = 2048
 DRAIN_MAX = 64          # packets read per wake-up of one socket, so one stream cannot starve the rest
-NOTICE_PACKET_S = 0.02  # 20 ms packets, the usual G.711 ptime
-RTP_CLOCK = 8000        # G.711's RTP clock (and G.722's, by RFC 3551's exception)
+NOTICE_PACKET_S = 0.02  # 20 ms packets, the usual ptime
 TIMESTAMP_GRID = 80     # 10 ms: a spliced stream's timestamps move on in steps of the shortest ptime
 RTCP_SR, RTCP_RR, RTCP_SDES, RTCP_BYE = 200, 201, 202, 203
 
@@ -225,15 +225,18 @@ class Leg:
 
 
 class NoticePlayer:
-    """Sends pre-encoded G.711 toward one side in real time, 20 ms a packet."""
+    """Sends a pre-encoded sound toward one side in real time, one 20 ms payload a packet, and
+    hands each packet's PCM (at `rate`, the call's recording rate) to `on_sent`."""
 
-    def __init__(self, loop, leg: Leg, codes: bytes, pcm: bytes, payload_type: int, on_sent, on_done):
-        self.loop, self.leg, self.codes, self.pcm = loop, leg, codes, pcm
+    def __init__(self, loop, leg: Leg, payloads: list[bytes], pcm: bytes, rate: int, payload_type: int,
+                 on_sent, on_done):
+        self.loop, self.leg, self.payloads, self.pcm = loop, leg, payloads, pcm
         self.payload_type, self.on_sent, self.on_done = payload_type, on_sent, on_done
         self.ssrc = random.getrandbits(32)
         self.sequence = random.getrandbits(16)
         self.timestamp0 = random.getrandbits(32)
-        self.samples = int(8000 * NOTICE_PACKET_S)
+        self.samples = int(RTP_CLOCK * NOTICE_PACKET_S)
+        self.pcm_step = 2 * round(rate * NOTICE_PACKET_S)       # s16 bytes of one packet, as recorded
         self.sent = 0
         self.started = time.monotonic()
         self.handle = None
@@ -253,17 +256,16 @@ class NoticePlayer:
         if self.stopped:
             return
         at = self.sent * self.samples
-        if at >= len(self.codes):
+        if self.sent >= len(self.payloads):
             self.stopped = True
-            self.on_done(self.started + at / 8000)
+            self.on_done(self.started + at / RTP_CLOCK)
             return
-        chunk = self.codes[at:at + self.samples]
         timestamp = self.timestamp0 + at
-        packet = rtp_packet(self.payload_type, self.sequence + self.sent, timestamp, self.ssrc, chunk,
-                            marker=self.sent == 0)
+        packet = rtp_packet(self.payload_type, self.sequence + self.sent, timestamp, self.ssrc,
+                            self.payloads[self.sent], marker=self.sent == 0)
         self.leg.send(packet, "notice", time.monotonic())
-        self.on_sent(self.ssrc, timestamp, self.pcm[2 * at:2 * (at + len(chunk))],
-                     self.started + at / 8000)
+        self.on_sent(self.ssrc, timestamp, self.pcm[self.sent * self.pcm_step:(self.sent + 1) * self.pcm_step],
+                     self.started + at / RTP_CLOCK)
         self.sent += 1
         self.handle = self.loop.call_at(self._loop_time(self.started + self.sent * NOTICE_PACKET_S), self._send)
 
@@ -341,12 +343,14 @@ class MediaSession:
                 except OSError:
                     pass
 
-    def play(self, toward: str, codes: bytes, pcm: bytes, payload_type: int, on_sent, on_done) -> None:
-        """Play a notice toward one side instead of what the other side sends, until it ends."""
+    def play(self, toward: str, payloads: list[bytes], pcm: bytes, rate: int, payload_type: int,
+             on_sent, on_done) -> None:
+        """Play a notice (20 ms `payloads` in `payload_type`, and its `pcm` as recorded, at `rate`)
+        toward one side instead of what the other side sends, until it ends."""
         def done(t: float) -> None:
             self.notice.pop(toward, None)
             on_done(t)
-        player = NoticePlayer(self.loop, self.legs[toward], codes, pcm, payload_type, on_sent, done)
+        player = NoticePlayer(self.loop, self.legs[toward], payloads, pcm, rate, payload_type, on_sent, done)
         self.notice[toward] = player
         player.start()
 

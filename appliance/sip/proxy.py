@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from appliance.config import SipSideConfig, SipTrunkConfig, is_ip_address, split_host_port
+from appliance.sip import codecs
 from appliance.sip.client import ClientTransactions
 from appliance.sip.keepalive import PeerWatch
 from appliance.sip.locate import Locator, Target, locate_all
@@ -513,35 +514,41 @@ class Proxy:
 
     def _start_recording(self, dialog: Dialog, now: float) -> None:
         legs = dialog.media.legs
-        # The notice goes in the codec of the answer (the callee's SDP), else of the offer.
-        described = [legs[side].media for side in (other(dialog.caller), dialog.caller) if legs[side].media]
-        law = next((media.law for media in described if media.law is not None), None)
+        # The answer (the callee's SDP, else the offer) says the codec: G.722 first records the
+        # call at 16 kHz. The notice goes in its first codec the appliance can encode.
+        described = next((legs[side].media for side in (other(dialog.caller), dialog.caller) if legs[side].media), None)
+        codec, sent_in = (described.codec, described.playable) if described is not None else (None, None)
+        rate = codecs.call_rate(codec)
         recording = self.line.answered(
             self._facts(dialog, now),
             lambda: {leg.media.telephone_event for leg in legs.values() if leg.media is not None},
-            notice_possible=law is not None)
+            notice_possible=sent_in is not None, rate=rate)
         dialog.recording = recording
         dialog.media.tap = recording.rtp
+        if sent_in is None:
+            log.info("sip trunk %s: no notice or beep can be sent in the call's codec (%s)", self.config.name,
+                     codecs.CODECS[codec].name if codec in codecs.CODECS else "none")
         if recording.play_notice:
             channel = recording.channel_from(PBX)
             self.line.notice_started(recording, now)
-            dialog.media.play(TRUNK, self.line.notice_codes[law], self.line.notice.pcm, law,
+            sound = self.line.notice_sound
+            dialog.media.play(TRUNK, sound.payloads[sent_in], sound.pcm[rate], rate, sent_in,
                               functools.partial(recording.notice_audio, channel),
                               lambda t: self.line.notice_ended(recording, t))
-        if law is not None:
-            recording.play_beep = functools.partial(self._beep, dialog, recording, law)
+        if sent_in is not None:
+            recording.play_beep = functools.partial(self._beep, dialog, recording, sent_in)
 
-    def _beep(self, dialog: Dialog, recording: CallRecording, law: int) -> None:
+    def _beep(self, dialog: Dialog, recording: CallRecording, payload_type: int) -> None:
         """Send the beep to both sides of an outgoing call (`outgoing = "beep"`), each in place of
         what the other side sends while it lasts, and record it in that side's channel."""
         if dialog.media is None or dialog.media.closed:
             return
-        beep, codes = self.line.beep, self.line.beep_codes[law]
+        beep, rate = self.line.beep, recording.rate
         for toward in (TRUNK, PBX):
             if toward not in dialog.media.notice:
                 channel = recording.channel_from(other(toward))
-                dialog.media.play(toward, codes, beep.pcm, law, functools.partial(recording.notice_audio, channel),
-                                  lambda t: None)
+                dialog.media.play(toward, beep.payloads[payload_type], beep.pcm[rate], rate, payload_type,
+                                  functools.partial(recording.notice_audio, channel), lambda t: None)
 
     def _session_timer(self, dialog: Dialog, message: Message) -> None:
         value = (message.get("session-expires") or "").split(";")[0].strip()

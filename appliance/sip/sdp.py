@@ -2,17 +2,18 @@
 
 Each SDP that crosses the appliance is rewritten so that the other side sends its RTP to the
 appliance: the connection address and the audio port become the anchor's. The first audio stream
-keeps only what the appliance can record — G.711 µ-law and A-law, RFC 4733 telephone events and
-comfort noise —; other streams (video, a second audio stream) are refused with port 0, and ICE
-and RTCP-port attributes go, since the anchor answers on its own ports. An SRTP stream (SDES keys,
-RFC 4568) keeps its profile, and its `a=crypto` line carries the appliance's own key for the side
-the SDP goes to (see srtp.py).
+keeps only what the appliance can record — the codecs of codecs.py (G.711, G.722, G.729, GSM), RFC
+4733 telephone events and comfort noise —, those it can send the notice in first (so that the
+answer to an offer of G.729 and G.711 takes G.711 when it can); other streams (video, a second
+audio stream) are refused with port 0, and ICE and RTCP-port attributes go, since the anchor
+answers on its own ports. An SRTP stream (SDES keys, RFC 4568) keeps its profile, and its
+`a=crypto` line carries the appliance's own key for the side the SDP goes to (see srtp.py).
 """
 
 import re
 from dataclasses import dataclass
 
-from appliance.sip.g711 import PCMA, PCMU
+from appliance.sip.codecs import CODECS, playable
 from appliance.sip.message import SipError
 from appliance.sip.srtp import SUITES, Crypto, our_crypto, parse_crypto
 
@@ -35,16 +36,21 @@ class Media:
 
     address: str
     port: int
-    payloads: tuple[int, ...]
+    payloads: tuple[int, ...]              # in the order it listed them
     telephone_event: int | None
     direction: str
     crypto: Crypto | None = None            # the key it encrypts what it sends with (SRTP)
     secure_profile: bool = False            # RTP/SAVP: it will take nothing unencrypted
 
     @property
-    def law(self) -> int | None:
-        """The G.711 payload type it lists first (the one used), or None."""
-        return next((pt for pt in self.payloads if pt in (PCMU, PCMA)), None)
+    def codec(self) -> int | None:
+        """The recorded codec it lists first (the one it prefers), or None."""
+        return next((pt for pt in self.payloads if pt in CODECS), None)
+
+    @property
+    def playable(self) -> int | None:
+        """The first payload type of its list that the appliance can send a sound in, or None."""
+        return playable(self.payloads)
 
     @property
     def on_hold(self) -> bool:
@@ -87,8 +93,9 @@ def anchor(body: bytes, address: str, port: int, keys: dict[str, bytes] | None =
             kept, events = _payloads(stream, fields[3:])
             media = Media(stream_address, int(fields[1].split("/")[0]), tuple(kept), events,
                           _direction(stream, session_direction), _crypto(stream), proto in SECURE_PROFILES)
-            if media.law is None:
-                raise SdpError("no G.711 (PCMU or PCMA) in the audio stream", 488)
+            if media.codec is None:
+                raise SdpError(f"no codec the appliance can record ({', '.join(c.name for c in CODECS.values())}) "
+                               f"in the audio stream", 488)
             if media.secure_profile and media.crypto is None:
                 raise SdpError(f"no SRTP key in a suite the appliance speaks ({', '.join(SUITES)}) "
                                f"without an MKI", 488)
@@ -96,7 +103,9 @@ def anchor(body: bytes, address: str, port: int, keys: dict[str, bytes] | None =
             theirs = media.crypto or (toward.crypto if toward is not None else None)
             sent = our_crypto(theirs, keys if keys is not None else {}) if theirs else None
             secure = media.secure_profile or (toward is not None and toward.secure_profile)
-            out.append(f"m=audio {port} {'RTP/SAVP' if secure else 'RTP/AVP'} {' '.join(map(str, kept))}")
+            # Those the notice can be sent in first: the other side's answer then takes one if it can.
+            listed = sorted(kept, key=lambda pt: (0 if CODECS[pt].encodes else 1) if pt in CODECS else 2)
+            out.append(f"m=audio {port} {'RTP/SAVP' if secure else 'RTP/AVP'} {' '.join(map(str, listed))}")
             out += [_rewrite_common(line, address) for line in stream[1:] if _keep(line, kept)]
             out += [sent.line()] if sent else []
         else:
@@ -146,7 +155,7 @@ def _payloads(stream: list[str], formats: list[str]) -> tuple[list[int], int | N
             raise SdpError(f"bad payload type {item!r}")
         pt = int(item)
         name = names.get(pt, "")
-        if pt in (PCMU, PCMA, COMFORT_NOISE):
+        if pt in CODECS or pt == COMFORT_NOISE:
             kept.append(pt)
         elif name.startswith("telephone-event/8000") and events is None:
             kept.append(pt)

@@ -5,8 +5,11 @@ first packet arrived; a lost packet, a hold, a stream that has not started yet l
 the two sides stay in step and durations stay true. A stream whose timestamps jump (a new SSRC, a
 resumed call, a sender's clock that drifted half a second) is anchored again on its arrival time.
 Audio is taken out interleaved (left, right) a little behind real time, so late packets still
-find their place.
+find their place. The timeline runs at the call's rate (16 kHz for a wideband call), its RTP
+timestamps at the codecs' 8000 Hz clock.
 """
+
+from appliance.sip.codecs import RTP_CLOCK
 
 RATE = 8000
 REANCHOR_S = 0.5
@@ -21,11 +24,12 @@ class _Channel:
 
 
 class Timeline:
-    """Two channels of s16le audio at 8 kHz on one clock whose frame 0 is monotonic time `start`."""
+    """Two channels of s16le audio at `rate` on one clock whose frame 0 is monotonic time `start`."""
 
     def __init__(self, start: float, rate: int = RATE):
         self.start = start
         self.rate = rate
+        self.ticks = rate // RTP_CLOCK      # frames per RTP timestamp unit
         self.taken = 0                      # frames handed out so far
         self.channels = (_Channel(), _Channel())
         self.mutes: list[list] = []         # [first frame, end frame or None]: silence
@@ -42,7 +46,7 @@ class Timeline:
             delta = (timestamp - ch.ts_base) & 0xFFFFFFFF
             if delta >= 1 << 31:
                 delta -= 1 << 32
-            frame = ch.frame_base + delta
+            frame = ch.frame_base + delta * self.ticks
             if abs(frame - arrived) <= REANCHOR_S * self.rate:
                 self._place(ch, frame, pcm)
                 return

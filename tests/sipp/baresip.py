@@ -3,12 +3,12 @@ it dials a URI, sends a WAV file as its microphone, and keeps what it heard (dec
 
 import shutil
 import subprocess
-import wave
 from pathlib import Path
 
+import av
 import numpy as np
 
-from conftest import write_wav
+from conftest import RATE, write_wav
 from sipp.harness import HOST, free_port
 
 BARESIP = shutil.which("baresip") or "baresip"
@@ -18,15 +18,16 @@ MODULES = Path("/usr/lib/baresip/modules")
 class Baresip:
     """One baresip in its own configuration folder, with an account `user` that does not register;
     `srtp`: it offers and takes only SRTP (RTP/SAVP, SDES keys); `answer`: it answers calls at once;
-    `tls`: a folder of tests/sipp/certs.py, for SIP over TLS on `port + 1` (its certificate, its CA)."""
+    `tls`: a folder of tests/sipp/certs.py, for SIP over TLS on `port + 1` (its certificate, its CA);
+    `codecs`: those it offers (G.711 and G.722 are loaded); `rate`: the microphone's."""
 
     def __init__(self, folder: Path, microphone: np.ndarray, codecs: str = "PCMA", host: str = HOST,
                  prefix: tuple = (), user: str = "operator", srtp: bool = False, answer: bool = False,
-                 tls: Path | None = None):
+                 tls: Path | None = None, rate: int = RATE):
         self.folder, self.prefix = folder, prefix      # prefix: e.g. `ip netns exec NAME`, to run elsewhere
         folder.mkdir(parents=True, exist_ok=True)
         self.port, rtp = free_port(2), free_port(4)     # SIP over TLS on the second port
-        write_wav(folder / "microphone.wav", microphone)
+        write_wav(folder / "microphone.wav", microphone, rate)
         # aubridge is a player without a sound card; sndfile dumps what was decoded (and sent).
         (folder / "config").write_text(
             f"sip_listen {host}:{self.port}\n"
@@ -34,7 +35,7 @@ class Baresip:
             "audio_player aubridge,speaker\naudio_alert aubridge,speaker\n"
             f"rtp_ports {rtp}-{rtp + 3}\n"
             f"module_path {MODULES}\n"
-            "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
+            "module g711.so\nmodule g722.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             + ("module srtp.so\n" if srtp else "") +
             "module_app account.so\nmodule_app menu.so\n"
             f"snd_path {folder}\n"
@@ -63,11 +64,14 @@ class Baresip:
         """Wait until it quits; fail if it did not quit well."""
         assert self.process.wait(timeout) == 0, self.log.read_text(errors="replace")[-2000:]
 
-    def heard(self) -> np.ndarray:
-        """What it decoded from the far end, full scale 1.0."""
+    def heard(self, rate: int = RATE) -> np.ndarray:
+        """What it decoded from the far end, at `rate`, full scale 1.0."""
         [dump] = self.folder.glob("dump-*-dec.wav")
-        with wave.open(str(dump)) as w:
-            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2") / 32768.0
+        with av.open(str(dump)) as container:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            parts = [bytes(out.planes[0])[:out.samples * 2]
+                     for frame in [*container.decode(audio=0), None] for out in resampler.resample(frame)]
+        return np.frombuffer(b"".join(parts), dtype="<i2") / 32768.0
 
     def said(self, text: str) -> bool:
         """Whether its log has `text`."""

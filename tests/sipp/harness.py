@@ -79,10 +79,27 @@ def write_pcap(path: Path, samples: np.ndarray, payload_type: int, ssrc: int, pt
     """Write float samples (full scale 1.0) as G.711 RTP packets in a pcap SIPp can play."""
     codes = g711_codes(samples, payload_type)
     step = int(RATE * ptime)
+    return write_payloads_pcap(path, [codes[at:at + step] for at in range(0, len(codes) - step + 1, step)],
+                               payload_type, ssrc, ptime)
+
+
+def write_payloads_pcap(path: Path, payloads: list[bytes], payload_type: int, ssrc: int, ptime: float = 0.02) -> Path:
+    """Write RTP payloads of `ptime` each (any codec on the 8000 Hz RTP clock) in a pcap SIPp can play."""
+    step = int(RATE * ptime)
     return write_rtp_pcap(path, [
         (index * ptime, struct.pack("!BBHII", 0x80, payload_type | (0x80 if index == 0 else 0), index + 1000,
-                                    at + 160, ssrc) + codes[at:at + step])
-        for index, at in enumerate(range(0, len(codes) - step + 1, step))])
+                                    (index + 1) * step, ssrc) + payload)
+        for index, payload in enumerate(payloads)])
+
+
+def pcap_payloads(path: Path) -> list[bytes]:
+    """The RTP payloads of a pcap written by `write_payloads_pcap`, in order."""
+    data, offset, payloads = path.read_bytes(), 24, []
+    while offset + 16 <= len(data):
+        length = struct.unpack_from("<I", data, offset + 8)[0]
+        payloads.append(data[offset + 16 + 14 + 20 + 8 + 12:offset + 16 + length])
+        offset += 16 + length
+    return payloads
 
 
 def pcap_audio(path: Path) -> np.ndarray:
@@ -150,12 +167,12 @@ def trunk_config(folder: Path, trunk_port: int, pbx_port: int, trunk_peer: int, 
     return path
 
 
-def read_stereo(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The left and right channels of a recording at 8 kHz, as float samples."""
+def read_stereo(path: Path, rate: int = RATE) -> tuple[np.ndarray, np.ndarray]:
+    """The left and right channels of a recording at `rate`, as float samples."""
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         assert stream.channels == 2, f"{path} has {stream.channels} channel(s)"
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=RATE)
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=rate)
         parts = [bytes(out.planes[0])[:out.samples * 4]
                  for frame in [*container.decode(stream), None] for out in resampler.resample(frame)]
     data = np.frombuffer(b"".join(parts), dtype="<i2") / 32768.0
@@ -164,16 +181,19 @@ def read_stereo(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 class RtpEndpoint(threading.Thread):
     """A phone's media on a UDP socket: keeps what it receives (decoded), and once the appliance
-    has sent it something, sends `samples` back in real time, 20 ms a packet."""
+    has sent it something, sends `samples` back in real time, 20 ms a packet (or `payloads`, 20 ms
+    each, already encoded in `payload_type`)."""
 
-    def __init__(self, samples: np.ndarray, payload_type: int = g711.PCMA):
+    def __init__(self, samples: np.ndarray | None, payload_type: int = g711.PCMA, payloads: list[bytes] | None = None):
         super().__init__(daemon=True)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((HOST, 0))
         self.sock.settimeout(0.005)
         self.port = self.sock.getsockname()[1]
-        pcm = (np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
-        self.codes = g711.encode(pcm, payload_type)
+        if payloads is None:
+            codes = g711_codes(samples, payload_type)
+            payloads = [codes[at:at + 160] for at in range(0, len(codes), 160)]
+        self.payloads = payloads
         self.payload_type = payload_type
         self.received: list[tuple[float, bytes]] = []
         self.stopping = threading.Event()
@@ -191,9 +211,9 @@ class RtpEndpoint(threading.Thread):
                 continue
             if start is None:
                 start = time.monotonic()
-            while sent * 160 < len(self.codes) and time.monotonic() >= start + sent * 0.02:
-                chunk = self.codes[sent * 160:(sent + 1) * 160]
-                self.sock.sendto(struct.pack("!BBHII", 0x80, self.payload_type, sent, sent * 160, 0x1234) + chunk, peer)
+            while sent < len(self.payloads) and time.monotonic() >= start + sent * 0.02:
+                self.sock.sendto(struct.pack("!BBHII", 0x80, self.payload_type, sent, sent * 160, 0x1234)
+                                 + self.payloads[sent], peer)
                 sent += 1
 
     def audio(self) -> np.ndarray:

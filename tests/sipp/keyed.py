@@ -19,12 +19,13 @@ EVENT_PT = 101              # as tests/sipp's scenarios offer telephone-event
 EVENT_CODES = {key: code for code, key in enumerate("0123456789*#ABCD")}
 
 
-def with_key(samples: np.ndarray, key: str, at_s: float, seconds: float = 0.12, dbm0: float = -10.0) -> np.ndarray:
-    """`samples` with the tone of `key` added from `at_s`, each of its two frequencies at `dbm0`."""
+def with_key(samples: np.ndarray, key: str, at_s: float, seconds: float = 0.12, dbm0: float = -10.0,
+             rate: int = RATE) -> np.ndarray:
+    """`samples` (at `rate`) with the tone of `key` added from `at_s`, each of its two frequencies at `dbm0`."""
     assert any(key in row for row in KEYS), key
     out = samples.copy()
-    tone = dtmf_tone(key, RATE, seconds, 10 ** ((dbm0 + DBM0_TO_DBFS) / 20))
-    start = int(at_s * RATE)
+    tone = dtmf_tone(key, rate, seconds, 10 ** ((dbm0 + DBM0_TO_DBFS) / 20))
+    start = int(at_s * rate)
     out[start:start + len(tone)] += tone[:len(out) - start]
     return out
 
