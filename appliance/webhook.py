@@ -43,7 +43,6 @@ import hmac
 import http.client
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
