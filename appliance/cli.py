@@ -498,7 +498,9 @@ def web(config_path: Path) -> None:
     notify("READY=1", "STATUS=serving the web UI")
     watchdog = Watchdog(server.problem)
     watchdog.start()
-    stop.wait()
+    # In steps: a signal that lands on another thread is only handled once the main thread wakes.
+    while not stop.wait(0.5):
+        pass
     notify("STOPPING=1")
     watchdog.close()
     server.stop()

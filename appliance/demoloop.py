@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ROUND_S = 30.0
 NUMBERS = ("+3225551234", "+3226667788", "+32475123456", "+3224449876", "+31201234567", "+48225551234")
+WEB_STOP_S = 15.0       # the web UI's own stop waits up to 10 s for its connections
 MARGIN_S = 1.0          # between the end of a round's call (finalised) and the next round
 
 
@@ -113,7 +114,12 @@ def run_demo(stop: threading.Event, config_path: Path | None = None, data_dir: P
     finally:
         if web is not None:
             web.terminate()
-            web.wait()
+            try:
+                web.wait(timeout=WEB_STOP_S)
+            except subprocess.TimeoutExpired:
+                log.error("the web UI did not stop within %g s: killed", WEB_STOP_S)
+                web.kill()
+                web.wait()
         for driver in drivers:
             driver.stopping.set()
             driver.join()

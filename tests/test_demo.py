@@ -15,7 +15,7 @@ import pytest
 from appliance.config import demo_path
 from appliance.live import read_live
 from appliance.store.archive import SPOOL_DIR
-from conftest import PASSWORD, calls_json, free_port, wait_for
+from conftest import PASSWORD, callrec, calls_json, free_port, wait_for
 from test_web_browser import browser, log_in  # noqa: F401  (the browser fixture)
 
 EVERY_S = "16"         # the shortest round the demo's calls fit in: the first call rings within 2 s
@@ -116,3 +116,5 @@ def test_ctrl_c_finalises_the_call_in_progress_and_stops_the_web_ui(demo):
     calls = calls_json(data)
     assert [call["state"] for call in calls] == ["interrupted"]
     assert calls[0]["line"] == "shop" and calls[0]["duration_s"] > 2.0 and (data / calls[0]["file"]).is_file()
+    # What the README suggests next, from the folder above the data folder.
+    assert "OK" in callrec("verify", "--data", data.name, cwd=data.parent).stdout

@@ -266,3 +266,20 @@ def test_the_status_page_says_so_in_words_when_the_recorder_is_down(server, brow
     assert re.fullmatch(r"\d+ kB", stored), stored
     assert re.fullmatch(r"[\d,.]+ [kMGT]B \(the cleaner keeps [\d,.]+ [kMGT]B\)",
                         page.locator("dt:has-text('Free space') + dd").inner_text())
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131, "armv7l": 268}     # the syscall's number
+
+
+@pytest.mark.skipif(os.uname().machine not in TGKILL, reason="tgkill's number on this machine is not known here")
+def test_sigterm_that_lands_on_a_worker_thread_stops_the_web_ui(server):
+    import ctypes
+    import signal
+
+    *_, process = server
+    # The kernel gives a process's signal to any of its threads; systemd's SIGTERM may land on one
+    # of the server's, and the web UI must stop all the same.
+    worker = max(int(tid) for tid in os.listdir(f"/proc/{process.pid}/task") if int(tid) != process.pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(TGKILL[os.uname().machine], process.pid, worker, signal.SIGTERM) == 0
+    assert process.wait(timeout=15) == 0
