@@ -118,3 +118,53 @@ def test_ctrl_c_finalises_the_call_in_progress_and_stops_the_web_ui(demo):
     assert calls[0]["line"] == "shop" and calls[0]["duration_s"] > 2.0 and (data / calls[0]["file"]).is_file()
     # What the README suggests next, from the folder above the data folder.
     assert "OK" in callrec("verify", "--data", data.name, cwd=data.parent).stdout
+
+
+def test_a_looping_feeder_repeats_the_line_and_empties_each_play_once_heard(tmp_path):
+    import os
+
+    import numpy as np
+
+    timeline = (np.arange(400) * 10).astype("<i2")            # every sample of a cycle tells where it is
+    raw, fifo, out = tmp_path / "line.raw", tmp_path / "line.fifo", tmp_path / "line-out.raw"
+    timeline.tofile(raw)
+    os.mkfifo(fifo)
+    out.write_bytes(np.full(40, 1, "<i2").tobytes())          # a first play, heard, then a second one
+    out.with_name(f"{out.name}.0001").write_bytes(b"")
+    feeder = subprocess.Popen([sys.executable, "-m", "appliance.feeder", str(raw), str(fifo), "--rate", "8000",
+                               "--t0", repr(time.monotonic()), "--period-frames", "80", "--speed", "20",
+                               "--line-out", str(out), "--loop"])
+    try:
+        with open(fifo, "rb") as line:
+            heard = np.frombuffer(line.read(2 * 1600), dtype="<i2")
+    finally:
+        feeder.terminate()
+        feeder.wait()
+    heard = heard[80:]                                          # past the period that carried the play
+    start = int(heard[0]) // 10
+    assert np.array_equal(heard, np.tile(timeline, 5)[start:start + len(heard)])     # four cycles and more
+    assert out.stat().st_size == 0                             # emptied, its name still taken
+
+
+def test_a_pin_driver_with_a_period_plays_its_edges_again_until_stopped():
+    from gpiozero import DigitalInputDevice
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.config import load_config
+    from appliance.scenario import PinEdge
+    from appliance.simulate import PinDriver
+
+    factory = MockFactory()
+    config = load_config(demo_path("appliance.toml"))
+    hook = DigitalInputDevice(17, pull_up=True, pin_factory=factory)       # the shop's hook, active low
+    hang_ups = []
+    hook.when_deactivated = lambda: hang_ups.append(time.monotonic())
+    driver = PinDriver(factory, config, [PinEdge(0.05, "shop", "hook", True), PinEdge(0.1, "shop", "hook", False)],
+                       time.monotonic(), period=0.2)
+    driver.start()
+    time.sleep(0.9)
+    driver.stopping.set()
+    driver.join(1)
+    assert not driver.is_alive() and len(hang_ups) in (4, 5)
+    assert all(0.15 < b - a < 0.25 for a, b in zip(hang_ups, hang_ups[1:]))
+    factory.reset()
