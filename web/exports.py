@@ -19,7 +19,7 @@ from pathlib import Path
 
 from appliance.errors import CallrecError
 from appliance.store.evidence import export_bundle
-from web.i18n import size as size_text
+from web.i18n import data_size
 from web.restriction import openings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Exports:
         if size > room:
             raise ExportRefused("this export needs {needed}, and only {free} are free above what "
                                 "the appliance keeps for recording: export fewer calls",
-                                needed=size_text(size), free=size_text(max(room, 0)))
+                                needed=data_size(size), free=data_size(max(room, 0)))
 
     def _run(self, job: ExportJob, address: str | None) -> None:
         def progress(done, total):

@@ -12,7 +12,6 @@ from importlib import resources
 
 from babel.dates import format_date, format_datetime, format_time, format_timedelta
 from babel.numbers import format_decimal
-from babel.units import format_unit
 from flask import g, request
 
 from appliance.advice import TEXTS as ADVICE_TEXTS
@@ -128,19 +127,16 @@ def number(value: float, digits: int = 0) -> str:
     return format_decimal(round(value, digits), format=f"#,##0{'.' + '0' * digits if digits else ''}", locale=g.lang)
 
 
-SIZE_UNITS = (("digital-terabyte", 1e12), ("digital-gigabyte", 1e9), ("digital-megabyte", 1e6))
-
-
-def size(value: float, lang: str | None = None) -> str:
-    """A size in bytes in the unit that fits, kB to TB (powers of 1000, as disks are sold), with
-    the locale's separators and unit names ("66 kB", "1,5 Mo"); one decimal under ten."""
-    unit, scale = next(((unit, scale) for unit, scale in SIZE_UNITS if value >= scale), ("digital-kilobyte", 1e3))
-    scaled = value / scale
-    return format_unit(scaled, unit, length="short", format="#,##0.#" if scaled < 10 else "#,##0",
-                       locale=lang or g.lang)
+def data_size(size: int) -> str:
+    """A size in bytes as people read it: kB below a megabyte, then MB, then GB (powers of 1000,
+    as disks are sold; the same rule as `dataSize` in app.js)."""
+    for unit, scale, digits in (("GB", 1e9, 1), ("MB", 1e6, 1)):
+        if size >= scale:
+            return f"{number(size / scale, digits)} {unit}"
+    return f"{number(size / 1e3, 0)} kB"
 
 
 def template_helpers() -> dict:
     """What the templates use: `_`, the formatters and the languages."""
     return {"_": gettext, "when": when, "day": day, "clock": clock, "duration": duration, "span": span,
-            "number": number, "size": size, "languages": LANGUAGES}
+            "number": number, "data_size": data_size, "languages": LANGUAGES}

@@ -37,7 +37,7 @@ function describeLine(card, line, labels) {
   card.querySelector("[data-field=call]").textContent = (line.number || "") + more;
   const level = line.level_dbfs === null || line.level_dbfs === undefined ? -90 : line.level_dbfs;
   card.querySelector("[data-field=level]").value = level;
-  card.querySelector("[data-field=level-text]").textContent = line.level_dbfs == null ? "—" : `${line.level_dbfs} dBFS`;   // null or absent: no level yet
+  card.querySelector("[data-field=level-text]").textContent = line.level_dbfs === null ? "—" : `${line.level_dbfs} dBFS`;
 }
 
 function setUpStatus() {
