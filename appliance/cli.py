@@ -462,6 +462,36 @@ def do_not_record_list(config_path: Path, data: Path | None) -> None:
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Configuration to simulate (default: the bundled demo's two lines).")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False),
+              help="Data folder (default: ./callrec-data; never the configured one).")
+@click.option("--every", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds between two calls on a line (the lines take turns half of it apart).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the order of the calls.")
+@click.option("--web", "with_web", is_flag=True,
+              help="Serve the web UI beside it, from --config (whose data_dir must be the data folder).")
+def demo(config_path: Path | None, data: Path | None, every: float, seed: int, with_web: bool) -> None:
+    """Keep calls coming on simulated lines through the real recorder, until Ctrl-C (or SIGTERM):
+    incoming and outgoing, with caller ID, a pause, an opt-out, a missed call now and then.
+
+    Calls in progress are finalised before it returns (exit status 130 after Ctrl-C, 0 after SIGTERM).
+    """
+    from appliance.demoloop import run_demo
+    from appliance.service import install_excepthook
+
+    if with_web and config_path is None:
+        raise click.UsageError("--web needs --config: the web UI's configuration, with its [web] section")
+    install_excepthook()
+    stop, interrupted = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: (interrupted.set(), stop.set()))
+    run_demo(stop, config_path, data, every, seed, config_path if with_web else None)
+    if interrupted.is_set():
+        sys.exit(130)
+
+
+@main.command()
 @_config_option
 def web(config_path: Path) -> None:
     """Serve the web UI (HTTPS, with a redirect from HTTP) until stopped (SIGTERM or Ctrl-C).
@@ -479,7 +509,9 @@ def web(config_path: Path) -> None:
     notify("READY=1", "STATUS=serving the web UI")
     watchdog = Watchdog(server.problem)
     watchdog.start()
-    stop.wait()
+    # In steps: a signal that lands on another thread is only handled once the main thread wakes.
+    while not stop.wait(0.5):
+        pass
     notify("STOPPING=1")
     watchdog.close()
     server.stop()

@@ -200,12 +200,13 @@ def caller_id_signal(source: str, number: str, rate: int, before_ring: bool) -> 
 
 
 def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int = 0,
-         caller_id: dict[str, str] | None = None) -> Plan:
+         caller_id: dict[str, str] | None = None, length: float = 0.0) -> Plan:
     """Lay a scenario out on the clock for the given line names (a call without `line` goes on the
     first). Times are seconds from the scenario's start. `caller_id` says how each line gets
     caller ID (its configuration's `caller_id`): as DTMF CLIP or FSK in its audio, or by default
     through its modem; before the first ring or in the pause after it, as the call's
-    `caller_id_timing` says (by default before it for DTMF CLIP, after it otherwise)."""
+    `caller_id_timing` says (by default before it for DTMF CLIP, after it otherwise). The audio
+    lasts a second past the end, or `length` seconds if that is longer."""
     caller_id = caller_id or {}
     rng = random.Random(seed)
     edges: list[PinEdge] = []
@@ -302,7 +303,7 @@ def plan(scenario: Scenario, base: Path, lines: list[str], rate: int, seed: int 
     modem.sort(key=lambda m: m.t)
     audio = {}
     for line, parts in segments.items():
-        track = np.random.default_rng(seed).normal(0, LINE_NOISE_LEVEL / 32768, int((end + 1) * rate))
+        track = np.random.default_rng(seed).normal(0, LINE_NOISE_LEVEL / 32768, int(max(end + 1, length) * rate))
         for start, samples in parts:
             at = int(start * rate)
             track[at:at + len(samples)] += samples[:len(track) - at]

@@ -17,7 +17,11 @@ import sys
 import threading
 import time
 import tty
+from dataclasses import replace
+from itertools import count
 from pathlib import Path
+
+import numpy as np
 
 from gpiozero.pins.mock import MockFactory
 
@@ -83,12 +87,16 @@ def simulated(config: Config, data_dir: Path, modems: dict[str, str] | None = No
 
 
 class PinDriver(threading.Thread):
-    """Drives the mock pins through the scenario's edges on the shared clock."""
+    """Drives the mock pins through the scenario's edges on the shared clock; with a `period`, again
+    and again, one period later each time, until stopped."""
 
-    def __init__(self, factory: MockFactory, config: Config, edges: list[PinEdge], t0: float):
+    def __init__(self, factory: MockFactory, config: Config, edges: list[PinEdge], t0: float,
+                 period: float | None = None):
         super().__init__(name="pin-driver", daemon=True)
         self.edges = edges
         self.t0 = t0
+        self.period = period
+        self.stopping = threading.Event()
         self.pins = {}
         for line in config.line:
             self.pins[(line.name, "hook")] = (factory.pin(line.hook_pin), line.hook_active)
@@ -100,21 +108,22 @@ class PinDriver(threading.Thread):
                     self.pins[(line.name, button)] = (factory.pin(pin), "low")
 
     def run(self) -> None:
-        for edge in self.edges:
-            if (edge.line, edge.input) not in self.pins:
-                continue   # an input the line does not have (a ring detector, a button)
-            delay = self.t0 + edge.t - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            pin, active_level = self.pins[(edge.line, edge.input)]
-            high = edge.active == (active_level == "high")
-            pin.drive_high() if high else pin.drive_low()
+        for start in count(self.t0, self.period) if self.period else (self.t0,):
+            for edge in self.edges:
+                if (edge.line, edge.input) not in self.pins:
+                    continue   # an input the line does not have (a ring detector, a button)
+                if self.stopping.wait(max(0.0, start + edge.t - time.monotonic())):
+                    return
+                pin, active_level = self.pins[(edge.line, edge.input)]
+                high = edge.active == (active_level == "high")
+                pin.drive_high() if high else pin.drive_low()
 
 
 class SimModem(threading.Thread):
-    """A caller-ID modem on a pty: answers AT commands with OK, sends RING and caller ID on time."""
+    """A caller-ID modem on a pty: answers AT commands with OK, sends RING and caller ID on time
+    (with a `period`, again one period later each time)."""
 
-    def __init__(self, lines: list[ModemLine], t0: float):
+    def __init__(self, lines: list[ModemLine], t0: float, period: float | None = None):
         super().__init__(name="sim-modem", daemon=True)
         self.master, slave = pty.openpty()
         tty.setraw(slave)
@@ -122,11 +131,15 @@ class SimModem(threading.Thread):
         self.path = os.ttyname(slave)
         self.lines = lines
         self.t0 = t0
+        self.period = period
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        pending, heard = list(self.lines), b""
+        pending, heard, cycle = list(self.lines), b"", 0
         while not self.stopping.is_set():
+            if not pending and self.period and self.lines:
+                cycle += 1
+                pending = [replace(line, t=line.t + cycle * self.period) for line in self.lines]
             due = self.t0 + pending[0].t - time.monotonic() if pending else 0.2
             ready, _, _ = select.select([self.master], [], [], max(0.0, min(due, 0.2)))
             if ready:
@@ -146,28 +159,15 @@ class SimModem(threading.Thread):
         os.close(self._slave)
 
 
-def run_simulation(scenario_path: Path | None = None, config_path: Path | None = None,
-                   data_dir: Path | None = None) -> list[dict]:
-    """Run a scenario (the bundled demo if None) through the recorder; return the calls it made,
-    once the last one is finalised."""
-    scenario, base = load_scenario(scenario_path or demo_path("scenario.toml"))
-    config = load_config(config_path or demo_path("appliance.toml"))
-    # Never the configured data folder by default: that is the live recorder's on an appliance.
-    data_dir = Path(data_dir if data_dir is not None else Path.cwd() / "callrec-data").resolve()
-    sim_dir = data_dir / SIM_DIR
-    sim_dir.mkdir(parents=True, exist_ok=True)
+def start_feeders(config: Config, data_dir: Path, audio: dict[str, np.ndarray], t0: dict[str, float],
+                  loop: bool = False) -> list[subprocess.Popen]:
+    """Make the simulated sound devices of the configuration's lines (visible to this process's
+    ALSA only) and start a feeder process per line that plays its `audio` into the line from its
+    `t0` on (with `loop`, over and over)."""
+    sim_dir = Path(data_dir) / SIM_DIR
     names = [line.name for line in config.line]
-    layout = plan(scenario, base, names, config.recorder.sample_rate,
-                  caller_id={line.name: line.caller_id for line in config.line})
-    t0 = time.monotonic() + STARTUP_S
-    modems = {name: SimModem([m for m in layout.modem if m.line == name], t0)
-              for name in names if any(m.line == name for m in layout.modem if m.text != "RING")}
-    config = simulated(config, data_dir, {name: modem.path for name, modem in modems.items()})
-
     # Only this process's ALSA sees the simulated devices; the system's config comes first.
     os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{write_asoundrc(sim_dir, names)}"
-    for modem in modems.values():
-        modem.start()
     feeders = []
     rate = config.recorder.sample_rate
     for name in names:
@@ -179,13 +179,41 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
             fifo.unlink()
         os.mkfifo(fifo)
         raw = sim_dir / f"line-in-{name}.raw"
-        layout.audio[name].tofile(raw)
+        audio[name].tofile(raw)
         feeders.append(subprocess.Popen(
             [sys.executable, "-m", "appliance.feeder", str(raw), str(fifo),
-             "--rate", str(rate), "--t0", repr(t0),
+             "--rate", str(rate), "--t0", repr(t0[name]),
              "--period-frames", str(rate * config.recorder.period_ms // 1000),
-             "--line-out", str(line_out_path(data_dir, name))]))
+             "--line-out", str(out), *(["--loop"] if loop else [])]))
+    return feeders
 
+
+def stop_feeders(feeders: list[subprocess.Popen]) -> None:
+    """Stop the feeder processes and wait for them."""
+    for feeder in feeders:
+        feeder.terminate()
+        feeder.wait()
+
+
+def run_simulation(scenario_path: Path | None = None, config_path: Path | None = None,
+                   data_dir: Path | None = None) -> list[dict]:
+    """Run a scenario (the bundled demo if None) through the recorder; return the calls it made,
+    once the last one is finalised."""
+    scenario, base = load_scenario(scenario_path or demo_path("scenario.toml"))
+    config = load_config(config_path or demo_path("appliance.toml"))
+    # Never the configured data folder by default: that is the live recorder's on an appliance.
+    data_dir = Path(data_dir if data_dir is not None else Path.cwd() / "callrec-data").resolve()
+    (data_dir / SIM_DIR).mkdir(parents=True, exist_ok=True)
+    names = [line.name for line in config.line]
+    layout = plan(scenario, base, names, config.recorder.sample_rate,
+                  caller_id={line.name: line.caller_id for line in config.line})
+    t0 = time.monotonic() + STARTUP_S
+    modems = {name: SimModem([m for m in layout.modem if m.line == name], t0)
+              for name in names if any(m.line == name for m in layout.modem if m.text != "RING")}
+    config = simulated(config, data_dir, {name: modem.path for name, modem in modems.items()})
+    for modem in modems.values():
+        modem.start()
+    feeders = start_feeders(config, data_dir, layout.audio, dict.fromkeys(names, t0))
     factory = MockFactory()
     recorder = Recorder(config, pin_factory=factory)
     try:
@@ -202,9 +230,7 @@ def run_simulation(scenario_path: Path | None = None, config_path: Path | None =
         calls = recorder.catalogue.calls("id > ?", [first_id])
     finally:
         recorder.stop()
-        for feeder in feeders:
-            feeder.terminate()
-            feeder.wait()
+        stop_feeders(feeders)
         for modem in modems.values():
             modem.close()
         factory.reset()

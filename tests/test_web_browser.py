@@ -3,6 +3,7 @@ server (`callrec web`, HTTPS with the device certificate). Screenshots of the ma
 in `test-artifacts/screenshots/`."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -240,3 +241,45 @@ def test_an_admin_turns_on_a_second_factor_and_logs_in_with_the_apps_code(server
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/")
     assert "owner (admin)" in page.inner_text("header")
+
+
+def test_the_status_page_says_so_in_words_when_the_recorder_is_down(server, browser):
+    base, web, config, data, calls, process = server
+    from web.accounts import Accounts
+    accounts = Accounts(data / "web")
+    accounts.add_user("owner", PASSWORD, "admin", None)
+    accounts.close()
+    page = browser.new_page(ignore_https_errors=True, locale="en-GB")
+    page.goto(f"{base}/login")
+    log_in(page, f"{base}/")
+    page.goto(f"{base}/status")
+    page.wait_for_timeout(2500)         # the event stream's first states have been shown
+    body = page.inner_text("body")
+    assert "not running" in page.inner_text("#recorder")
+    assert "undefined" not in body and "NaN" not in body
+    for line in ("shop", "office"):
+        card = page.locator(f"[data-line={line}]")
+        assert card.locator("[data-field=state]").inner_text() == "not running"
+        assert card.locator("[data-field=level-text]").inner_text() == "—"
+    # Four short recordings: some tens of kB, not "0.0 MB".
+    stored = page.locator("dt:has-text('Recordings') + dd").inner_text()
+    assert re.fullmatch(r"\d+ kB", stored), stored
+    assert re.fullmatch(r"[\d,.]+ [kMGT]B \(the cleaner keeps [\d,.]+ [kMGT]B\)",
+                        page.locator("dt:has-text('Free space') + dd").inner_text())
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131, "armv7l": 268}     # the syscall's number
+
+
+@pytest.mark.skipif(os.uname().machine not in TGKILL, reason="tgkill's number on this machine is not known here")
+def test_sigterm_that_lands_on_a_worker_thread_stops_the_web_ui(server):
+    import ctypes
+    import signal
+
+    *_, process = server
+    # The kernel gives a process's signal to any of its threads; systemd's SIGTERM may land on one
+    # of the server's, and the web UI must stop all the same.
+    worker = max(int(tid) for tid in os.listdir(f"/proc/{process.pid}/task") if int(tid) != process.pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(TGKILL[os.uname().machine], process.pid, worker, signal.SIGTERM) == 0
+    assert process.wait(timeout=15) == 0

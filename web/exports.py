@@ -19,6 +19,7 @@ from pathlib import Path
 
 from appliance.errors import CallrecError
 from appliance.store.evidence import export_bundle
+from web.i18n import data_size
 from web.restriction import openings
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,9 @@ class Exports:
         store = self.backend.store
         room = store.free_bytes() - store.floor_bytes() - self._still_to_write()
         if size > room:
-            raise ExportRefused("this export needs {needed:,.0f} MB, and only {free:,.0f} MB are free above what "
+            raise ExportRefused("this export needs {needed}, and only {free} are free above what "
                                 "the appliance keeps for recording: export fewer calls",
-                                needed=size / 1e6, free=max(room, 0) / 1e6)
+                                needed=data_size(size), free=data_size(max(room, 0)))
 
     def _run(self, job: ExportJob, address: str | None) -> None:
         def progress(done, total):

@@ -47,7 +47,9 @@ def snapshot() -> dict:
         if not principal.may_see(name):
             continue
         state = next((s for s in (live or {}).get("lines", []) if s["name"] == name), None)
-        lines.append({**(state or {"name": name, "state": "unknown"}), "outgoing": outgoing[name]})
+        # A line the recorder does not report has no level either (null, not absent, for the page).
+        unknown = {"name": name, "state": "unknown", "level_dbfs": None, "peak_dbfs": None}
+        lines.append({**(state or unknown), "outgoing": outgoing[name]})
     alarms = [{"name": name, "title": TITLES.get(name, name), **episode.__dict__}
               for name, episode in sorted(episodes(backend().catalogue).items(), key=lambda item: item[1].raised_at)]
     return {"recorder_running": live is not None, "lines": lines, "disk": disk(), "alarms": alarms,

@@ -120,7 +120,7 @@ class Catalogue:
     snapshot of their own, so a long read never holds up a writer (WAL)."""
 
     def __init__(self, data_dir: Path):
-        self.path = Path(data_dir) / CATALOGUE_NAME
+        self.path = Path(data_dir).absolute() / CATALOGUE_NAME     # readers open it by a file: URI
         self._lock = threading.RLock()
         self._writing = None            # the thread inside a write transaction
         self._local = threading.local()
