@@ -22,7 +22,6 @@ from appliance.live import LivePublisher
 from appliance.offload import Offloader
 from appliance.sdnotify import Watchdog, notify
 from appliance.service import Service, Worker, settled
-from appliance.sip.trunk import SipTrunk
 from appliance.store.archive import SPOOL_DIR, recover
 from appliance.store.callrow import CallRow, Desk
 from appliance.store.catalogue import Catalogue
@@ -87,7 +86,11 @@ class Recorder:
                          self.reserve, self.objections, self.store.legal_facts)
         self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
-        self.trunks = [SipTrunk(trunk, self.desk, config.recorder.listeners_per_line) for trunk in config.sip_trunk]
+        self.trunks = []
+        if config.sip_trunk:
+            # Only a box with a trunk loads the SIP relay (DNS, TLS, SRTP: about 15 MB of the recorder).
+            from appliance.sip.trunk import SipTrunk
+            self.trunks = [SipTrunk(trunk, self.desk, config.recorder.listeners_per_line) for trunk in config.sip_trunk]
         self.control = ControlService(config.recorder.live_dir, {**{line.line.name: line for line in self.lines},
                                                                  **{trunk.config.name: trunk for trunk in self.trunks}})
         self.webhook = None
