@@ -8,8 +8,6 @@ import http.client
 import http.cookiejar
 import re
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +20,7 @@ import pytest
 from appliance.config import demo_path
 from appliance.store.catalogue import AuditFilter, Catalogue
 from conftest import PASSWORD, RATE, free_port, recording, simulated_cards, stop, wait_for
-from test_web_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from test_web_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, start_web
 
 CONFIG = """
 [recorder]
@@ -93,17 +91,7 @@ def appliance(tmp_path, monkeypatch):
     factory = MockFactory()
     recorder = Recorder(simulated(load_config(config_path), data), pin_factory=factory)
     recorder.start()
-    web = subprocess.Popen([sys.executable, "-m", "appliance", "web", "--config", str(config_path)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"https://127.0.0.1:{https_port}"
-
-    def answers():
-        try:
-            urllib.request.urlopen(f"{base}/healthz", context=ssl._create_unverified_context(), timeout=1)
-            return True
-        except OSError:
-            return False
-    assert wait_for(answers, 20), web.stdout.read() if web.poll() is not None else "no answer"
+    base, web = start_web(config_path, https_port)
     yield {"base": base, "data": data, "recorder": recorder, "hook": factory.pin(17), "audio": line_audio,
            "fed_at": fed_at, "web": web}
     web.terminate()

@@ -28,6 +28,24 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def start_web(config: Path, https_port: int) -> tuple[str, subprocess.Popen]:
+    """`callrec web` on `config`, once it answers: (its base URL, its process)."""
+    import ssl
+
+    process = subprocess.Popen([sys.executable, "-m", "appliance", "web", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"https://127.0.0.1:{https_port}"
+
+    def answers():
+        try:
+            urllib.request.urlopen(f"{base}/healthz", context=ssl._create_unverified_context(), timeout=1)
+            return True
+        except OSError:
+            return False
+    assert wait_for(answers, 20), process.stdout.read() if process.poll() is not None else "no answer"
+    return base, process
+
+
 @pytest.fixture
 def server(web_appliance):
     """`callrec web` serving the appliance; yields (base URL, config, data dir, calls, process)."""
@@ -35,18 +53,7 @@ def server(web_appliance):
 
     config, data, calls = web_appliance
     web = tomllib.loads(config.read_text())["web"]
-    process = subprocess.Popen([sys.executable, "-m", "appliance", "web", "--config", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"https://127.0.0.1:{web['https_port']}"
-
-    def answers():
-        try:
-            import ssl
-            urllib.request.urlopen(f"{base}/healthz", context=ssl._create_unverified_context(), timeout=1)
-            return True
-        except OSError:
-            return False
-    assert wait_for(answers, 20), process.stdout.read() if process.poll() is not None else "no answer"
+    base, process = start_web(config, web["https_port"])
     yield base, web, config, data, calls, process
     process.terminate()
     process.wait(timeout=10)
