@@ -6,8 +6,8 @@ import io
 import pytest
 
 from appliance.store.keyslots import KeySlotError, KeySlots, parse_recovery, recovery_text
-from appliance.store.sealing import (STREAM_MAGIC, Opener, SealError, Sealer, complete_records,
-                                     is_sealed, seal_file)
+from appliance.store.sealing import (Opener, SealError, Sealer, complete_records, is_sealed,
+                                     is_sealed_stream, seal_file)
 
 
 @pytest.fixture
@@ -73,22 +73,21 @@ def test_a_stream_cut_by_a_crash_keeps_every_complete_record(store, tmp_path):
     sealer = Sealer.load(tmp_path)
     path = tmp_path / "spool.sealed"
     records = [bytes([i]) * (1000 + i) for i in range(5)]
-    with open(path, "wb") as f:
-        f.write(STREAM_MAGIC)
-        for i, data in enumerate(records):
-            f.write(sealer.record(i, data))
-    whole = path.read_bytes()
+    stream = sealer.new_stream()
+    sealed = [stream.record(data) for data in records]
+    whole = stream.header() + b"".join(sealed)
+    assert b"\x01" * 100 not in whole
     path.write_bytes(whole[:-10])                            # the last record torn
     assert list(Opener(secret).read_stream(path)) == records[:4]
-    count, end = complete_records(path)
-    assert count == 4 and end == len(whole) - len(sealer.record(4, records[4]))
-    first = len(STREAM_MAGIC)
-    one = len(sealer.record(0, records[0]))
-    path.write_bytes(whole[:first] + whole[first + one:])    # a record dropped: the order shows
+    assert list(stream.read(path)) == records[:4]            # the writer reads its own stream back
+    assert complete_records(path) == (4, len(whole) - len(sealed[4]))
+    path.write_bytes(stream.header() + b"".join(sealed[1:]))  # a record dropped: the order shows
     with pytest.raises(SealError):
         list(Opener(secret).read_stream(path))
+    with pytest.raises(SealError):
+        list(Opener(bytes(32)).read_stream(path))            # not this store's
     target = io.BytesIO()
     seal_file(sealer, io.BytesIO(bytes(range(256)) * 1000), target, chunk=4096)
-    target.seek(0)
-    assert target.read(len(STREAM_MAGIC)) == STREAM_MAGIC
-    assert b"".join(Opener(secret).records(target)) == bytes(range(256)) * 1000
+    path.write_bytes(target.getvalue())
+    assert is_sealed_stream(path.read_bytes()[:40])
+    assert b"".join(Opener(secret).read_stream(path)) == bytes(range(256)) * 1000

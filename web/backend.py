@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from flask import current_app
@@ -17,12 +18,21 @@ from appliance.store.catalogue import Catalogue
 from appliance.store.directory import Directory
 from appliance.webhook import add_to_outbox
 from appliance.config import Config, load_config
+from appliance.clock import iso_utc
 from appliance.live import read_live, recorder_pid
 from appliance.store.objections import Objections
 from appliance.store.retention import Store
+from appliance.store.sealing import Opener, SealError, Sealer
 from web.accounts import Accounts
 
 log = logging.getLogger(__name__)
+
+
+class StoreLocked(SealError):
+    """A sealed store is read before anyone has logged in since start-up."""
+
+    def __init__(self):
+        super().__init__("the store is locked: a user's login unlocks it")
 
 
 class Backend:
@@ -42,6 +52,9 @@ class Backend:
         self.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.watch: AlarmNotifier | None = None     # the recorder's, in the web server
         self._watching = False
+        self.sealer = Sealer.load(self.data_dir)    # None: the store is not sealed
+        self.opener: Opener | None = None           # in RAM only, from the first login on
+        self.locked_since = iso_utc(time.time())
 
     def _store(self, config: Config) -> Store:
         return Store.configured(self.catalogue, self.data_dir, config)
@@ -58,6 +71,21 @@ class Backend:
     def directory(self) -> Directory:
         """The contacts directory, numbers read with the configured country code."""
         return Directory(self.catalogue, self.config.recorder.country_code)
+
+    @property
+    def locked(self) -> bool:
+        """True while a sealed store cannot be read (no one has logged in since start-up)."""
+        return self.sealer is not None and self.opener is None
+
+    def unlock(self, secret: bytes) -> None:
+        """Keep the store secret's opener in RAM: sealed recordings and fields can be read."""
+        self.opener = Opener(secret)
+
+    def reading(self) -> Opener | None:
+        """What opens sealed data: None for a store that is not sealed; StoreLocked while locked."""
+        if self.locked:
+            raise StoreLocked()
+        return self.opener
 
     def live(self) -> dict | None:
         """The recorder's live state, or None when it is not running."""

@@ -8,15 +8,16 @@ which exists in RAM only after a login or with the recovery key.
 Two forms:
 - a *field* (a number, a name, a note): ``sealed:`` and the base64 of one HPKE message, bound to the
   field's name, so a value cannot be passed off as another field;
-- a *record stream* (a spool or an archive file): a magic line, then records of a 4-byte length and
-  one HPKE message each, bound to its index so records cannot be reordered. Each record stands
-  alone: a stream cut by a crash loses only its torn last record.
+- a *stream* (a spool or an archive file): a magic line, the stream's own random key sealed with
+  HPKE, then records of a 4-byte length and ChaCha20-Poly1305 under that key, each bound to its
+  index so records cannot be reordered. The writer keeps the stream key in RAM for as long as it
+  writes, so the recorder can read back its own call to encode it, and nothing older. Each record
+  stands alone: a stream cut by a crash loses only its torn last record.
 """
 
 import base64
 import hashlib
 import hmac
-import os
 import struct
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -101,10 +102,80 @@ class Sealer:
         sealed = self.seal(value.encode(), b"field " + field.encode())
         return FIELD_PREFIX + base64.b64encode(sealed).decode()
 
-    def record(self, index: int, data: bytes) -> bytes:
-        """Record number `index` of a sealed stream, length included."""
-        sealed = self.seal(data, b"record %d" % index)
+    def new_stream(self) -> "SealedStream":
+        """A stream with a key of its own, sealed to the store."""
+        return SealedStream(self)
+
+
+class SealedStream:
+    """One sealed stream as its writer sees it: its header, then its records, numbered in order.
+    The writer can read the stream back while it holds this object (the key is in RAM only)."""
+
+    def __init__(self, sealer: Sealer, key: bytes | None = None):
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        key = key if key is not None else ChaCha20Poly1305.generate_key()
+        self._aead = ChaCha20Poly1305(key)
+        self._sealed_key = sealer.seal(key, b"stream key") if sealer is not None else b""
+        self.index = 0
+
+    def header(self) -> bytes:
+        """What a sealed file starts with: the magic line and the stream key, sealed."""
+        return STREAM_MAGIC + RECORD_LENGTH.pack(len(self._sealed_key)) + self._sealed_key
+
+    def record(self, data: bytes) -> bytes:
+        """The next record, length included."""
+        sealed = self._aead.encrypt(_nonce(self.index), data, b"callrec record %d" % self.index)
+        self.index += 1
         return RECORD_LENGTH.pack(len(sealed)) + sealed
+
+    def open_record(self, index: int, sealed: bytes) -> bytes:
+        """The plaintext of record `index`; SealError if it is damaged or out of place."""
+        try:
+            return self._aead.decrypt(_nonce(index), sealed, b"callrec record %d" % index)
+        except Exception as exc:        # InvalidTag
+            raise SealError(f"sealed record {index} cannot be opened ({type(exc).__name__})") from None
+
+    def records(self, stream: BinaryIO) -> Iterator[bytes]:
+        """The plaintext of each complete record of `stream` (positioned after the header); a torn
+        last record, as a crash leaves it, ends it."""
+        for index, sealed in enumerate(_frames(stream)):
+            yield self.open_record(index, sealed)
+
+    def read(self, path: Path) -> Iterator[bytes]:
+        """The plaintext records of a file this stream wrote."""
+        with open(path, "rb") as f:
+            _skip_header(f, path)
+            yield from self.records(f)
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(12, "big")
+
+
+def _frames(stream: BinaryIO) -> Iterator[bytes]:
+    """The complete length-prefixed frames of a stream; a torn last frame ends it."""
+    while True:
+        head = stream.read(RECORD_LENGTH.size)
+        if len(head) < RECORD_LENGTH.size:
+            return
+        (length,) = RECORD_LENGTH.unpack(head)
+        if length > MAX_RECORD:
+            raise SealError(f"sealed stream damaged (a record of {length} bytes)")
+        data = stream.read(length)
+        if len(data) < length:
+            return
+        yield data
+
+
+def _skip_header(f: BinaryIO, path) -> bytes:
+    """Read a sealed file's header; return its sealed stream key."""
+    if not is_sealed_stream(f.read(len(STREAM_MAGIC))):
+        raise SealError(f"{path} is not a sealed file")
+    sealed_key = next(_frames(f), None)
+    if sealed_key is None:
+        raise SealError(f"{path} is cut before its key")
+    return sealed_key
 
 
 class Opener:
@@ -152,52 +223,27 @@ class Opener:
         without holding the number in the clear (without the store secret, tags can't be guessed)."""
         return hmac.new(self._index_key, number.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def records(self, stream: BinaryIO) -> Iterator[bytes]:
-        """The plaintext of each complete record of a sealed stream (positioned after its magic
-        line); a torn last record, as a crash leaves it, ends the stream."""
-        index = 0
-        while True:
-            head = stream.read(RECORD_LENGTH.size)
-            if len(head) < RECORD_LENGTH.size:
-                return
-            (length,) = RECORD_LENGTH.unpack(head)
-            if length > MAX_RECORD:
-                raise SealError(f"sealed stream damaged at record {index} (length {length})")
-            sealed = stream.read(length)
-            if len(sealed) < length:
-                return
-            yield self.open(sealed, b"record %d" % index)
-            index += 1
-
     def read_stream(self, path: Path) -> Iterator[bytes]:
         """The plaintext records of a sealed file."""
         with open(path, "rb") as f:
-            if not is_sealed_stream(f.read(len(STREAM_MAGIC))):
-                raise SealError(f"{path} is not a sealed file")
-            yield from self.records(f)
+            key = self.open(_skip_header(f, path), b"stream key")
+            yield from SealedStream(None, key).records(f)
 
 
 def complete_records(path: Path) -> tuple[int, int]:
     """(records, bytes) of the complete records at the start of a sealed file, read without a key:
     where a torn last record begins, so recovery can cut it off."""
-    count, end = 0, len(STREAM_MAGIC)
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        f.seek(end)
-        while end + RECORD_LENGTH.size <= size:
-            (length,) = RECORD_LENGTH.unpack(f.read(RECORD_LENGTH.size))
-            if length > MAX_RECORD or end + RECORD_LENGTH.size + length > size:
-                break
-            f.seek(length, os.SEEK_CUR)
-            end += RECORD_LENGTH.size + length
-            count += 1
+        _skip_header(f, path)
+        end, count = f.tell(), 0
+        for _ in _frames(f):
+            end, count = f.tell(), count + 1
     return count, end
 
 
 def seal_file(sealer: Sealer, source: BinaryIO, target: BinaryIO, chunk: int = ARCHIVE_CHUNK) -> None:
-    """Write `source` to `target` as a sealed record stream."""
-    target.write(STREAM_MAGIC)
-    index = 0
+    """Write `source` to `target` as a sealed stream."""
+    stream = sealer.new_stream()
+    target.write(stream.header())
     while data := source.read(chunk):
-        target.write(sealer.record(index, data))
-        index += 1
+        target.write(stream.record(data))
