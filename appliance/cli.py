@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -576,3 +577,52 @@ def user_password(name: str, role: str | None, config_path: Path, data: Path | N
     else:
         accounts.add_user(name, password, role, None)
     click.echo(f"{name}: password set{'' if found else f', created as {role}'}")
+
+
+@main.command()
+@click.option("--user", "user_name", help="Give this web user a key slot now (their password is asked).")
+@_config_option
+@_data_option
+def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
+    """Seal the store at rest: recordings and personal data become readable only after a login or
+    with the recovery key, shown once. Stop the recorder first. Resumable: run it again after a stop."""
+    from appliance.live import read_live
+    from appliance.store.keyslots import KeySlots, recovery_text
+    from appliance.store.seal_store import seal_quarantine, seal_recordings
+    from appliance.store.sealing import Sealer
+
+    if config_path.exists() and read_live(load_config(config_path).recorder.live_dir) is not None:
+        raise StoreError("the recorder is running: stop it first (sudo systemctl stop callrec-recorder), "
+                         "then start it again once the store is sealed")
+    catalogue, data_dir = _catalogue(config_path, data)
+    slots = KeySlots(data_dir)
+    if slots.exists() and user_name is not None:
+        raise StoreError("the store is sealed already: a user gets a key slot at their next login")
+    if not slots.exists():
+        owner = _check_password(config_path, data, user_name) if user_name is not None else None
+        secret = slots.create()
+        click.echo("The store's RECOVERY KEY (shown only now: print it or write it down, keep it away from "
+                   "the appliance):\n\n    " + recovery_text(secret) + "\n\n"
+                   "It opens every recording, here and on the offload target, if all passwords are lost.")
+        if owner is not None:
+            slots.add(f"user:{owner[0].id}", owner[1], secret)
+            click.echo(f"{user_name} unlocks the store at their login")
+    sealer = Sealer.load(data_dir)
+    last = [0.0]
+
+    def report(state) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1 or state.done == state.total:
+            last[0] = now
+            click.echo(f"sealed {state.done}/{state.total} recordings "
+                       f"({state.bytes_done / 1e6:.1f} of {state.bytes_total / 1e6:.1f} MB)")
+    state = seal_recordings(catalogue, data_dir, sealer, report)
+    kept = seal_quarantine(data_dir, sealer)
+    click.echo(f"done: {state.done - state.skipped} recordings sealed now, {state.skipped} were already; "
+               f"{kept} quarantined spools sealed")
+
+
+def _check_password(config_path: Path, data: Path | None, name: str):
+    """(principal, password) of a web user whose password is asked and checked."""
+    password = click.prompt(f"{name}'s password", hide_input=True)
+    return _accounts(config_path, data).authenticate(name, password), password

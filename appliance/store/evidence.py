@@ -67,7 +67,8 @@ def verify_recordings(catalogue: Catalogue, data_dir: Path, where: str = "file I
         if sha256_file(path) != sha:
             problems.append(f"call {call_id}: {relative} does not match its SHA-256 (the file was changed)")
         with catalogue.read() as db:
-            recorded = db.execute("SELECT sha256 FROM ledger WHERE call_id = ? AND event = 'recorded' "
+            # A store sealed after the call was recorded names the sealed file's hash in a later entry.
+            recorded = db.execute("SELECT sha256 FROM ledger WHERE call_id = ? AND event IN ('recorded', 'sealed') "
                                   "ORDER BY seq DESC LIMIT 1", [call_id]).fetchone()
         if recorded is None:
             problems.append(f"call {call_id}: no `recorded` entry in the ledger")
