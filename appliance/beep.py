@@ -14,14 +14,14 @@ RAMP_S = 0.01       # rise and fall: a tone switched on and off at full level cl
 
 @dataclass(frozen=True)
 class Tone:
-    """A tone ready to play: mono s16le PCM at `rate`."""
+    """A sound ready to play: mono s16le PCM at `rate`."""
 
     pcm: bytes
     rate: int
 
     @property
     def duration_s(self) -> float:
-        """How long the tone plays."""
+        """How long it plays."""
         return len(self.pcm) / SAMPLE_BYTES / self.rate
 
 
