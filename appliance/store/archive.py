@@ -19,6 +19,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.store import ledger
 from appliance.store.catalogue import Catalogue
@@ -38,10 +39,15 @@ QUARANTINE_DIR = "quarantine"
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file's contents, as hex."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+        return sha256_of(f)
+
+
+def sha256_of(f: BinaryIO) -> str:
+    """SHA-256 of what is left to read of a binary file, as hex."""
+    digest = hashlib.sha256()
+    while block := f.read(1 << 20):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from appliance.store.sealing import (ARCHIVE_CHUNK, RECORD_LENGTH, RECORD_TAG, STREAM_MAGIC, Opener, SealedStream, SealError,
                                      Sealer, is_sealed_stream, record_spans)
-from appliance.store.spool import HEADER_BYTES, SAMPLE_BYTES, wav_header
+from appliance.store.spool import HEADER_BYTES, SAMPLE_BYTES, parse_header, wav_header
 
 
 class StoreIsLocked(SealError):
@@ -44,6 +44,18 @@ def plain_size(recording: BinaryIO) -> int:
     if isinstance(recording.raw, PlainReader):
         return recording.raw.size
     return os.fstat(recording.fileno()).st_size
+
+
+def wav_seconds(recording: BinaryIO) -> float:
+    """The length of a recording in the spool's WAV form, from its header and size (0.0 for any
+    other form): for a sealed spool archived after a crash, whose row could not know it."""
+    head = recording.read(HEADER_BYTES)
+    recording.seek(0)
+    try:
+        rate, channels = parse_header(head, "the recording")
+    except ValueError:
+        return 0.0
+    return (plain_size(recording) - HEADER_BYTES) / (rate * channels * SAMPLE_BYTES)
 
 
 class PlainReader(io.RawIOBase):
