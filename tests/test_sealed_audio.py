@@ -24,6 +24,7 @@ from conftest import PASSWORD, RATE, calls_json, callrec, iso_seconds, tone, ton
     write_scenario, write_wav
 from sipp.harness import SIPP_PCAPS, RtpEndpoint, pcap_audio, read_stereo
 from test_sip import CALLER_HZ, Trunk, best_match, call_through, levels
+from test_full_disk import fill, small_disk  # noqa: F401 (a fixture)
 from test_web import login
 
 SEGMENT_S = 0.5
@@ -233,3 +234,32 @@ def test_a_sealed_call_cut_by_kill_9_is_recovered_sealed_up_to_a_second_before_t
     at = int((preroll + k * SEGMENT_S + 0.1) * RATE)
     assert tone_level(samples[at:at + int(0.3 * RATE)], segment_freq(k)) > 0.25
     assert_no_audio_in_the_clear(data, [plain], tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+def test_a_disk_too_full_to_encode_keeps_the_sealed_spool_as_the_archive(tmp_path, small_disk):
+    from appliance.store.archive import encode_spool, record_archive
+    from appliance.store.recording import open_recording
+    from appliance.store.sealing import Sealer
+    from appliance.store.spool import SpoolWriter
+
+    data = small_disk
+    secret = KeySlots(data).create()
+    catalogue = Catalogue(data)
+    (data / SPOOL_DIR).mkdir()
+    writer = SpoolWriter(data / SPOOL_DIR / "t1-1.wav", RATE, flush_interval=0.1, sealer=Sealer.load(data))
+    writer.append((tone(440, 3.0, 0.4) * 32767).astype("<i2").tobytes())
+    writer.close()
+    call_id = catalogue.add_call(line="t1", direction="outgoing", started_at="2026-11-23T10:00:00.000Z",
+                                 purpose="training", state="recording", spool=f"{SPOOL_DIR}/t1-1.wav")
+    fill(data)
+    encoded = encode_spool(catalogue, data, call_id, "flac", 16000, Sealer.load(data), writer.stream)
+    (data / "filler").unlink()
+    row = record_archive(catalogue, encoded, "complete")
+    catalogue.close()
+    assert row["format"] == "wav" and row["samples"] == 3 * RATE and row["file"].endswith(".wav")
+    archived = data / row["file"]
+    assert is_sealed_stream(archived.read_bytes()) and not decodes(archived)
+    with open_recording(archived, Opener(secret)) as plain:
+        samples = samples_of(plain.read())
+    assert len(samples) == 3 * RATE and tone_level(samples[:RATE], 440) > 0.35
