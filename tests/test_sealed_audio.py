@@ -10,21 +10,25 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from appliance.store.archive import SPOOL_DIR
+from appliance.clock import iso_utc
+from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
 from appliance.store.catalogue import Catalogue
 from appliance.store.evidence import export_bundle, verify_bundle
 from appliance.store.keyslots import KeySlots
-from appliance.store.sealing import Opener, is_sealed_stream
+from appliance.store.sealing import Opener, Sealer, is_sealed_stream
+from appliance.store.spool import SpoolWriter
 from conftest import PASSWORD, RATE, calls_json, callrec, iso_seconds, tone, tone_level, write_config, \
     write_scenario, write_wav
 from sipp.harness import SIPP_PCAPS, RtpEndpoint, pcap_audio, read_stereo
 from test_sip import CALLER_HZ, Trunk, best_match, call_through, levels
 from test_full_disk import fill, small_disk  # noqa: F401 (a fixture)
+from test_offload import appliance, check_copy, object_store, run_offloader  # noqa: F401 (a fixture)
 from test_web import login
 
 SEGMENT_S = 0.5
@@ -83,6 +87,23 @@ def samples_of(wav: bytes) -> np.ndarray:
     with av.open(io.BytesIO(wav)) as container:
         pcm = b"".join(bytes(f.planes[0])[:f.samples * 2] for f in container.decode(audio=0))
     return np.frombuffer(pcm, dtype="<i2") / 32768.0
+
+
+def sealed_call(data, seconds: float, line: str) -> dict:
+    """A call of a tone, recorded and finalised as the recorder does in a sealed store."""
+    catalogue = Catalogue(data)
+    (data / SPOOL_DIR).mkdir(exist_ok=True)
+    writer = SpoolWriter(data / SPOOL_DIR / f"{line}-1.wav", RATE, flush_interval=0.1, sealer=Sealer.load(data))
+    writer.append((tone(440, seconds, 0.3) * 32767).astype("<i2").tobytes())
+    writer.close()
+    now = iso_utc(1_800_000_000)
+    call_id = catalogue.add_call(line=line, direction="incoming", number="+3225550404", started_at=now,
+                                 answered_at=now, purpose="training", state="recording",
+                                 spool=f"{SPOOL_DIR}/{line}-1.wav", sample_rate=RATE)
+    encoded = encode_spool(catalogue, data, call_id, "opus", 16000, Sealer.load(data), writer.stream)
+    row = record_archive(catalogue, encoded, "complete", ended_at=now)
+    catalogue.close()
+    return row
 
 
 def test_an_analog_call_is_sealed_on_the_card_and_plays_once_unlocked(tmp_path):
@@ -238,10 +259,7 @@ def test_a_sealed_call_cut_by_kill_9_is_recovered_sealed_up_to_a_second_before_t
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
 def test_a_disk_too_full_to_encode_keeps_the_sealed_spool_as_the_archive(tmp_path, small_disk):
-    from appliance.store.archive import encode_spool, record_archive
     from appliance.store.recording import open_recording
-    from appliance.store.sealing import Sealer
-    from appliance.store.spool import SpoolWriter
 
     data = small_disk
     secret = KeySlots(data).create()
@@ -263,3 +281,15 @@ def test_a_disk_too_full_to_encode_keeps_the_sealed_spool_as_the_archive(tmp_pat
     with open_recording(archived, Opener(secret)) as plain:
         samples = samples_of(plain.read())
     assert len(samples) == 3 * RATE and tone_level(samples[:RATE], 440) > 0.35
+
+
+def test_the_offload_target_gets_the_sealed_files_as_they_are(tmp_path, object_store):
+    config = appliance(tmp_path, object_store.settings())
+    data = config.recorder.data_dir
+    KeySlots(data).create()
+    call = sealed_call(data, 2.0, "t1")
+    run_offloader(config, lambda o: o.offloaded == 1)
+    key = "shop-1/" + str(Path(call["file"]).relative_to("archive"))
+    copy = object_store.get(key)
+    assert copy == (data / call["file"]).read_bytes() and is_sealed_stream(copy)
+    check_copy(call, copy, object_store.get(key + ".json"))

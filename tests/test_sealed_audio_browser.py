@@ -2,30 +2,10 @@
 says the store is locked until it is unlocked; then the player plays and seeks as with a plain
 file (its Range requests open only the sealed records they touch)."""
 
-from appliance.clock import iso_utc
-from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
-from appliance.store.catalogue import Catalogue
 from appliance.store.keyslots import KeySlots
-from appliance.store.sealing import Sealer
-from appliance.store.spool import SpoolWriter
-from conftest import PASSWORD, RATE, tone, wait_for
+from conftest import PASSWORD, wait_for
+from test_sealed_audio import sealed_call
 from test_web_browser import browser, log_in  # noqa: F401 (a fixture)
-
-
-def sealed_call(data, seconds: float) -> dict:
-    """A call recorded and finalised as the recorder does in a sealed store."""
-    catalogue = Catalogue(data)
-    writer = SpoolWriter(data / SPOOL_DIR / "shop-1.wav", RATE, flush_interval=0.1, sealer=Sealer.load(data))
-    writer.append((tone(440, seconds, 0.3) * 32767).astype("<i2").tobytes())
-    writer.close()
-    now = iso_utc(1_800_000_000)
-    call_id = catalogue.add_call(line="shop", direction="incoming", number="+3225550404", started_at=now,
-                                 answered_at=now, purpose="training", state="recording",
-                                 spool=f"{SPOOL_DIR}/shop-1.wav", sample_rate=RATE)
-    encoded = encode_spool(catalogue, data, call_id, "opus", 16000, Sealer.load(data), writer.stream)
-    row = record_archive(catalogue, encoded, "complete", ended_at=now)
-    catalogue.close()
-    return row
 
 
 def test_a_sealed_call_plays_and_seeks_in_the_browser_once_the_store_is_unlocked(web_appliance, browser):
@@ -33,7 +13,7 @@ def test_a_sealed_call_plays_and_seeks_in_the_browser_once_the_store_is_unlocked
 
     config, data, _ = web_appliance
     secret = KeySlots(data).create()
-    call = sealed_call(data, 20.0)
+    call = sealed_call(data, 20.0, "shop")
     assert (data / call["file"]).read_bytes().startswith(b"CALLREC-SEALED") and call["duration_s"] == 20.0
     server = WebServer(config)
     server.app.extensions["callrec"].accounts.add_user("owner", PASSWORD, "admin", None)
