@@ -19,8 +19,8 @@ import pytest
 from appliance.clock import iso_utc
 from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
 from appliance.store.catalogue import Catalogue
-from appliance.store.evidence import export_bundle, verify_bundle
-from appliance.store.keyslots import KeySlots
+from appliance.store.evidence import verify_bundle
+from appliance.store.keyslots import KeySlots, recovery_text
 from appliance.store.sealing import Opener, Sealer, is_sealed_stream
 from appliance.store.spool import SpoolWriter
 from conftest import PASSWORD, RATE, calls_json, callrec, iso_seconds, tone, tone_level, write_config, \
@@ -147,16 +147,16 @@ def test_an_analog_call_is_sealed_on_the_card_and_plays_once_unlocked(tmp_path):
     assert_no_audio_in_the_clear(data, [plain], tmp_path)
 
     # A bundle holds the plain recording, checkable offline; the manifest names both hashes.
+    # `callrec export` asks for the recovery key of a sealed store.
     bundle = tmp_path / "bundle.zip"
-    catalogue = Catalogue(data)
-    try:
-        manifest = export_bundle(catalogue, data, [call["id"]], bundle, "dpo", opener=Opener(secret))
-    finally:
-        catalogue.close()
+    callrec("export", str(call["id"]), "--out", str(bundle), "--data", str(data), input=recovery_text(secret) + "\n")
+    problems, manifest = verify_bundle(bundle)
     [listed] = manifest["calls"]
-    assert zipfile.ZipFile(bundle).read(listed["recording"]) == plain
+    assert problems == [] and zipfile.ZipFile(bundle).read(listed["recording"]) == plain
     assert listed["sha256"] == call["sha256"] and listed["plain_sha256"] != call["sha256"]
-    assert verify_bundle(bundle) == ([], manifest)
+    wrong = callrec("export", str(call["id"]), "--out", str(tmp_path / "no.zip"), "--data", str(data),
+                    input=recovery_text(bytes(32)) + "\n", check=False)
+    assert wrong.returncode == 2 and "belongs to another store" in wrong.stderr and not (tmp_path / "no.zip").exists()
 
     # Tampering with the sealed file is found without the key.
     archived = data / call["file"]

@@ -77,16 +77,19 @@ class PlainReader(io.RawIOBase):
         self.size = total
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
-        self._head = None
-        self._head = self._spool_header() if self._spans else None
+        self._head = None               # first, so that `_spool_header` reads the record as it is
+        self._head = self._spool_header(path) if self._spans else None
 
-    def _spool_header(self) -> bytes | None:
+    def _spool_header(self, path: Path) -> bytes | None:
         """The WAV header of a sealed spool (its first record, written before any size was known),
         given the sizes of the whole frames that follow; None for any other file."""
         head = self._record(0)
-        if len(head) != HEADER_BYTES or head[:4] != b"RIFF" or head[40:44] != bytes(4):
+        if len(head) != HEADER_BYTES or head[40:44] != bytes(4):
             return None
-        channels, rate = int.from_bytes(head[22:24], "little"), int.from_bytes(head[24:28], "little")
+        try:
+            rate, channels = parse_header(head, path)
+        except ValueError:
+            return None
         data = self.size - HEADER_BYTES
         data -= data % (channels * SAMPLE_BYTES)
         self.size = HEADER_BYTES + data
