@@ -207,11 +207,11 @@ SPOOL_NAME = re.compile(r"(?P<line>.+)-(?P<ms>\d{13})(-\d+)?\.wav")
 def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
             purposes: dict[str, str] | None = None, legal_facts=None, sealer: Sealer | None = None) -> list[dict]:
     """Finalise every call a crash left in state `recording` as `interrupted` (sealed with `sealer`
-    in a sealed store). A spool whose row
-    was never written (the catalogue refused writes until the crash) gets one, `interrupted`, if
-    it names a line of `purposes` (line name -> purpose), with the legal basis and retention end
-    `legal_facts(purpose, started_at)` gives; a spool whose call was archived just
-    before the stop is removed; other stray files are quarantined. Returns the recovered rows."""
+    in a sealed store). A spool whose row was never written (the catalogue refused writes until
+    the crash) gets one, `interrupted`, if it names a line of `purposes` (line name -> purpose),
+    with the legal basis and retention end `legal_facts(purpose, started_at)` gives; a spool whose
+    call was archived just before the stop is removed; other stray files are quarantined. Returns
+    the recovered rows."""
     purposes = purposes or {}
     known = {row["spool"] for row in catalogue.calls("state = ?", ["recording"]) if row["spool"]}
     spool_dir = data_dir / SPOOL_DIR

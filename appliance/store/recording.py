@@ -105,20 +105,25 @@ class PlainReader(io.RawIOBase):
         return self._cached[1]
 
     def readable(self) -> bool:
+        """Always: the plaintext is read."""
         return True
 
     def seekable(self) -> bool:
+        """Always: a player seeks anywhere."""
         return True
 
     def tell(self) -> int:
+        """The position in the plaintext."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move in the plaintext (no record is opened until it is read)."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def readinto(self, buffer) -> int:
+        """Read from the record the position is in (at most to its end)."""
         if self._pos >= self.size:
             return 0
         index = bisect.bisect_right(self._starts, self._pos) - 1
@@ -130,6 +135,7 @@ class PlainReader(io.RawIOBase):
         return len(part)
 
     def close(self) -> None:
+        """Close the sealed file."""
         self._file.close()
         super().close()
 
@@ -155,15 +161,19 @@ class SealingWriter:
         return len(self._head) + self._sealed * ARCHIVE_CHUNK + len(self._tail)
 
     def writable(self) -> bool:
+        """Always: the encoder writes."""
         return True
 
     def seekable(self) -> bool:
+        """Yes, within the first chunk and to the end (see `seek`)."""
         return True
 
     def tell(self) -> int:
+        """The position in the plain file being written."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Go back into the first chunk, or to the end; anywhere else is refused."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end()}[whence]
         position = base + offset
         if position != self._end() and not 0 <= position < len(self._head):
@@ -172,6 +182,7 @@ class SealingWriter:
         return position
 
     def write(self, data) -> int:
+        """Append `data`, or rewrite part of the first chunk after a seek back into it."""
         data = bytes(data)
         if self._pos < self._end():
             if self._pos + len(data) > len(self._head):
