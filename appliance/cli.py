@@ -336,12 +336,19 @@ def clean(config_path: Path, data: Path | None) -> None:
 def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None, actor: str, reason: str | None,
            language: str | None) -> None:
     """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`;
-    with the configuration, also the access report (report.html) and the controller's facts."""
+    with the configuration, also the access report (report.html) and the controller's facts.
+    A sealed store's recovery key is asked for: the bundle holds the recordings in the clear."""
     from appliance.store.evidence import export_bundle
+    from appliance.store.keyslots import KeySlots
     from appliance.store.retention import StoreActionError
+    from appliance.store.sealing import Opener, is_sealed
     from appliance.transparency import controller_facts
 
     catalogue, data_dir = _catalogue(config_path, data)
+    opener = None
+    if is_sealed(data_dir):
+        text = click.prompt("The store is sealed: its recovery key", hide_input=True, err=True)
+        opener = Opener(KeySlots(data_dir).unlock_with_recovery(text))
     try:
         restricted = [call_id for call_id in call_ids if catalogue.get_call(call_id)["restricted"]]
         if restricted and not reason:
@@ -357,7 +364,7 @@ def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None
             numbers = ", ".join(dict.fromkeys(call["number"] for call in calls if call["number"]))
             customer = {"report": render_report(config, numbers, calls, language or config.privacy.language),
                         "controller": controller_facts(config)}
-        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor, **customer)
+        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor, opener=opener, **customer)
     except KeyError as exc:
         raise StoreActionError(f"there is no call {exc.args[0]}") from None
     except ValueError as exc:

@@ -42,12 +42,14 @@ def decode_to_pcm(path: Path, rate: int) -> bytes:
     return b"".join(parts)
 
 
-def encode(chunks: Iterable[bytes], rate: int, channels: int, out_path: Path, fmt: str,
+def encode(chunks: Iterable[bytes], rate: int, channels: int, out_path, fmt: str,
            opus_bitrate: int = 16000) -> None:
-    """Encode raw s16 PCM chunks into `out_path` in archive format `fmt` (opus, flac or wav)."""
+    """Encode raw s16 PCM chunks into `out_path` (a path, or a file object to write through) in
+    archive format `fmt` (opus, flac or wav)."""
     container_name, codec, _ = FORMATS[fmt]
     layout = "mono" if channels == 1 else "stereo"
-    with av.open(str(out_path), "w", format=container_name) as out:
+    target = out_path if hasattr(out_path, "write") else str(out_path)
+    with av.open(target, "w", format=container_name) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
         if fmt == "opus":
             # Per channel: at 16 kbit/s for both, Opus blends the two sides of a stereo call. In

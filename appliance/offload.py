@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
+from appliance.store.recording import is_sealed_file
 from appliance.store.catalogue import Catalogue, public_fields
 from appliance.clock import iso_utc
 from appliance.config import OffloadConfig
@@ -140,10 +141,11 @@ class S3Target:
 
     def put(self, recording: Path, manifest: bytes, remote: PurePosixPath, sha256: str) -> None:
         """Store the recording, then its manifest, under the prefix; the store checks each
-        against its SHA-256."""
+        against its SHA-256. A sealed recording goes as it is, as no sound type."""
         key = f"{self.prefix}{remote}"
+        kind = "application/octet-stream" if is_sealed_file(recording) else CONTENT_TYPES.get(recording.suffix)
         try:
-            self.bucket.put(key, recording, sha256, CONTENT_TYPES.get(recording.suffix, "application/octet-stream"))
+            self.bucket.put(key, recording, sha256, kind or "application/octet-stream")
             self.bucket.put(f"{key}.json", manifest, hashlib.sha256(manifest).hexdigest(), "application/json")
         except S3Error as exc:
             raise OffloadError(str(exc)) from None

@@ -28,6 +28,7 @@ from appliance.store.catalogue import Catalogue
 from appliance.store.objections import Objections
 from appliance.store.reserve import Reserve
 from appliance.store.retention import Store
+from appliance.store.sealing import Sealer
 from appliance.store.writer import CatalogueWriter
 from appliance.webhook import Webhook, call_event
 
@@ -73,8 +74,9 @@ class Recorder:
         purposes = {line.name: line.purpose for line in [*config.line, *config.sip_trunk]}
         self.reserve = Reserve(data_dir, config.store.reserve_mb * 1_000_000)
         self.store = Store.configured(self.catalogue, data_dir, config, self.reserve)
+        sealer = Sealer.load(data_dir)     # once: None for a store that is not sealed
         self.recovered = recover(self.catalogue, data_dir, config.recorder.format,
-                                 config.recorder.opus_bitrate, purposes, self.store.legal_facts)
+                                 config.recorder.opus_bitrate, purposes, self.store.legal_facts, sealer)
         self.cleaner = Cleaner(self.store, config.store.cleaner_interval_s)
         self.reserve.on_release = self.cleaner.wake        # to make room at once
         self.objections = Objections(self.catalogue, data_dir, config.recorder.country_code)
@@ -83,7 +85,7 @@ class Recorder:
         self.finaliser = Worker("finaliser")      # encodes ended calls, off every line's thread
         self.desk = Desk(self.catalogue, self.writer, self.finaliser, data_dir, config.recorder.format,
                          config.recorder.opus_bitrate, config.recorder.flush_interval_s, self._finished,
-                         self.reserve, self.objections, self.store.legal_facts)
+                         self.reserve, self.objections, self.store.legal_facts, sealer)
         self.lines = [LineRecorder(line, config.recorder, self.desk, pin_factory, on_agreement=self._mark_agreement)
                       for line in config.line]
         self.trunks = []

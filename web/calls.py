@@ -6,9 +6,11 @@ import time
 from datetime import date, datetime, time as dtime, timedelta
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from appliance.store.catalogue import FLAGS, CallFilter
 from appliance.store.peaks import peaks_from_levels
+from appliance.store.recording import open_recording, plain_size, wav_seconds
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from appliance.store.retention import StoreActionError
@@ -177,17 +179,26 @@ class RecentListens:
 
 
 def send_recording(call: dict, as_attachment: bool, principal) -> Response:
-    """The recording with Range support; a download is audited every time, a listen once per
-    quarter of an hour of seeking (whatever ranges the player asks for). A restricted call is
-    refused unless an admin opened it."""
+    """The recording, in the clear even when it is sealed on the disk (423 while the store is
+    locked), with Range support; a download is audited every time, a listen once per quarter of an
+    hour of seeking (whatever ranges the player asks for). A restricted call is refused unless an
+    admin opened it."""
     refuse_if_restricted(call, principal)
     path = archived_file(call)
+    recording = open_recording(path, backend().reading())
     if as_attachment or current_app.extensions["listens"].first(principal, call["id"]):
         backend().catalogue.add_audit(principal.actor, "download" if as_attachment else "listen", call["id"],
                                       path.name, client_address())
-    response = send_file(path, mimetype=MIMETYPES.get(path.suffix, "application/octet-stream"),
-                         as_attachment=as_attachment, download_name=path.name, conditional=True,
-                         max_age=0)
+    size, stat = plain_size(recording), path.stat()
+    response = send_file(recording, mimetype=MIMETYPES.get(path.suffix, "application/octet-stream"),
+                         as_attachment=as_attachment, download_name=path.name, conditional=False,
+                         etag=f"{stat.st_mtime}-{stat.st_size}", last_modified=stat.st_mtime, max_age=0)
+    response.content_length = size
+    try:
+        response.make_conditional(request, accept_ranges=True, complete_length=size)
+    except RequestedRangeNotSatisfiable:
+        recording.close()
+        raise
     response.headers["Cache-Control"] = "private, no-store"
     return response
 
@@ -210,8 +221,10 @@ def waveform(call_id: int):
     call = visible_call(call_id)
     catalogue = backend().catalogue
     levels = catalogue.peaks_of(call_id)
-    if levels is None:          # archived before peaks were kept: decode it this once
-        levels = peaks_from_levels(decode_peaks(archived_file(call), call["duration_s"] or 0.0))
+    if levels is None:          # archived before peaks were kept, or sealed after a crash: decode it this once
+        with open_recording(archived_file(call), backend().reading()) as recording:
+            duration = call["duration_s"] or wav_seconds(recording)
+            levels = peaks_from_levels(decode_peaks(recording, duration))
         catalogue.set_peaks(call_id, levels)
     response = Response(waveform_svg(levels), mimetype="image/svg+xml")
     response.headers["Cache-Control"] = "private, no-store"

@@ -84,7 +84,9 @@ class Exports:
     def start(self, call_ids: list[int], principal, address: str | None,
               request: CustomerRequest | None = None) -> ExportJob:
         """Start making a bundle of `call_ids` for `principal` in the background (replacing their
-        last one), with a customer's `request` when it answers one."""
+        last one), with a customer's `request` when it answers one. A sealed store must be unlocked
+        (StoreLocked): the bundle holds the recordings in the clear."""
+        opener = self.backend.reading()
         catalogue = self.backend.catalogue
         calls = [catalogue.get_call(call_id) for call_id in call_ids]
         for call in calls:
@@ -104,7 +106,7 @@ class Exports:
                 raise ExportRefused("an export of yours is still being made: wait for it to finish")
             self._check_room(job.size)          # under the lock: two exports at once see each other
             self._jobs[job_id] = job
-        threading.Thread(target=self._run, args=(job, address), name=f"export-{job_id}", daemon=True).start()
+        threading.Thread(target=self._run, args=(job, address, opener), name=f"export-{job_id}", daemon=True).start()
         return job
 
     def _still_to_write(self) -> int:
@@ -127,7 +129,7 @@ class Exports:
                                 "the appliance keeps for recording: export fewer calls",
                                 needed=data_size(size), free=data_size(max(room, 0)))
 
-    def _run(self, job: ExportJob, address: str | None) -> None:
+    def _run(self, job: ExportJob, address: str | None, opener) -> None:
         def progress(done, total):
             job.done, job.total, job.written = done, total, sum(job.sizes[:done])
         try:
@@ -136,7 +138,7 @@ class Exports:
                 extra = {"report": job.request.report, "controller": job.request.controller,
                          "without_recording": list(job.request.without_recording)}
             export_bundle(self.backend.catalogue, self.backend.data_dir, job.call_ids, job.path, job.actor,
-                          address, progress, **extra)
+                          address, progress, opener=opener, **extra)
             with self._lock:
                 if self._erased & set(job.call_ids):
                     raise ExportRefused("a call in this export was erased while it was being made")

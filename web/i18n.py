@@ -39,7 +39,7 @@ DYNAMIC_TEXTS = (
     "password-changed", "second-factor-on", "second-factor-off",
     *ALARM_TITLES.values(),                                               # the alarms
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
-    "Conflict", "Request Entity Too Large", "Internal Server Error",
+    "Conflict", "Request Entity Too Large", "Internal Server Error", "Locked",
     *ADVICE_TEXTS.values(),                                               # the settings' warnings
 )
 

@@ -9,6 +9,7 @@ peaks are kept from then on.
 import array
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
@@ -21,15 +22,16 @@ RATE = 8000         # plenty for a picture, and cheap to decode
 _one_at_a_time = threading.Lock()
 
 
-def decode_peaks(path: Path, duration_s: float, columns: int = COLUMNS) -> list[float]:
-    """The loudest sample of each of `columns` equal slices of a recording `duration_s` long, 0..1
-    of full scale (a stereo recording is mixed to mono: the picture is of the whole call)."""
+def decode_peaks(path: Path | BinaryIO, duration_s: float, columns: int = COLUMNS) -> list[float]:
+    """The loudest sample of each of `columns` equal slices of a recording `duration_s` long (a
+    path, or its plain bytes as a file), 0..1 of full scale (a stereo recording is mixed to mono:
+    the picture is of the whole call)."""
     total = max(1, int(duration_s * RATE))
     result = [0.0] * columns
     position = 0
     with _one_at_a_time:
         try:
-            with av.open(str(path)) as container:
+            with av.open(path if hasattr(path, "read") else str(path)) as container:
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
                 for frame in container.decode(audio=0):
                     for chunk in resampler.resample(frame):

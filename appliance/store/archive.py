@@ -3,6 +3,11 @@ at start-up, spool files left by a crash are recovered the same way and marked `
 
 The archive file is written under a temporary name, synced and renamed, so a crash leaves either
 the spool (finalised again at the next start) or the complete archive file, never half of one.
+
+In a sealed store the archive file is sealed as it is encoded (the recorder reads its spool back
+through the stream key it holds in RAM): its hash, in the row and the ledger, is the sealed file's,
+so verifying, cleaning and offloading need no key. A sealed spool left by a crash can't be read
+(its stream key died with the process): its torn tail is cut and it is archived as it is, sealed.
 """
 
 import errno
@@ -14,13 +19,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.store import ledger
 from appliance.store.catalogue import Catalogue
 from appliance.store.peaks import PeakFolder
 from appliance.clock import iso_utc
 from appliance.codec import encode, suffix
-from appliance.store.spool import fsync_dir, read_header, read_pcm, repair_header
+from appliance.store.recording import SealingWriter, is_sealed_file
+from appliance.store.sealing import SealError, Sealer, SealedStream, complete_records
+from appliance.store.spool import fsync_dir, read_header, read_pcm, repair_header, sealed_format
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +39,15 @@ QUARANTINE_DIR = "quarantine"
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file's contents, as hex."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+        return sha256_of(f)
+
+
+def sha256_of(f: BinaryIO) -> str:
+    """SHA-256 of what is left to read of a binary file, as hex."""
+    digest = hashlib.sha256()
+    while block := f.read(1 << 20):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -55,18 +68,26 @@ class Encoded:
     peaks: bytes | None = None  # its waveform (see appliance.store.peaks)
 
 
-def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, opus_bitrate: int) -> Encoded:
+def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, opus_bitrate: int,
+                 sealer: Sealer | None = None, stream: SealedStream | None = None) -> Encoded:
     """Encode a call's closed spool into its archive file (written under a temporary name, synced,
-    renamed): the file work of finalising, which writes nothing to the catalogue.
+    renamed): the file work of finalising, which writes nothing to the catalogue. In a sealed store
+    (`sealer`) the archive file is sealed, and a sealed spool is read through the `stream` that
+    wrote it; one without it (left by a crash) is archived as it is.
 
     A spool that cannot be read is moved to quarantine (the call becomes `interrupted`). When the
     disk has no room left for the encoded copy, the spool itself becomes the archive file, as WAV."""
     call = catalogue.get_call(call_id)
     spool = data_dir / call["spool"]
     try:
-        frames = repair_header(spool)
-        rate, channels = read_header(spool)
-    except (OSError, ValueError) as exc:
+        if stream is not None:
+            rate, channels, frames = sealed_format(spool, stream)
+        elif sealer is not None and is_sealed_file(spool):
+            return keep_sealed_spool(call, data_dir, spool)
+        else:
+            frames = repair_header(spool)
+            rate, channels = read_header(spool)
+    except (OSError, ValueError, SealError) as exc:
         log.error("call %s: spool %s cannot be read (%s); moved to %s", call_id, spool, exc, QUARANTINE_DIR)
         if spool.exists():
             # Named by the call, so that erasing the call finds it.
@@ -81,20 +102,30 @@ def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, o
     partial = target.with_name(target.name + ".part")
     folder = PeakFolder(frames, channels)
     try:
-        encode(folder.passing(read_pcm(spool)), rate, channels, partial, fmt, opus_bitrate)
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
+        chunks = folder.passing(read_pcm(spool, stream=stream))
+        if sealer is None:
+            encode(chunks, rate, channels, partial, fmt, opus_bitrate)
+            with open(partial, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            with open(partial, "wb") as f:
+                sealing = SealingWriter(sealer, f)
+                encode(chunks, rate, channels, sealing, fmt, opus_bitrate)
+                sealing.finish()
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        if exc.errno != errno.ENOSPC or fmt == "wav":
+        if exc.errno != errno.ENOSPC or (stream is None and (fmt == "wav" or sealer is not None)):
             raise
-        # No room for a second copy: the spool is a valid WAV file already; it becomes the archive.
+        # No room for a second copy: the spool is a valid WAV file already (sealed in a sealed
+        # store, where it is a WAV once opened); it becomes the archive.
         fmt, relative = "wav", archive_name(call, "wav")
         target = data_dir / relative
         log.warning("call %s: no room to encode it as %s; kept as WAV", call_id, partial.suffixes[0])
         os.link(spool, partial)
         folder = PeakFolder(frames, channels)
-        for chunk in read_pcm(spool):
+        for chunk in read_pcm(spool, stream=stream):
             folder.add(chunk)
     os.replace(partial, target)
     fsync_dir(target.parent)
@@ -102,6 +133,28 @@ def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, o
     return Encoded(call_id, spool, {"file": str(relative), "size_bytes": target.stat().st_size, "sha256": digest,
                                     "format": fmt, "sample_rate": rate, "samples": frames,
                                     "duration_s": round(frames / rate, 3)}, digest, folder.result())
+
+
+def keep_sealed_spool(call: dict, data_dir: Path, spool: Path) -> Encoded:
+    """Archive a sealed spool whose stream key is gone as it is: its complete records (a torn
+    last one is cut), sealed; it reads as a WAV file with the store's key. Its length in samples
+    and its peaks are not known without that key."""
+    _, end = complete_records(spool)
+    with open(spool, "r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    relative = archive_name(call, "wav")
+    target = data_dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    partial.unlink(missing_ok=True)
+    os.link(spool, partial)
+    os.replace(partial, target)
+    fsync_dir(target.parent)
+    digest = sha256_file(target)
+    log.warning("call %s: its sealed spool is archived as it is (sealed WAV; its key is the store's)", call["id"])
+    return Encoded(call["id"], spool, {"file": str(relative), "size_bytes": target.stat().st_size, "sha256": digest,
+                                       "format": "wav"}, digest)
 
 
 def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields) -> dict:
@@ -133,10 +186,12 @@ def recorded_detail(db, call_id: int) -> str:
 
 
 def finalise(catalogue: Catalogue, data_dir: Path, call_id: int, state: str, fmt: str,
-             opus_bitrate: int, **fields) -> dict:
-    """Encode the call's spool into the archive, then record file, size, hash and `state` (with any
-    other `fields`) in one transaction and remove the spool. Returns the updated row."""
-    return record_archive(catalogue, encode_spool(catalogue, data_dir, call_id, fmt, opus_bitrate), state, **fields)
+             opus_bitrate: int, sealer: Sealer | None = None, **fields) -> dict:
+    """Encode the call's spool into the archive (sealed with `sealer` in a sealed store), then
+    record file, size, hash and `state` (with any other `fields`) in one transaction and remove the
+    spool. Returns the updated row."""
+    return record_archive(catalogue, encode_spool(catalogue, data_dir, call_id, fmt, opus_bitrate, sealer),
+                          state, **fields)
 
 
 def _remove(spool: Path) -> None:
@@ -150,12 +205,13 @@ SPOOL_NAME = re.compile(r"(?P<line>.+)-(?P<ms>\d{13})(-\d+)?\.wav")
 
 
 def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
-            purposes: dict[str, str] | None = None, legal_facts=None) -> list[dict]:
-    """Finalise every call a crash left in state `recording` as `interrupted`. A spool whose row
-    was never written (the catalogue refused writes until the crash) gets one, `interrupted`, if
-    it names a line of `purposes` (line name -> purpose), with the legal basis and retention end
-    `legal_facts(purpose, started_at)` gives; a spool whose call was archived just
-    before the stop is removed; other stray files are quarantined. Returns the recovered rows."""
+            purposes: dict[str, str] | None = None, legal_facts=None, sealer: Sealer | None = None) -> list[dict]:
+    """Finalise every call a crash left in state `recording` as `interrupted` (sealed with `sealer`
+    in a sealed store). A spool whose row was never written (the catalogue refused writes until
+    the crash) gets one, `interrupted`, if it names a line of `purposes` (line name -> purpose),
+    with the legal basis and retention end `legal_facts(purpose, started_at)` gives; a spool whose
+    call was archived just before the stop is removed; other stray files are quarantined. Returns
+    the recovered rows."""
     purposes = purposes or {}
     known = {row["spool"] for row in catalogue.calls("state = ?", ["recording"]) if row["spool"]}
     spool_dir = data_dir / SPOOL_DIR
@@ -184,7 +240,7 @@ def recover(catalogue: Catalogue, data_dir: Path, fmt: str, opus_bitrate: int,
             continue
         ended = iso_utc(spool.stat().st_mtime)
         try:
-            row = finalise(catalogue, data_dir, call["id"], "interrupted", fmt, opus_bitrate,
+            row = finalise(catalogue, data_dir, call["id"], "interrupted", fmt, opus_bitrate, sealer,
                            ended_at=ended)
         except Exception:
             # Recording must start whatever one leftover does; its spool stays for the next try.

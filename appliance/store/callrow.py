@@ -16,6 +16,7 @@ from appliance.service import Worker
 from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
 from appliance.store.catalogue import Catalogue
 from appliance.store.reserve import Reserve
+from appliance.store.sealing import Sealer
 from appliance.store.spool import SpoolWriter
 from appliance.store.writer import CatalogueWriter
 
@@ -40,6 +41,7 @@ class Desk:
     reserve: Reserve | None = None
     objections: object = None           # the do-not-record list (None: there is none)
     legal_facts: object = None          # (purpose, started_at) -> legal basis and retention end now
+    sealer: Sealer | None = None        # a sealed store's: spools and archive files are sealed
 
     def with_legal_facts(self, fields: dict) -> dict:
         """A new row's `fields` with its purpose's legal basis and retention end as the settings
@@ -53,15 +55,16 @@ class Desk:
         return self.objections is not None and self.objections.objected(number)
 
     def spool(self, name: str, rate: int, channels: int = 1) -> SpoolWriter:
-        """A new spool file `name` for a call's audio. A disk found full gets the reserve back."""
+        """A new spool file `name` for a call's audio (sealed in a sealed store). A disk found full
+        gets the reserve back."""
         on_full = self.reserve.release if self.reserve is not None else None
         path = Path(self.data_dir) / SPOOL_DIR / name
         try:
-            return SpoolWriter(path, rate, channels, self.flush_interval_s, on_full)
+            return SpoolWriter(path, rate, channels, self.flush_interval_s, on_full, self.sealer)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or on_full is None or not on_full():
                 raise
-            return SpoolWriter(path, rate, channels, self.flush_interval_s, on_full)
+            return SpoolWriter(path, rate, channels, self.flush_interval_s, on_full, self.sealer)
 
     def finished(self, call_id: int) -> None:
         """Tell `on_finished` of a call whose row is final (a step of its own: it writes too)."""
@@ -120,7 +123,8 @@ class CallRow:
 
         def encode():       # on the finaliser's thread, once the row exists
             spool.close()
-            encoded = encode_spool(desk.catalogue, desk.data_dir, self.id, desk.format, desk.opus_bitrate)
+            encoded = encode_spool(desk.catalogue, desk.data_dir, self.id, desk.format, desk.opus_bitrate,
+                                   desk.sealer, spool.stream)
             self._step(lambda: record(encoded))
 
         def record(encoded):

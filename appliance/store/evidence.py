@@ -1,24 +1,29 @@
 """Tamper evidence: checking the store against its hashes and ledger, and signed export bundles
 that can be checked offline, away from the appliance.
 
-A bundle is a zip: the recordings, `manifest.json` (each call's catalogue fields, with the legal
+A bundle is a zip: the recordings (in the clear, also from a sealed store), `manifest.json` (each call's catalogue fields, with the legal
 basis and end of retention stored when it was recorded, its ledger entries and the ledger head at
 export time, the device's public key; for a customer's request also the controller, the authority
 and the recipients, the calls of theirs that have no recording, and the access report's hash) and
 `manifest.sig`, the device key's Ed25519 signature of the manifest's exact bytes; for a customer's
-request, `report.html`, the access report in their language.
+request, `report.html`, the access report in their language. A recording sealed on the
+appliance keeps, as its `sha256`, the sealed file's hash that the ledger holds, and gets
+`plain_sha256`, the hash of the plain file in the bundle: the signed manifest binds the two.
 """
 
 import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import zipfile
 from pathlib import Path
 
 from appliance.store import auditchain, ledger
-from appliance.store.archive import ARCHIVE_DIR, sha256_file
+from appliance.store.archive import ARCHIVE_DIR, sha256_file, sha256_of
+from appliance.store.recording import is_sealed_file, open_recording
+from appliance.store.sealing import Opener
 from appliance.store.catalogue import Catalogue, audit, public_fields
 from appliance.clock import iso_utc
 from appliance.keys import derived_key, fingerprint, key_path, load_private_key, public_key_hex
@@ -94,9 +99,11 @@ def unowned_files(catalogue: Catalogue, data_dir: Path) -> list[str]:
 
 def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out: Path, actor: str,
                   address: str | None = None, progress=None, report: str | None = None,
-                  controller: dict | None = None, without_recording: list[int] = ()) -> dict:
+                  controller: dict | None = None, without_recording: list[int] = (),
+                  opener: Opener | None = None) -> dict:
     """Write a signed bundle of the given calls to `out`; record the export in the ledger and the
     audit trail. Returns the manifest. `progress(done, total)` is called after each recording.
+    Sealed recordings are opened with `opener` (StoreIsLocked without it).
     For a customer's request: `report` (the access report's HTML), `controller` (the facts of
     `appliance.transparency.controller_facts`) and the ids of their calls `without_recording`."""
     key = load_private_key(data_dir)
@@ -117,6 +124,10 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
                 "SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [call_id])]
             entries.append((fields, data_dir / call["file"]))
         head = ledger.head(db)
+    for fields, path in entries:
+        if is_sealed_file(path):
+            with open_recording(path, opener) as plain:
+                fields["plain_sha256"] = sha256_of(plain)
     public = public_key_hex(key)
     manifest = {"format": BUNDLE_FORMAT, "created_at": iso_utc(time.time()), "device_public_key": public,
                 "device_fingerprint": fingerprint(public), "ledger_head": head,
@@ -134,7 +145,11 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
         if report is not None:
             bundle.writestr(REPORT_FILE, report)
         for done, (fields, path) in enumerate(entries, start=1):
-            bundle.write(path, fields["recording"])
+            if "plain_sha256" in fields:
+                with open_recording(path, opener) as plain, bundle.open(fields["recording"], "w") as copy:
+                    shutil.copyfileobj(plain, copy, 1 << 20)
+            else:
+                bundle.write(path, fields["recording"])
             if progress is not None:
                 progress(done, len(entries))
     os.replace(partial, out)
@@ -187,7 +202,7 @@ def verify_bundle(path: Path, expected_fingerprint: str | None = None) -> tuple[
         except KeyError:
             problems.append(f"call {call['id']}: its recording {call['recording']} is missing")
             continue
-        if hashlib.sha256(data).hexdigest() != call["sha256"]:
+        if hashlib.sha256(data).hexdigest() != call.get("plain_sha256", call["sha256"]):
             problems.append(f"call {call['id']}: {call['recording']} does not match its SHA-256")
         for entry in call.get("ledger", []):
             if (problem := ledger.check_entry(entry)) is not None:

@@ -18,6 +18,7 @@ Two forms:
 import base64
 import hashlib
 import hmac
+import os
 import struct
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -247,3 +248,25 @@ def seal_file(sealer: Sealer, source: BinaryIO, target: BinaryIO, chunk: int = A
     target.write(stream.header())
     while data := source.read(chunk):
         target.write(stream.record(data))
+
+
+RECORD_TAG = 16                 # bytes a record's seal adds to its plaintext (Poly1305)
+
+
+def record_spans(f: BinaryIO, path) -> tuple[bytes, list[tuple[int, int]]]:
+    """A sealed file's sealed stream key and the (offset, length) of each of its complete sealed
+    records, found without a key and without opening a record: to read a stream from any point."""
+    f.seek(0)
+    sealed_key = _skip_header(f, path)
+    end = os.fstat(f.fileno()).st_size
+    spans, at = [], f.tell()
+    while at + RECORD_LENGTH.size <= end:
+        f.seek(at)
+        (length,) = RECORD_LENGTH.unpack(f.read(RECORD_LENGTH.size))
+        if length > MAX_RECORD:
+            raise SealError(f"sealed stream damaged (a record of {length} bytes)")
+        if at + RECORD_LENGTH.size + length > end:
+            break               # a torn last record
+        spans.append((at + RECORD_LENGTH.size, length))
+        at += RECORD_LENGTH.size + length
+    return sealed_key, spans

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from appliance.store.sealing import RECORD_TAG, SealedStream, record_spans
+
 log = logging.getLogger(__name__)
 
 HEADER_BYTES = 44
@@ -31,11 +33,29 @@ def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
 def read_header(path: Path) -> tuple[int, int]:
     """Return (rate, channels) of a spool file written by `SpoolWriter`."""
     with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
+        return parse_header(f.read(HEADER_BYTES), path)
+
+
+def parse_header(head: bytes, path: Path) -> tuple[int, int]:
+    """(rate, channels) of a spool's WAV header; ValueError naming `path` if it is not one."""
     if len(head) < HEADER_BYTES or head[:4] != b"RIFF" or head[36:40] != b"data":
         raise ValueError(f"{path} is not a spool file (bad WAV header)")
     channels, rate = struct.unpack("<HI", head[22:28])
     return rate, channels
+
+
+def sealed_format(path: Path, stream: SealedStream) -> tuple[int, int, int]:
+    """(rate, channels, frames) of a sealed spool, read through the `stream` that wrote it (only
+    its first record, the WAV header, is opened)."""
+    with open(path, "rb") as f:
+        _, spans = record_spans(f, path)
+        if not spans:
+            raise ValueError(f"{path} is cut before its format")
+        offset, length = spans[0]
+        f.seek(offset)
+        rate, channels = parse_header(stream.open_record(0, f.read(length)), path)
+    data = sum(length - RECORD_TAG for _, length in spans[1:])
+    return rate, channels, data // (channels * SAMPLE_BYTES)
 
 
 def fsync_dir(path: Path) -> None:
@@ -62,8 +82,14 @@ def repair_header(path: Path) -> int:
     return data_bytes // block
 
 
-def read_pcm(path: Path, chunk_frames: int = 8000):
-    """Yield the audio of a spool file as chunks of raw PCM bytes."""
+def read_pcm(path: Path, chunk_frames: int = 8000, stream=None):
+    """Yield the audio of a spool file as chunks of raw PCM bytes; of a sealed spool through the
+    `stream` that wrote it (one chunk per flush)."""
+    if stream is not None:
+        records = stream.read(path)
+        next(records, None)         # the WAV header
+        yield from records
+        return
     rate, channels = read_header(path)
     with open(path, "rb") as f:
         f.seek(HEADER_BYTES)
@@ -74,7 +100,8 @@ def read_pcm(path: Path, chunk_frames: int = 8000):
 class SpoolWriter:
     """Appends audio to a spool file from any thread; a writer thread of its own does the I/O."""
 
-    def __init__(self, path: Path, rate: int, channels: int = 1, flush_interval: float = 1.0, on_full=None):
+    def __init__(self, path: Path, rate: int, channels: int = 1, flush_interval: float = 1.0, on_full=None,
+                 sealer=None):
         self.path = Path(path)
         self.rate = rate
         self.channels = channels
@@ -82,13 +109,18 @@ class SpoolWriter:
         self.on_full = on_full      # called when a write finds the disk full; True if it made room
         self.frames = 0
         self._pending: list[bytes] = []
+        self._unwritten = b""               # encoded (sealed) already, not yet on the disk
+        self.stream = sealer.new_stream() if sealer is not None else None
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._wake = threading.Event()      # the first audio is written at once, not a beat later
         self._failing = False
         self.first_synced_at: float | None = None   # monotonic: the first audio was on the disk
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        os.write(self._fd, wav_header(rate, channels, 0))
+        head = wav_header(rate, channels, 0)
+        if self.stream is not None:
+            head = self.stream.header() + self.stream.record(head)
+        os.write(self._fd, head)
         os.fsync(self._fd)
         fsync_dir(self.path.parent)
         self._thread = threading.Thread(target=self._run, name=f"spool-{self.path.stem}", daemon=True)
@@ -106,18 +138,21 @@ class SpoolWriter:
     def _write_pending(self) -> None:
         with self._lock:
             data, self._pending = b"".join(self._pending), []
-        view = memoryview(data)
+        if data and self.stream is not None:
+            data = self.stream.record(data)         # one record per flush
+        view = memoryview(self._unwritten + data)
         try:
             while view:
                 view = view[os.write(self._fd, view):]
-            if data:
+            if data or self._unwritten:
                 os.fsync(self._fd)
                 if self.first_synced_at is None:
                     self.first_synced_at = time.monotonic()
         except OSError:
-            with self._lock:
-                self._pending.insert(0, bytes(view))
+            # Kept as encoded: a sealed record is numbered, it must not be sealed again.
+            self._unwritten = bytes(view)
             raise
+        self._unwritten = b""
 
     def _run(self) -> None:
         while True:
@@ -144,10 +179,11 @@ class SpoolWriter:
                 self._failing = False
 
     def close(self) -> int:
-        """Write what is left, patch the header and close; return the number of frames."""
+        """Write what is left, patch the header (a sealed spool has none in the clear) and close;
+        return the number of frames."""
         self._closing.set()
         self._wake.set()
         self._thread.join()
         self._write_pending()
         os.close(self._fd)
-        return repair_header(self.path)
+        return self.frames if self.stream is not None else repair_header(self.path)
