@@ -11,10 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from flask import Flask, abort, g, jsonify, render_template, request, send_file
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, Locked
 
 from web import api, audit, auth, calls, contacts, live, notice, privacy, restriction, settings, status
-from web.backend import Backend
+from web.backend import Backend, StoreLocked
 from web.exports import Exports
 from web.i18n import gettext as _
 from web.i18n import pick_language, template_helpers
@@ -103,6 +103,11 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
         own = exc.description != type(exc).description
         return render_template("error.html", error=exc,
                                description=exc.description if own else plain_description(exc.code)), exc.code
+
+    @app.errorhandler(StoreLocked)
+    def _locked(exc: StoreLocked):
+        return _error(Locked(_("The store is locked since start-up: the login of a user who holds a key to it "
+                               "unlocks it.")))
 
     return app
 

@@ -136,7 +136,7 @@ class Exports:
                 extra = {"report": job.request.report, "controller": job.request.controller,
                          "without_recording": list(job.request.without_recording)}
             export_bundle(self.backend.catalogue, self.backend.data_dir, job.call_ids, job.path, job.actor,
-                          address, progress, **extra)
+                          address, progress, **extra, opener=self.backend.reading())
             with self._lock:
                 if self._erased & set(job.call_ids):
                     raise ExportRefused("a call in this export was erased while it was being made")
