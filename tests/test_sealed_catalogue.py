@@ -169,3 +169,30 @@ def test_a_locked_store_answers_423_for_personal_fields_through_the_api(sealed_r
         assert body["number"] == NUMBER and "".join(digit["key"] for digit in body["digits"]) == KEYS
     finally:
         backend.close()
+
+
+def test_the_first_admin_of_a_sealed_store_without_slots_gets_one_with_the_recovery_key(tmp_path):
+    from web import create_app
+    from web.keyring import holder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    recovery = recovery_text(KeySlots(data).create())
+    config = write_config(tmp_path, recorder={"data_dir": str(data)})
+    app = create_app(config, secure_cookies=False)
+    backend = app.extensions["callrec"]
+    try:
+        code = backend.accounts.setup_code()
+        client = app.test_client()
+        assert 'name="recovery"' in client.get("/setup").data.decode()
+        form = {"code": code, "name": "owner", "password": PASSWORD, "confirm": PASSWORD}
+        wrong = recovery_text(bytes(32))
+        refused = client.post("/setup", data={"csrf_token": csrf(client, "/setup"), **form, "recovery": wrong})
+        assert refused.status_code == 400 and b"not the store&#39;s recovery key" in refused.data
+        assert backend.accounts.needs_setup() and backend.locked and KeySlots(data).holders() == []
+        done = client.post("/setup", data={"csrf_token": csrf(client, "/setup"), **form, "recovery": recovery.lower()})
+        assert done.status_code == 302 and not backend.locked
+        [owner] = backend.accounts.users()
+        assert KeySlots(data).unlock(holder(owner["id"]), PASSWORD) == backend.secret
+    finally:
+        backend.close()
