@@ -14,6 +14,7 @@ from appliance import __version__
 from appliance.store.catalogue import Catalogue, public_fields
 from appliance.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, DOCUMENT_LANGUAGES, load_config
 from appliance.errors import CallrecError, ConfigError, StoreError
+from appliance.store.sealing import is_sealed_field
 
 log = logging.getLogger("callrec")
 
@@ -173,8 +174,12 @@ def doctor(config_path: Path, seconds: float, as_json: bool, identify: bool, tim
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
 def calls(config_path: Path, data: Path | None, as_json: bool, number: str | None, since: str | None,
           until: str | None, limit: int | None) -> None:
-    """List the catalogue's calls: all, oldest first; or, with a filter, the newest first."""
+    """List the catalogue's calls: all, oldest first; or, with a filter, the newest first. A
+    sealed store's numbers and names show as `sealed` (the web UI opens them after a login)."""
     catalogue, _ = _catalogue(config_path, data)
+    if number and catalogue.db.sealer is not None:
+        raise CallrecError("--number: the store is sealed, its numbers are found in the web UI once a login "
+                           "has unlocked it")
     if number or since or until or limit:
         found = catalogue.find(number, since, until, limit=limit or 1000)
     else:
@@ -187,7 +192,8 @@ def calls(config_path: Path, data: Path | None, as_json: bool, number: str | Non
     for row in rows:
         flags = " ".join(flag for flag, on in (("held", row["held"]), ("restricted", row["restricted"]),
                                                 ("clock-unsynced", row["clock_synced"] == 0)) if on)
-        who = f"{row['number'] or ''} {row['contact_name'] or ''}".strip()
+        who = " ".join("sealed" if is_sealed_field(row[name]) else row[name] or ""
+                       for name in ("number", "contact_name")).strip()
         click.echo(f"{row['id']:>6}  {row['started_at']}  {row['line']:<10} {row['direction']:<9}"
                    f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {who:<28}{flags}")
 

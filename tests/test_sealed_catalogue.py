@@ -196,3 +196,43 @@ def test_the_first_admin_of_a_sealed_store_without_slots_gets_one_with_the_recov
         assert KeySlots(data).unlock(holder(owner["id"]), PASSWORD) == backend.secret
     finally:
         backend.close()
+
+
+def test_an_erasure_in_a_sealed_store_finds_the_calls_by_tag_and_redacts_sealed_notes(tmp_path):
+    from appliance.store.sealing import Opener
+    from appliance.store.subjects import subject_hash
+    from conftest import record_call
+    from web import create_app
+    from web.keyring import set_slot
+
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = KeySlots(data).create()
+    config = write_config(tmp_path, recorder={"data_dir": str(data)})
+    catalogue = Catalogue(data)
+    theirs = [record_call(catalogue, data, number=number) for number in (NUMBER, "025551234")]
+    other = record_call(catalogue, data, number=OTHER)
+    catalogue.set_notes(other["id"], f"her sister, call back on {NATIONAL}", "user:owner")
+    catalogue.close()
+    app = create_app(config, secure_cookies=False)
+    backend = app.extensions["callrec"]
+    try:
+        admin = backend.accounts.add_user("admin", PASSWORD, "admin", None)
+        set_slot(data, admin.id, PASSWORD, secret)
+        client = login(app, "admin")
+        post(client, "/contacts/add", number=NUMBER, name=NAME, company="", note="")
+        page = client.post("/privacy/erase", data={"csrf_token": csrf(client, "/"), "number": NATIONAL,
+                                                   "confirm": NATIONAL}, follow_redirects=True).data.decode()
+        assert "2 call(s) erased" in page
+        reference = page.split("Reference for the customer: ")[1].split(".")[0]
+    finally:
+        backend.close()
+    catalogue = Catalogue(data)
+    opener = Opener(secret)
+    [left] = catalogue.calls()
+    assert left["id"] == other["id"] and left["id"] not in [call["id"] for call in theirs]
+    assert opener.open_field(left["notes"], "notes") == f"her sister, call back on [erased: {reference}]"
+    assert catalogue.db.execute("SELECT COUNT(*) FROM contacts").fetchone()[0] == 0
+    [detail] = [row[0] for row in catalogue.db.execute("SELECT detail FROM ledger WHERE event = 'erasure'")]
+    assert detail == f"reference {reference}, subject {subject_hash(opener.derived_key(b'subjects'), NUMBER)}"
+    catalogue.close()
