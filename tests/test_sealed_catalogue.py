@@ -5,13 +5,17 @@ nothing, slots follow the users, and calls are found by number once the web has 
 
 import json
 import re
+import time
 
 import numpy as np
+import pyotp
 import pytest
 
 from appliance.store.catalogue import Catalogue
 from appliance.store.keyslots import KeySlotError, KeySlots, recovery_text
-from conftest import PASSWORD, RATE, callrec, wait_for, write_config, write_scenario, write_wav
+from appliance.store.sealing import Opener
+from appliance.store.subjects import subject_hash
+from conftest import PASSWORD, RATE, callrec, record_call, wait_for, write_config, write_scenario, write_wav
 from test_web import csrf, login, post
 
 NUMBER = "+3225551234"
@@ -199,9 +203,6 @@ def test_the_first_admin_of_a_sealed_store_without_slots_gets_one_with_the_recov
 
 
 def test_an_erasure_in_a_sealed_store_finds_the_calls_by_tag_and_redacts_sealed_notes(tmp_path):
-    from appliance.store.sealing import Opener
-    from appliance.store.subjects import subject_hash
-    from conftest import record_call
     from web import create_app
     from web.keyring import set_slot
 
@@ -236,3 +237,30 @@ def test_an_erasure_in_a_sealed_store_finds_the_calls_by_tag_and_redacts_sealed_
     [detail] = [row[0] for row in catalogue.db.execute("SELECT detail FROM ledger WHERE event = 'erasure'")]
     assert detail == f"reference {reference}, subject {subject_hash(opener.derived_key(b'subjects'), NUMBER)}"
     catalogue.close()
+
+
+def test_with_a_second_factor_the_store_is_unlocked_only_once_the_code_is_right(tmp_path):
+    from web import create_app
+    from web.keyring import set_slot
+
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = KeySlots(data).create()
+    app = create_app(write_config(tmp_path, recorder={"data_dir": str(data)}), secure_cookies=False)
+    backend = app.extensions["callrec"]
+    try:
+        accounts = backend.accounts
+        admin = accounts.add_user("admin", PASSWORD, "admin", None)
+        set_slot(data, admin.id, PASSWORD, secret)
+        factor = accounts.new_second_factor_secret()
+        accounts.set_second_factor(admin.id, factor, pyotp.TOTP(factor).now())
+        client = app.test_client()
+        step = client.post("/login", data={"csrf_token": csrf(client), "name": "admin", "password": PASSWORD})
+        assert step.location.endswith("/login/code") and backend.locked
+        wrong = client.post("/login/code", data={"csrf_token": csrf(client, "/login/code"), "code": "000000"})
+        assert wrong.status_code == 401 and backend.locked
+        code = pyotp.TOTP(factor).at(time.time() + 30)
+        assert client.post("/login/code", data={"csrf_token": csrf(client, "/login/code"), "code": code}).status_code == 302
+        assert not backend.locked and backend.secret == secret
+    finally:
+        backend.close()
