@@ -264,3 +264,33 @@ def test_with_a_second_factor_the_store_is_unlocked_only_once_the_code_is_right(
         assert not backend.locked and backend.secret == secret
     finally:
         backend.close()
+
+
+def test_a_plain_stores_personal_fields_are_sealed_in_place_and_tagged_after_the_unlock(tmp_path):
+    from appliance.contacts import Contact
+    from appliance.store.directory import Directory
+    from appliance.store.personal import fill_all_tags, seal_fields
+    from appliance.store.sealing import Sealer
+
+    data = tmp_path / "data"
+    catalogue = Catalogue(data)
+    call = record_call(catalogue, data, number=NUMBER)
+    catalogue.set_notes(call["id"], NOTE, "user:owner")
+    catalogue.add_digit(call["id"], 1.0, "4")
+    Directory(catalogue).import_checked([Contact(NUMBER, NAME, None, NOTE)], "user:owner", "contacts.csv")
+    catalogue.close()
+    secret = KeySlots(data).create()
+    catalogue = Catalogue(data)
+    assert seal_fields(catalogue, Sealer.load(data), batch=1) == 3
+    assert seal_fields(catalogue, Sealer.load(data)) == 0            # taken up again: nothing left
+    catalogue.checkpoint()
+    assert not any(form in (data / "catalogue.db").read_bytes()
+                   for form in (NUMBER.encode(), NAME.encode(), NOTE.encode()))
+    opener = Opener(secret)
+    assert fill_all_tags(catalogue, opener) == 2                     # the call and the contact
+    directory = Directory(catalogue, opener=opener)
+    assert directory.get(NATIONAL).name == NAME
+    [row] = catalogue.calls()
+    assert opener.open_field(row["notes"], "notes") == NOTE
+    assert [opener.open_field(key, "digit") for _offset, key in catalogue.digits(call["id"])] == ["4"]
+    catalogue.close()

@@ -368,6 +368,8 @@ class Catalogue:
     def set_number_tags(self, tags: list[tuple[str, int, str]]) -> None:
         """Keep each (tag, call id, number as stored) in one transaction; a row whose number has
         changed since it was read keeps no tag (it is read again)."""
+        if not tags:
+            return
         with self.transaction() as db:
             db.executemany("UPDATE calls SET number_tag = ? WHERE id = ? AND number = ?", tags)
 

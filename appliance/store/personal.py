@@ -64,12 +64,46 @@ def number_tag(opener, number: str | None, country_code: str = "32") -> str | No
 
 def fill_tags(catalogue, opener, country_code: str = "32", batch: int = TAG_BATCH) -> int:
     """Tag up to `batch` call rows whose number has none yet, in one short transaction of the
-    catalogue's writer; return how many were tagged (0: none is left)."""
+    catalogue's writer, and the contacts without a tag (those of a store sealed in place); return
+    how many rows were tagged (0: none is left)."""
     rows = catalogue.untagged(batch)
     tags = [(number_tag(opener, opener.open_field(number, "number"), country_code), call_id, number)
             for call_id, number in rows]
     catalogue.set_number_tags(tags)
-    return len(tags)
+    with catalogue.read() as db:
+        contacts = [row[0] for row in db.execute("SELECT number FROM contacts WHERE number_tag IS NULL LIMIT ?",
+                                                 [batch])]
+    if contacts:
+        with catalogue.transaction() as db:
+            db.executemany("UPDATE contacts SET number_tag = ? WHERE number = ?",
+                           [(number_tag(opener, opener.open_field(number, "contact.number"), country_code), number)
+                            for number in contacts])
+    return len(tags) + len(contacts)
+
+
+def seal_fields(catalogue, sealer, batch: int = TAG_BATCH) -> int:
+    """Seal the personal fields a store kept clear before it was sealed (`callrec seal`): calls,
+    keys and contacts, `batch` rows per transaction; a field sealed already is left as it is, so a
+    run stopped midway is taken up again. The web tags the rows after its first unlock. Returns how
+    many rows changed."""
+    clear = " OR ".join(f"({name} IS NOT NULL AND substr({name}, 1, 7) != 'sealed:')" for name in CALL_FIELDS)
+    steps = (("calls", "id", CALL_FIELDS, "{}", clear),
+             ("digits", "id", ("key",), DIGIT_FIELD, "substr(key, 1, 7) != 'sealed:'"),
+             ("contacts", "rowid", CONTACT_FIELDS, "contact.{}", "substr(number, 1, 7) != 'sealed:'"))
+    changed = 0
+    for table, key, columns, field, where in steps:
+        while True:
+            with catalogue.transaction() as db:
+                rows = db.execute(f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {where} LIMIT ?",
+                                  [batch]).fetchall()
+                for row in rows:
+                    values = [sealer.seal_field(value, field.format(column)) for column, value in zip(columns, row[1:])]
+                    db.execute(f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE {key} = ?",
+                               [*values, row[0]])
+            changed += len(rows)
+            if len(rows) < batch:
+                break
+    return changed
 
 
 def fill_all_tags(catalogue, opener, country_code: str = "32") -> int:
