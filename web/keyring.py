@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # the code is typed or SECOND_FACTOR_S have passed: the slot is opened once the login is complete.
 _waiting: dict[str, tuple[str, float]] = {}
 _waiting_lock = threading.Lock()
+# The slots file is read, changed and written whole: two logins at once must not lose a slot.
+_slots_lock = threading.Lock()
 
 
 def holder(user_id: int) -> str:
@@ -40,11 +42,12 @@ def set_slot(data_dir: Path, user_id: int, password: str, secret: bytes | None) 
     """After a user's password was set: with the store `secret`, give them a slot that the password
     opens; without it, remove their old slot. True when they have a slot now."""
     slots = KeySlots(data_dir)
-    if secret is not None:
-        slots.add(holder(user_id), password, secret)
-        return True
-    slots.remove(holder(user_id))
-    return False
+    with _slots_lock:
+        if secret is not None:
+            slots.add(holder(user_id), password, secret)
+            return True
+        slots.remove(holder(user_id))
+        return False
 
 
 def needs_recovery_key() -> bool:
@@ -71,7 +74,7 @@ def logged_in(user, password: str, address: str | None) -> None:
     slots = KeySlots(web.data_dir)
     if holder(user.id) not in slots.holders():
         if not web.locked:
-            slots.add(holder(user.id), password, web.secret)
+            set_slot(web.data_dir, user.id, password, web.secret)
             web.catalogue.add_audit(user.actor, "key-slot-added", detail="at login", address=address)
         return
     if web.locked:
@@ -107,7 +110,7 @@ def unlock_with_recovery(secret: bytes, user, password: str, address: str | None
     """The first admin typed the recovery key: the store is unlocked and they get a slot."""
     web = backend()
     web.unlock(secret)
-    KeySlots(web.data_dir).add(holder(user.id), password, secret)
+    set_slot(web.data_dir, user.id, password, secret)
     web.catalogue.add_audit(user.actor, "store-unlocked", detail="recovery key", address=address)
 
 
@@ -122,11 +125,12 @@ def user_added(user, password: str) -> None:
     """A user was added: a slot with their password, if the store is unlocked."""
     web = backend()
     if web.sealer is not None and not web.locked:
-        KeySlots(web.data_dir).add(holder(user.id), password, web.secret)
+        set_slot(web.data_dir, user.id, password, web.secret)
 
 
 def user_deleted(user_id: int) -> None:
     """A user was deleted: their slot goes with them."""
     web = backend()
     if web.sealer is not None:
-        KeySlots(web.data_dir).remove(holder(user_id))
+        with _slots_lock:
+            KeySlots(web.data_dir).remove(holder(user_id))
