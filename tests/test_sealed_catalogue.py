@@ -15,6 +15,7 @@ from appliance.store.catalogue import Catalogue
 from appliance.store.keyslots import KeySlotError, KeySlots, recovery_text
 from appliance.store.sealing import Opener
 from appliance.store.subjects import subject_hash
+from appliance.webhook import call_event
 from conftest import PASSWORD, RATE, callrec, record_call, wait_for, write_config, write_scenario, write_wav
 from test_web import csrf, login, post
 
@@ -78,6 +79,8 @@ def test_the_recorder_writes_numbers_and_keys_sealed_and_the_rest_clear(sealed_r
     assert len(keys) == len(KEYS) and all(key.startswith("sealed:") for _offset, key in keys)
     assert len(catalogue.digits(outgoing["id"])) == len(DIALLED)
     assert answered["number_tag"] is None       # the recorder has no secret to tag with
+    event = call_event(answered)                # the CRM's event: nothing personal waits in the outbox
+    assert event["number"] is None and event["contact_name"] is None and event["id"] == answered["id"]
     catalogue.close()
     assert residue(data) == []
 
