@@ -15,8 +15,11 @@ from appliance.store.catalogue import Catalogue
 from appliance.store.keyslots import KeySlotError, KeySlots, recovery_text
 from appliance.store.sealing import Opener
 from appliance.store.subjects import subject_hash
+from appliance.sip import g711
 from appliance.webhook import call_event
-from conftest import PASSWORD, RATE, callrec, record_call, wait_for, write_config, write_scenario, write_wav
+from conftest import PASSWORD, RATE, callrec, record_call, tone, wait_for, write_config, write_scenario, write_wav
+from sipp.harness import write_pcap
+from test_sip import call_through, trunk  # noqa: F401 (trunk: fixture)
 from test_web import csrf, login, post
 
 NUMBER = "+3225551234"
@@ -297,3 +300,18 @@ def test_a_plain_stores_personal_fields_are_sealed_in_place_and_tagged_after_the
     assert opener.open_field(row["notes"], "notes") == NOTE
     assert [opener.open_field(key, "digit") for _offset, key in catalogue.digits(call["id"])] == ["4"]
     catalogue.close()
+
+
+def test_the_number_a_sip_trunk_dials_is_sealed_too(trunk):
+    data = trunk.folder / "data"
+    data.mkdir()
+    secret = KeySlots(data).create()
+    write_pcap(trunk.folder / "caller.pcap", tone(440.0, 2.0, 0.5), g711.PCMU, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(1000.0, 2.0, 0.5), g711.PCMU, 0x2222)
+    trunk.start(transport="tcp", outgoing="off")
+    mu_law = {"pt": "0", "codec": "PCMU"}
+    call_through(trunk, "uac.xml", "uas.xml", 2000, inbound=False, transport="t1",
+                 caller_keys=mu_law, callee_keys=mu_law, service=DIALLED)
+    [call] = trunk.calls()
+    assert call["state"] == "complete" and Opener(secret).open_field(call["number"], "number") == DIALLED
+    assert residue(data) == []
