@@ -1,7 +1,8 @@
-"""A sealed store's personal fields: the real recorder writes a caller's number and keys sealed, the
-web adds notes, a hold and a contact, and no file under the data folder holds any of them in any
-written form; a login of a user with a key slot opens them for the pages, a wrong password opens
-nothing, slots follow the users, and calls are found by number once the web has tagged them."""
+"""A sealed store's personal fields: the real recorder (an analog line, a SIP trunk) writes a
+caller's number and keys sealed, the web adds notes, a hold and a contact, and no file under the
+data folder holds any of them in any written form; a login of a user with a key slot opens them for
+the pages, a wrong password opens nothing, slots follow the users, calls are found and erased by
+number once the web has tagged them, and a plain store's fields are sealed in place."""
 
 import json
 import re
