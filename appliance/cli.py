@@ -15,6 +15,7 @@ from appliance import __version__
 from appliance.store.catalogue import Catalogue, public_fields
 from appliance.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, DOCUMENT_LANGUAGES, load_config
 from appliance.errors import CallrecError, ConfigError, StoreError
+from appliance.store.sealing import is_sealed_field
 
 log = logging.getLogger("callrec")
 
@@ -174,8 +175,12 @@ def doctor(config_path: Path, seconds: float, as_json: bool, identify: bool, tim
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
 def calls(config_path: Path, data: Path | None, as_json: bool, number: str | None, since: str | None,
           until: str | None, limit: int | None) -> None:
-    """List the catalogue's calls: all, oldest first; or, with a filter, the newest first."""
+    """List the catalogue's calls: all, oldest first; or, with a filter, the newest first. A
+    sealed store's numbers and names show as `sealed` (the web UI opens them after a login)."""
     catalogue, _ = _catalogue(config_path, data)
+    if number and catalogue.db.sealer is not None:
+        raise CallrecError("--number: the store is sealed, its numbers are found in the web UI once a login "
+                           "has unlocked it")
     if number or since or until or limit:
         found = catalogue.find(number, since, until, limit=limit or 1000)
     else:
@@ -188,7 +193,8 @@ def calls(config_path: Path, data: Path | None, as_json: bool, number: str | Non
     for row in rows:
         flags = " ".join(flag for flag, on in (("held", row["held"]), ("restricted", row["restricted"]),
                                                 ("clock-unsynced", row["clock_synced"] == 0)) if on)
-        who = f"{row['number'] or ''} {row['contact_name'] or ''}".strip()
+        who = " ".join("sealed" if is_sealed_field(row[name]) else row[name] or ""
+                       for name in ("number", "contact_name")).strip()
         click.echo(f"{row['id']:>6}  {row['started_at']}  {row['line']:<10} {row['direction']:<9}"
                    f"{row['state']:<12}{row['duration_s'] or 0:>8.1f} s  {who:<28}{flags}")
 
@@ -566,23 +572,40 @@ def user_list(config_path: Path, data: Path | None) -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice(["admin", "supervisor", "staff"]),
               help="Create the user with this role if there is none by that name.")
+@click.option("--recovery-key", "recovery", is_flag=True,
+              help="A sealed store: ask for its recovery key and give NAME a key slot with the new password.")
 @_config_option
 @_data_option
-def user_password(name: str, role: str | None, config_path: Path, data: Path | None) -> None:
+def user_password(name: str, role: str | None, recovery: bool, config_path: Path, data: Path | None) -> None:
     """Set NAME's password (asked twice), clear its wrong-password delay and second factor (a lost
-    phone) and end its sessions; with --role, create the user if needed."""
+    phone) and end its sessions; with --role, create the user if needed. In a sealed store the
+    user's key slot follows: with --recovery-key it opens with the new password; without, the old
+    one is removed (the user gets a new one at their first login once the store is unlocked)."""
+    from appliance.store.keyslots import KeySlots
+    from appliance.store.sealing import is_sealed
     from web.accounts import AccountError
+    from web.keyring import set_slot
 
+    data_dir = _data_dir(config_path, data)
+    sealed = is_sealed(data_dir)
+    if recovery and not sealed:
+        raise AccountError("--recovery-key: the store is not sealed")
     accounts = _accounts(config_path, data)
     found = [entry for entry in accounts.users() if entry["name"].lower() == name.lower()]
     if not found and role is None:
         raise AccountError(f"there is no user {name!r}: add --role to create one")
+    # Checked first: a mistyped recovery key changes nothing.
+    secret = KeySlots(data_dir).unlock_with_recovery(click.prompt("recovery key", hide_input=True)) if recovery else None
     password = click.prompt(f"new password for {name}", hide_input=True, confirmation_prompt=True)
     if found:
         accounts.update_user(found[0]["id"], password=password, unlock=True)
         accounts.clear_second_factor(found[0]["id"])
+        user_id = found[0]["id"]
     else:
-        accounts.add_user(name, password, role, None)
+        user_id = accounts.add_user(name, password, role, None).id
+    if sealed and not set_slot(data_dir, user_id, password, secret):
+        click.echo(f"{name} has no key slot: their first login once the store is unlocked gives them one "
+                   f"(or run again with --recovery-key)")
     click.echo(f"{name}: password set{'' if found else f', created as {role}'}")
 
 

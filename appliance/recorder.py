@@ -213,8 +213,9 @@ class Recorder:
 
     def _finished(self, row: dict) -> None:
         """A call is in the archive (or missed): name its caller from the contacts, tell the CRM,
-        wake the offloader."""
-        if row["number"]:
+        wake the offloader. A sealed store's recorder cannot read the contacts: the web names
+        the caller when it shows the call."""
+        if row["number"] and self.catalogue.db.sealer is None:
             with self.catalogue.read() as db:
                 contact = lookup(db, row["number"], self.config.recorder.country_code)
             if contact is not None:

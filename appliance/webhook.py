@@ -56,6 +56,7 @@ from pathlib import PurePosixPath
 from appliance.errors import CallrecError
 from appliance.service import Service
 from appliance.store.outbox import Entry, Outbox
+from appliance.store.sealing import is_sealed_field
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,11 @@ def call_event(row: dict) -> dict:
     """The `call.ended` payload for a finished call row of the catalogue.
 
     `file` is the recording's file name without its folder (None when nothing was recorded); the
-    other fields are as in the catalogue, None when missing.
+    other fields are as in the catalogue, None when missing, and None when sealed (the recorder
+    of a sealed store cannot read the number or the name back: the receiver asks the API).
     """
     event = {"event": "call.ended"}
-    event.update((name, row.get(name)) for name in EVENT_FIELDS)
+    event.update((name, None if is_sealed_field(row.get(name)) else row.get(name)) for name in EVENT_FIELDS)
     if event["file"]:
         event["file"] = PurePosixPath(event["file"]).name
     return event

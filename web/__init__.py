@@ -13,10 +13,9 @@ from pathlib import Path
 from flask import Flask, abort, g, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException, Locked
 
-from appliance.store.recording import StoreIsLocked
-
 from web import api, audit, auth, calls, contacts, live, notice, privacy, restriction, settings, status
-from web.backend import Backend, StoreLocked
+from appliance.store.sealing import StoreLocked
+from web.backend import Backend
 from web.exports import Exports
 from web.i18n import gettext as _
 from web.i18n import pick_language, template_helpers
@@ -107,10 +106,9 @@ def create_app(config_path: Path, secure_cookies: bool = True) -> Flask:
                                description=exc.description if own else plain_description(exc.code)), exc.code
 
     @app.errorhandler(StoreLocked)
-    @app.errorhandler(StoreIsLocked)
-    def _locked(exc):
-        # Sealed recordings are read only once a login has unlocked the store: say so, no traceback.
-        return _error(Locked(description=_("the store is locked: a user's login unlocks it")))
+    def _locked(exc: StoreLocked):
+        return _error(Locked(_("The store is locked since start-up: the login of a user who holds a key to it "
+                               "unlocks it.")))
 
     return app
 

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.errors import CallrecError
 from appliance.store.catalogue import public_fields
+from appliance.store.sealing import StoreLocked
 from web.backend import backend
 from appliance.store.directory import DuplicateContact
 from web.calls import FILTER_KEYS, BadFilter, call_query, find_calls, save_notes, selection, send_recording
@@ -17,6 +18,7 @@ from web.contacts import csv_response
 from web.exports import ExportRefused
 from web.openapi import document
 from web.privacy import calls_of, exports
+from web.sealed import shown_call, shown_calls, shown_digits
 from web.security import current, visible_call
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -53,11 +55,12 @@ def calls():
     """Calls, newest first, with the same filters as the calls page."""
     limit = _int_arg("limit", 50, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, 10_000_000)
+    backend().reading()
     try:
         rows, _ = find_calls(request.args, current(), limit, offset)
     except BadFilter as exc:
         abort(400, description=str(exc))
-    return jsonify(calls=[public_fields(row) for row in rows[:limit]], more=len(rows) > limit)
+    return jsonify(calls=[public_fields(row) for row in shown_calls(rows[:limit])], more=len(rows) > limit)
 
 
 @bp.route("/v1/calls/<int:call_id>")
@@ -65,8 +68,9 @@ def call(call_id: int):
     """One call with its digits and pauses."""
     row = visible_call(call_id)
     catalogue = backend().catalogue
-    return jsonify(**public_fields(row),
-                   digits=[{"offset_s": o, "key": k} for o, k in catalogue.digits(call_id)],
+    backend().reading()
+    return jsonify(**public_fields(shown_call(row)),
+                   digits=[{"offset_s": o, "key": k} for o, k in shown_digits(catalogue.digits(call_id))],
                    pauses=[{"start_s": s, "end_s": e, "reason": r} for s, e, r in catalogue.pauses(call_id)],
                    audio_url=url_for("api.audio", call_id=call_id) if row["file"] else None)
 
@@ -150,7 +154,7 @@ def _call_action(call_id: int, allowed: dict[str, tuple], required: tuple[str, .
         action(row, body)
     except CallrecError as exc:
         abort(400, description=str(exc))
-    return jsonify(call=public_fields(backend().catalogue.get_call(row["id"])))
+    return jsonify(call=public_fields(shown_call(backend().catalogue.get_call(row["id"]))))
 
 
 @bp.route("/v1/calls/<int:call_id>/notes", methods=["PUT"])
@@ -282,10 +286,13 @@ def rectify(call_id: int):
         abort(400, description="send a JSON object with number and/or contact_name (text)")
     try:
         changed = backend().store.rectify(row["id"], current().actor, body.get("number"), body.get("contact_name"),
-                                          request.remote_addr, backend().config.recorder.country_code)
+                                          request.remote_addr, backend().config.recorder.country_code,
+                                          backend().reading())
     except CallrecError as exc:
+        if isinstance(exc, StoreLocked):
+            raise
         abort(400, description=str(exc))
-    return jsonify(changed=changed, call=public_fields(backend().catalogue.get_call(row["id"])))
+    return jsonify(changed=changed, call=public_fields(shown_call(backend().catalogue.get_call(row["id"]))))
 
 
 def _number_body() -> dict:

@@ -10,6 +10,7 @@ from flask import (Blueprint, current_app, flash, g, redirect, render_template, 
                    url_for)
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from web import keyring
 from web.accounts import AccountError
 from web.backend import backend
 from web.i18n import LANG_COOKIE, LANGUAGES, error_text
@@ -96,14 +97,18 @@ def setup():
         else:
             accounts.throttle.attempt(SETUP_THROTTLE_NAME, client_address())
             try:
+                # Checked before the admin is made: a mistyped recovery key changes nothing.
+                secret = keyring.recovery_secret(form.get("recovery", "")) if keyring.needs_recovery_key() else None
                 user = accounts.complete_setup(form.get("code", ""), form.get("name", ""), form.get("password", ""))
             except AccountError as exc:
                 error = error_text(exc)
             else:
                 backend().catalogue.add_audit(user.actor, "setup", detail="first admin created", address=client_address())
+                if secret is not None:
+                    keyring.unlock_with_recovery(secret, user, form["password"], client_address())
                 _start_session(user)
                 return _remember_device(redirect(url_for("calls.index")), user.name)
-    return render_template("setup.html", error=error), 400 if error else 200
+    return render_template("setup.html", error=error, recovery=keyring.needs_recovery_key()), 400 if error else 200
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -114,21 +119,24 @@ def login():
         return redirect(url_for("auth.setup"))
     error = None
     if request.method == "POST":
-        name = request.form.get("name", "")
-        user, error = _password_checked(name, request.form.get("password", ""))
+        name, password = request.form.get("name", ""), request.form.get("password", "")
+        user, error = _password_checked(name, password)
         if user is not None:
             if accounts.second_factor(user.id):
                 session.clear()
-                session["pending"] = {"user": user.id, "since": time.time(), "next": request.args.get("next")}
+                session["pending"] = {"user": user.id, "since": time.time(), "next": request.args.get("next"),
+                                      "key": keyring.hold_password(password, SECOND_FACTOR_S)}
                 return redirect(url_for("auth.code"))
-            return _logged_in(user, request.args.get("next"))
+            return _logged_in(user, request.args.get("next"), password)
     return render_template("login.html", error=error), 401 if error else 200
 
 
-def _logged_in(user, next_path: str | None):
+def _logged_in(user, next_path: str | None, password: str | None):
     backend().accounts.throttle.succeeded(user.name, client_address())
     _start_session(user)
     backend().catalogue.add_audit(user.actor, "login", address=client_address())
+    if password is not None:
+        keyring.logged_in(user, password, client_address())
     return _remember_device(redirect(_safe_next(next_path)), user.name)
 
 
@@ -150,7 +158,7 @@ def code():
         else:
             accounts.throttle.attempt(user.name, client_address())
             if accounts.check_second_factor(user.id, request.form.get("code", "")):
-                return _logged_in(user, pending.get("next"))
+                return _logged_in(user, pending.get("next"), keyring.held_password(pending.get("key")))
             backend().catalogue.add_audit(user.actor, "login-failed", detail="wrong second-factor code",
                                           address=client_address())
             error = _("The code is wrong or was used already: type the one your app shows now.")
@@ -226,6 +234,7 @@ def _account_action(action: str | None, principal) -> str | None:
         if form.get("password") != form.get("confirm"):
             return _("The two passwords differ.")
         accounts.update_user(principal.id, password=form.get("password", ""), keep_session=session.get("sid"))
+        keyring.password_set(principal.id, form["password"])
         backend().catalogue.add_audit(principal.actor, "password-changed", address=client_address())
         flash(_("Your password is changed; your other sessions are logged out."))
     elif action == "second-factor-start":

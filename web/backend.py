@@ -21,18 +21,13 @@ from appliance.config import Config, load_config
 from appliance.clock import iso_utc
 from appliance.live import read_live, recorder_pid
 from appliance.store.objections import Objections
+from appliance.store.personal import NumberTagger
 from appliance.store.retention import Store
-from appliance.store.sealing import Opener, SealError, Sealer
+from appliance.store.sealing import Opener, Sealer, StoreLocked
 from web.accounts import Accounts
 
 log = logging.getLogger(__name__)
 
-
-class StoreLocked(SealError):
-    """A sealed store is read before anyone has logged in since start-up."""
-
-    def __init__(self):
-        super().__init__("the store is locked: a user's login unlocks it")
 
 
 class Backend:
@@ -54,7 +49,9 @@ class Backend:
         self._watching = False
         self.sealer = Sealer.load(self.data_dir)    # None: the store is not sealed
         self.opener: Opener | None = None           # in RAM only, from the first login on
+        self.secret: bytes | None = None            # with it: what a new user's key slot wraps
         self.locked_since = iso_utc(time.time())
+        self.tagger: NumberTagger | None = None     # tags the recorder's new calls once unlocked
 
     def _store(self, config: Config) -> Store:
         return Store.configured(self.catalogue, self.data_dir, config)
@@ -69,8 +66,9 @@ class Backend:
 
     @property
     def directory(self) -> Directory:
-        """The contacts directory, numbers read with the configured country code."""
-        return Directory(self.catalogue, self.config.recorder.country_code)
+        """The contacts directory, numbers read with the configured country code (StoreLocked:
+        a sealed store's contacts cannot be read yet)."""
+        return Directory(self.catalogue, self.config.recorder.country_code, self.reading())
 
     @property
     def locked(self) -> bool:
@@ -78,8 +76,14 @@ class Backend:
         return self.sealer is not None and self.opener is None
 
     def unlock(self, secret: bytes) -> None:
-        """Keep the store secret's opener in RAM: sealed recordings and fields can be read."""
+        """Keep the store secret's opener in RAM: sealed recordings and fields can be read, and the
+        calls written while locked are tagged (found by number) from now on."""
         self.opener = Opener(secret)
+        self.secret = secret
+        with self._lock:
+            if self.tagger is None:
+                self.tagger = NumberTagger(self.catalogue, self.opener, self.config.recorder.country_code)
+                self.tagger.start()
 
     def reading(self) -> Opener | None:
         """What opens sealed data: None for a store that is not sealed; StoreLocked while locked."""
@@ -132,8 +136,9 @@ class Backend:
 
     def close(self) -> None:
         """Stop watching the recorder, close the databases."""
-        if self.watch is not None:
-            self.watch.stop(timeout=self.watch.beat_s)
+        for service in (self.watch, self.tagger):
+            if service is not None:
+                service.stop(timeout=service.beat_s)
         self.catalogue.close()
         self.accounts.close()
 

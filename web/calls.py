@@ -14,10 +14,12 @@ from appliance.store.recording import open_recording, plain_size, wav_seconds
 from appliance.clock import iso_utc
 from appliance.errors import CallrecError
 from appliance.store.retention import StoreActionError
+from appliance.store.sealing import StoreLocked
 from web.backend import backend
 from web.exports import ExportRefused
 from web.i18n import error_text, gettext as _
 from web.restriction import openings, refuse_if_restricted
+from web.sealed import sealed_filter, shown_call, shown_calls, shown_digits
 from web.security import client_address, current, require, visible_call, visible_lines
 from web.waveform import decode_peaks, waveform_svg
 
@@ -96,7 +98,10 @@ def call_query(args, principal) -> tuple[CallFilter, dict]:
         shown["flag"] = flags
     if q := args.get("q", "").strip():
         chosen["text"] = shown["q"] = q
-    return CallFilter(lines=visible_lines(principal), flags=tuple(flags), **chosen), shown
+    try:
+        return sealed_filter(CallFilter(lines=visible_lines(principal), flags=tuple(flags), **chosen)), shown
+    except StoreLocked:
+        raise BadFilter(_("The store is locked: calls are found by number or name once a login has unlocked it.")) from None
 
 
 def find_calls(args, principal, limit: int, offset: int = 0) -> tuple[list[dict], dict]:
@@ -125,7 +130,7 @@ def index():
     except BadFilter as exc:
         rows, shown, error = [], {}, str(exc)
     more = len(rows) > PAGE
-    return render_template("calls.html", calls=rows[:PAGE], shown=shown, page=page, more=more, error=error,
+    return render_template("calls.html", calls=shown_calls(rows[:PAGE]), shown=shown, page=page, more=more, error=error,
                            filters=known_args(request.args, FILTER_KEYS),
                            lines=lines, purposes=sorted(config.purpose), flags=list(FLAGS),
                            directions=DIRECTIONS), 400 if error else 200
@@ -138,9 +143,10 @@ def detail(call_id: int):
     catalogue = backend().catalogue
     store = backend().store
     expires = store.expires_at(call)
-    return render_template("call.html", call=call, digits=catalogue.digits(call_id),
+    return render_template("call.html", call=shown_call(call), digits=shown_digits(catalogue.digits(call_id)),
                            pauses=catalogue.pauses(call_id), expires=expires,
-                           purposes=sorted(backend().config.purpose), playable=openings().allows(current(), call))
+                           purposes=sorted(backend().config.purpose), playable=openings().allows(current(), call),
+                           locked=backend().locked)
 
 
 def archived_file(call: dict):

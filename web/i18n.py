@@ -36,7 +36,7 @@ DYNAMIC_TEXTS = (
     "restrict", "lift-restriction", "open-restricted", "erasure", "do-not-record", "record-again", "rectify",
     "access-report", "contact-add", "contact-edit", "contact-delete", "contact-import", "contact-export",
     *(purpose.legal_basis for purpose in DEFAULT_PURPOSES.values()),    # the built-in purposes' legal bases
-    "password-changed", "second-factor-on", "second-factor-off",
+    "password-changed", "second-factor-on", "second-factor-off", "store-unlocked", "key-slot-added",
     *ALARM_TITLES.values(),                                               # the alarms
     "Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method Not Allowed",   # HTTP errors
     "Conflict", "Request Entity Too Large", "Internal Server Error", "Locked",

@@ -9,6 +9,7 @@ from appliance.store.catalogue import CallFilter
 from appliance.contacts import written_forms
 from appliance.errors import CallrecError
 from appliance.store.erasure import erase_subject
+from appliance.store.personal import fill_all_tags
 from web.auth import confirmed
 from web.backend import backend
 from appliance.transparency import controller_facts
@@ -16,6 +17,7 @@ from web.documents import document_response
 from web.exports import CustomerRequest, ExportRefused
 from web.i18n import LANGUAGES, error_text, gettext as _
 from web.report import render_report
+from web.sealed import sealed_filter, shown_calls
 from web.security import client_address, current, require, visible_lines
 
 bp = Blueprint("privacy", __name__)
@@ -24,8 +26,12 @@ bp = Blueprint("privacy", __name__)
 def calls_of(number: str) -> list[dict]:
     """Every call of `number` the principal may see, newest first (in-progress calls included:
     the person asking must hear of them too)."""
-    variants = written_forms(number, backend().config.recorder.country_code)
-    return backend().catalogue.find_calls(CallFilter(numbers=tuple(variants), lines=visible_lines(current())))
+    country = backend().config.recorder.country_code
+    variants = written_forms(number, country)
+    if backend().sealer is not None:        # a request must find every call: tag those left first
+        fill_all_tags(backend().catalogue, backend().reading(), country)
+    which = sealed_filter(CallFilter(numbers=tuple(variants), lines=visible_lines(current())))
+    return shown_calls(backend().catalogue.find_calls(which))
 
 
 def exports():
@@ -115,7 +121,8 @@ def erase():
         flash(_("To erase, type the number again in the confirmation box."), "error")
         return redirect(url_for("privacy.index", number=number))
     config = backend().config.recorder
-    report = erase_subject(backend().store, number, current().actor, client_address(), config.country_code)
+    report = erase_subject(backend().store, number, current().actor, client_address(), config.country_code,
+                           backend().reading())
     exports().forget_calls(set(report.erased))
     flash(_("{n} call(s) erased. Reference for the customer: {reference}.", n=len(report.erased),
             reference=report.reference))
@@ -176,7 +183,7 @@ def rectify():
     for call in _selected(number):
         try:
             corrected += bool(backend().store.rectify(call["id"], current().actor, new_number, new_name, client_address(),
-                                                      backend().config.recorder.country_code))
+                                                      backend().config.recorder.country_code, backend().reading()))
         except CallrecError as exc:
             flash(error_text(exc), "error")
             return redirect(url_for("privacy.index", number=number))

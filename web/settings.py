@@ -21,6 +21,7 @@ from appliance.errors import CallrecError
 from appliance.mail import MailError, message, send
 from appliance.notice import load_notice
 from pydantic import ValidationError
+from web import keyring
 from web.accounts import ROLES, AccountError
 from web.auth import confirmed
 from web.backend import backend
@@ -491,9 +492,11 @@ def add_user():
     """Create a user with a role and the lines they may see."""
     form = request.form
     name = form.get("name", "")
-    return _account_change(lambda: backend().accounts.add_user(name, form.get("password", ""), form.get("role", ""),
-                                                               _lines_field()),
-                           f"user {name} added as {form.get('role')}", _("User added."))
+    password = form.get("password", "")
+
+    def add():
+        keyring.user_added(backend().accounts.add_user(name, password, form.get("role", ""), _lines_field()), password)
+    return _account_change(add, f"user {name} added as {form.get('role')}", _("User added."))
 
 
 @bp.route("/users/<int:user_id>", methods=["POST"])
@@ -508,7 +511,10 @@ def change_user(user_id: int):
         abort(404)
     action = form.get("action")
     if action == "delete":
-        return _account_change(lambda: accounts.delete_user(user_id), f"user {user.name} deleted", _("User deleted."))
+        def delete():
+            accounts.delete_user(user_id)
+            keyring.user_deleted(user_id)
+        return _account_change(delete, f"user {user.name} deleted", _("User deleted."))
     if action == "unlock":
         return _account_change(lambda: accounts.update_user(user_id, unlock=True),
                                f"wrong-password delay of {user.name} cleared", _("{name} may try again now.", name=user.name))
@@ -517,8 +523,12 @@ def change_user(user_id: int):
                                _("{name} logs in with the password only.", name=user.name))
     if action == "password":
         own = session.get("sid") if user_id == current().id else None
-        return _account_change(lambda: accounts.update_user(user_id, password=form.get("password", ""), keep_session=own),
-                               f"password of {user.name} reset", _("Password changed."))
+        password = form.get("password", "")
+
+        def reset():
+            accounts.update_user(user_id, password=password, keep_session=own)
+            keyring.password_set(user_id, password)
+        return _account_change(reset, f"password of {user.name} reset", _("Password changed."))
     if action == "end_sessions":
         own = session.get("sid") if user_id == current().id else None
         return _account_change(lambda: accounts.end_sessions(user_id, keep=own), f"sessions of {user.name} ended",

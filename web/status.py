@@ -55,7 +55,8 @@ def snapshot() -> dict:
     return {"recorder_running": live is not None, "lines": lines, "disk": disk(), "alarms": alarms,
             "alarms_sent": backend().config.alarms is not None,
             "alarm": backend().store.alarm() or (live or {}).get("storage_alarm"), "clock_synced": (live or {}).get("clock_synced"),
-            "version": __version__, "now": iso_utc(time.time())}
+            "version": __version__, "now": iso_utc(time.time()),
+            "store_locked_since": backend().locked_since if backend().locked else None}
 
 
 def advice() -> list[str]:

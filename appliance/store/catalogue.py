@@ -19,6 +19,8 @@ from appliance.errors import StoreError
 from appliance.keys import derived_key
 from appliance.store import auditchain, ledger
 from appliance.store.migrations import MIGRATIONS
+from appliance.store.personal import DIGIT_FIELD, seal, sealed_call
+from appliance.store.sealing import Sealer
 
 CATALOGUE_NAME = "catalogue.db"
 
@@ -31,7 +33,7 @@ CALL_FIELDS = (
     "offloaded_at", "offload_target", "channels", "end_reason", "restricted", "restrict_reason",
     "legal_basis", "retention_end", "crm_sent_at",
 )
-COLUMNS = frozenset(CALL_FIELDS + ("spool",))
+COLUMNS = frozenset(CALL_FIELDS + ("spool", "number_tag"))
 # Set with a change to what a call's offloaded manifest says (notes, purpose, number, name): the
 # offloader sends the call again, and its copy at the target says what the box says.
 SEND_AGAIN = "offloaded_at = NULL, offload_target = NULL"
@@ -55,6 +57,7 @@ class CallFilter:
     direction: str | None = None
     number: str | None = None
     numbers: tuple[str, ...] | None = None  # any of these numbers (a customer's written forms)
+    tags: tuple[str, ...] | None = None     # any of these number tags (a sealed store's numbers)
     purpose: str | None = None
     since: str | None = None
     until: str | None = None
@@ -72,6 +75,9 @@ class CallFilter:
         if self.numbers is not None:
             where.append(f"number IN ({', '.join('?' * len(self.numbers))})" if self.numbers else "0")
             params += self.numbers
+        if self.tags is not None:
+            where.append(f"number_tag IN ({', '.join('?' * len(self.tags))})" if self.tags else "0")
+            params += self.tags
         for column, op, value in (("line", "=", self.line), ("direction", "=", self.direction),
                                   ("number", "=", self.number), ("purpose", "=", self.purpose),
                                   ("started_at", ">=", self.since), ("started_at", "<", self.until),
@@ -192,6 +198,7 @@ class Catalogue:
     def add_call(self, **fields) -> int:
         """Insert a call row under a new id, never one given before (even to a call since erased),
         and return that id."""
+        fields = sealed_call(self.db.sealer, fields)
         names = _columns(fields)
         sql = (f"INSERT INTO calls (id, {', '.join(names)}) VALUES "
                f"((SELECT value FROM next_ids WHERE name = 'calls'), {', '.join('?' * len(names))})")
@@ -200,6 +207,7 @@ class Catalogue:
 
     def update_call(self, call_id: int, **fields) -> None:
         """Change some fields of one call in one transaction."""
+        fields = sealed_call(self.db.sealer, fields)
         names = _columns(fields)
         sql = f"UPDATE calls SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?"
         with self.transaction() as db:
@@ -222,7 +230,7 @@ class Catalogue:
         """Note a DTMF key heard `offset_s` seconds into a call's recording."""
         with self.transaction() as db:
             db.execute("INSERT INTO digits (call_id, offset_s, key) VALUES (?, ?, ?)",
-                            [call_id, round(offset_s, 3), key])
+                       [call_id, round(offset_s, 3), seal(db.sealer, key, DIGIT_FIELD)])
 
     def add_pause(self, call_id: int, start_s: float, reason: str) -> None:
         """Note that silence stands in for the line from `start_s` seconds into a call's recording."""
@@ -336,13 +344,34 @@ class Catalogue:
     def set_notes(self, call_id: int, notes: str | None, actor: str, address: str | None = None) -> None:
         """Replace a call's notes (audited); an offloaded call is sent again."""
         with self.transaction() as db:
-            db.execute(f"UPDATE calls SET notes = ?, {SEND_AGAIN} WHERE id = ?", [notes, call_id])
+            db.execute(f"UPDATE calls SET notes = ?, {SEND_AGAIN} WHERE id = ?",
+                       [seal(db.sealer, notes, "notes"), call_id])
             audit(db, actor, "notes", call_id, None, address)
 
     def set_contact_name(self, call_id: int, name: str | None) -> None:
         """Name a call's caller from the contacts."""
         with self.transaction() as db:
-            db.execute("UPDATE calls SET contact_name = ? WHERE id = ?", [name, call_id])
+            db.execute("UPDATE calls SET contact_name = ? WHERE id = ?", [seal(db.sealer, name, "contact_name"), call_id])
+
+    def untagged(self, limit: int) -> list[tuple[int, str]]:
+        """(id, number as stored) of up to `limit` calls whose number has no tag yet, newest first."""
+        with self.read() as db:
+            return [tuple(row) for row in db.execute(
+                "SELECT id, number FROM calls WHERE number_tag IS NULL AND number IS NOT NULL "
+                "ORDER BY id DESC LIMIT ?", [limit])]
+
+    def count_untagged(self) -> int:
+        """How many calls have a number without a tag (not found by number yet)."""
+        with self.read() as db:
+            return db.execute("SELECT COUNT(*) FROM calls WHERE number_tag IS NULL AND number IS NOT NULL").fetchone()[0]
+
+    def set_number_tags(self, tags: list[tuple[str, int, str]]) -> None:
+        """Keep each (tag, call id, number as stored) in one transaction; a row whose number has
+        changed since it was read keeps no tag (it is read again)."""
+        if not tags:
+            return
+        with self.transaction() as db:
+            db.executemany("UPDATE calls SET number_tag = ? WHERE id = ? AND number = ?", tags)
 
     def add_audit(self, actor: str, action: str, call_id: int | None = None, detail: str | None = None,
                   address: str | None = None) -> None:
@@ -419,6 +448,11 @@ class WriteConnection(sqlite3.Connection):
     chain's detail hashes (derived from the device key when first needed)."""
 
     data_dir: Path | None = None
+
+    @functools.cached_property
+    def sealer(self) -> Sealer | None:
+        """What seals a person's data written here (None: the store does not seal)."""
+        return Sealer.load(self.data_dir)
 
     @functools.cached_property
     def audit_key(self) -> bytes:

@@ -24,6 +24,7 @@ from appliance.store import ledger
 from appliance.store.archive import QUARANTINE_DIR
 from appliance.store.catalogue import SEND_AGAIN, CallFilter, audit
 from appliance.store.outbox import Outbox
+from appliance.store.personal import fill_all_tags, number_tag, opened_call
 from appliance.store.retention import Store
 from appliance.store.subjects import subject_hash, subject_key
 
@@ -54,17 +55,26 @@ def new_reference(now: float | None = None) -> str:
 
 
 def erase_subject(store: Store, number: str, actor: str, address: str | None = None,
-                  country_code: str = "32") -> ErasureReport:
+                  country_code: str = "32", opener=None) -> ErasureReport:
     """Erase the person behind `number` (see the module's docstring). Raises CallrecError when
-    the number is empty."""
+    the number is empty. A sealed store needs its `opener` (the web's, once unlocked): its calls
+    are found by number tag, every row tagged first."""
     if not number.strip():
         raise CallrecError("give the number to erase")
-    forms = written_forms(number, country_code)
     catalogue = store.catalogue
-    report = ErasureReport(new_reference(), subject_hash(subject_key(store.data_dir), number, country_code))
+    sealed = catalogue.db.sealer is not None
+    if sealed and opener is None:
+        raise CallrecError("the store is sealed: erase in the web UI, which opens it at a login")
+    forms = written_forms(number, country_code)
+    tag = number_tag(opener, number, country_code) if sealed else None
+    if sealed:
+        fill_all_tags(catalogue, opener, country_code)
+    report = ErasureReport(new_reference(), subject_hash(subject_key(store.data_dir, opener), number, country_code))
     record = f"reference {report.reference}, subject {report.subject}"
+    which = CallFilter(tags=(tag,)) if sealed else CallFilter(numbers=tuple(forms))
+    contact = ("number_tag = ?", [tag]) if sealed else (f"number IN ({', '.join('?' * len(forms))})", forms)
     with catalogue.transaction() as db:
-        calls = catalogue.find_calls(CallFilter(numbers=tuple(forms)))
+        calls = [opened_call(opener, call) for call in catalogue.find_calls(which)]
         erasable = []
         for call in calls:
             if call["held"]:
@@ -73,22 +83,23 @@ def erase_subject(store: Store, number: str, actor: str, address: str | None = N
                 report.recording.append(call["id"])
             else:
                 erasable.append(call)
-        names = {row[0] for row in db.execute(
-            f"SELECT name FROM contacts WHERE number IN ({', '.join('?' * len(forms))})", forms)}
+        names = {row[0] for row in db.execute(f"SELECT name FROM contacts WHERE {contact[0]}", contact[1])}
+        names = {opener.open_field(name, "contact.name") if sealed else name for name in names}
         names |= {call["contact_name"] for call in erasable if call["contact_name"]}
         ledger.append(db, "erasure", None, None, record)
         audit(db, actor, "erasure", None, f"{record}, {len(erasable)} call(s)", address)
         if erasable:
             store.delete_rows(db, erasable, "erased", actor, f"reference {report.reference}", address)
         report.erased = [call["id"] for call in erasable]
-        report.contact_removed = db.execute(
-            f"DELETE FROM contacts WHERE number IN ({', '.join('?' * len(forms))})", forms).rowcount > 0
+        report.contact_removed = db.execute(f"DELETE FROM contacts WHERE {contact[0]}", contact[1]).rowcount > 0
         report.events_dropped = Outbox.forget(db, forms)
         redacted = f"[erased: {report.reference}]"
         # Longest first: a shorter form may be part of a longer one ("3225…" of "+3225…").
-        for text in sorted({*forms, *names}, key=len, reverse=True):
-            if len(text) >= MIN_REDACTED:
-                report.texts_redacted += _redact(db, text, redacted)
+        texts = [text for text in sorted({*forms, *names}, key=len, reverse=True) if len(text) >= MIN_REDACTED]
+        for text in texts:
+            report.texts_redacted += _redact(db, text, redacted)
+        if sealed:
+            report.texts_redacted += _redact_sealed(db, opener, texts, redacted)
     store.finish_deletions()
     for call_id in report.erased:
         for spool in (store.data_dir / QUARANTINE_DIR).glob(f"{call_id}-*"):
@@ -99,6 +110,7 @@ def erase_subject(store: Store, number: str, actor: str, address: str | None = N
 
 # The free texts that may name a person: column, table.
 FREE_TEXTS = (("detail", "audit"), ("notes", "calls"), ("hold_reason", "calls"))
+SEALED_TEXTS = ("notes", "hold_reason", "restrict_reason")
 
 
 def _redact(db, text: str, replacement: str) -> int:
@@ -111,4 +123,21 @@ def _redact(db, text: str, replacement: str) -> int:
                        [text])
         changed += db.execute(f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?) WHERE instr({column}, ?) > 0",
                               [text, replacement, text]).rowcount
+    return changed
+
+
+def _redact_sealed(db, opener, texts: list[str], replacement: str) -> int:
+    """`_redact` for the sealed free texts of the calls: each is opened, and sealed again if it
+    changed (SQL cannot look into them); return how many texts changed."""
+    changed = 0
+    for column in SEALED_TEXTS:
+        rows = db.execute(f"SELECT id, {column} FROM calls WHERE {column} IS NOT NULL").fetchall()
+        for call_id, stored in rows:
+            value = old = opener.open_field(stored, column)
+            for text in texts:
+                value = value.replace(text, replacement)
+            if value != old:
+                db.execute(f"UPDATE calls SET {column} = ?, {SEND_AGAIN} WHERE id = ?",
+                           [db.sealer.seal_field(value, column), call_id])
+                changed += 1
     return changed

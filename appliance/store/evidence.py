@@ -25,6 +25,7 @@ from appliance.store.archive import ARCHIVE_DIR, sha256_file, sha256_of
 from appliance.store.recording import is_sealed_file, open_recording
 from appliance.store.sealing import Opener
 from appliance.store.catalogue import Catalogue, audit, public_fields
+from appliance.store.personal import opened_call
 from appliance.clock import iso_utc
 from appliance.keys import derived_key, fingerprint, key_path, load_private_key, public_key_hex
 
@@ -103,13 +104,14 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
                   opener: Opener | None = None) -> dict:
     """Write a signed bundle of the given calls to `out`; record the export in the ledger and the
     audit trail. Returns the manifest. `progress(done, total)` is called after each recording.
-    Sealed recordings are opened with `opener` (StoreIsLocked without it).
+    A sealed store's recordings and fields are written opened with `opener` (StoreLocked without
+    it): a bundle is made to be read.
     For a customer's request: `report` (the access report's HTML), `controller` (the facts of
     `appliance.transparency.controller_facts`) and the ids of their calls `without_recording`."""
     key = load_private_key(data_dir)
     entries = []
     with catalogue.read() as db:
-        others = [public_fields(dict(row)) for call_id in without_recording
+        others = [public_fields(opened_call(opener, dict(row))) for call_id in without_recording
                   if (row := db.execute("SELECT * FROM calls WHERE id = ?", [call_id]).fetchone()) is not None]
         for call_id in call_ids:
             row = db.execute("SELECT * FROM calls WHERE id = ?", [call_id]).fetchone()
@@ -118,7 +120,7 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
             call = dict(row)
             if not call["file"]:
                 raise ValueError(f"call {call_id} has no recording to export")
-            fields = public_fields(call)
+            fields = public_fields(opened_call(opener, call))
             fields["recording"] = f"recordings/{Path(call['file']).name}"
             fields["ledger"] = [dict(e) for e in db.execute(
                 "SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [call_id])]

@@ -194,8 +194,19 @@ def _migration_16(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_retention_end ON calls (retention_end) WHERE held = 0 AND restricted = 0")
 
 
+def _migration_17(db: sqlite3.Connection) -> None:
+    """Number tags (a sealed store): a keyed hash of each call's and contact's number, by which a
+    store whose numbers are sealed finds them; a contact's number is unique by its tag."""
+    db.execute("ALTER TABLE calls ADD COLUMN number_tag TEXT")
+    db.execute("CREATE INDEX calls_number_tag ON calls (number_tag)")
+    # What the web asks for after an unlock: the rows written while it could not tag them.
+    db.execute("CREATE INDEX calls_untagged ON calls (id) WHERE number_tag IS NULL AND number IS NOT NULL")
+    db.execute("ALTER TABLE contacts ADD COLUMN number_tag TEXT")
+    db.execute("CREATE UNIQUE INDEX contacts_number_tag ON contacts (number_tag)")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
               _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
-              _migration_13, _migration_14, _migration_15, _migration_16)
+              _migration_13, _migration_14, _migration_15, _migration_16, _migration_17)

@@ -14,13 +14,9 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from appliance.store.sealing import (ARCHIVE_CHUNK, RECORD_LENGTH, RECORD_TAG, STREAM_MAGIC, Opener, SealedStream, SealError,
-                                     Sealer, is_sealed_stream, record_spans)
+from appliance.store.sealing import (ARCHIVE_CHUNK, RECORD_LENGTH, RECORD_TAG, STREAM_MAGIC, Opener, SealedStream,
+                                     Sealer, StoreLocked, is_sealed_stream, record_spans)
 from appliance.store.spool import HEADER_BYTES, SAMPLE_BYTES, parse_header, wav_header
-
-
-class StoreIsLocked(SealError):
-    """A sealed recording is read without the store's key."""
 
 
 def is_sealed_file(path: Path) -> bool:
@@ -31,11 +27,11 @@ def is_sealed_file(path: Path) -> bool:
 
 def open_recording(path: Path, opener: Opener | None) -> BinaryIO:
     """A recording's plain bytes as a seekable binary file: the file itself when it is not sealed;
-    a sealed one through `opener` (StoreIsLocked without one; SealError if it is damaged)."""
+    a sealed one through `opener` (StoreLocked without one; SealError if it is damaged)."""
     if not is_sealed_file(path):
         return open(path, "rb")
     if opener is None:
-        raise StoreIsLocked(f"{path} is sealed: the store's key is needed to read it")
+        raise StoreLocked(f"{path} is sealed: the store's key is needed to read it")
     return io.BufferedReader(PlainReader(path, opener), ARCHIVE_CHUNK)
 
 

@@ -32,6 +32,7 @@ from appliance.config import Config, PurposeConfig, StoreConfig
 from appliance.contacts import ContactsError, normalise
 from appliance.errors import CallrecError
 from appliance.store.outbox import Outbox
+from appliance.store.personal import number_tag, opened_call, seal, sealed_call
 from appliance.store.reserve import Reserve
 from appliance.store.subjects import subject_hash, subject_key
 from appliance.store.spool import fsync_dir
@@ -135,9 +136,10 @@ class Store:
         reason = self._checked(reason)
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
-            db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?", [reason, call_id])
+            db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?",
+                       [seal(db.sealer, reason, "hold_reason"), call_id])
             ledger.append(db, "held", call_id, call["sha256"])
-            self._audit(db, actor, "hold", call_id, reason, address)
+            self._audit(db, actor, "hold", call_id, _clear_detail(db, reason), address)
 
     def release(self, call_id: int, actor: str, address: str | None = None) -> None:
         """End a hold: the call's retention applies again."""
@@ -147,7 +149,7 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 0, hold_reason = NULL WHERE id = ?", [call_id])
             ledger.append(db, "released", call_id, call["sha256"])
-            self._audit(db, actor, "release", call_id, call["hold_reason"], address)
+            self._audit(db, actor, "release", call_id, _clear_detail(db, call["hold_reason"]), address)
 
     def restrict(self, call_id: int, reason: str, actor: str, address: str | None = None) -> None:
         """Restrict a call's processing (GDPR Art. 18): it is kept whatever its retention or the
@@ -157,9 +159,10 @@ class Store:
         reason = self._checked(reason)
         call = self._call(call_id)
         with self.catalogue.transaction() as db:
-            db.execute("UPDATE calls SET restricted = 1, restrict_reason = ? WHERE id = ?", [reason, call_id])
+            db.execute("UPDATE calls SET restricted = 1, restrict_reason = ? WHERE id = ?",
+                       [seal(db.sealer, reason, "restrict_reason"), call_id])
             ledger.append(db, "restricted", call_id, call["sha256"])
-            self._audit(db, actor, "restrict", call_id, reason, address)
+            self._audit(db, actor, "restrict", call_id, _clear_detail(db, reason), address)
 
     def lift_restriction(self, call_id: int, actor: str, address: str | None = None) -> None:
         """End a call's restriction: it is played and kept as any other again."""
@@ -169,14 +172,17 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET restricted = 0, restrict_reason = NULL WHERE id = ?", [call_id])
             ledger.append(db, "restriction-lifted", call_id, call["sha256"])
-            self._audit(db, actor, "lift-restriction", call_id, call["restrict_reason"], address)
+            self._audit(db, actor, "lift-restriction", call_id, _clear_detail(db, call["restrict_reason"]), address)
 
     def rectify(self, call_id: int, actor: str, number: str | None = None, contact_name: str | None = None,
-                address: str | None = None, country_code: str = "32") -> list[str]:
+                address: str | None = None, country_code: str = "32", opener=None) -> list[str]:
         """Correct a call's number and/or its caller's name (GDPR Art. 16); a name also corrects the
         number's contact. The old values are kept only as keyed hashes in the ledger; a copy at the
-        offload target is sent again with the corrected manifest. Returns the fields changed."""
-        call = self._call(call_id)
+        offload target is sent again with the corrected manifest. Returns the fields changed. A
+        sealed store needs its `opener` (the web's, once unlocked)."""
+        if self.catalogue.db.sealer is not None and opener is None:
+            raise StoreActionError("the store is sealed: correct the call in the web UI, which opens it")
+        call = opened_call(opener, self._call(call_id))
         changes = {}
         if number is not None:
             try:
@@ -191,14 +197,21 @@ class Store:
         changes = {name: value for name, value in changes.items() if value != call[name]}
         if not changes:
             return []
-        key = subject_key(self.data_dir)
+        key = subject_key(self.data_dir, opener)
         was = ", ".join(f"{name} was {subject_hash(key, call[name] or '', country_code)}" for name in changes)
         with self.catalogue.transaction() as db:
-            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in changes)}, {SEND_AGAIN} "
-                       f"WHERE id = ?", [*changes.values(), call_id])
+            stored = sealed_call(db.sealer, changes)
+            db.execute(f"UPDATE calls SET {', '.join(f'{name} = ?' for name in stored)}, {SEND_AGAIN} "
+                       f"WHERE id = ?", [*stored.values(), call_id])
             if "contact_name" in changes:
-                db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number = ?",
-                           [changes["contact_name"], iso_utc(time.time()), changes.get("number", call["number"])])
+                number = changes.get("number", call["number"])
+                if opener is None:
+                    db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number = ?",
+                               [changes["contact_name"], iso_utc(time.time()), number])
+                else:
+                    db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number_tag = ?",
+                               [seal(db.sealer, changes["contact_name"], "contact.name"), iso_utc(time.time()),
+                                number_tag(opener, number, country_code)])
             ledger.append(db, "rectified", call_id, call["sha256"], was)
             self._audit(db, actor, "rectify", call_id, ", ".join(changes), address)
         return list(changes)
@@ -449,3 +462,9 @@ class Store:
         """Since when calls kept for a contract or the law are all that is left to evict (the
         cleaner evicts them `protected_grace_hours` after that), or None."""
         return self.catalogue.status(PROTECTED_KEY)
+
+
+def _clear_detail(db, reason: str | None) -> str | None:
+    """A hold's or restriction's reason as its audit entry may name it: in a sealed store none
+    (it is sealed in the call's row; an audit detail stays clear for the trail's chain)."""
+    return reason if db.sealer is None else None

@@ -37,6 +37,13 @@ class SealError(CallrecError):
     """Sealed data cannot be read: the store is locked, the key is wrong or the data is damaged."""
 
 
+class StoreLocked(SealError):
+    """Sealed data is read without the store's key: no one has logged in since start-up."""
+
+    def __init__(self, message: str = "the store is locked: a user's login unlocks it"):
+        super().__init__(message)
+
+
 def _suite():
     from cryptography.hazmat.primitives import hpke
 

@@ -15,8 +15,12 @@ from appliance.keys import derived_key
 KEY_LABEL = b"callrec erasure subject"
 
 
-def subject_key(data_dir) -> bytes:
-    """The key of this device's subject hashes."""
+def subject_key(data_dir, opener=None) -> bytes:
+    """The key of this device's subject hashes; in a sealed store, an erasure's record and a
+    rectification's old values take theirs from the store secret (`opener`), which the card alone
+    does not hold."""
+    if opener is not None:
+        return opener.derived_key(b"subjects")
     return derived_key(data_dir, KEY_LABEL)
 
 
