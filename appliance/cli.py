@@ -618,6 +618,7 @@ def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
     with the recovery key, shown once. Stop the recorder first. Resumable: run it again after a stop."""
     from appliance.live import read_live
     from appliance.store.keyslots import KeySlots, recovery_text
+    from appliance.store.personal import seal_fields
     from appliance.store.seal_store import seal_quarantine, seal_recordings
     from appliance.store.sealing import Sealer
 
@@ -648,8 +649,11 @@ def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
                        f"({state.bytes_done / 1e6:.1f} of {state.bytes_total / 1e6:.1f} MB)")
     state = seal_recordings(catalogue, data_dir, sealer, report)
     kept = seal_quarantine(data_dir, sealer)
+    rows = seal_fields(catalogue, sealer)
+    if not catalogue.checkpoint():
+        click.echo("the catalogue's log still holds earlier pages (a reader is open): run callrec seal again", err=True)
     click.echo(f"done: {state.done - state.skipped} recordings sealed now, {state.skipped} were already; "
-               f"{kept} quarantined spools sealed")
+               f"{kept} quarantined spools sealed; personal fields sealed in {rows} rows")
 
 
 def _check_password(config_path: Path, data: Path | None, name: str):

@@ -51,6 +51,9 @@ def test_a_plain_store_is_sealed_in_place_and_verifies_before_and_after(store, t
         assert is_sealed_stream(content) and plain[call_id][:64] not in content
         path = tmp_path / store.catalogue.get_call(call_id)["file"]
         assert b"".join(opener.read_stream(path)) == plain[call_id]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"3225551234" not in path.read_bytes(), f"{path} holds the caller's number"
     quarantined = tmp_path / "quarantine" / "7-spool.wav"
     assert b"".join(opener.read_stream(quarantined)) == b"RIFF" + b"q" * 5000
     again = callrec("seal", "--data", str(tmp_path))

@@ -32,7 +32,7 @@ from test_offload import appliance, check_copy, object_store, run_offloader  # n
 from test_web import login
 
 SEGMENT_S = 0.5
-LOCKED = b"the store is locked: a user&#39;s login unlocks it"
+LOCKED = b"The store is locked since start-up"
 
 
 def segment_freq(k: int) -> float:
