@@ -161,7 +161,8 @@ class Proxy:
         self.transports = {}
         for name, side in self.sides.items():
             self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name),
-                                                  tls_settings(getattr(config, name), side.tls_port))
+                                                  tls_settings(getattr(config, name), side.tls_port),
+                                                  functools.partial(self.undelivered, name))
         self._ticker = None
         servers = [split_host_port(server) for server in config.dns_servers]
         self.locators = {name: Locator(*side.peer, getattr(config, name).transport.upper()
@@ -236,6 +237,27 @@ class Proxy:
         reply.set("warning", f'399 callrec "{str(exc)[:100]}"')
         self.transports[side].send(reply.to_bytes(), source, transport)
 
+    def undelivered(self, side: str, messages: list[bytes], reason: str) -> None:
+        """Messages a connection to `side` failed to carry: each request relayed there that
+        waits for an answer gets 503 at once, as if from that side (its sender need not wait for
+        its own timeout); the appliance's own requests are left to their transactions."""
+        for data in messages:
+            try:
+                message = parse(data)
+            except SipError:
+                continue
+            if not message.is_request or message.method == "ACK" or len(message.get_all("via")) < 2:
+                continue
+            log.warning("sip trunk %s: answered 503 to %s %s: %s", self.config.name, message.method,
+                        message.call_id, reason)
+            reply = response(message, 503, to_tag=hashlib.sha1(message.call_id.encode()).hexdigest()[:10])
+            text = reason[:150].replace('"', "'")
+            reply.set("warning", f'399 callrec "{text}"')
+            self._response(side, reply)
+            dialog = self.dialogs.get(message.call_id)
+            if dialog is not None and message.method == "INVITE" and dialog.state == "failed":
+                dialog.invite_target = ()       # its ACK ends here: the 503 was the appliance's
+
     def _request(self, side: str, message: Message, source, transport: str) -> None:
         out = other(side)
         via = Via.parse(message.pop_first("via"))
@@ -274,6 +296,8 @@ class Proxy:
                     return                  # for a dialog long gone: nothing to acknowledge
                 raise SipError("no such dialog", 481)
             if method == "ACK" and dialog.state in ("failed", "challenged"):
+                if not dialog.invite_target:
+                    return                  # it acknowledges the appliance's own 503
                 uri, (address, out_transport) = dialog.invite_uri, dialog.invite_target
             else:
                 contact = dialog.contacts.get(out)
