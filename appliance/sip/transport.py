@@ -96,13 +96,14 @@ class TcpConnection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self.fail(exc.strerror or str(exc))
-            return
+            data, reason = b"", exc.strerror or str(exc)
+        else:
+            reason = "closed by the peer"
         if not data:
             if self.up:
-                self.close()
+                self.close()            # the peer's to close: nothing was waiting for it
             else:
-                self.fail("closed by the peer")
+                self.fail(reason)
             return
         self._received(data)
 
