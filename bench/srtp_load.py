@@ -6,7 +6,8 @@ so that both are measured by the same code.
 The SIP is the least a call needs: the caller (the operator's side) sends INVITE with an SDP offer
 (an `a=crypto` line with its key when SRTP), the callee (the PBX's side) answers 200 at once with
 its own, the caller ACKs; after `seconds` both sides fall silent and the caller sends BYE. Each side decrypts what it gets with the
-key of the SDP it received (the relay's, through a relay).
+key of the SDP it received (the relay's, through a relay); SRTP that comes before that SDP was read
+(the callee starts sending as it answers) is counted apart, neither measured nor lost.
 
 Both agents run in one thread of one process, so no lock or GIL hand-over delays a time stamp.
 Every payload carries the wall-clock time it was sent, and the kernel stamps each packet as it
@@ -52,6 +53,7 @@ class Stream:
     transits: list[float] = field(default_factory=list)    # arrival - send time, seconds
     jitter: float = 0.0                     # RFC 3550's running estimate, seconds
     rejected: int = 0                       # failed SRTP authentication
+    early: int = 0                          # SRTP that came before the SDP with its key was read
 
     @property
     def port(self) -> int:
@@ -102,6 +104,9 @@ class Stream:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanoseconds = TIMESPEC.unpack(value[:TIMESPEC.size])
                     arrival = seconds + nanoseconds / 1e9
+            if self.protect is not None and self.unprotect is None:
+                self.early += 1
+                continue
             if self.unprotect is not None:
                 try:
                     data = self.unprotect.unprotect(data)
@@ -152,8 +157,8 @@ def address_of(uri_header: str) -> tuple[str, int]:
 
 
 class LoadGenerator:
-    """`calls` calls of `seconds` from its caller to its callee through `target` (the relay's
-    operator side; None: straight to the callee), in SRTP when `srtp`."""
+    """`calls` calls of `seconds` from its caller to its callee, through the relay `run` is given
+    or straight, in SRTP when `srtp`."""
 
     def __init__(self, calls: int, seconds: float, srtp: bool, host: str = "127.0.0.1"):
         self.seconds, self.srtp, self.host = seconds, srtp, host
@@ -195,8 +200,9 @@ class LoadGenerator:
         return stream
 
     def run(self, target: tuple[str, int] | None = None, mark=lambda what: None, timeout: float = 60.0) -> None:
-        """Place every call at once and run them to their end. `mark("steady")` is called once
-        every call has had its answer for a second, `mark("ending")` just before the first BYE."""
+        """Place every call at once toward `target` (the relay's operator side; None: the callee)
+        and run them to their end. `mark("steady")` is called once every call has had its answer
+        for a second, `mark("ending")` just before the first BYE."""
         self.target = target or (self.host, self.callee_port)
         for call in self.calls:
             self._invite(call)
@@ -328,17 +334,18 @@ class LoadGenerator:
         """Loss, delay and its variation over every stream (each way of each call)."""
         pairs = [(call.caller, call.callee) for call in self.calls] + [(call.callee, call.caller) for call in self.calls]
         variation, delays, jitters = [], [], []
-        lost = rejected = 0
+        lost = rejected = early = 0
         for sender, receiver in pairs:
-            lost += max(0, sender.sent - len(receiver.transits))
+            lost += max(0, sender.sent - len(receiver.transits) - receiver.early)
             rejected += receiver.rejected
+            early += receiver.early
             if receiver.transits:
                 floor = min(receiver.transits)
                 variation += [t - floor for t in receiver.transits]
                 delays += receiver.transits
                 jitters.append(receiver.jitter)
         variation.sort()
-        return {"packets": sum(sender.sent for sender, _ in pairs), "lost": lost, "rejected": rejected,
+        return {"packets": sum(sender.sent for sender, _ in pairs), "lost": lost, "rejected": rejected, "early": early,
                 "delay_ms": 1000 * statistics.median(delays) if delays else 0.0,
                 "variation_median_ms": 1000 * statistics.median(variation) if variation else 0.0,
                 "variation_p99_ms": 1000 * variation[int(0.99 * (len(variation) - 1))] if variation else 0.0,
