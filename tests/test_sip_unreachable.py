@@ -1,7 +1,8 @@
 """A PBX the appliance cannot reach over TCP or TLS (nothing listening, a certificate it does not
 trust, a server that never finishes the handshake): SIPp as the operator's caller gets 503 Service
 Unavailable at once, with a Warning that says why, instead of waiting for its INVITE to time out;
-the call is a missed one, and the caller's ACK does not try the PBX again."""
+the call is a missed one, and the caller's ACK does not try the PBX again. And a STUN server that
+does not answer: the trunk starts all the same, on its own address."""
 
 import shutil
 import socket
@@ -10,11 +11,11 @@ import time
 
 from appliance.config import load_config
 from appliance.recorder import Recorder
-from appliance.sip import transport
+from appliance.sip import g711, transport
 from sipp.certs import make_certificates
-from sipp.harness import HOST, finish, free_port, sipp
-from test_sip import trunk  # noqa: F401 (fixture)
-from conftest import wait_for
+from sipp.harness import HOST, finish, free_port, sipp, write_pcap
+from test_sip import CALLEE_HZ, CALLER_HZ, call_through, trunk  # noqa: F401 (fixture)
+from conftest import tone, wait_for
 
 OPENSSL = shutil.which("openssl") or "openssl"
 
@@ -103,3 +104,19 @@ def test_a_pbx_that_never_finishes_the_handshake_gets_the_caller_a_503_after_the
     assert 1.0 <= took < 3.0
     assert "failed: no answer in 1 s" in log
     assert_missed(trunk)
+
+
+def test_a_stun_server_that_does_not_answer_leaves_the_side_on_its_own_address_and_calls_go_through(trunk, caplog):
+    write_pcap(trunk.folder / "caller.pcap", tone(CALLER_HZ, 2.0, 0.5), g711.PCMA, 0x1111)
+    write_pcap(trunk.folder / "callee.pcap", tone(CALLEE_HZ, 2.0, 0.5), g711.PCMA, 0x2222)
+    silent = free_port()
+    config = trunk.config()
+    config.write_text(config.read_text().replace("[sip_trunk.trunk]\n", f'[sip_trunk.trunk]\nstun_server = "{HOST}:{silent}"\n'))
+    started = time.monotonic()
+    trunk.recorder = Recorder(load_config(config))
+    trunk.recorder.start()
+    assert time.monotonic() - started < 8.0                      # the request is given up after 3.5 s
+    assert f"STUN server {HOST}:{silent} did not tell the public address: STUN transaction timed out" in caplog.text
+    call_through(trunk, "uac.xml", "uas.xml", 2000)
+    [call] = trunk.calls()
+    assert (call["state"], call["channels"]) == ("complete", 2)

@@ -34,6 +34,7 @@ from appliance.sip.line import CallFacts, CallRecording, SipLine
 from appliance.sip.media import Leg, MediaSession, NoPortsError, PortPool
 from appliance.sip.message import BRANCH, Message, NameAddr, SipError, Uri, Via, parse, response
 from appliance.sip.sdp import anchor
+from appliance.sip.stun import PublicAddress
 from appliance.sip.transport import SideTransport, tls_settings
 
 log = logging.getLogger(__name__)
@@ -169,15 +170,20 @@ class Proxy:
                                        if getattr(config, name).transport_chosen else None, side.family, servers)
                          for name, side in self.sides.items() if side.peer is not None}
         self._lookups: set[asyncio.Task] = set()
+        self.public = {name: PublicAddress(split_host_port(getattr(config, name).stun_server), side.host, config.name)
+                       for name, side in self.sides.items() if getattr(config, name).stun_server}
         self.peers = PeerWatch(loop, config.name, {name: side.peer for name, side in self.sides.items() if side.peer},
                                {TRUNK: config.trunk.keepalive_s, PBX: config.pbx.keepalive_s},
                                self._own_via, self._sender, self.client.start,
                                lambda side: self.locators[side].failed())
 
     def start(self) -> None:
-        """Look the peers up (while the loop is not running yet: before relaying starts), start
-        listening, the timers and the peers' pings (on the loop's thread)."""
-        self.loop.run_until_complete(locate_all(list(self.locators.values())))
+        """Look the peers and the public addresses up (while the loop is not running yet: before
+        relaying starts), start listening, the timers and the peers' pings (on the loop's thread)."""
+        self.loop.run_until_complete(asyncio.gather(locate_all(list(self.locators.values())),
+                                                    *(public.refresh() for public in self.public.values())))
+        for side in self.public:
+            self._public_found(side)
         for transport in self.transports.values():
             transport.start()
         self._tick()
@@ -631,12 +637,25 @@ class Proxy:
                 del self.bindings[user]
             for locator in self.locators.values():
                 if locator.due(now):
-                    lookup = self.loop.create_task(locator.refresh())
-                    self._lookups.add(lookup)           # held until done: the loop keeps only a weak one
-                    lookup.add_done_callback(self._lookups.discard)
+                    self._look_up(locator.refresh())
+            for side, public in self.public.items():
+                if public.due(now):
+                    self._look_up(public.refresh()).add_done_callback(lambda _, side=side: self._public_found(side))
         except Exception:
             log.exception("sip trunk %s: error in the periodic check", self.config.name)
         self._ticker = self.loop.call_later(TICK_S, self._tick)
+
+    def _look_up(self, refresh) -> asyncio.Task:
+        lookup = self.loop.create_task(refresh)
+        self._lookups.add(lookup)               # held until done: the loop keeps only a weak one
+        lookup.add_done_callback(self._lookups.discard)
+        return lookup
+
+    def _public_found(self, side: str) -> None:
+        """A side's public address as its STUN server last told it: named in Via, Contact and SDP."""
+        address = self.public[side].address
+        if address is not None:
+            self.sides[side].public_host = address
 
     def _check(self, dialog: Dialog, now: float) -> None:
         if dialog.media is None:                # a subscription: forgotten when it goes quiet
