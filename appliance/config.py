@@ -441,6 +441,7 @@ class SipSideConfig(_Strict):
     peer: str | None = None                         # "sip.operator.example" (found by DNS), "192.0.2.1:5060"
     transport: Literal["udp", "tcp", "tls"] = "udp"     # toward the peer (unless its NAPTR records choose)
     external: str | None = None                     # "203.0.113.7": the NAT router's address the peer reaches
+    stun_server: str | None = None                  # "stun.example.net:3478": asks it that address instead
     keepalive_s: float = Field(30.0, ge=0, le=3600)     # an OPTIONS to the peer this often; 0: none
     tls_port: int | None = Field(None, ge=1, le=65535)  # SIP over TLS here (with a certificate); listen port + 1
     tls_certificate: Path | None = None             # PEM: the appliance's certificate (and chain) on this side
@@ -488,6 +489,17 @@ class SipSideConfig(_Strict):
         if not is_ip_address(host):
             raise ValueError(f"expected the NAT router's public IP address (and a port), got {value!r}")
         return join_host_port(host, port)
+
+    @field_validator("stun_server")
+    @classmethod
+    def _stun_server(cls, value):
+        return None if value is None else join_host_port(*split_host_port(value))
+
+    @model_validator(mode="after")
+    def _one_public_address(self):
+        if self.external is not None and self.stun_server is not None:
+            raise ValueError("external and stun_server both give the NAT router's public address: keep one")
+        return self
 
     @property
     def transport_chosen(self) -> bool:

@@ -4,7 +4,7 @@ import pytest
 
 from appliance.config import load_config
 from appliance.errors import ConfigError
-from conftest import callrec, write_config
+from conftest import callrec, demo_path, write_config
 
 
 def test_a_valid_config_loads_with_defaults_and_absolute_paths(tmp_path):
@@ -88,3 +88,26 @@ def test_one_pin_spelt_two_ways_is_still_one_pin(tmp_path):
 def test_a_sample_rate_the_encoder_cannot_take_is_refused_at_load(tmp_path):
     with pytest.raises(ConfigError, match="recorder.sample_rate"):
         load_config(write_config(tmp_path, recorder={"sample_rate": 22050}))
+
+
+@pytest.mark.parametrize("side, words", [
+    ('external = "203.0.113.7"\nstun_server = "stun.example.net"', "external and stun_server both give"),
+    ('stun_server = "stun.example.net:99999"', "a port from 1 to 65535"),
+])
+def test_a_trunk_side_with_a_bad_public_address_setting_is_refused_naming_it(tmp_path, side, words):
+    path = tmp_path / "appliance.toml"
+    path.write_text(f"""[[sip_trunk]]
+name = "sip1"
+notice = "{demo_path('notice-en.wav')}"
+
+[sip_trunk.trunk]
+listen = "192.0.2.10:5060"
+peer = "192.0.2.1:5060"
+{side}
+
+[sip_trunk.pbx]
+listen = "127.0.0.1:5070"
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and "sip_trunk[0].trunk" in str(caught.value) and words in str(caught.value)

@@ -1,8 +1,9 @@
 """The appliance behind a NAT router, as in a shop: network namespaces for the shop (the appliance
 and its PBX), the router (nftables: masquerade out, the SIP and RTP ports forwarded in) and the
 internet (the operator, a real softphone: baresip). With `external` set to the router's public
-address, the operator reaches the appliance for the call's signalling and media, hears the notice
-and the shop, and the call is recorded both ways."""
+address, or that address asked of a STUN server on the internet (coturn), the operator reaches the
+appliance for the call's signalling and media, hears the notice and the shop, and the call is
+recorded both ways."""
 
 import os
 import shutil
@@ -21,6 +22,8 @@ from test_sip import CALLER_HZ, NOTICE_HZ, NOTICE_S, best_match, levels
 
 SHOP_IP, ROUTER_INSIDE, ROUTER_PUBLIC, OPERATOR_IP = "10.77.0.2", "10.77.0.1", "198.51.100.1", "198.51.100.9"
 SIP_PORT, PBX_SIDE, PBX_PORT, RTP_PORTS = 5060, 5070, 5080, (30000, 30099)
+STUN_PORT = 3478
+TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
 ROUTER_RULES = f"""
 table ip nat {{
     chain forward_in {{
@@ -72,10 +75,10 @@ def network():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def write_config(folder: Path, external: str | None) -> Path:
-    """The appliance in the shop: the operator's side on the LAN address, the PBX on loopback."""
+def write_config(folder: Path, public: str) -> Path:
+    """The appliance in the shop: the operator's side on the LAN address (its public address given by
+    `public`, an `external = …` or `stun_server = …` line), the PBX on loopback."""
     notice = write_wav(folder / "notice.wav", tone(NOTICE_HZ, NOTICE_S, 0.5))
-    external_line = f'external = "{external}"\n' if external else ""
     path = folder / "appliance.toml"
     path.write_text(f"""[recorder]
 data_dir = "{folder / 'data'}"
@@ -90,7 +93,7 @@ rtp_port_max = {RTP_PORTS[1]}
 [sip_trunk.trunk]
 listen = "{SHOP_IP}:{SIP_PORT}"
 peer = "{OPERATOR_IP}:5060"
-{external_line}
+{public}
 [sip_trunk.pbx]
 listen = "127.0.0.1:{PBX_SIDE}"
 peer = "127.0.0.1:{PBX_PORT}"
@@ -99,9 +102,22 @@ keepalive_s = 0
     return path
 
 
-def test_a_call_from_the_internet_through_the_shops_nat_router_is_relayed_and_recorded(network, tmp_path):
+@pytest.mark.parametrize("told", ["external", "stun_server"])
+def test_a_call_from_the_internet_through_the_shops_nat_router_is_relayed_and_recorded(network, tmp_path, told):
     shutil.copy(SIPP_PCAPS / "g711a.pcap", tmp_path / "callee.pcap")           # speech from the shop
-    config = write_config(tmp_path, external=ROUTER_PUBLIC)
+    if told == "external":
+        config = write_config(tmp_path, f'external = "{ROUTER_PUBLIC}"\n')
+    else:
+        # coturn as a plain STUN server on the internet: it sees the router's masquerading address.
+        if shutil.which(TURNSERVER) is None:
+            pytest.skip("coturn is not installed")
+        stun = subprocess.Popen([*network["internet"], TURNSERVER, "-n", "--stun-only", "--no-cli", "--no-tls",
+                                 "--no-dtls", "-L", OPERATOR_IP, "-p", str(STUN_PORT), "--log-file", "stdout",
+                                 "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb")],
+                                stdout=(tmp_path / "stun.log").open("w"), stderr=subprocess.STDOUT)
+        assert wait_for(lambda: "Total General servers" in (tmp_path / "stun.log").read_text(), 10), \
+            (tmp_path / "stun.log").read_text()
+        config = write_config(tmp_path, f'stun_server = "{OPERATOR_IP}:{STUN_PORT}"\n')
     log = (tmp_path / "callrec.log").open("w")
     recorder = subprocess.Popen([*network["shop"], sys.executable, "-m", "appliance", "run", "--config", str(config)],
                                 cwd=Path(__file__).parent.parent, stdout=log, stderr=log)
@@ -115,6 +131,13 @@ def test_a_call_from_the_internet_through_the_shops_nat_router_is_relayed_and_re
         recorder.send_signal(signal.SIGTERM)
         recorder.wait(30)
         pbx.kill()
+        if told == "stun_server":
+            stun.terminate()
+            stun.wait(10)
+
+    if told == "stun_server":
+        assert f"the public address of {SHOP_IP} is {ROUTER_PUBLIC} (STUN server {OPERATOR_IP}:{STUN_PORT})" in \
+            (tmp_path / "callrec.log").read_text()
 
     assert phone.said("Call established") and not phone.said("SSRC changed")
     heard = phone.heard()

@@ -1,6 +1,7 @@
 """A real softphone (baresip) as the operator's caller through a SIP trunk of the recorder, with
 SIPp as the shop's PBX: it hears the notice and then the shop in one RTP stream, and the call is
-recorded each side in its channel."""
+recorded each side in its channel. Then softphones on both sides: in SRTP, over TLS, calling out to
+an operator found by NAPTR and SRV records in a DNS server of the test's own (dnsmasq), and on IPv6."""
 
 import shutil
 import time
@@ -15,6 +16,7 @@ from sipp.baresip import BARESIP, Baresip
 from sipp.certs import make_certificates
 from sipp.harness import HOST, SIPP_PCAPS, finish, free_port, pcap_audio, read_stereo, sipp
 from test_sip import CALLEE_HZ, CALLER_HZ, NOTICE_HZ, NOTICE_S, best_match, levels, trunk  # noqa: F401 (fixture)
+from test_sip_dns_ipv6 import dns  # noqa: F401 (fixture)
 from conftest import RATE, tone, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which(BARESIP) is None, reason="baresip is not installed")
@@ -101,7 +103,7 @@ def test_a_call_over_tls_and_srtp_on_both_sides_is_recorded_and_each_side_hears_
     assert levels(left, 1.5, 4.0)[CALLER_HZ] > 0.3 and levels(right, 1.5, 4.0)[CALLEE_HZ] > 0.3
 
 
-def test_a_pbx_whose_certificate_is_not_trusted_is_not_called(trunk, caplog):
+def test_a_pbx_whose_certificate_is_not_trusted_is_not_called_and_the_caller_gets_a_503(trunk, caplog):
     certificates = make_certificates(trunk.folder / "certificates")
     stranger = make_certificates(trunk.folder / "another-ca", "another CA")
     shop = Baresip(trunk.folder / "shop", tone(CALLEE_HZ, 8.0, 0.5), user="shop", answer=True, tls=certificates)
@@ -114,8 +116,61 @@ def test_a_pbx_whose_certificate_is_not_trusted_is_not_called(trunk, caplog):
     phone = Baresip(trunk.folder / "operator", tone(CALLER_HZ, 8.0, 0.5), tls=certificates)
     phone.start(5, f"/dial sip:shop@{HOST}:{trunk_tls_port};transport=tls")
     refused = [f"SIP over TLS with {HOST}:{shop.tls_port} failed: self-signed certificate in certificate chain"]
-    assert wait_for(lambda: refused == [r.getMessage() for r in caplog.records if "SIP over TLS" in r.getMessage()], 10)
-    phone.process.kill()        # its INVITE is never answered: it would try for 32 s
+    assert wait_for(lambda: refused == [r.getMessage() for r in caplog.records if r.getMessage().startswith("SIP over TLS")], 10)
+    phone.wait(10)              # told at once with a 503, it gives up and quits with its -t
     shop.wait()
     assert not shop.said("Call established") and not phone.said("Call established")
-    assert [c["state"] for c in trunk.recorder.catalogue.calls()] in ([], ["missed"])
+    assert phone.said("503 Service Unavailable")
+    [call] = trunk.calls()
+    assert (call["state"], call["end_reason"]) == ("missed", "503 Service Unavailable")
+
+
+def test_a_softphone_calls_out_to_an_operator_found_by_srv_and_the_call_is_recorded(trunk, dns):
+    speech = pcap_audio(SIPP_PCAPS / "g711a.pcap")
+    operator = Baresip(trunk.folder / "operator", tone(CALLEE_HZ, 8.0, 0.5), user="0475123456", answer=True)
+    dns.serve(operator.port)        # NAPTR: SIP over TCP; SRV: sip-a.operator.test on the softphone's port
+    config = trunk.config(dns_servers=[f"{HOST}:{dns.port}"])
+    # The operator by name only: where it is (port included) comes from the DNS server alone.
+    config.write_text(config.read_text().replace(f'peer = "{HOST}:{trunk.operator_port}"\ntransport = "udp"\n',
+                                                 'peer = "operator.test"\n', 1))
+    trunk.recorder = Recorder(load_config(config))
+    trunk.recorder.start()
+    operator.start(9)
+    shop = Baresip(trunk.folder / "shop", speech, user="shop")
+    shop.call(f"sip:0475123456@{HOST}:{trunk.pbx_port}", 6)
+    operator.wait()
+
+    assert shop.said("Call established") and operator.said("Call established")
+    heard = operator.heard()
+    assert levels(heard, 0.05, NOTICE_S - 0.05)[NOTICE_HZ] > 0.3                 # the notice first
+    assert best_match(heard[int(1.5 * RATE):int(2.5 * RATE)], speech) > 0.9      # then the shop
+    [call] = trunk.calls()
+    assert (call["direction"], call["state"], call["channels"], call["number"]) == \
+        ("outgoing", "complete", 2, "0475123456")
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert best_match(left[int(1.5 * RATE):int(2.5 * RATE)], speech) > 0.9       # the shop's side
+    assert levels(right, 1.5, 4.0)[CALLEE_HZ] > 0.3                             # the operator's side
+
+
+def test_softphones_on_ipv6_call_through_the_trunk_and_the_call_is_recorded(trunk):
+    speech = pcap_audio(SIPP_PCAPS / "g711a.pcap")
+    shop = Baresip(trunk.folder / "shop", tone(CALLEE_HZ, 8.0, 0.5), user="shop", answer=True, host="::1")
+    trunk.phone_port = shop.port
+    config = trunk.config()
+    config.write_text(config.read_text().replace(f'"{HOST}:', '"[::1]:'))       # both sides and peers on ::1
+    trunk.recorder = Recorder(load_config(config))
+    trunk.recorder.start()
+    shop.start(9)
+    phone = Baresip(trunk.folder / "operator", speech, host="::1")
+    phone.call(f"sip:shop@[::1]:{trunk.trunk_port}", 6)
+    shop.wait()
+
+    assert phone.said("Call established") and shop.said("Call established")
+    assert levels(phone.heard(), 0.05, NOTICE_S - 0.05)[NOTICE_HZ] > 0.3
+    assert levels(phone.heard(), NOTICE_S + 0.5, 4.0)[CALLEE_HZ] > 0.3
+    assert best_match(shop.heard()[int(1.5 * RATE):int(2.5 * RATE)], speech) > 0.9
+    [call] = trunk.calls()
+    assert (call["direction"], call["state"], call["channels"]) == ("incoming", "complete", 2)
+    left, right = read_stereo(trunk.folder / "data" / call["file"])
+    assert best_match(left[int(1.5 * RATE):int(2.5 * RATE)], speech) > 0.9       # the caller's side
+    assert levels(right, 1.5, 4.0)[CALLEE_HZ] > 0.3                             # the shop's side

@@ -34,6 +34,7 @@ from appliance.sip.line import CallFacts, CallRecording, SipLine
 from appliance.sip.media import Leg, MediaSession, NoPortsError, PortPool
 from appliance.sip.message import BRANCH, Message, NameAddr, SipError, Uri, Via, parse, response
 from appliance.sip.sdp import anchor
+from appliance.sip.stun import PublicAddress
 from appliance.sip.transport import SideTransport, tls_settings
 
 log = logging.getLogger(__name__)
@@ -161,22 +162,28 @@ class Proxy:
         self.transports = {}
         for name, side in self.sides.items():
             self.transports[name] = SideTransport(loop, side.host, side.port, functools.partial(self.receive, name),
-                                                  tls_settings(getattr(config, name), side.tls_port))
+                                                  tls_settings(getattr(config, name), side.tls_port),
+                                                  functools.partial(self.undelivered, name))
         self._ticker = None
         servers = [split_host_port(server) for server in config.dns_servers]
         self.locators = {name: Locator(*side.peer, getattr(config, name).transport.upper()
                                        if getattr(config, name).transport_chosen else None, side.family, servers)
                          for name, side in self.sides.items() if side.peer is not None}
         self._lookups: set[asyncio.Task] = set()
+        self.public = {name: PublicAddress(split_host_port(getattr(config, name).stun_server), side.host, config.name)
+                       for name, side in self.sides.items() if getattr(config, name).stun_server}
         self.peers = PeerWatch(loop, config.name, {name: side.peer for name, side in self.sides.items() if side.peer},
                                {TRUNK: config.trunk.keepalive_s, PBX: config.pbx.keepalive_s},
                                self._own_via, self._sender, self.client.start,
                                lambda side: self.locators[side].failed())
 
     def start(self) -> None:
-        """Look the peers up (while the loop is not running yet: before relaying starts), start
-        listening, the timers and the peers' pings (on the loop's thread)."""
-        self.loop.run_until_complete(locate_all(list(self.locators.values())))
+        """Look the peers and the public addresses up (while the loop is not running yet: before
+        relaying starts), start listening, the timers and the peers' pings (on the loop's thread)."""
+        self.loop.run_until_complete(asyncio.gather(locate_all(list(self.locators.values())),
+                                                    *(public.refresh() for public in self.public.values())))
+        for side in self.public:
+            self._public_found(side)
         for transport in self.transports.values():
             transport.start()
         self._tick()
@@ -236,6 +243,27 @@ class Proxy:
         reply.set("warning", f'399 callrec "{str(exc)[:100]}"')
         self.transports[side].send(reply.to_bytes(), source, transport)
 
+    def undelivered(self, side: str, messages: list[bytes], reason: str) -> None:
+        """Messages a connection to `side` failed to carry: each request relayed there that
+        waits for an answer gets 503 at once, as if from that side (its sender need not wait for
+        its own timeout); the appliance's own requests are left to their transactions."""
+        for data in messages:
+            try:
+                message = parse(data)
+            except SipError:
+                continue
+            if not message.is_request or message.method == "ACK" or len(message.get_all("via")) < 2:
+                continue
+            log.warning("sip trunk %s: answered 503 to %s %s: %s", self.config.name, message.method,
+                        message.call_id, reason)
+            reply = response(message, 503, to_tag=hashlib.sha1(message.call_id.encode()).hexdigest()[:10])
+            text = reason[:150].replace('"', "'")
+            reply.set("warning", f'399 callrec "{text}"')
+            self._response(side, reply)
+            dialog = self.dialogs.get(message.call_id)
+            if dialog is not None and message.method == "INVITE" and dialog.state == "failed":
+                dialog.invite_target = ()       # its ACK ends here: the 503 was the appliance's
+
     def _request(self, side: str, message: Message, source, transport: str) -> None:
         out = other(side)
         via = Via.parse(message.pop_first("via"))
@@ -274,6 +302,8 @@ class Proxy:
                     return                  # for a dialog long gone: nothing to acknowledge
                 raise SipError("no such dialog", 481)
             if method == "ACK" and dialog.state in ("failed", "challenged"):
+                if not dialog.invite_target:
+                    return                  # it acknowledges the appliance's own 503
                 uri, (address, out_transport) = dialog.invite_uri, dialog.invite_target
             else:
                 contact = dialog.contacts.get(out)
@@ -607,12 +637,25 @@ class Proxy:
                 del self.bindings[user]
             for locator in self.locators.values():
                 if locator.due(now):
-                    lookup = self.loop.create_task(locator.refresh())
-                    self._lookups.add(lookup)           # held until done: the loop keeps only a weak one
-                    lookup.add_done_callback(self._lookups.discard)
+                    self._look_up(locator.refresh())
+            for side, public in self.public.items():
+                if public.due(now):
+                    self._look_up(public.refresh()).add_done_callback(lambda _, side=side: self._public_found(side))
         except Exception:
             log.exception("sip trunk %s: error in the periodic check", self.config.name)
         self._ticker = self.loop.call_later(TICK_S, self._tick)
+
+    def _look_up(self, refresh) -> asyncio.Task:
+        lookup = self.loop.create_task(refresh)
+        self._lookups.add(lookup)               # held until done: the loop keeps only a weak one
+        lookup.add_done_callback(self._lookups.discard)
+        return lookup
+
+    def _public_found(self, side: str) -> None:
+        """A side's public address as its STUN server last told it: named in Via, Contact and SDP."""
+        address = self.public[side].address
+        if address is not None:
+            self.sides[side].public_host = address
 
     def _check(self, dialog: Dialog, now: float) -> None:
         if dialog.media is None:                # a subscription: forgotten when it goes quiet

@@ -6,10 +6,15 @@ Content-Length, and connections are reused in both directions (a response goes b
 connection its request came on). TLS runs through an `ssl.SSLObject` over memory buffers, driven
 by the same non-blocking readers and writers as TCP. Whatever arrives is handed to
 `on_message(data, source, transport)` whole, unparsed.
+
+A connection the appliance opens holds the messages given to it until it is up (connected, and for
+TLS the handshake done). When it fails first (refused, unreachable, an untrusted certificate, no
+answer in CONNECT_TIMEOUT_S), those messages are handed to `on_undelivered(messages, reason)`, so
+that the relay can answer the requests among them at once instead of letting their senders wait.
 """
 
-import errno
 import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -18,12 +23,14 @@ log = logging.getLogger(__name__)
 
 MAX_TCP_BUFFER = 256 * 1024
 MAX_HEAD = 16 * 1024
+CONNECT_TIMEOUT_S = 5.0     # to connect and, for TLS, to finish the handshake
 
 
 class TcpConnection:
     """One TCP connection: reassembles messages, queues what cannot be sent yet."""
 
     kind = "TCP"
+    preposition = "to"          # as the log has always said it
 
     def __init__(self, transport: "SideTransport", sock: socket.socket, address: tuple[str, int],
                  connecting: bool = False):
@@ -33,18 +40,31 @@ class TcpConnection:
         self.inbox = bytearray()
         self.outbox = bytearray()
         self.connecting = connecting
+        self.waiting: list[bytes] = []          # messages given before it was up, whole
+        self.timeout = None
         loop = transport.loop
         loop.add_reader(sock.fileno(), self._readable)
         if connecting:
             loop.add_writer(sock.fileno(), self._writable)
+            self.timeout = loop.call_later(CONNECT_TIMEOUT_S, self.fail, f"no answer in {CONNECT_TIMEOUT_S:g} s")
 
     @property
     def registry(self) -> dict:
         """The side's connections of this kind, by peer address."""
         return self.transport.connections
 
+    @property
+    def up(self) -> bool:
+        """Whether messages go through it now (connected; TLS: the handshake done)."""
+        return not self.connecting
+
     def send(self, data: bytes) -> None:
         """Send a message, now or as soon as the socket takes it."""
+        if not self.up:
+            self.waiting.append(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         self.outbox += data
         if not self.connecting:
             self._writable()
@@ -54,8 +74,7 @@ class TcpConnection:
         if self.connecting:
             error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
-                log.warning("SIP over %s to %s:%s failed: %s", self.kind, *self.address, errno.errorcode.get(error, error))
-                self.close()
+                self.fail(os.strerror(error))
                 return
             self.connecting = False
             self._connected()
@@ -64,8 +83,7 @@ class TcpConnection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            log.warning("SIP over %s to %s:%s: %s", self.kind, *self.address, exc)
-            self.close()
+            self.fail(exc.strerror or str(exc))
             return
         del self.outbox[:sent]
         loop.remove_writer(self.sock.fileno())
@@ -77,15 +95,35 @@ class TcpConnection:
             data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
+        except OSError as exc:
+            data, reason = b"", exc.strerror or str(exc)
+        else:
+            reason = "closed by the peer"
         if not data:
-            self.close()
+            if self.up:
+                self.close()            # the peer's to close: nothing was waiting for it
+            else:
+                self.fail(reason)
             return
         self._received(data)
 
     def _connected(self) -> None:
         """The connection to the peer is up."""
+        self._became_up()
+
+    def _became_up(self) -> None:
+        if self.timeout is not None:
+            self.timeout.cancel()
+        self.waiting.clear()
+
+    def fail(self, reason: str) -> None:
+        """The connection failed: log why, close it, and hand back the messages it never carried."""
+        log.warning("SIP over %s %s %s:%s failed: %s", self.kind, self.preposition, *self.address, reason)
+        lost, self.waiting = self.waiting, []
+        self.close()
+        if lost:
+            host, port = self.address
+            self.transport.undelivered(lost, f"SIP over {self.kind} to {host}:{port} failed: {reason}")
 
     def _received(self, data: bytes) -> None:
         """Bytes of the stream: hand on the messages they complete."""
@@ -120,6 +158,8 @@ class TcpConnection:
 
     def close(self) -> None:
         """Close the connection and forget it."""
+        if self.timeout is not None:
+            self.timeout.cancel()
         loop = self.transport.loop
         loop.remove_reader(self.sock.fileno())
         loop.remove_writer(self.sock.fileno())
@@ -158,6 +198,7 @@ class TlsConnection(TcpConnection):
     """SIP over TLS: a TCP connection whose bytes go through an SSLObject."""
 
     kind = "TLS"
+    preposition = "with"
 
     def __init__(self, transport: "SideTransport", sock: socket.socket, address: tuple[str, int],
                  context: ssl.SSLContext, server_side: bool, hostname: str | None = None, connecting: bool = False):
@@ -173,8 +214,15 @@ class TlsConnection(TcpConnection):
         """The side's TLS connections, by peer address."""
         return self.transport.tls_connections
 
+    @property
+    def up(self) -> bool:
+        """Whether the handshake is done."""
+        return self.handshaken
+
     def send(self, data: bytes) -> None:
         """Send a message, once the handshake is done."""
+        if not self.up:
+            self.waiting.append(data)
         self.plain_out += data
         self._pump()
 
@@ -206,6 +254,7 @@ class TlsConnection(TcpConnection):
             if not self.handshaken:
                 self.tls.do_handshake()
                 self.handshaken = True
+                self._became_up()
             if self.plain_out:
                 self.tls.write(bytes(self.plain_out))
                 self.plain_out.clear()
@@ -220,20 +269,21 @@ class TlsConnection(TcpConnection):
 
     def _flush(self) -> None:
         if (encrypted := self.encrypted_out.read()) and self.sock.fileno() != -1:
-            TcpConnection.send(self, encrypted)
+            self._write(encrypted)
 
     def _failed(self, exc: ssl.SSLError) -> None:
-        log.warning("SIP over TLS with %s:%s failed: %s", *self.address, getattr(exc, "verify_message", None) or exc)
-        self.close()
+        self.fail(getattr(exc, "verify_message", None) or str(exc))
 
 
 class SideTransport:
     """SIP on one side's listen address, over UDP and TCP."""
 
-    def __init__(self, loop, host: str, port: int, on_message, tls: TlsSettings | None = None):
+    def __init__(self, loop, host: str, port: int, on_message, tls: TlsSettings | None = None,
+                 on_undelivered=lambda messages, reason: None):
         self.loop = loop
         self.host, self.port = host, port
         self.on_message = on_message
+        self.on_undelivered = on_undelivered
         self.tls = tls
         self.names: dict[tuple[str, int], str] = {}     # the name a peer's certificate must have, by address
         self.connections: dict[tuple[str, int], TcpConnection] = {}
@@ -292,6 +342,10 @@ class SideTransport:
     def _accept_tls(self) -> None:
         self._accept(tls=True)
 
+    def undelivered(self, messages: list[bytes], reason: str) -> None:
+        """Hand messages that could not be sent to `on_undelivered`, after what runs now."""
+        self.loop.call_soon(self.on_undelivered, messages, reason)
+
     def send(self, data: bytes, address: tuple[str, int], transport: str, hostname: str | None = None) -> None:
         """Send a message to `address` over `transport` (UDP, TCP or TLS; a connection is reused).
         A new TLS connection checks that the peer's certificate names `hostname` (else its address)."""
@@ -306,6 +360,7 @@ class SideTransport:
         if connection is None:
             if transport == "TLS" and self.tls is None:
                 log.warning("cannot send SIP over TLS to %s:%s: TLS is not set up on this side", *address)
+                self.undelivered([data], f"SIP over TLS to {address[0]}:{address[1]}: TLS is not set up on this side")
                 return
             sock = socket.socket(self.tcp.family, socket.SOCK_STREAM)
             sock.setblocking(False)
@@ -317,6 +372,8 @@ class SideTransport:
             except OSError as exc:
                 log.warning("cannot connect to %s:%s for SIP over %s: %s", *address, transport, exc)
                 sock.close()
+                self.undelivered([data], f"SIP over {transport} to {address[0]}:{address[1]} failed: "
+                                         f"{exc.strerror or exc}")
                 return
             if transport == "TLS":
                 connection = TlsConnection(self, sock, address, self.tls.client, server_side=False,

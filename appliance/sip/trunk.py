@@ -72,6 +72,11 @@ class SipTrunk:
         self._ready.set()
         self._beat()
         self.loop.run_forever()
+        # A DNS lookup still waiting (on a server gone away) ends here, not in a closed loop.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
     def _beat(self) -> None:

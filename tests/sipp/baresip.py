@@ -19,7 +19,8 @@ class Baresip:
     """One baresip in its own configuration folder, with an account `user` that does not register;
     `srtp`: it offers and takes only SRTP (RTP/SAVP, SDES keys); `answer`: it answers calls at once;
     `tls`: a folder of tests/sipp/certs.py, for SIP over TLS on `port + 1` (its certificate, its CA);
-    `codecs`: those it offers (G.711 and G.722 are loaded); `rate`: the microphone's."""
+    `codecs`: those it offers (G.711 and G.722 are loaded); `rate`: the microphone's; `host`: the
+    address it listens on, IPv4 or IPv6."""
 
     def __init__(self, folder: Path, microphone: np.ndarray, codecs: str = "PCMA", host: str = HOST,
                  prefix: tuple = (), user: str = "operator", srtp: bool = False, answer: bool = False,
@@ -27,10 +28,11 @@ class Baresip:
         self.folder, self.prefix = folder, prefix      # prefix: e.g. `ip netns exec NAME`, to run elsewhere
         folder.mkdir(parents=True, exist_ok=True)
         self.port, rtp = free_port(2), free_port(4)     # SIP over TLS on the second port
+        where = f"[{host}]" if ":" in host else host
         write_wav(folder / "microphone.wav", microphone, rate)
         # aubridge is a player without a sound card; sndfile dumps what was decoded (and sent).
         (folder / "config").write_text(
-            f"sip_listen {host}:{self.port}\n"
+            f"sip_listen {where}:{self.port}\n"
             f"audio_source aufile,{folder / 'microphone.wav'}\n"
             "audio_player aubridge,speaker\naudio_alert aubridge,speaker\n"
             f"rtp_ports {rtp}-{rtp + 3}\n"
@@ -42,10 +44,11 @@ class Baresip:
             + (f"sip_certificate {tls / 'both.pem'}\nsip_cafile {tls / 'ca.pem'}\n" if tls else ""))
         params = f";regint=0;audio_codecs={codecs}" + (";mediaenc=srtp-mand" if srtp else "") + \
             (";answermode=auto" if answer else "")
-        (folder / "accounts").write_text(f"<sip:{user}@{host}:{self.port}>{params}\n")
+        (folder / "accounts").write_text(f"<sip:{user}@{where}:{self.port}>{params}\n")
         self.tls_port = self.port + 1
         self.log = folder / "baresip.log"
         self.process: subprocess.Popen | None = None
+        self.family = ["-6"] if ":" in host else []     # else its offers would name an IPv4 address
 
     def call(self, uri: str, seconds: float) -> None:
         """Dial `uri`, talk for about `seconds`, hang up (baresip quits)."""
@@ -56,7 +59,7 @@ class Baresip:
         """Run for `seconds` (taking calls, or doing `command` first) without waiting for it."""
         extra = ["-e", command] if command else []
         with self.log.open("w") as log:
-            self.process = subprocess.Popen([*self.prefix, BARESIP, "-f", str(self.folder), *extra,
+            self.process = subprocess.Popen([*self.prefix, BARESIP, "-f", str(self.folder), *self.family, *extra,
                                              "-t", str(round(seconds))],
                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
