@@ -124,7 +124,7 @@ def test_an_analog_call_is_sealed_on_the_card_and_plays_once_unlocked(tmp_path):
         assert refused.status_code == 423 and LOCKED in refused.data
         token = app.extensions["callrec"].accounts.add_token("crm", "admin", None, "test")
         api = client.get(f"/api/v1/calls/{call['id']}/audio", headers={"Authorization": f"Bearer {token}"})
-        assert api.status_code == 423 and api.json == {"error": "the store is locked: a user's login unlocks it"}
+        assert api.status_code == 423 and api.json["error"].startswith("The store is locked since start-up")
         assert client.get(f"/calls/{call['id']}/waveform.svg").status_code == 200    # its peaks need no key
 
         app.extensions["callrec"].unlock(secret)
