@@ -96,16 +96,17 @@ def parse_request(line: bytes) -> dict:
     return request
 
 
-class ControlService(Service):
-    """Serves the control socket: one thread per connection, each writing its own answer (and a
-    listener's audio); accepting beats the heartbeat."""
+class SocketService(Service):
+    """A UNIX stream socket served by this process: one thread per connection runs `handle`;
+    accepting beats the heartbeat. The request framing is `read_line` and `send`."""
 
     beat_s = 1.0
 
-    def __init__(self, folder: Path, lines: dict):
-        super().__init__("control")
-        self.path = Path(folder) / SOCKET_NAME
-        self.lines = lines          # by name: LineRecorder or SipTrunk (pause, resume, listen)
+    def __init__(self, name: str, path: Path, mode: int, group: int | None = None):
+        super().__init__(name)
+        self.path = Path(path)
+        self.mode = mode
+        self.group = group          # a group id for the socket (who may connect), or the process's
         self._server: socket.socket | None = None
 
     def bind(self) -> None:
@@ -114,7 +115,9 @@ class ControlService(Service):
         self.path.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(self.path))
-        os.chmod(self.path, SOCKET_MODE)
+        if self.group is not None:
+            os.chown(self.path, -1, self.group)
+        os.chmod(self.path, self.mode)
         server.listen(8)
         server.settimeout(self.beat_s)
         self._server = server
@@ -135,20 +138,34 @@ class ControlService(Service):
                 if self.stopping.is_set():
                     return
                 raise
-            threading.Thread(target=self._handle, args=(conn,), name="control-client", daemon=True).start()
+            threading.Thread(target=self.handle, args=(conn,), name=f"{self.name}-client", daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        """Answer one connection (and close it)."""
+        raise NotImplementedError
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting and remove the socket (streams end with their calls or the lines)."""
+        """Stop accepting and remove the socket (connections being answered finish on their own)."""
         super().stop(timeout)
         if self._server is not None:
             self._server.close()
             self.path.unlink(missing_ok=True)
 
-    def _handle(self, conn: socket.socket) -> None:
+
+class ControlService(SocketService):
+    """Serves the control socket: one thread per connection, each writing its own answer (and a
+    listener's audio)."""
+
+    def __init__(self, folder: Path, lines: dict):
+        super().__init__("control", Path(folder) / SOCKET_NAME, SOCKET_MODE)
+        self.lines = lines          # by name: LineRecorder or SipTrunk (pause, resume, listen)
+
+    def handle(self, conn: socket.socket) -> None:
+        """Answer one request (and stream a listener's audio)."""
         with conn:
             conn.settimeout(REQUEST_S)
             try:
-                request = parse_request(_read_line(conn))
+                request = parse_request(read_line(conn))
                 line = self.lines.get(request["line"])
                 if line is None:
                     raise ControlError(f"line: no line named {request['line']!r}")
@@ -156,9 +173,9 @@ class ControlService(Service):
                     self._stream(conn, line, request)
                     return
                 answer = line.screen_pause(request["command"] == "pause", request["by"], request.get("call_id"))
-                _send(conn, {"ok": True, **answer})
+                send(conn, {"ok": True, **answer})
             except ControlError as exc:
-                _send(conn, {"ok": False, "error": str(exc)})
+                send(conn, {"ok": False, "error": str(exc)})
             except OSError:
                 pass            # the client went away: nothing to tell it
 
@@ -166,7 +183,7 @@ class ControlService(Service):
         """Answer a listen request, then send the call's audio until it ends."""
         tap, answer = line.listen(request["by"], request.get("call_id"), QUEUE_S)
         try:
-            _send(conn, {"ok": True, **answer})
+            send(conn, {"ok": True, **answer})
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             conn.settimeout(None)
             while (pcm := tap.next(self.beat_s)) is not None or not tap.closed.is_set():
@@ -178,20 +195,23 @@ class ControlService(Service):
                 log.info("line %s: a listener fell behind: %d periods not sent", request["line"], tap.dropped)
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\n" not in data:
+def read_line(conn: socket.socket, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """One request line (without its newline), of at most `limit` bytes; ControlError when none
+    comes in time or it is longer."""
+    data = bytearray()
+    while True:
         try:
-            piece = conn.recv(MAX_REQUEST_BYTES)
+            piece = conn.recv(min(limit + 1, 1 << 16))
         except TimeoutError:
-            raise ControlError("no request within 5 s") from None
-        if not piece:
-            break
+            raise ControlError(f"no request within {REQUEST_S:g} s") from None
         data += piece
-        if len(data) > MAX_REQUEST_BYTES:
-            raise ControlError(f"the request is longer than {MAX_REQUEST_BYTES} bytes")
-    return data.split(b"\n", 1)[0]
+        if not piece or b"\n" in piece:
+            break
+        if len(data) > limit:
+            raise ControlError(f"the request is longer than {limit} bytes")
+    return bytes(data.split(b"\n", 1)[0])
 
 
-def _send(conn: socket.socket, answer: dict) -> None:
+def send(conn: socket.socket, answer: dict) -> None:
+    """Send one answer as a JSON line."""
     conn.sendall(json.dumps(answer).encode() + b"\n")

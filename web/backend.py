@@ -23,6 +23,7 @@ from appliance.live import read_live, recorder_pid
 from appliance.store.objections import Objections
 from appliance.store.retention import Store
 from appliance.store.sealing import Opener, SealError, Sealer
+from appliance.signer import DeviceSigner, SignerError
 from web.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Backend:
         self._watching = False
         self.sealer = Sealer.load(self.data_dir)    # None: the store is not sealed
         self.opener: Opener | None = None           # in RAM only, from the first login on
+        self._secret: bytes | None = None           # the same: for a signer that restarted since
         self.locked_since = iso_utc(time.time())
 
     def _store(self, config: Config) -> Store:
@@ -78,8 +80,21 @@ class Backend:
         return self.sealer is not None and self.opener is None
 
     def unlock(self, secret: bytes) -> None:
-        """Keep the store secret's opener in RAM: sealed recordings and fields can be read."""
+        """Keep the store secret's opener in RAM: sealed recordings and fields can be read; and give
+        the secret to the signer, which opens the sealed device key with it."""
         self.opener = Opener(secret)
+        self._secret = secret
+        if self.sealer is not None:
+            try:
+                self.signer.unlock(secret)
+            except SignerError as exc:      # the login stands: signing waits until the signer runs
+                log.warning("the signer did not take the store secret: %s", exc)
+
+    @property
+    def signer(self) -> DeviceSigner:
+        """How the web UI signs: only through the signer (which alone may read the device key)."""
+        return DeviceSigner(self.config.recorder.live_dir, self.data_dir,
+                            unlocker=lambda: self._secret if self.sealer is not None else None)
 
     def reading(self) -> Opener | None:
         """What opens sealed data: None for a store that is not sealed; StoreLocked while locked."""
