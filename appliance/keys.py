@@ -5,7 +5,9 @@ the signer (`appliance.signer`) signs with it for the web UI.
 In a sealed store the private key is never on the card in the clear: it is sealed to the store
 (`keys/device-ed25519.sealed`), its public half beside it, and only a process given the store
 secret opens it. The keyed hashes of the audit trail and of people's numbers have keys of their own
-(`shared-keys/`), readable by the web UI, so that they never need the device key.
+(`keys/audit.key`, `keys/subjects.key`), readable by the web UI's group, so that they never need
+the device key. The folder is the recorder's alone (0700) until the signer opens it to the group
+(0750) at its start: what must stay private there is in files of mode 0600.
 """
 
 import hashlib
@@ -21,12 +23,12 @@ KEY_FILE = "keys/device-ed25519.pem"
 SEALED_KEY_FILE = "keys/device-ed25519.sealed"
 PUBLIC_KEY_FILE = "keys/device-ed25519.pub"     # hex; not a secret
 SEALED_CONTEXT = b"device key"
-# The keys the recorder and the web UI both use (in a folder of their own: keys/ is the
-# recorder's alone). Each holds what `derived_key` gave before it existed, so old hashes still match.
-SHARED_KEYS_DIR = "shared-keys"
+KEYS_DIR_SHARED = 0o750          # keys/ once a signer runs: the web UI's group reaches what it may read
+# The keys the recorder and the web UI both use. Each holds what `derived_key` gave before it had
+# a file, so hashes made before still match.
 SHARED_KEY_MODE = 0o640
-AUDIT_KEY_FILE = f"{SHARED_KEYS_DIR}/audit.key"
-SUBJECTS_KEY_FILE = f"{SHARED_KEYS_DIR}/subjects.key"
+AUDIT_KEY_FILE = "keys/audit.key"
+SUBJECTS_KEY_FILE = "keys/subjects.key"
 
 
 class DeviceKeyError(CallrecError):
@@ -112,7 +114,7 @@ def derived_key(data_dir: Path, label: bytes) -> bytes:
 
 
 def shared_key(data_dir: Path, name: str, label: bytes, create: bool = True) -> bytes:
-    """The 32-byte key in `name` (one of the shared-keys files). When it is missing it is made:
+    """The 32-byte key in `name` (a file of mode 0640). When it is missing it is made:
     the value `derived_key` gives where the device key is in the clear (so hashes made before
     still match), 32 random bytes in a sealed store. Without `create`, only an existing file or a
     key in the clear will do: DeviceKeyError otherwise."""
@@ -123,12 +125,16 @@ def shared_key(data_dir: Path, name: str, label: bytes, create: bool = True) -> 
         pass
     from appliance.store.sealing import is_sealed
 
-    clear = key_path(data_dir).exists()
+    try:
+        clear = key_path(data_dir).exists()
+    except PermissionError:         # the web UI's user: the recorder makes the file at its start
+        raise DeviceKeyError(f"{path} is missing, and only the recorder's user may make it: "
+                             "start the recorder first") from None
     if not create and not clear:
         raise DeviceKeyError(f"{path} is missing (and the device key it was made from)")
     value = derived_key(data_dir, label) if clear or not is_sealed(data_dir) else secrets.token_bytes(32)
     partial = path.with_name(f"{path.name}.{os.getpid()}")
-    _write_private(partial, value, SHARED_KEY_MODE, 0o750)
+    _write_private(partial, value, SHARED_KEY_MODE)
     try:
         os.link(partial, path)          # two processes at once: the first one's key is everyone's
     except FileExistsError:

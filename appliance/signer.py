@@ -22,6 +22,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -30,15 +31,15 @@ from pathlib import Path
 
 from appliance.control import ControlError, SocketService, read_line, send
 from appliance.errors import CallrecError
-from appliance.keys import (DeviceKeyError, ensure_device_key, fingerprint, load_private_key, open_sealed_key,
-                            public_hex_of, public_key_hex)
+from appliance.keys import (KEYS_DIR_SHARED, DeviceKeyError, ensure_device_key, fingerprint, key_path,
+                            load_private_key, open_sealed_key, public_hex_of, public_key_hex)
 from appliance.store.sealing import Opener, SealError, is_sealed
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "signer.sock"
 SOCKET_MODE = 0o660             # the web UI connects through its group
-MAX_REQUEST_BYTES = 64 << 20    # base64 of the largest manifest an export makes, with room
+MAX_REQUEST_BYTES = 16 << 20    # base64 of the largest manifest an export makes (thousands of calls)
 REQUEST_S = 30.0                # a client must send its request within this (a large manifest too)
 ANSWER_S = 30.0                 # the signer answers within this
 COMMANDS = ("sign", "public", "unlock", "status")
@@ -262,8 +263,11 @@ def _last_line(stderr: bytes) -> str:
 
 
 def start(data_dir: Path, folder: Path) -> SignerService:
-    """The signer for `data_dir`, answering on a socket in `folder` (stop it with `stop()`)."""
+    """The signer for `data_dir`, answering on a socket in `folder` (stop it with `stop()`). The
+    keys folder is opened to the group: the web UI reads the store's public key, its key slots and
+    the audit key there (never the device key, whose file is 0600)."""
     service = SignerService(folder, DeviceKey(data_dir))
+    os.chmod(key_path(data_dir).parent, KEYS_DIR_SHARED)
     service.start()
     key = service.key
     log.info("signing with device key %s (%s)", fingerprint(key.public) if key.public else "?",

@@ -1,8 +1,8 @@
 """A person's number as a keyed hash: how the appliance names someone it must not keep the number
 of (an erasure's record, the do-not-record list).
 
-HMAC-SHA256 of the number's normalised form under a key of the device's own (`shared-keys/
-subjects.key`, which once was derived from the device key and keeps that value): the same number
+HMAC-SHA256 of the number's normalised form under a key of the device's own (`keys/subjects.key`,
+which once was derived from the device key and keeps that value): the same number
 always gives the same hash on this box, so a number given again can be checked; nobody can compute
 it, or test a guessed number against it, without the device's data folder. In a sealed store the
 key is the store secret's instead (`subject_key` with the opener), so the card alone does not do.
