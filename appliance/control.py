@@ -1,5 +1,6 @@
 """The recorder's control channel: a UNIX stream socket in the runtime folder (next to `live.json`)
-through which the web UI pauses or resumes a call in progress and listens to it live.
+through which the web UI pauses or resumes a call in progress and listens to it live, and asks the
+recorder to reload its configuration (the web UI runs as a user of its own, which may not signal it).
 
 One request per connection, one JSON object on one line; the answer is one JSON line, `{"ok":
 true, ...}` or `{"ok": false, "error": "..."}` (a bad request changes nothing). After the answer
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -29,7 +31,7 @@ MAX_REQUEST_BYTES = 4096
 REQUEST_S = 5.0             # a client must send its request within this
 QUEUE_S = 2.0               # the audio a listener may fall behind by before periods are dropped
 SEND_BUFFER = 16 * 1024     # about a second of 8 kHz mono: a stalled listener holds little memory
-COMMANDS = ("pause", "resume", "listen")
+COMMANDS = ("pause", "resume", "listen", "reload")
 
 
 class ControlError(Exception):
@@ -76,7 +78,7 @@ class Tap:
 
 def parse_request(line: bytes) -> dict:
     """A request as sent: {"command": pause|resume|listen, "line": name, "by": who, "call_id":
-    optional}. Raises ControlError naming what is wrong."""
+    optional}, or {"command": "reload", "by": who}. Raises ControlError naming what is wrong."""
     try:
         request = json.loads(line)
     except (UnicodeDecodeError, ValueError):
@@ -86,7 +88,7 @@ def parse_request(line: bytes) -> dict:
     command = request.get("command")
     if command not in COMMANDS:
         raise ControlError(f"command: one of {', '.join(COMMANDS)}")
-    if not isinstance(request.get("line"), str) or not request["line"]:
+    if command != "reload" and (not isinstance(request.get("line"), str) or not request["line"]):
         raise ControlError("line: the name of a line")
     if not isinstance(request.get("by"), str) or not request["by"]:
         raise ControlError("by: who asks (for the log)")
@@ -166,6 +168,12 @@ class ControlService(SocketService):
             conn.settimeout(REQUEST_S)
             try:
                 request = parse_request(read_line(conn))
+                if request["command"] == "reload":
+                    # As `systemctl reload` does: for a web UI that runs as a user of its own.
+                    log.info("configuration reload asked by %s", request["by"])
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    send(conn, {"ok": True})
+                    return
                 line = self.lines.get(request["line"])
                 if line is None:
                     raise ControlError(f"line: no line named {request['line']!r}")

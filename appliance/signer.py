@@ -217,7 +217,7 @@ class DeviceSigner:
 
     def _ask(self, request: dict) -> dict:
         try:
-            answer = self._socket(request)
+            answer = self.over_socket(request)
         except SignerUnavailable:
             if is_sealed(self.data_dir):
                 raise
@@ -228,7 +228,8 @@ class DeviceSigner:
             raise SignerError(f"the signer refused: {answer.get('error')}")
         return answer
 
-    def _socket(self, request: dict) -> dict:
+    def over_socket(self, request: dict) -> dict:
+        """The signer's answer to `request`, as it is; SignerUnavailable when none answers."""
         if self.path is None or not self.path.exists():
             raise SignerUnavailable(f"the signer is not running (no {self.path}): "
                                     "systemctl status callrec-signer says why")

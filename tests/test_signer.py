@@ -362,3 +362,57 @@ def test_a_large_manifest_is_signed_whole(running):
     payload = bytes(range(256)) * 1000
     answer = raw(folder, json.dumps({"command": "sign", "data": base64.b64encode(payload).decode()}).encode() + b"\n")
     assert answer["ok"] and verifies(answer["public"], bytes.fromhex(answer["signature"]), payload)
+
+
+# -- the doctor ----------------------------------------------------------------------------------
+
+def test_the_doctor_fails_on_a_secret_file_more_can_read_than_should_and_says_the_chmod(tmp_path):
+    from appliance import doctor
+    from appliance.config import load_config
+
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    config_path = write_config(tmp_path, recorder={"data_dir": "data"})
+    config_path.write_text(config_path.read_text() +
+                           f'\n[webhook]\nurl = "https://crm.example/hook"\nsecret_file = "{secret}"\n')
+    config = load_config(config_path)
+    data = tmp_path / "data"
+    Catalogue(data).add_audit("admin", "listen")        # makes the device key and the audit key
+    assert [r.status for r in doctor.check_secret_files(config)] == [doctor.OK]
+
+    key, audit = data / KEY_FILE, data / "keys/audit.key"
+    for path, mode in ((key, 0o640), (audit, 0o644), (secret, 0o640)):
+        path.chmod(mode)
+    failures = {r.message: r.fix for r in doctor.check_secret_files(config)}
+    assert failures == {
+        f"the device key {key} has mode 0640: more can read it than should": f"chmod 600 {key}",
+        f"the audit key {audit} has mode 0644: more can read it than should": f"chmod 640 {audit}",
+        f"webhook.secret_file {secret} has mode 0640: more can read it than should": f"chmod 600 {secret}"}
+    report = callrec("doctor", "--config", str(config_path), "--seconds", "0.5", "--json", check=False)
+    assert report.returncode == 1
+    assert {c["message"] for c in json.loads(report.stdout)["checks"] if c["status"] == "fail"} >= set(failures)
+
+
+def test_the_doctor_says_whether_the_signer_answers_and_whether_it_waits_for_a_login(tmp_path):
+    from appliance import doctor
+    from appliance.config import load_config
+
+    config = load_config(write_config(tmp_path, recorder={"data_dir": "data"}))
+    data = tmp_path / "data"
+    assert doctor.check_signer(config, systemd=False).status == doctor.INFO
+    missing = doctor.check_signer(config, systemd=True)
+    assert missing.status == doctor.FAIL and "systemctl enable --now callrec-signer.service" in missing.fix
+    service = signer.start(data, config.recorder.live_dir)
+    try:
+        open_ = doctor.check_signer(config, systemd=True)
+        assert open_.status == doctor.OK and DeviceSigner(None, data).fingerprint() in open_.message
+    finally:
+        service.stop(timeout=2)
+    KeySlots(data).create()
+    service = signer.start(data, config.recorder.live_dir)
+    try:
+        waiting = doctor.check_signer(config, systemd=False)
+        assert waiting.status == doctor.WARN and "waits for a login" in waiting.message
+    finally:
+        service.stop(timeout=2)

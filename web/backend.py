@@ -107,13 +107,23 @@ class Backend:
         return read_live(self.config.recorder.live_dir)
 
     def signal_recorder(self) -> bool:
-        """Ask the running recorder to reload its configuration (SIGHUP). False if none runs."""
+        """Ask the running recorder to reload its configuration (SIGHUP, or through its control
+        channel where it runs as another user). False if none runs."""
         pid = recorder_pid(self.config.recorder.live_dir)
         if pid is None:
             return False
         try:
             os.kill(pid, signal.SIGHUP)
             return True
+        except PermissionError:
+            from web.live import ControlRefused, ask
+
+            try:
+                ask(self.config.recorder.live_dir, {"command": "reload", "by": "web"})[1].close()
+                return True
+            except ControlRefused as exc:
+                log.warning("cannot ask the recorder to reload: %s", exc)
+                return False
         except OSError as exc:
             log.warning("cannot signal the recorder (pid %s): %s", pid, exc)
             return False
