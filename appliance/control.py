@@ -104,11 +104,10 @@ class SocketService(Service):
 
     beat_s = 1.0
 
-    def __init__(self, name: str, path: Path, mode: int, group: int | None = None):
+    def __init__(self, name: str, path: Path, mode: int):
         super().__init__(name)
         self.path = Path(path)
-        self.mode = mode
-        self.group = group          # a group id for the socket (who may connect), or the process's
+        self.mode = mode            # who may connect: the owner, and the group with 0660
         self._server: socket.socket | None = None
 
     def bind(self) -> None:
@@ -117,8 +116,6 @@ class SocketService(Service):
         self.path.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(self.path))
-        if self.group is not None:
-            os.chown(self.path, -1, self.group)
         os.chmod(self.path, self.mode)
         server.listen(8)
         server.settimeout(self.beat_s)

@@ -697,8 +697,9 @@ def check_alarms(config: Config, timeout_s: float = MAIL_PROBE_S) -> Result:
 PRIVATE, GROUP_READS = 0o600, 0o640
 
 
-def secret_files(config: Config) -> list[tuple[Path, int, str]]:
-    """Each secret file the appliance has, with the most its mode may allow and why: the device
+def secret_files(config: Config) -> list[tuple[Path, int, str, bool]]:
+    """Each secret file the appliance has, with the most its mode may allow, what it is and
+    whether the recorder's user must own it (a 0600 file of the web UI's user is the web's). The device
     key, sealed or not, and the key slots are their owner's alone; the audit and subject keys are
     the group's too (the web UI writes the audit trail); the webhook, offload, SSH and mail
     secrets are their owner's only: the web UI, in the recorder's group, may not read them."""
@@ -706,25 +707,32 @@ def secret_files(config: Config) -> list[tuple[Path, int, str]]:
     from appliance.store.keyslots import SLOTS_FILE
 
     data = Path(config.recorder.data_dir)
-    files = [(data / KEY_FILE, PRIVATE, "the device key"), (data / SEALED_KEY_FILE, PRIVATE, "the sealed device key"),
-             (data / SLOTS_FILE, PRIVATE, "the store's key slots"), (data / AUDIT_KEY_FILE, GROUP_READS, "the audit key"),
-             (data / SUBJECTS_KEY_FILE, GROUP_READS, "the subject key")]
+    files = [(data / KEY_FILE, PRIVATE, "the device key", True),
+             (data / SEALED_KEY_FILE, PRIVATE, "the sealed device key", True),
+             (data / SLOTS_FILE, PRIVATE, "the store's key slots", False),
+             (data / AUDIT_KEY_FILE, GROUP_READS, "the audit key", False),
+             (data / SUBJECTS_KEY_FILE, GROUP_READS, "the subject key", False)]
     if config.webhook is not None:
-        files.append((config.webhook.secret_file, PRIVATE, "webhook.secret_file"))
+        files.append((config.webhook.secret_file, PRIVATE, "webhook.secret_file", True))
     if config.offload is not None:
-        files += [(path, PRIVATE, f"offload.{key}") for key, path in config.offload.secret_files().items()
+        files += [(path, PRIVATE, f"offload.{key}", True) for key, path in config.offload.secret_files().items()
                   if key != "known_hosts_file"]
     if config.alarms is not None and config.alarms.password_file is not None:
-        files.append((config.alarms.password_file, PRIVATE, "alarms.password_file"))
+        files.append((config.alarms.password_file, PRIVATE, "alarms.password_file", False))
     return files
 
 
 def check_secret_files(config: Config) -> list[Result]:
     """Is each secret file closed to whom it should be (group and others beyond what is meant)?"""
     results = []
-    for path, allowed, what in secret_files(config):
+    try:
+        recorder = Path(config.recorder.data_dir).stat().st_uid       # the data folder's owner
+    except OSError:
+        recorder = None
+    for path, allowed, what, recorders in secret_files(config):
         try:
-            mode = path.stat().st_mode & 0o777
+            status = path.stat()
+            mode = status.st_mode & 0o777
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -734,10 +742,21 @@ def check_secret_files(config: Config) -> list[Result]:
         if mode & ~allowed:
             results.append(Result(FAIL, f"{what} {path} has mode {mode:04o}: more can read it than should",
                                   f"chmod {allowed:o} {path}"))
+        elif recorders and recorder is not None and status.st_uid != recorder:
+            owner = _user_name(recorder)
+            results.append(Result(FAIL, f"{what} {path} belongs to {_user_name(status.st_uid)}, not to the "
+                                        f"recorder's user {owner}", f"chown {owner} {path}"))
     if not results:
         results.append(Result(OK, "secret files (device key, audit key, webhook, offload and mail secrets) "
                                   "are closed to whom they should be"))
     return results
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def check_signer(config: Config, systemd: bool) -> Result:

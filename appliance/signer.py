@@ -110,7 +110,7 @@ class DeviceKey:
             return {"ok": True, "sealed": self.sealed, "locked": self.locked, "public": self.public}
         except SigningWaits as exc:
             return {"ok": False, "error": str(exc), "locked": True}
-        except (SignerError, ControlError) as exc:
+        except SignerError as exc:
             return {"ok": False, "error": str(exc)}
 
 
@@ -141,10 +141,11 @@ def parse(line: bytes):
 
 
 class SignerService(SocketService):
-    """Serves the signer's socket in `folder` for `key`."""
+    """Serves the signer's socket in `folder` for `key` (its group is the signer's: the web UI's
+    user is in it)."""
 
-    def __init__(self, folder: Path, key: DeviceKey, group: int | None = None):
-        super().__init__("signer", Path(folder) / SOCKET_NAME, SOCKET_MODE, group)
+    def __init__(self, folder: Path, key: DeviceKey):
+        super().__init__("signer", Path(folder) / SOCKET_NAME, SOCKET_MODE)
         self.key = key
 
     def handle(self, conn: socket.socket) -> None:

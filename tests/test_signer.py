@@ -416,3 +416,22 @@ def test_the_doctor_says_whether_the_signer_answers_and_whether_it_waits_for_a_l
         assert waiting.status == doctor.WARN and "waits for a login" in waiting.message
     finally:
         service.stop(timeout=2)
+
+
+def test_the_doctor_fails_on_a_recorders_secret_that_another_user_owns(tmp_path, web_user):
+    from appliance import doctor
+    from appliance.config import load_config
+
+    secret = tmp_path / "s3-secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    config_path = write_config(tmp_path, recorder={"data_dir": "data"})
+    config_path.write_text(config_path.read_text() +
+                           f'\n[webhook]\nurl = "https://crm.example/hook"\nsecret_file = "{secret}"\n')
+    (tmp_path / "data").mkdir()
+    config = load_config(config_path)
+    assert [r.status for r in doctor.check_secret_files(config)] == [doctor.OK]
+    os.chown(secret, pwd.getpwnam(web_user).pw_uid, -1)      # e.g. written by the web UI
+    [result] = doctor.check_secret_files(config)
+    assert result.status == doctor.FAIL and f"belongs to {web_user}, not to the recorder's user root" in result.message
+    assert result.fix == f"chown root {secret}"
