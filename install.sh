@@ -55,8 +55,8 @@ as_callrec() {  # run a command as the service's user, with its groups and a cle
     setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --reset-env -- "$@"
 }
 
-as_web() {      # the same as the web UI's user
-    setpriv --reuid="$WEB_USER" --regid="$USER_NAME" --init-groups --reset-env -- "$@"
+as_web() {      # the same as the web UI's user, making files the group shares (as its unit does)
+    (umask 0007 && setpriv --reuid="$WEB_USER" --regid="$USER_NAME" --init-groups --reset-env -- "$@")
 }
 
 # -- what this machine is -----------------------------------------------------------------------
@@ -238,6 +238,7 @@ install_config() {
     if [ "$(stat -c '%a %U:%G' "$SECRETS_DIR" 2>/dev/null)" != "700 $USER_NAME:$USER_NAME" ]; then
         # Secret files ([webhook] secret_file, …): the recorder reads them, the web UI may not.
         install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$SECRETS_DIR"
+        chmod g-s "$SECRETS_DIR"       # set by $CONF_DIR's setgid bit, and of no use here
         what+=("made $SECRETS_DIR $USER_NAME:$USER_NAME 0700")
     fi
     if [ ${#what[@]} -eq 0 ]; then report "config folder" "nothing changed"; else report "config folder" "$(joined "${what[@]}")"; fi
@@ -270,35 +271,29 @@ except CallrecError as exc:
 }
 
 install_data_dir() {
-    if [ "$(stat -c '%a %U:%G' "$DATA_DIR" 2>/dev/null)" = "770 $USER_NAME:$USER_NAME" ]; then
+    local was
+    was=$(stat -c '%a %U:%G' "$DATA_DIR" 2>/dev/null || true)
+    if [ "$was" = "770 $USER_NAME:$USER_NAME" ]; then
         report "data folder" "nothing changed"
     else
         install -d -m 0770 -o "$USER_NAME" -g "$USER_NAME" "$DATA_DIR"
         report "data folder" "made $DATA_DIR $USER_NAME:$USER_NAME 0770"
+        [ "$was" != "750 $USER_NAME:$USER_NAME" ] || share_data_dir "$DATA_DIR"
     fi
     if [ "$CONFIGURED_DATA_DIR" != "$DATA_DIR" ]; then
         install_data_dir_elsewhere "$CONFIGURED_DATA_DIR"
     fi
-    share_data_dir "$CONFIGURED_DATA_DIR"
 }
 
-# share_data_dir DIR: what earlier versions made for one user only (the web UI ran as $USER_NAME)
-# becomes the group's to read and write, so the web UI's own user shares it, and the web UI's
-# folder becomes its user's. Private files (0600: keys, certificates) stay as they are, and keys/
-# stays $USER_NAME's (the signer opens it to the group as far as it should).
+# share_data_dir DIR: on an upgrade from a version where the web UI ran as $USER_NAME (the data
+# folder was 0750), what it made for one user becomes the group's to read and write, so the web
+# UI's own user shares it, and the web UI's folder becomes its user's. Private files (0600: keys,
+# certificates) stay as they are, and keys/ stays $USER_NAME's (the signer opens it to the group
+# as far as it should).
 share_data_dir() {
-    local dir=$1 shared=() count
-    shared=("$dir" -mindepth 1 -path "$dir/keys" -prune -o \( -type d ! -perm -g=rwx -o -type f ! -perm -g=rw ! -perm 600 \))
-    count=$(find "${shared[@]}" -print | wc -l)
-    if [ -d "$dir/web" ] && [ -n "$(find "$dir/web" ! -user "$WEB_USER" -print -quit)" ]; then
-        chown -R "$WEB_USER:$USER_NAME" "$dir/web"
-        count=$((count + 1))
-    fi
-    if [ "$count" -eq 0 ]; then
-        report "data shared with the web UI" "nothing changed"
-        return
-    fi
-    find "${shared[@]}" -exec chmod g+rwX {} +
+    local dir=$1
+    find "$dir" -mindepth 1 -path "$dir/keys" -prune -o \( -type d -o -type f ! -perm 600 \) -exec chmod g+rwX {} +
+    [ ! -d "$dir/web" ] || chown -R "$WEB_USER:$USER_NAME" "$dir/web"
     report "data shared with the web UI" "let group $USER_NAME read and write $dir (not keys/ nor private files); web/ is $WEB_USER's"
 }
 
@@ -328,6 +323,7 @@ install_data_dir_elsewhere() {
             fail "cannot make $dir $USER_NAME:$USER_NAME 0770 ($error). A disk formatted FAT, exFAT or NTFS has no Unix owners: format it as ext4, or mount it with uid=$USER_NAME,gid=$USER_NAME,umask=0007"
         fi
         report "data_dir" "made $dir $USER_NAME:$USER_NAME 0770${was:+ (it was $was)}"
+        [ "$was" != "750 $USER_NAME:$USER_NAME" ] || share_data_dir "$dir"
     fi
     as_callrec test -w "$dir" -a -x "$dir" \
         || fail "$USER_NAME cannot reach $dir: a folder above it is closed to others (ls -ld each one); open it (chmod o+x) and run me again"

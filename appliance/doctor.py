@@ -827,5 +827,9 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
         results += [target, check_offload(config, target_works=target.status != FAIL)]
     results.append(check_clock(clock))
     results.append(check_alarms(config))
-    results.append(check_web(config.web, to_trust=to_trust(config.recorder.data_dir / "web" / TLS_DIR)))
+    try:
+        trusted = to_trust(config.recorder.data_dir / "web" / TLS_DIR)
+    except PermissionError:     # the web UI's own folder, where it runs as a user of its own: the served one
+        trusted = None
+    results.append(check_web(config.web, to_trust=trusted))
     return results

@@ -374,7 +374,8 @@ def _move_data_dir(root: Path, seen: dict, install: str):
 def test_a_first_run_installs_everything_and_enables_the_units(story):
     said = steps(story["first"])
     assert said["Debian packages"][0].startswith("installed python3 python3-venv")
-    assert said["user"] == ["created group gpio; created group callrec; created user callrec in groups audio, gpio, dialout"]
+    assert said["user"] == ["created group gpio; created group callrec; created user callrec in groups audio, gpio, dialout; "
+                            "created user callrec-web in group callrec"]
     assert said["program"][0].startswith(f"installed callrec {__version__} in /opt/callrec/venv (not a Raspberry Pi")
     for unit in UNITS:
         assert said[f"enable {unit.removesuffix('.service')}"] == [f"enabled {unit} (starts at every boot)"]
