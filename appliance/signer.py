@@ -20,10 +20,12 @@ docs/signer.md.
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -153,9 +155,15 @@ class SignerService(SocketService):
         with conn:
             conn.settimeout(REQUEST_S)
             try:
-                answer = self.key.answer(parse(read_line(conn, MAX_REQUEST_BYTES)))
+                request = parse(read_line(conn, MAX_REQUEST_BYTES))
+                answer = self.key.answer(request)
             except (SignerError, ControlError) as exc:
-                answer = {"ok": False, "error": str(exc)}
+                request, answer = None, {"ok": False, "error": str(exc)}
+            if answer.get("signature"):
+                # What was signed, for whom: a trail in the journal if the web UI is ever abused.
+                uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+                data = base64.b64decode(request["data"])
+                log.info("signed %d bytes (SHA-256 %s) for uid %d", len(data), hashlib.sha256(data).hexdigest(), uid)
             try:
                 send(conn, answer)
             except OSError:

@@ -66,12 +66,15 @@ def verifies(public_hex: str, signature: bytes, data: bytes) -> bool:
         return False
 
 
-def test_the_signer_signs_over_its_socket_and_bad_requests_change_nothing(running):
+def test_the_signer_signs_over_its_socket_and_bad_requests_change_nothing(running, caplog):
     data, folder, service = running
     assert (folder / signer.SOCKET_NAME).stat().st_mode & 0o777 == 0o660
     client = DeviceSigner(folder, data)
+    caplog.set_level("INFO", logger="appliance.signer")
     signature, public = client.sign(b"a manifest")
     assert verifies(public, signature, b"a manifest") and not verifies(public, signature, b"another")
+    assert (f"signed 10 bytes (SHA-256 {hashlib.sha256(b'a manifest').hexdigest()}) for uid {os.getuid()}"
+            in caplog.messages)
     before = client.status()
     assert before == {"ok": True, "sealed": False, "locked": False, "public": public}
     for line, error in [(b"not json\n", "the request is not one line of JSON"),
