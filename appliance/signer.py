@@ -100,8 +100,18 @@ class DeviceKey:
             raise SigningWaits()
         return key.sign(data)
 
+    def follow_store(self) -> None:
+        """A store sealed since the start (`callrec seal`): the key in the clear is sealed now and
+        forgotten, and signing waits for a login."""
+        if not self.sealed and is_sealed(self.data_dir):
+            ensure_device_key(self.data_dir)
+            with self._lock:
+                self.sealed, self._key = True, None
+            log.info("the store is sealed now: the device key is sealed too, and signing waits for a login")
+
     def answer(self, request) -> dict:
         """The answer to one request (a decoded JSON value): what it asks, or why not."""
+        self.follow_store()
         try:
             command = _command(request)
             if command == "sign":

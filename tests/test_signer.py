@@ -153,6 +153,19 @@ def test_a_sealed_store_has_no_device_key_in_the_clear_and_signing_waits_for_a_l
         service.stop(timeout=2)
 
 
+def test_a_store_sealed_while_the_signer_runs_gets_its_device_key_sealed_at_once(running):
+    data, folder, _ = running
+    client = DeviceSigner(folder, data)
+    public = client.public_hex()
+    secret = KeySlots(data).create()            # as `callrec seal` does
+    with pytest.raises(SigningWaits):
+        client.sign(b"x")
+    assert not (data / KEY_FILE).exists() and (data / SEALED_KEY_FILE).exists()
+    client.unlock(secret)
+    signature, again = client.sign(b"x")
+    assert again == public and verifies(public, signature, b"x")
+
+
 def test_a_restarted_signer_is_given_the_secret_again_by_the_web_ui(tmp_path):
     from web.backend import Backend
 
