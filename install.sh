@@ -19,7 +19,9 @@ DATA_DIR=/var/lib/callrec           # the default data_dir, and callrec's home
 UNIT_DIR=/etc/systemd/system
 DROP_IN=50-callrec-data-dir.conf    # in each unit's .d folder while data_dir is elsewhere
 USER_NAME=callrec
-UNITS=(callrec-recorder.service callrec-web.service)
+WEB_USER=callrec-web                # the web UI's own user, in $USER_NAME's group (docs/security.md)
+SECRETS_DIR=$CONF_DIR/secrets       # secret files only $USER_NAME reads (webhook, S3, SSH, SMTP)
+UNITS=(callrec-signer.service callrec-recorder.service callrec-web.service)
 # As scripts/setup-env (rsync and ssh offload recordings to a NAS), and the system tools the
 # services use: certificates for HTTPS webhooks, kill for `systemctl reload`, Avahi to answer to
 # callrec.local on the LAN.
@@ -51,6 +53,10 @@ systemd_running() {
 
 as_callrec() {  # run a command as the service's user, with its groups and a clean environment
     setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --reset-env -- "$@"
+}
+
+as_web() {      # the same as the web UI's user, making files the group shares (as its unit does)
+    (umask 0007 && setpriv --reuid="$WEB_USER" --regid="$USER_NAME" --init-groups --reset-env -- "$@")
 }
 
 # -- what this machine is -----------------------------------------------------------------------
@@ -118,6 +124,12 @@ ensure_user() {
                 done+=("added $USER_NAME to $group")
             fi
         done
+    fi
+    if ! getent passwd "$WEB_USER" >/dev/null; then
+        # In the recorder's group (the catalogue, the signer's socket); not in audio, gpio, dialout.
+        useradd --system --gid "$USER_NAME" --home-dir /nonexistent --no-create-home \
+            --shell /usr/sbin/nologin --comment "call recorder web UI" "$WEB_USER"
+        done+=("created user $WEB_USER in group $USER_NAME")
     fi
     if [ ${#done[@]} -eq 0 ]; then report "user" "nothing changed"; else report "user" "$(joined "${done[@]}")"; fi
 }
@@ -223,6 +235,12 @@ install_config() {
         install -m 0640 -o root -g "$USER_NAME" "$SOURCE/appliance/demo/notice-en.wav" "$CONF_DIR/notice-en.wav"
         what+=("installed the example notice $CONF_DIR/notice-en.wav")
     fi
+    if [ "$(stat -c '%a %U:%G' "$SECRETS_DIR" 2>/dev/null)" != "700 $USER_NAME:$USER_NAME" ]; then
+        # Secret files ([webhook] secret_file, …): the recorder reads them, the web UI may not.
+        install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$SECRETS_DIR"
+        chmod g-s "$SECRETS_DIR"       # set by $CONF_DIR's setgid bit, and of no use here
+        what+=("made $SECRETS_DIR $USER_NAME:$USER_NAME 0700")
+    fi
     if [ ${#what[@]} -eq 0 ]; then report "config folder" "nothing changed"; else report "config folder" "$(joined "${what[@]}")"; fi
     install_conffile "config" "$SOURCE/firmware-config/appliance.toml.template" "$CONFIG" 0660 "root:$USER_NAME"
     CONFIG_CHANGED=$CHANGED
@@ -253,15 +271,30 @@ except CallrecError as exc:
 }
 
 install_data_dir() {
-    if [ "$(stat -c '%a %U:%G' "$DATA_DIR" 2>/dev/null)" = "750 $USER_NAME:$USER_NAME" ]; then
+    local was
+    was=$(stat -c '%a %U:%G' "$DATA_DIR" 2>/dev/null || true)
+    if [ "$was" = "770 $USER_NAME:$USER_NAME" ]; then
         report "data folder" "nothing changed"
     else
-        install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$DATA_DIR"
-        report "data folder" "made $DATA_DIR $USER_NAME:$USER_NAME 0750"
+        install -d -m 0770 -o "$USER_NAME" -g "$USER_NAME" "$DATA_DIR"
+        report "data folder" "made $DATA_DIR $USER_NAME:$USER_NAME 0770"
+        [ "$was" != "750 $USER_NAME:$USER_NAME" ] || share_data_dir "$DATA_DIR"
     fi
     if [ "$CONFIGURED_DATA_DIR" != "$DATA_DIR" ]; then
         install_data_dir_elsewhere "$CONFIGURED_DATA_DIR"
     fi
+}
+
+# share_data_dir DIR: on an upgrade from a version where the web UI ran as $USER_NAME (the data
+# folder was 0750), what it made for one user becomes the group's to read and write, so the web
+# UI's own user shares it, and the web UI's folder becomes its user's. Private files (0600: keys,
+# certificates) stay as they are, and keys/ stays $USER_NAME's (the signer opens it to the group
+# as far as it should).
+share_data_dir() {
+    local dir=$1
+    find "$dir" -mindepth 1 -path "$dir/keys" -prune -o \( -type d -o -type f ! -perm 600 \) -exec chmod g+rwX {} +
+    [ ! -d "$dir/web" ] || chown -R "$WEB_USER:$USER_NAME" "$dir/web"
+    report "data shared with the web UI" "let group $USER_NAME read and write $dir (not keys/ nor private files); web/ is $WEB_USER's"
 }
 
 # install_data_dir_elsewhere DIR: data_dir on another disk, made as $DATA_DIR is. A folder that
@@ -281,15 +314,16 @@ install_data_dir_elsewhere() {
     done < <(findmnt --fstab --list --noheadings --output TARGET 2>/dev/null || true)
     [ ! -e "$dir" ] || [ -d "$dir" ] || fail "data_dir $dir in $CONFIG is a file, not a folder"
     was=$(stat -c '%a %U:%G' "$dir" 2>/dev/null || true)
-    if [ "$was" = "750 $USER_NAME:$USER_NAME" ]; then
+    if [ "$was" = "770 $USER_NAME:$USER_NAME" ]; then
         report "data_dir" "nothing changed"
     else
-        foreign=$([ -z "$was" ] || find "$dir" -mindepth 1 ! -user "$USER_NAME" -print -quit)
+        foreign=$([ -z "$was" ] || find "$dir" -mindepth 1 ! -user "$USER_NAME" ! -user "$WEB_USER" -print -quit)
         [ -z "$foreign" ] || fail "data_dir $dir already holds files that are not $USER_NAME's (e.g. $foreign, owned by $(stat -c %U "$foreign")), and I change no one else's files. Give data_dir a folder of its own (e.g. $dir/callrec), or make this one $USER_NAME's yourself (sudo chown -R $USER_NAME:$USER_NAME $dir), then run me again."
-        if ! error=$(install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$dir" 2>&1); then
-            fail "cannot make $dir $USER_NAME:$USER_NAME 0750 ($error). A disk formatted FAT, exFAT or NTFS has no Unix owners: format it as ext4, or mount it with uid=$USER_NAME,gid=$USER_NAME,umask=0027"
+        if ! error=$(install -d -m 0770 -o "$USER_NAME" -g "$USER_NAME" "$dir" 2>&1); then
+            fail "cannot make $dir $USER_NAME:$USER_NAME 0770 ($error). A disk formatted FAT, exFAT or NTFS has no Unix owners: format it as ext4, or mount it with uid=$USER_NAME,gid=$USER_NAME,umask=0007"
         fi
-        report "data_dir" "made $dir $USER_NAME:$USER_NAME 0750${was:+ (it was $was)}"
+        report "data_dir" "made $dir $USER_NAME:$USER_NAME 0770${was:+ (it was $was)}"
+        [ "$was" != "750 $USER_NAME:$USER_NAME" ] || share_data_dir "$dir"
     fi
     as_callrec test -w "$dir" -a -x "$dir" \
         || fail "$USER_NAME cannot reach $dir: a folder above it is closed to others (ls -ld each one); open it (chmod o+x) and run me again"
@@ -473,6 +507,7 @@ command_wrapper() {   # /usr/local/bin/callrec
 #!/bin/sh
 # callrec as the services' user, so that what it writes in $DATA_DIR stays theirs.
 # Installed by install.sh.
+umask 0007          # what it writes in $DATA_DIR the web UI shares (group $USER_NAME)
 if [ "\$(id -u)" -eq 0 ]; then
     exec setpriv --reuid=$USER_NAME --regid=$USER_NAME --init-groups --reset-env -- $VENV/bin/callrec "\$@"
 fi
@@ -492,7 +527,7 @@ summary() {
     echo "Web UI:"
     echo "  https://$(cat /etc/hostname 2>/dev/null || hostname).local$port/"
     for address in $addresses; do echo "  https://$address$port/"; done
-    if code=$(as_callrec "$VENV/bin/callrec" setup-code --keep --config "$CONFIG" 2>&1); then
+    if code=$(as_web "$VENV/bin/callrec" setup-code --keep --config "$CONFIG" 2>&1); then
         echo "One-time setup code (for the first admin account): $code"
     elif [[ "$code" == *"set up already"* ]]; then
         echo "${code#callrec: }"

@@ -2,7 +2,7 @@
 # Removes the call recorder that install.sh installed:  sudo ./uninstall.sh [--purge]
 #
 # Keeps the recordings and the catalogue (/var/lib/callrec, and data_dir where the configuration
-# puts it elsewhere), the configuration (/etc/callrec), the user callrec that owns them, and any
+# puts it elsewhere), the configuration (/etc/callrec), the users callrec and callrec-web that own them, and any
 # system file you edited. With --purge, removes those too: the recordings are gone for good.
 set -euo pipefail
 
@@ -14,18 +14,19 @@ DATA_DIR=/var/lib/callrec
 UNIT_DIR=/etc/systemd/system
 DROP_IN=50-callrec-data-dir.conf    # install.sh's, while data_dir is elsewhere
 USER_NAME=callrec
-UNITS=(callrec-recorder.service callrec-web.service)
+WEB_USER=callrec-web
+UNITS=(callrec-signer.service callrec-recorder.service callrec-web.service)
 SYSTEM_FILES=(/etc/alsa/conf.d/50-callrec.conf /etc/udev/rules.d/85-callrec-sound.rules
               /etc/udev/rules.d/85-callrec-modem.rules /etc/udev/rules.d/85-callrec-gpio.rules
               /etc/systemd/journald.conf.d/50-callrec.conf)
 
-purge_data_dir_elsewhere() {   # purge_data_dir_elsewhere DIR: only if every file in it is callrec's
+purge_data_dir_elsewhere() {   # purge_data_dir_elsewhere DIR: only if every file in it is ours
     local dir=$1 foreign
     if [ ! -d "$dir" ]; then
         echo "data_dir $dir is not there (is its disk plugged in and mounted?): removed nothing there"
         return
     fi
-    foreign=$(find "$dir" -mindepth 1 ! -user "$USER_NAME" -print -quit)
+    foreign=$(find "$dir" -mindepth 1 ! -user "$USER_NAME" ! -user "$WEB_USER" -print -quit)
     if [ -n "$foreign" ]; then
         echo "kept data_dir $dir: it holds files that are not $USER_NAME's (e.g. $foreign); remove it yourself"
         return
@@ -104,6 +105,10 @@ if $purge; then
     echo "removed the configuration ($CONF_DIR) and every recording ($DATA_DIR)"
     if [ "$data_dir" != "$DATA_DIR" ]; then
         purge_data_dir_elsewhere "$data_dir"
+    fi
+    if getent passwd "$WEB_USER" >/dev/null; then
+        userdel "$WEB_USER"
+        echo "removed the user $WEB_USER"
     fi
     if getent passwd "$USER_NAME" >/dev/null; then
         userdel "$USER_NAME"

@@ -344,6 +344,7 @@ def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None
     """Export calls with their evidence as one signed bundle, checkable offline by `callrec verify`;
     with the configuration, also the access report (report.html) and the controller's facts.
     A sealed store's recovery key is asked for: the bundle holds the recordings in the clear."""
+    from appliance.signer import DeviceSigner
     from appliance.store.evidence import export_bundle
     from appliance.store.keyslots import KeySlots
     from appliance.store.retention import StoreActionError
@@ -351,10 +352,13 @@ def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None
     from appliance.transparency import controller_facts
 
     catalogue, data_dir = _catalogue(config_path, data)
-    opener = None
+    secret = None
     if is_sealed(data_dir):
         text = click.prompt("The store is sealed: its recovery key", hide_input=True, err=True)
-        opener = Opener(KeySlots(data_dir).unlock_with_recovery(text))
+        secret = KeySlots(data_dir).unlock_with_recovery(text)
+    opener = Opener(secret) if secret is not None else None
+    signer = DeviceSigner(load_config(config_path).recorder.live_dir if config_path.exists() else None,
+                          data_dir, apart=False, unlocker=lambda: secret)
     try:
         restricted = [call_id for call_id in call_ids if catalogue.get_call(call_id)["restricted"]]
         if restricted and not reason:
@@ -370,7 +374,8 @@ def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None
             numbers = ", ".join(dict.fromkeys(call["number"] for call in calls if call["number"]))
             customer = {"report": render_report(config, numbers, calls, language or config.privacy.language),
                         "controller": controller_facts(config)}
-        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor, opener=opener, **customer)
+        manifest = export_bundle(catalogue, data_dir, list(call_ids), out, actor, opener=opener, signer=signer,
+                                 **customer)
     except KeyError as exc:
         raise StoreActionError(f"there is no call {exc.args[0]}") from None
     except ValueError as exc:
@@ -529,6 +534,29 @@ def web(config_path: Path) -> None:
     notify("STOPPING=1")
     watchdog.close()
     server.stop()
+
+
+@main.command()
+@_config_option
+def signer(config_path: Path) -> None:
+    """Sign with the device key for the web UI and the recorder, on a socket in the runtime folder,
+    until stopped (SIGTERM or Ctrl-C). In a sealed store, signing waits for a user's login."""
+    from appliance.sdnotify import Watchdog, notify
+    from appliance.signer import start
+
+    config = load_config(config_path)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service = start(config.recorder.data_dir, config.recorder.live_dir)
+    notify("READY=1", f"STATUS=signing{' (waits for a login)' if service.key.locked else ''}")
+    watchdog = Watchdog(service.problem)
+    watchdog.start()
+    while not stop.wait(0.5):       # in steps: a signal is handled once the main thread wakes
+        pass
+    notify("STOPPING=1")
+    watchdog.close()
+    service.stop(timeout=service.beat_s)
 
 
 @main.command("setup-code")

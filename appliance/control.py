@@ -1,5 +1,6 @@
 """The recorder's control channel: a UNIX stream socket in the runtime folder (next to `live.json`)
-through which the web UI pauses or resumes a call in progress and listens to it live.
+through which the web UI pauses or resumes a call in progress and listens to it live, and asks the
+recorder to reload its configuration (the web UI runs as a user of its own, which may not signal it).
 
 One request per connection, one JSON object on one line; the answer is one JSON line, `{"ok":
 true, ...}` or `{"ok": false, "error": "..."}` (a bad request changes nothing). After the answer
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -29,7 +31,7 @@ MAX_REQUEST_BYTES = 4096
 REQUEST_S = 5.0             # a client must send its request within this
 QUEUE_S = 2.0               # the audio a listener may fall behind by before periods are dropped
 SEND_BUFFER = 16 * 1024     # about a second of 8 kHz mono: a stalled listener holds little memory
-COMMANDS = ("pause", "resume", "listen")
+COMMANDS = ("pause", "resume", "listen", "reload")
 
 
 class ControlError(Exception):
@@ -76,7 +78,7 @@ class Tap:
 
 def parse_request(line: bytes) -> dict:
     """A request as sent: {"command": pause|resume|listen, "line": name, "by": who, "call_id":
-    optional}. Raises ControlError naming what is wrong."""
+    optional}, or {"command": "reload", "by": who}. Raises ControlError naming what is wrong."""
     try:
         request = json.loads(line)
     except (UnicodeDecodeError, ValueError):
@@ -86,7 +88,7 @@ def parse_request(line: bytes) -> dict:
     command = request.get("command")
     if command not in COMMANDS:
         raise ControlError(f"command: one of {', '.join(COMMANDS)}")
-    if not isinstance(request.get("line"), str) or not request["line"]:
+    if command != "reload" and (not isinstance(request.get("line"), str) or not request["line"]):
         raise ControlError("line: the name of a line")
     if not isinstance(request.get("by"), str) or not request["by"]:
         raise ControlError("by: who asks (for the log)")
@@ -96,16 +98,16 @@ def parse_request(line: bytes) -> dict:
     return request
 
 
-class ControlService(Service):
-    """Serves the control socket: one thread per connection, each writing its own answer (and a
-    listener's audio); accepting beats the heartbeat."""
+class SocketService(Service):
+    """A UNIX stream socket served by this process: one thread per connection runs `handle`;
+    accepting beats the heartbeat. The request framing is `read_line` and `send`."""
 
     beat_s = 1.0
 
-    def __init__(self, folder: Path, lines: dict):
-        super().__init__("control")
-        self.path = Path(folder) / SOCKET_NAME
-        self.lines = lines          # by name: LineRecorder or SipTrunk (pause, resume, listen)
+    def __init__(self, name: str, path: Path, mode: int):
+        super().__init__(name)
+        self.path = Path(path)
+        self.mode = mode            # who may connect: the owner, and the group with 0660
         self._server: socket.socket | None = None
 
     def bind(self) -> None:
@@ -114,7 +116,7 @@ class ControlService(Service):
         self.path.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(self.path))
-        os.chmod(self.path, SOCKET_MODE)
+        os.chmod(self.path, self.mode)
         server.listen(8)
         server.settimeout(self.beat_s)
         self._server = server
@@ -135,20 +137,40 @@ class ControlService(Service):
                 if self.stopping.is_set():
                     return
                 raise
-            threading.Thread(target=self._handle, args=(conn,), name="control-client", daemon=True).start()
+            threading.Thread(target=self.handle, args=(conn,), name=f"{self.name}-client", daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        """Answer one connection (and close it)."""
+        raise NotImplementedError
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting and remove the socket (streams end with their calls or the lines)."""
+        """Stop accepting and remove the socket (connections being answered finish on their own)."""
         super().stop(timeout)
         if self._server is not None:
             self._server.close()
             self.path.unlink(missing_ok=True)
 
-    def _handle(self, conn: socket.socket) -> None:
+
+class ControlService(SocketService):
+    """Serves the control socket: one thread per connection, each writing its own answer (and a
+    listener's audio)."""
+
+    def __init__(self, folder: Path, lines: dict):
+        super().__init__("control", Path(folder) / SOCKET_NAME, SOCKET_MODE)
+        self.lines = lines          # by name: LineRecorder or SipTrunk (pause, resume, listen)
+
+    def handle(self, conn: socket.socket) -> None:
+        """Answer one request (and stream a listener's audio)."""
         with conn:
             conn.settimeout(REQUEST_S)
             try:
-                request = parse_request(_read_line(conn))
+                request = parse_request(read_line(conn))
+                if request["command"] == "reload":
+                    # As `systemctl reload` does: for a web UI that runs as a user of its own.
+                    log.info("configuration reload asked by %s", request["by"])
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    send(conn, {"ok": True})
+                    return
                 line = self.lines.get(request["line"])
                 if line is None:
                     raise ControlError(f"line: no line named {request['line']!r}")
@@ -156,9 +178,9 @@ class ControlService(Service):
                     self._stream(conn, line, request)
                     return
                 answer = line.screen_pause(request["command"] == "pause", request["by"], request.get("call_id"))
-                _send(conn, {"ok": True, **answer})
+                send(conn, {"ok": True, **answer})
             except ControlError as exc:
-                _send(conn, {"ok": False, "error": str(exc)})
+                send(conn, {"ok": False, "error": str(exc)})
             except OSError:
                 pass            # the client went away: nothing to tell it
 
@@ -166,7 +188,7 @@ class ControlService(Service):
         """Answer a listen request, then send the call's audio until it ends."""
         tap, answer = line.listen(request["by"], request.get("call_id"), QUEUE_S)
         try:
-            _send(conn, {"ok": True, **answer})
+            send(conn, {"ok": True, **answer})
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             conn.settimeout(None)
             while (pcm := tap.next(self.beat_s)) is not None or not tap.closed.is_set():
@@ -178,20 +200,23 @@ class ControlService(Service):
                 log.info("line %s: a listener fell behind: %d periods not sent", request["line"], tap.dropped)
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\n" not in data:
+def read_line(conn: socket.socket, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """One request line (without its newline), of at most `limit` bytes; ControlError when none
+    comes in time or it is longer."""
+    data = bytearray()
+    while True:
         try:
-            piece = conn.recv(MAX_REQUEST_BYTES)
+            piece = conn.recv(min(limit + 1, 1 << 16))
         except TimeoutError:
-            raise ControlError("no request within 5 s") from None
-        if not piece:
-            break
+            raise ControlError(f"no request within {REQUEST_S:g} s") from None
         data += piece
-        if len(data) > MAX_REQUEST_BYTES:
-            raise ControlError(f"the request is longer than {MAX_REQUEST_BYTES} bytes")
-    return data.split(b"\n", 1)[0]
+        if not piece or b"\n" in piece:
+            break
+        if len(data) > limit:
+            raise ControlError(f"the request is longer than {limit} bytes")
+    return bytes(data.split(b"\n", 1)[0])
 
 
-def _send(conn: socket.socket, answer: dict) -> None:
+def send(conn: socket.socket, answer: dict) -> None:
+    """Send one answer as a JSON line."""
     conn.sendall(json.dumps(answer).encode() + b"\n")

@@ -31,7 +31,7 @@ from appliance.store.catalogue import CATALOGUE_NAME
 from appliance.clock import clock_synchronised
 from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, SipTrunkConfig, StoreConfig, WebConfig, load_config
 from appliance.errors import CallrecError
-from appliance.keys import certificate_fingerprint
+from appliance.keys import certificate_fingerprint, fingerprint
 from appliance.live import FRESH_S, read_live
 from web.certificate import TLS_DIR, to_trust
 
@@ -692,6 +692,94 @@ def check_alarms(config: Config, timeout_s: float = MAIL_PROBE_S) -> Result:
                       f"{', '.join(alarms.to)}")
 
 
+# -- secrets and the signer -------------------------------------------------------------------------
+
+PRIVATE, GROUP_READS = 0o600, 0o640
+
+
+def secret_files(config: Config) -> list[tuple[Path, int, str, bool]]:
+    """Each secret file the appliance has, with the most its mode may allow, what it is and
+    whether the recorder's user must own it (a 0600 file of the web UI's user is the web's). The device
+    key, sealed or not, and the key slots are their owner's alone; the audit and subject keys are
+    the group's too (the web UI writes the audit trail); the webhook, offload, SSH and mail
+    secrets are their owner's only: the web UI, in the recorder's group, may not read them."""
+    from appliance.keys import AUDIT_KEY_FILE, KEY_FILE, SEALED_KEY_FILE, SUBJECTS_KEY_FILE
+    from appliance.store.keyslots import SLOTS_FILE
+
+    data = Path(config.recorder.data_dir)
+    files = [(data / KEY_FILE, PRIVATE, "the device key", True),
+             (data / SEALED_KEY_FILE, PRIVATE, "the sealed device key", True),
+             (data / SLOTS_FILE, PRIVATE, "the store's key slots", False),
+             (data / AUDIT_KEY_FILE, GROUP_READS, "the audit key", False),
+             (data / SUBJECTS_KEY_FILE, GROUP_READS, "the subject key", False)]
+    if config.webhook is not None:
+        files.append((config.webhook.secret_file, PRIVATE, "webhook.secret_file", True))
+    if config.offload is not None:
+        files += [(path, PRIVATE, f"offload.{key}", True) for key, path in config.offload.secret_files().items()
+                  if key != "known_hosts_file"]
+    if config.alarms is not None and config.alarms.password_file is not None:
+        files.append((config.alarms.password_file, PRIVATE, "alarms.password_file", False))
+    return files
+
+
+def check_secret_files(config: Config) -> list[Result]:
+    """Is each secret file closed to whom it should be (group and others beyond what is meant)?"""
+    results = []
+    try:
+        recorder = Path(config.recorder.data_dir).stat().st_uid       # the data folder's owner
+    except OSError:
+        recorder = None
+    for path, allowed, what, recorders in secret_files(config):
+        try:
+            status = path.stat()
+            mode = status.st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            results.append(Result(WARN, f"{what} {path} cannot be checked: {exc.strerror or exc}",
+                                  "run the doctor as root: sudo callrec doctor"))
+            continue
+        if mode & ~allowed:
+            results.append(Result(FAIL, f"{what} {path} has mode {mode:04o}: more can read it than should",
+                                  f"chmod {allowed:o} {path}"))
+        elif recorders and recorder is not None and status.st_uid != recorder:
+            owner = _user_name(recorder)
+            results.append(Result(FAIL, f"{what} {path} belongs to {_user_name(status.st_uid)}, not to the "
+                                        f"recorder's user {owner}", f"chown {owner} {path}"))
+    if not results:
+        results.append(Result(OK, "secret files (device key, audit key, webhook, offload and mail secrets) "
+                                  "are closed to whom they should be"))
+    return results
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_signer(config: Config, systemd: bool) -> Result:
+    """Does the signer answer, and can it sign now (a sealed store: after a login)?"""
+    from appliance.signer import DeviceSigner, SignerError, SignerUnavailable
+    from appliance.store.sealing import is_sealed
+
+    fix = ("start it with `sudo systemctl enable --now callrec-signer.service`; see why it stopped with "
+           "`journalctl -u callrec-signer.service -n 50`")
+    try:
+        status = DeviceSigner(config.recorder.live_dir, config.recorder.data_dir).over_socket({"command": "status"})
+    except SignerUnavailable as exc:
+        if systemd or is_sealed(config.recorder.data_dir):
+            return Result(FAIL, f"the signer does not answer: {exc}", fix)
+        return Result(INFO, "no signer runs: bundles and manifests are signed from the key file, by whoever may read it")
+    except SignerError as exc:
+        return Result(FAIL, f"the signer: {exc}", fix)
+    if status.get("locked"):
+        return Result(WARN, "the signer waits for a login: exports and offload manifests are signed once a user "
+                            "has logged in to the web UI since it started", "log in to the web UI")
+    return Result(OK, f"the signer signs as device {fingerprint(status['public']) if status.get('public') else '?'}")
+
+
 # -- all checks -------------------------------------------------------------------------------------
 
 def check_advice(config: Config) -> list[Result]:
@@ -732,10 +820,16 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
             results.append(check_live_trunk(trunk.name, line_states(states, trunk.name)))
         results += check_trunk_peers(trunk, seconds)
     results.append(check_data_dir(config, systemd))
+    results += check_secret_files(config)
+    results.append(check_signer(config, systemd))
     results.append(check_disk(config))
     if (target := check_offload_target(config)) is not None:
         results += [target, check_offload(config, target_works=target.status != FAIL)]
     results.append(check_clock(clock))
     results.append(check_alarms(config))
-    results.append(check_web(config.web, to_trust=to_trust(config.recorder.data_dir / "web" / TLS_DIR)))
+    try:
+        trusted = to_trust(config.recorder.data_dir / "web" / TLS_DIR)
+    except PermissionError:     # the web UI's own folder, where it runs as a user of its own: the served one
+        trusted = None
+    results.append(check_web(config.web, to_trust=trusted))
     return results

@@ -13,8 +13,10 @@ On the target, a recording keeps its archive path without the `archive/` folder
 (`2026/11/23/00000042-t1.opus`), and its manifest is next to it (`….opus.json`): the call's
 public fields, the recording's SHA-256, the call's ledger entries and the ledger head at the time
 (which anchors the chain off the box), the device's public key and fingerprint, and the device
-key's Ed25519 signature over the rest. The signature is made in a short-lived process, as the
-device key is made, so that the recorder never keeps the cryptography library loaded.
+key's Ed25519 signature over the rest. The signer signs it (`appliance.signer`); where none runs,
+a short-lived process does, as the device key is made, so that the recorder never keeps the
+cryptography library loaded. In a sealed store, signing waits for a user's login: until then
+copies wait too (retried with the back-off), and none is lost.
 """
 
 import hashlib
@@ -22,7 +24,6 @@ import json
 import logging
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,7 @@ from appliance.clock import iso_utc
 from appliance.config import OffloadConfig
 from appliance.errors import CallrecError
 from appliance.keys import fingerprint
+from appliance.signer import DeviceSigner, SignerError
 from appliance.service import Backoff, Service
 from appliance.s3 import Bucket, S3Error
 
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "callrec-offload-1"
 STAGING_DIR = "offload"         # in the data folder: manifests on their way to an rsync target
 BATCH = 50
-SIGN_TIMEOUT_S = 30.0
 POLL_S = 60.0           # how often an idle offloader looks for copies to delete
 COPY_TIMEOUTS = 10      # a copy may last this many times the target's timeout_s
 OFFLOAD_FIELDS = ("offloaded_at", "offload_target")
@@ -204,24 +205,16 @@ def manifest(row: dict, entries: list[dict], head: dict | None) -> dict:
             "ledger": entries, "ledger_head": head}
 
 
-def sign_manifest(document: dict, private_key) -> dict:
-    """The manifest with the device's public key, its fingerprint and the signature added."""
-    from appliance.keys import public_key_hex
-
-    public = public_key_hex(private_key)
-    signed = {**document, "device_public_key": public, "device_fingerprint": fingerprint(public)}
-    return {**signed, "signature": private_key.sign(canonical(signed)).hex()}
-
-
-def sign_apart(data_dir: Path, document: dict) -> dict:
-    """`sign_manifest` with the device key, in a short-lived process of its own."""
+def sign_manifest(document: dict, signer: DeviceSigner) -> dict:
+    """The manifest with the device's public key, its fingerprint and the signature added;
+    OffloadError (retried later) when it cannot be signed now."""
     try:
-        done = subprocess.run([sys.executable, "-m", "appliance.offload", "sign", str(data_dir)],
-                              input=json.dumps(document), capture_output=True, text=True,
-                              timeout=SIGN_TIMEOUT_S, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
+        public = signer.public_hex()
+        signed = {**document, "device_public_key": public, "device_fingerprint": fingerprint(public)}
+        signature, _ = signer.sign(canonical(signed))
+    except SignerError as exc:
         raise OffloadError(f"cannot sign the manifest with the device key: {exc}") from None
-    return json.loads(done.stdout)
+    return {**signed, "signature": signature.hex()}
 
 
 def verify_manifest(document: dict, recording: bytes | None = None) -> list[str]:
@@ -249,7 +242,7 @@ class Offloader(Service):
     """Copies each recording not yet offloaded to the configured target, oldest first, from its
     own thread. Call `start()` once, `notify()` when a call is finished, `stop()` at shutdown."""
 
-    def __init__(self, settings: OffloadConfig, catalogue: Catalogue, data_dir: Path):
+    def __init__(self, settings: OffloadConfig, catalogue: Catalogue, data_dir: Path, live_dir: Path | None = None):
         super().__init__("offload")
         # Between two beats: one copy or one deletion, each bounded by the target's timeouts.
         self.beat_s = max(Service.beat_s, settings.timeout_s * COPY_TIMEOUTS)
@@ -257,6 +250,7 @@ class Offloader(Service):
         self.catalogue = catalogue
         self.data_dir = Path(data_dir)
         self.target = target_for(settings, self.data_dir / STAGING_DIR)
+        self.signer = DeviceSigner(live_dir, self.data_dir)       # the signer's socket is in live_dir
         self.offloaded = self.failures = 0
         self._missing: set[int] = set()        # calls whose recording is gone, already reported
 
@@ -320,7 +314,7 @@ class Offloader(Service):
             self._report_missing(row)
             return False
         entries, head = self.catalogue.ledger_of(row["id"])
-        document = sign_apart(self.data_dir, manifest(row, entries, head))
+        document = sign_manifest(manifest(row, entries, head), self.signer)
         body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
         self.target.put(recording, body, remote_path(row), row["sha256"])
         if not self.catalogue.mark_offloaded(row["id"], row["sha256"], self.target.name):
@@ -350,12 +344,3 @@ class Offloader(Service):
             log.error("call %s: its recording %s is missing, so it cannot be offloaded "
                       "(`callrec verify` lists what else is wrong)", row["id"], row["file"])
 
-
-if __name__ == "__main__":
-    # python -m appliance.offload sign DATA_DIR < manifest.json > signed.json
-    from appliance.keys import load_private_key
-
-    if sys.argv[1:2] != ["sign"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m appliance.offload sign DATA_DIR < manifest.json")
-    signed_document = sign_manifest(json.load(sys.stdin), load_private_key(Path(sys.argv[2])))
-    sys.stdout.write(json.dumps(signed_document, ensure_ascii=False))

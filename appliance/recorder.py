@@ -99,7 +99,8 @@ class Recorder:
         if config.webhook is not None:
             secret = config.webhook.secret_file.read_text().strip()
             self.webhook = Webhook(config.webhook.url, secret, self.catalogue)
-        self.offload = Offloader(config.offload, self.catalogue, data_dir) if config.offload is not None else None
+        self.offload = (Offloader(config.offload, self.catalogue, data_dir, config.recorder.live_dir)
+                        if config.offload is not None else None)
         pin = config.recorder.fault_led_pin
         self.fault_led = FaultLed(pin, self.faults, pin_factory) if pin is not None else None
         self.alarms = self._alarm_notifier(config) if config.alarms is not None else None

@@ -31,7 +31,7 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = "systemd,udev,dbus"     # what Raspberry Pi OS Lite has; the installer brings the rest
 CACHE = Path("/var/cache/callrec-test")
-UNITS = ("callrec-recorder.service", "callrec-web.service")
+UNITS = ("callrec-signer.service", "callrec-recorder.service", "callrec-web.service")
 SOURCE_IN_ROOT = "/root/callrec"    # the technician's clone
 ELSEWHERE = "/srv/call recordings"      # data_dir on a disk of its own, named as a disk's label may be
 # Relative to the config's folder (/etc/callrec), as the recorder reads it.
@@ -72,7 +72,8 @@ for i in $(seq 60); do systemctl is-active -q callrec-recorder.service && break;
 sleep 10          # several watchdog timeouts
 systemctl show -p ActiveState -p NRestarts -p StatusText -p WatchdogUSec callrec-recorder.service > $out/recorder
 systemctl show -p ActiveState -p NRestarts callrec-web.service > $out/web
-for unit in recorder web; do
+systemctl show -p ActiveState -p NRestarts -p StatusText callrec-signer.service > $out/signer
+for unit in recorder web signer; do
     grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$(systemctl show -p MainPID --value callrec-$unit)/status > $out/$unit.status
 done
 ls /run/callrec > $out/run
@@ -96,7 +97,7 @@ callrec doctor --seconds 0.5 > $out/doctor.forgotten 2>&1
 ./install.sh > $out/install.elsewhere 2>&1 || echo "exit $?" >> $out/install.elsewhere
 systemctl stop callrec-recorder.service
 systemctl show -p Result callrec-recorder.service > $out/recorder.stopped
-journalctl -b -u callrec-recorder -u callrec-web > $out/journal
+journalctl -b -u callrec-recorder -u callrec-web -u callrec-signer > $out/journal
 systemctl poweroff
 """
 PROBE_UNIT = """[Unit]
@@ -266,9 +267,11 @@ def _tell(root: Path, seen: dict):
     seen["first"] = in_root(root, install).stdout
     timings["first install"] = time.monotonic() - t
     seen["files"] = {rel: owner(root, rel) for rel in (
-        "/etc/callrec", "/etc/callrec/appliance.toml", "/etc/callrec/notice-en.wav", "/var/lib/callrec",
+        "/etc/callrec", "/etc/callrec/appliance.toml", "/etc/callrec/notice-en.wav", "/etc/callrec/secrets",
+        "/var/lib/callrec",
         "/opt/callrec/venv/bin/callrec", "/usr/local/bin/callrec", *(f"/etc/systemd/system/{u}" for u in UNITS))}
     seen["user"] = in_root(root, "id callrec; getent passwd callrec").stdout
+    seen["web user"] = in_root(root, "id -nG callrec-web").stdout.split()
     seen["host name"] = (root / "etc/hostname").read_text().strip()
     seen["announcement"] = (root / "etc/avahi/services/callrec.service").read_text()
     seen["enabled"] = {unit: os.readlink(root / "etc/systemd/system/multi-user.target.wants" / unit)
@@ -371,7 +374,8 @@ def _move_data_dir(root: Path, seen: dict, install: str):
 def test_a_first_run_installs_everything_and_enables_the_units(story):
     said = steps(story["first"])
     assert said["Debian packages"][0].startswith("installed python3 python3-venv")
-    assert said["user"] == ["created group gpio; created group callrec; created user callrec in groups audio, gpio, dialout"]
+    assert said["user"] == ["created group gpio; created group callrec; created user callrec in groups audio, gpio, dialout; "
+                            "created user callrec-web in group callrec"]
     assert said["program"][0].startswith(f"installed callrec {__version__} in /opt/callrec/venv (not a Raspberry Pi")
     for unit in UNITS:
         assert said[f"enable {unit.removesuffix('.service')}"] == [f"enabled {unit} (starts at every boot)"]
@@ -403,7 +407,7 @@ def test_files_user_and_permissions_are_as_the_services_need_them(story):
     assert files["/etc/callrec"] == ("2770", "root", "callrec")
     assert files["/etc/callrec/appliance.toml"] == ("660", "root", "callrec")
     assert files["/etc/callrec/notice-en.wav"] == ("640", "root", "callrec")
-    assert files["/var/lib/callrec"] == ("750", "callrec", "callrec")
+    assert files["/var/lib/callrec"] == ("770", "callrec", "callrec")
     assert files["/opt/callrec/venv/bin/callrec"][0] == "755"
     assert files["/usr/local/bin/callrec"] == ("755", "root", "root")
     for unit in UNITS:
@@ -412,6 +416,8 @@ def test_files_user_and_permissions_are_as_the_services_need_them(story):
     assert re.search(r"groups=\d+\(callrec\)", uid)
     assert {"audio", "gpio", "dialout"} <= set(re.findall(r"\d+\(([a-z]+)\)", uid.split("groups=")[1]))
     assert passwd.endswith(":/var/lib/callrec:/usr/sbin/nologin")
+    assert story["web user"] == ["callrec"]         # the group only: no sound card, GPIO or modem
+    assert files["/etc/callrec/secrets"] == ("700", "callrec", "callrec")
 
 
 @needs_root
@@ -463,8 +469,8 @@ def test_uninstall_keeps_the_recordings_unless_purged(story):
 @needs_root
 def test_data_dir_elsewhere_gets_its_folder_and_a_drop_in_per_unit_and_a_second_run_changes_nothing(story):
     said = steps(story["elsewhere"])
-    assert said["data_dir"] == [f"made {ELSEWHERE} callrec:callrec 0750"]
-    assert story["elsewhere folder"] == ("750", "callrec", "callrec")
+    assert said["data_dir"] == [f"made {ELSEWHERE} callrec:callrec 0770"]
+    assert story["elsewhere folder"] == ("770", "callrec", "callrec")
     for unit in UNITS:
         drop_in = DROP_IN.format(unit=unit)
         assert said[f"drop-in {unit.removesuffix('.service')}"] == [f"installed /{drop_in}"]
@@ -523,13 +529,15 @@ def test_booted_the_services_run_hardened_and_the_recorder_feeds_its_watchdog(bo
     assert recorder["WatchdogUSec"] == "3s"
     assert recorder["StatusText"] == "recording 1 line(s)"
     assert "ActiveState=active" in booted["web"] and "NRestarts=0" in booted["web"], booted["journal"]
-    assert "live.json" in booted["run"].split()
+    assert "ActiveState=active" in booted["signer"] and "StatusText=signing" in booted["signer"], booted["journal"]
+    assert {"live.json", "signer.sock", "control.sock"} <= set(booted["run"].split())
     uid = re.search(r"^Uid:\s+(\d+)", booted["recorder.status"], re.M).group(1)
-    for unit in ("recorder", "web"):
+    for unit in ("recorder", "web", "signer"):
         status = dict(re.findall(r"^(\w+):\s+(\S+)", booted[f"{unit}.status"], re.M))
-        assert status["Uid"] == uid != "0"                          # both as callrec
+        # The recorder and the signer as callrec; the web UI as callrec-web, which may not read the device key.
+        assert (status["Uid"] == uid) == (unit != "web") and status["Uid"] != "0"
         assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
-        assert int(status["CapEff"], 16) == (0 if unit == "recorder" else 1 << 10)  # CAP_NET_BIND_SERVICE
+        assert int(status["CapEff"], 16) == (1 << 10 if unit == "web" else 0)      # CAP_NET_BIND_SERVICE
     assert "cannot open capture device callrec_capture" in booted["journal"]
     assert re.search(r"adjtimex gives [0-5] errno 0", booted["journal"]), booted["journal"]
     assert booted["recorder.stopped"].strip() == "Result=success"

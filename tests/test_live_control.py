@@ -234,3 +234,28 @@ def test_a_sip_call_is_heard_live_in_stereo_and_paused_from_the_screen(tmp_path)
         assert 0.7 * RATE < silent.sum() < 1.4 * RATE           # the pause, as silence
     finally:
         trunk.stop()
+
+
+def test_a_reload_asked_on_the_control_channel_is_the_reload_signal(tmp_path):
+    # The web UI runs as a user of its own, which may not send the recorder SIGHUP.
+    import signal as signals
+
+    from appliance.control import ControlService
+
+    got = threading.Event()
+    previous = signals.signal(signals.SIGHUP, lambda *_: got.set())
+    service = ControlService(tmp_path, {})
+    service.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(tmp_path / "control.sock"))
+            conn.sendall(b'{"command": "reload", "by": "web"}\n')
+            assert json.loads(conn.makefile("rb").readline()) == {"ok": True}
+        assert got.wait(5)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(tmp_path / "control.sock"))
+            conn.sendall(b'{"command": "reload"}\n')
+            assert json.loads(conn.makefile("rb").readline()) == {"ok": False, "error": "by: who asks (for the log)"}
+    finally:
+        service.stop(2)
+        signals.signal(signals.SIGHUP, previous)

@@ -24,6 +24,7 @@ from appliance.store.objections import Objections
 from appliance.store.personal import NumberTagger
 from appliance.store.retention import Store
 from appliance.store.sealing import Opener, Sealer, StoreLocked
+from appliance.signer import DeviceSigner, SignerError
 from web.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,26 @@ class Backend:
         return self.sealer is not None and self.opener is None
 
     def unlock(self, secret: bytes) -> None:
-        """Keep the store secret's opener in RAM: sealed recordings and fields can be read, and the
-        calls written while locked are tagged (found by number) from now on."""
+        """Keep the store secret's opener in RAM: sealed recordings and fields can be read, the
+        calls written while locked are tagged (found by number) from now on, and the signer gets
+        the secret, which opens the sealed device key."""
         self.opener = Opener(secret)
         self.secret = secret
         with self._lock:
             if self.tagger is None:
                 self.tagger = NumberTagger(self.catalogue, self.opener, self.config.recorder.country_code)
                 self.tagger.start()
+        if self.sealer is not None:
+            try:
+                self.signer.unlock(secret)
+            except SignerError as exc:      # the login stands: signing waits until the signer runs
+                log.warning("the signer did not take the store secret: %s", exc)
+
+    @property
+    def signer(self) -> DeviceSigner:
+        """How the web UI signs: only through the signer (which alone may read the device key)."""
+        return DeviceSigner(self.config.recorder.live_dir, self.data_dir,
+                            unlocker=lambda: self.secret if self.sealer is not None else None)
 
     def reading(self) -> Opener | None:
         """What opens sealed data: None for a store that is not sealed; StoreLocked while locked."""
@@ -96,13 +109,23 @@ class Backend:
         return read_live(self.config.recorder.live_dir)
 
     def signal_recorder(self) -> bool:
-        """Ask the running recorder to reload its configuration (SIGHUP). False if none runs."""
+        """Ask the running recorder to reload its configuration (SIGHUP, or through its control
+        channel where it runs as another user). False if none runs."""
         pid = recorder_pid(self.config.recorder.live_dir)
         if pid is None:
             return False
         try:
             os.kill(pid, signal.SIGHUP)
             return True
+        except PermissionError:
+            from web.live import ControlRefused, ask
+
+            try:
+                ask(self.config.recorder.live_dir, {"command": "reload", "by": "web"})[1].close()
+                return True
+            except ControlRefused as exc:
+                log.warning("cannot ask the recorder to reload: %s", exc)
+                return False
         except OSError as exc:
             log.warning("cannot signal the recorder (pid %s): %s", pid, exc)
             return False

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.errors import CallrecError
+from appliance.signer import SigningWaits
 from appliance.store.evidence import export_bundle
-from web.i18n import data_size
+from web.i18n import data_size, error_text
 from web.restriction import openings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ SWEEP_S = 60
 
 class ExportRefused(CallrecError):
     """An export that cannot be made now; the message says why."""
+
+
+SIGNING_WAITS = ("signing waits for a login: the device key opens when a user logs in after the "
+                 "appliance (or its signer) started; log out and in again, then export")
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,15 @@ class ExportJob:
     done: int = 0
     total: int = 0
     state: str = "running"      # running, ready, failed
-    error: str | None = None
+    failure: Exception | None = None
     created: float = field(default_factory=time.time)
     request: "CustomerRequest | None" = None   # a customer's request: the report and facts to add
 
     def public(self) -> dict:
         """What the progress page and the API show."""
         return {"id": self.id, "state": self.state, "done": self.done, "total": self.total,
-                "calls": len(self.call_ids), "size": self.size, "written": self.written, "error": self.error}
+                "calls": len(self.call_ids), "size": self.size, "written": self.written,
+                "error": error_text(self.failure) if self.failure is not None else None}
 
 
 class Exports:
@@ -137,15 +143,18 @@ class Exports:
             if job.request is not None:
                 extra = {"report": job.request.report, "controller": job.request.controller,
                          "without_recording": list(job.request.without_recording)}
-            export_bundle(self.backend.catalogue, self.backend.data_dir, job.call_ids, job.path, job.actor,
-                          address, progress, opener=opener, **extra)
+            try:
+                export_bundle(self.backend.catalogue, self.backend.data_dir, job.call_ids, job.path, job.actor,
+                              address, progress, opener=opener, signer=self.backend.signer, **extra)
+            except SigningWaits:
+                raise ExportRefused(SIGNING_WAITS) from None
             with self._lock:
                 if self._erased & set(job.call_ids):
                     raise ExportRefused("a call in this export was erased while it was being made")
             job.state = "ready"
         except Exception as exc:        # the page must say what went wrong, whatever it was
             log.exception("export %s failed", job.id)
-            job.state, job.error = "failed", str(exc)
+            job.state, job.failure = "failed", exc
             job.path.unlink(missing_ok=True)
 
     def get(self, job_id: str, principal) -> ExportJob | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from appliance.clock import iso_utc
 from appliance.errors import StoreError
-from appliance.keys import derived_key
+from appliance.keys import AUDIT_KEY_FILE, shared_key
 from appliance.store import auditchain, ledger
 from appliance.store.migrations import MIGRATIONS
 from appliance.store.personal import DIGIT_FIELD, seal, sealed_call
@@ -445,7 +445,7 @@ class Catalogue:
 
 class WriteConnection(sqlite3.Connection):
     """A catalogue's write connection: it knows its data folder, hence the key of the audit
-    chain's detail hashes (derived from the device key when first needed)."""
+    chain's detail hashes (read from its file when first needed)."""
 
     data_dir: Path | None = None
 
@@ -457,7 +457,7 @@ class WriteConnection(sqlite3.Connection):
     @functools.cached_property
     def audit_key(self) -> bytes:
         """The key of the audit trail's detail hashes."""
-        return derived_key(self.data_dir, auditchain.KEY_LABEL)
+        return shared_key(self.data_dir, AUDIT_KEY_FILE, auditchain.KEY_LABEL)
 
 
 def connect(path: Path) -> WriteConnection:

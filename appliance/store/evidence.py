@@ -27,7 +27,8 @@ from appliance.store.sealing import Opener
 from appliance.store.catalogue import Catalogue, audit, public_fields
 from appliance.store.personal import opened_call
 from appliance.clock import iso_utc
-from appliance.keys import derived_key, fingerprint, key_path, load_private_key, public_key_hex
+from appliance.keys import AUDIT_KEY_FILE, DeviceKeyError, fingerprint, shared_key
+from appliance.signer import DeviceSigner
 
 BUNDLE_FORMAT = "callrec-bundle-1"
 REPORT_FILE = "report.html"
@@ -49,9 +50,11 @@ def verify_audit(catalogue: Catalogue, data_dir: Path) -> list[str]:
                     for match in re.findall(r"reference (\S+),", detail or "")}
     if not any(row["hash"] for row in rows):
         return []
-    if not key_path(data_dir).exists():
-        return ["the device key is missing: the audit trail's details cannot be checked"]
-    return auditchain.check(rows, derived_key(data_dir, auditchain.KEY_LABEL), erasures)
+    try:
+        key = shared_key(data_dir, AUDIT_KEY_FILE, auditchain.KEY_LABEL, create=False)
+    except DeviceKeyError:
+        return ["the audit key is missing: the audit trail's details cannot be checked"]
+    return auditchain.check(rows, key, erasures)
 
 
 def verify_ledger(catalogue: Catalogue) -> list[str]:
@@ -101,14 +104,17 @@ def unowned_files(catalogue: Catalogue, data_dir: Path) -> list[str]:
 def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out: Path, actor: str,
                   address: str | None = None, progress=None, report: str | None = None,
                   controller: dict | None = None, without_recording: list[int] = (),
-                  opener: Opener | None = None) -> dict:
+                  opener: Opener | None = None, signer: DeviceSigner | None = None) -> dict:
     """Write a signed bundle of the given calls to `out`; record the export in the ledger and the
     audit trail. Returns the manifest. `progress(done, total)` is called after each recording.
     A sealed store's recordings and fields are written opened with `opener` (StoreLocked without
     it): a bundle is made to be read.
     For a customer's request: `report` (the access report's HTML), `controller` (the facts of
-    `appliance.transparency.controller_facts`) and the ids of their calls `without_recording`."""
-    key = load_private_key(data_dir)
+    `appliance.transparency.controller_facts`) and the ids of their calls `without_recording`.
+    `signer` signs the manifest (by default, the key file in this process: only where no signer
+    runs); SigningWaits while a sealed store's key waits for a login, before anything is written."""
+    signer = signer if signer is not None else DeviceSigner(None, data_dir, apart=False)
+    public = signer.public_hex()
     entries = []
     with catalogue.read() as db:
         others = [public_fields(opened_call(opener, dict(row))) for call_id in without_recording
@@ -130,7 +136,6 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
         if is_sealed_file(path):
             with open_recording(path, opener) as plain:
                 fields["plain_sha256"] = sha256_of(plain)
-    public = public_key_hex(key)
     manifest = {"format": BUNDLE_FORMAT, "created_at": iso_utc(time.time()), "device_public_key": public,
                 "device_fingerprint": fingerprint(public), "ledger_head": head,
                 "calls": [fields for fields, _ in entries]}
@@ -140,10 +145,11 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
     if report is not None:
         manifest["report"] = {"file": REPORT_FILE, "sha256": hashlib.sha256(report.encode()).hexdigest()}
     body = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode()
+    signature, _ = signer.sign(body)
     partial = Path(str(out) + ".part")
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as bundle:
         bundle.writestr("manifest.json", body)
-        bundle.writestr("manifest.sig", key.sign(body).hex())
+        bundle.writestr("manifest.sig", signature.hex())
         if report is not None:
             bundle.writestr(REPORT_FILE, report)
         for done, (fields, path) in enumerate(entries, start=1):

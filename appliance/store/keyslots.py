@@ -16,7 +16,7 @@ from appliance.errors import CallrecError
 from appliance.store.sealing import Opener, public_path
 from appliance.store.spool import fsync_dir
 
-SLOTS_FILE = "keys/slots.json"
+SLOTS_FILE = "web/keyslots.json"     # the web UI's, which adds and re-wraps slots
 SECRET_BYTES = 32
 CHECK_BYTES = 3                 # a typo in a recovery key is told apart from a wrong key
 GROUP = 5
@@ -66,7 +66,7 @@ def _b64(data: bytes) -> str:
 
 
 class KeySlots:
-    """The store's key slots in a data folder (keys/slots.json), and the public key beside them."""
+    """The store's key slots in a data folder (web/keyslots.json), and its public key (keys/store.pub)."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -83,7 +83,8 @@ class KeySlots:
             raise KeySlotError(f"the store in {self.data_dir} is sealed already")
         secret = secrets.token_bytes(SECRET_BYTES)
         opener = Opener(secret)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in (self.path.parent, public_path(self.data_dir).parent):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._write({"version": 1, "public": opener.public_hex(), "slots": {}})
         _write_durably(public_path(self.data_dir), (opener.public_hex() + "\n").encode(), 0o644)
         return secret
@@ -98,6 +99,10 @@ class KeySlots:
 
     def _write(self, slots: dict) -> None:
         _write_durably(self.path, json.dumps(slots, indent=1).encode(), 0o600)
+        if os.geteuid() == 0:
+            # Written by the technician's `sudo callrec …`: the file stays the web UI's, whose folder it is.
+            folder = self.path.parent.stat()
+            os.chown(self.path, folder.st_uid, folder.st_gid)
 
     def holders(self) -> list[str]:
         """Who has a slot (the names given to `add`)."""
