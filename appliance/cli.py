@@ -644,6 +644,7 @@ def user_password(name: str, role: str | None, recovery: bool, config_path: Path
 def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
     """Seal the store at rest: recordings and personal data become readable only after a login or
     with the recovery key, shown once. Stop the recorder first. Resumable: run it again after a stop."""
+    from appliance.keys import ensure_device_key
     from appliance.live import read_live
     from appliance.store.keyslots import KeySlots, recovery_text
     from appliance.store.personal import seal_fields
@@ -660,6 +661,7 @@ def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
     if not slots.exists():
         owner = _check_password(config_path, data, user_name) if user_name is not None else None
         secret = slots.create()
+        ensure_device_key(data_dir)         # sealed now, its clear copy removed
         click.echo("The store's RECOVERY KEY (shown only now: print it or write it down, keep it away from "
                    "the appliance):\n\n    " + recovery_text(secret) + "\n\n"
                    "It opens every recording, here and on the offload target, if all passwords are lost.")

@@ -238,9 +238,12 @@ class DeviceSigner:
         try:
             answer = self.over_socket(request)
         except SignerUnavailable:
-            if is_sealed(self.data_dir):
+            if not self.apart:
+                answer = self._here(request)
+            elif is_sealed(self.data_dir):
                 raise
-            answer = self._apart(request) if self.apart else DeviceKey(self.data_dir).answer(request)
+            else:
+                answer = self._apart(request)
         if not answer.get("ok"):
             if answer.get("locked"):
                 raise SigningWaits()
@@ -264,6 +267,18 @@ class DeviceSigner:
         except (OSError, ValueError) as exc:
             raise SignerUnavailable(f"the signer does not answer on {self.path} ({exc}): "
                                     "systemctl status callrec-signer says why") from None
+
+    def _here(self, request: dict) -> dict:
+        """The answer from the key file in this process: a sealed key only with the secret the
+        unlocker gives (`callrec export` with the recovery key)."""
+        key = DeviceKey(self.data_dir)
+        if key.sealed:
+            secret = self.unlocker() if self.unlocker is not None else None
+            if secret is None:
+                raise SignerUnavailable(f"the signer is not running (no {self.path}): "
+                                        "systemctl status callrec-signer says why")
+            key.unlock(secret)
+        return key.answer(request)
 
     def _apart(self, request: dict) -> dict:
         try:

@@ -16,19 +16,21 @@ import av
 import numpy as np
 import pytest
 
+from appliance import signer
 from appliance.clock import iso_utc
+from appliance.offload import Offloader
 from appliance.store.archive import SPOOL_DIR, encode_spool, record_archive
 from appliance.store.catalogue import Catalogue
 from appliance.store.evidence import verify_bundle
 from appliance.store.keyslots import KeySlots, recovery_text
 from appliance.store.sealing import Opener, Sealer, is_sealed_stream
 from appliance.store.spool import SpoolWriter
-from conftest import PASSWORD, RATE, calls_json, callrec, iso_seconds, tone, tone_level, write_config, \
+from conftest import PASSWORD, RATE, calls_json, callrec, iso_seconds, tone, tone_level, wait_for, write_config, \
     write_scenario, write_wav
 from sipp.harness import SIPP_PCAPS, RtpEndpoint, pcap_audio, read_stereo
 from test_sip import CALLER_HZ, Trunk, best_match, call_through, levels
 from test_full_disk import fill, small_disk  # noqa: F401 (a fixture)
-from test_offload import appliance, check_copy, object_store, run_offloader  # noqa: F401 (a fixture)
+from test_offload import appliance, check_copy, object_store  # noqa: F401 (a fixture)
 from test_web import login
 
 SEGMENT_S = 0.5
@@ -286,9 +288,19 @@ def test_a_disk_too_full_to_encode_keeps_the_sealed_spool_as_the_archive(tmp_pat
 def test_the_offload_target_gets_the_sealed_files_as_they_are(tmp_path, object_store):
     config = appliance(tmp_path, object_store.settings())
     data = config.recorder.data_dir
-    KeySlots(data).create()
+    secret = KeySlots(data).create()
     call = sealed_call(data, 2.0, "t1")
-    run_offloader(config, lambda o: o.offloaded == 1)
+    service = signer.start(data, tmp_path / "run")      # its manifest is signed once a login unlocked it
+    service.key.unlock(secret)
+    try:
+        catalogue = Catalogue(data)
+        offloader = Offloader(config.offload, catalogue, data, tmp_path / "run")
+        offloader.start()
+        assert wait_for(lambda: offloader.offloaded == 1, 15)
+    finally:
+        offloader.stop(5)
+        catalogue.close()
+        service.stop(timeout=2)
     key = "shop-1/" + str(Path(call["file"]).relative_to("archive"))
     copy = object_store.get(key)
     assert copy == (data / call["file"]).read_bytes() and is_sealed_stream(copy)

@@ -185,31 +185,36 @@ def test_a_restarted_signer_is_given_the_secret_again_by_the_web_ui(tmp_path):
         backend.close()
 
 
-def test_an_export_from_the_web_ui_says_signing_waits_for_a_login(tmp_path):
+def test_an_export_from_the_web_ui_waits_for_a_login_then_signs_through_the_signer(tmp_path):
     from web import create_app
-    from web.exports import SIGNING_WAITS
 
     config = write_config(tmp_path, recorder={"data_dir": "data"})
     data = tmp_path / "data"
     catalogue = Catalogue(data)
     call = record_call(catalogue, data)
     catalogue.close()
-    KeySlots(data).create()
+    secret = KeySlots(data).create()
     service = signer.start(data, data / "run")
     app = create_app(config, secure_cookies=False)
     try:
         token = app.extensions["callrec"].accounts.add_token("dpo", "admin", None, "test")
         client = app.test_client()
         auth = {"Authorization": f"Bearer {token}"}
+        refused = client.post("/api/v1/exports", json={"call_ids": [call["id"]]}, headers=auth)
+        assert refused.status_code == 423 and service.key.locked
+        assert not list((data / "web" / "exports").glob("*.zip*"))
+        with Catalogue(data).read() as db:
+            assert db.execute("SELECT count(*) FROM ledger WHERE event = 'exported'").fetchone()[0] == 0
+        app.extensions["callrec"].unlock(secret)                 # a login: the signer gets the secret
+        assert not service.key.locked
         started = client.post("/api/v1/exports", json={"call_ids": [call["id"]]}, headers=auth)
         assert started.status_code == 202
         status_url = started.get_json()["status_url"]
         assert wait_for(lambda: client.get(status_url, headers=auth).get_json()["state"] != "running", 10)
-        status = client.get(status_url, headers=auth).get_json()
-        assert status["state"] == "failed" and status["error"] == SIGNING_WAITS
-        assert not list((data / "web" / "exports").glob("*.zip*"))
-        with Catalogue(data).read() as db:
-            assert db.execute("SELECT count(*) FROM ledger WHERE event = 'exported'").fetchone()[0] == 0
+        assert client.get(status_url, headers=auth).get_json()["state"] == "ready"
+        [bundle] = (data / "web" / "exports").glob("*.zip")
+        problems, manifest = verify_bundle(bundle)
+        assert problems == [] and manifest["device_public_key"] == service.key.public
     finally:
         app.extensions["callrec"].close()
         service.stop(timeout=2)
