@@ -73,7 +73,8 @@ def test_the_status_page_follows_the_demos_calls(demo, browser, tmp_path, record
     page = browser.new_page(ignore_https_errors=True, locale="en-GB")
     page.goto(f"{base}/login")
     log_in(page, f"{base}/")
-    assert page.locator("table.calls tbody tr td.muted").count() == 1      # no call yet
+    # The list holds no call yet, or the first one already if the machine was slow to get here.
+    assert page.locator("table.calls tbody tr").count() == 1
     page.goto(f"{base}/status")
     page.wait_for_selector("#recorder:has-text('is running')", timeout=10000)
     shop = page.locator("[data-line=shop]")

@@ -41,9 +41,10 @@ _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type"
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _UNAUTHORISED = _error("No valid API token")
 # A number the appliance can normalise (`appliance.contacts.normalise`) to 15 digits at most, whatever
-# the country code: international with "+" or "00", national after one "0", or short.
-_SEP = r"[\s.\-/()]"
-_PHONE_NUMBER = (rf"^{_SEP}*(?:(?:\+|0{_SEP}*0)(?:{_SEP}*[0-9]){{1,15}}|0(?:{_SEP}*[0-9]){{0,12}}"
+# the country code: international with "+" or "00", national after one "0", or short. Parentheses,
+# which the appliance takes too ("+32 (0)2…" drops the "(0)"), are left out: no pattern says that rule.
+_SEP = r"[\s.\-/]"
+_PHONE_NUMBER = (rf"^{_SEP}*(?:(?:\+|0{_SEP}*0)(?:{_SEP}*[0-9]){{1,15}}|0(?:{_SEP}*[1-9](?:{_SEP}*[0-9]){{0,11}})?"
                  rf"|[1-9](?:{_SEP}*[0-9]){{0,14}}){_SEP}*$")
 _NUMBER_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["number"], "additionalProperties": False,
