@@ -654,7 +654,8 @@ def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
     if config_path.exists() and read_live(load_config(config_path).recorder.live_dir) is not None:
         raise StoreError("the recorder is running: stop it first (sudo systemctl stop callrec-recorder), "
                          "then start it again once the store is sealed")
-    catalogue, data_dir = _catalogue(config_path, data)
+    data_dir = _data_dir(config_path, data)
+    catalogue = Catalogue(data_dir)         # a new box is sealed before its first call
     slots = KeySlots(data_dir)
     if slots.exists() and user_name is not None:
         raise StoreError("the store is sealed already: a user gets a key slot at their next login")
