@@ -297,6 +297,24 @@ share_data_dir() {
     report "data shared with the web UI" "let group $USER_NAME read and write $dir (not keys/ nor private files); web/ is $WEB_USER's"
 }
 
+# A new box's store is sealed before its first call (recordings and personal data readable only
+# after a login, see docs/security.md); its recovery key is shown once, in the summary. A box that
+# has recorded already is left as it is: sealing its calls is the technician's step (`callrec seal`).
+install_sealing() {
+    local dir=$CONFIGURED_DATA_DIR sealed
+    if [ -e "$dir/keys/store.pub" ]; then
+        report "sealed store" "nothing changed"
+    elif [ -e "$dir/catalogue.db" ]; then
+        report "sealed store" "nothing changed (this box recorded before it was sealed: stop the recorder, then run \`sudo callrec seal\`)"
+    else
+        sealed=$( (umask 0007 && as_callrec "$VENV/bin/callrec" seal --config "$CONFIG") ) || fail "cannot seal the store in $dir"
+        RECOVERY_KEY=$(sed -n 's/^    \([A-Z2-7-]\{20,\}\)$/\1/p' <<<"$sealed")
+        [ -n "$RECOVERY_KEY" ] || fail "callrec seal did not show the recovery key"
+        chown -R "$WEB_USER:$USER_NAME" "$dir/web"      # the key slots are the web UI's
+        report "sealed store" "recordings and personal data in $dir are sealed from the first call"
+    fi
+}
+
 # install_data_dir_elsewhere DIR: data_dir on another disk, made as $DATA_DIR is. A folder that
 # already holds someone else's files is refused: their owners are never changed.
 install_data_dir_elsewhere() {
@@ -527,6 +545,11 @@ summary() {
     echo "Web UI:"
     echo "  https://$(cat /etc/hostname 2>/dev/null || hostname).local$port/"
     for address in $addresses; do echo "  https://$address$port/"; done
+    if [ -n "$RECOVERY_KEY" ]; then
+        echo "Recovery key of the store (shown only now: print it for the owner, who types it at setup,"
+        echo "and keep it away from the box; it opens every recording if all passwords are lost):"
+        echo "  $RECOVERY_KEY"
+    fi
     if code=$(as_web "$VENV/bin/callrec" setup-code --keep --config "$CONFIG" 2>&1); then
         echo "One-time setup code (for the first admin account): $code"
     elif [[ "$code" == *"set up already"* ]]; then
@@ -547,11 +570,13 @@ install_packages
 ensure_user
 PROGRAM_CHANGED=false
 CONFIG_CHANGED=false
+RECOVERY_KEY=""
 SERVICE_FAILED=false
 install_program
 install_config
 read_data_dir
 install_data_dir
+install_sealing
 install_system_files
 install_lines
 install_units

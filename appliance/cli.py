@@ -655,7 +655,6 @@ def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
         raise StoreError("the recorder is running: stop it first (sudo systemctl stop callrec-recorder), "
                          "then start it again once the store is sealed")
     data_dir = _data_dir(config_path, data)
-    catalogue = Catalogue(data_dir)         # a new box is sealed before its first call
     slots = KeySlots(data_dir)
     if slots.exists() and user_name is not None:
         raise StoreError("the store is sealed already: a user gets a key slot at their next login")
@@ -669,6 +668,10 @@ def seal(user_name: str | None, config_path: Path, data: Path | None) -> None:
         if owner is not None:
             slots.add(f"user:{owner[0].id}", owner[1], secret)
             click.echo(f"{user_name} unlocks the store at their login")
+    if not (data_dir / "catalogue.db").exists():
+        click.echo("done: a new store, sealed before its first call")
+        return
+    catalogue = Catalogue(data_dir)
     sealer = Sealer.load(data_dir)
     last = [0.0]
 

@@ -22,13 +22,9 @@ def segment_freq(k: int) -> float:
     return 400.0 + 100.0 * k
 
 
-@pytest.mark.parametrize("kill_after_s", [0.6, 6.3])
-def test_a_killed_recorder_is_recovered_up_to_a_second_before_the_kill(tmp_path, kill_after_s):
-    audio = np.concatenate([tone(segment_freq(k), SEGMENT_S, 0.4) for k in range(30)])
-    source = write_wav(tmp_path / "steps.wav", audio)
-    config = write_config(tmp_path)
-    scenario = write_scenario(tmp_path, [{"direction": "outgoing", "at": 0.5, "audio": str(source)}])
-    data = tmp_path / "data"
+def killed_during_the_call(config, scenario, data, kill_after_s: float) -> tuple[float, float]:
+    """Run `callrec simulate` and kill it (SIGKILL, its whole process group) `kill_after_s` into
+    its first call; returns (the off-hook time, the time of the kill), epoch seconds."""
     recorder = subprocess.Popen(
         [sys.executable, "-m", "appliance", "simulate", str(scenario), "--config", str(config),
          "--data", str(data)], start_new_session=True, stderr=subprocess.DEVNULL)
@@ -48,6 +44,17 @@ def test_a_killed_recorder_is_recovered_up_to_a_second_before_the_kill(tmp_path,
         os.killpg(recorder.pid, signal.SIGKILL)
     finally:
         recorder.wait()
+    return off_hook, killed_at
+
+
+@pytest.mark.parametrize("kill_after_s", [0.6, 6.3])
+def test_a_killed_recorder_is_recovered_up_to_a_second_before_the_kill(tmp_path, kill_after_s):
+    audio = np.concatenate([tone(segment_freq(k), SEGMENT_S, 0.4) for k in range(30)])
+    source = write_wav(tmp_path / "steps.wav", audio)
+    config = write_config(tmp_path)
+    scenario = write_scenario(tmp_path, [{"direction": "outgoing", "at": 0.5, "audio": str(source)}])
+    data = tmp_path / "data"
+    off_hook, killed_at = killed_during_the_call(config, scenario, data, kill_after_s)
 
     empty = tmp_path / "empty.toml"
     empty.write_text("")

@@ -268,7 +268,8 @@ def _tell(root: Path, seen: dict):
     timings["first install"] = time.monotonic() - t
     seen["files"] = {rel: owner(root, rel) for rel in (
         "/etc/callrec", "/etc/callrec/appliance.toml", "/etc/callrec/notice-en.wav", "/etc/callrec/secrets",
-        "/var/lib/callrec",
+        "/var/lib/callrec", "/var/lib/callrec/keys/store.pub", "/var/lib/callrec/web/keyslots.json",
+        "/var/lib/callrec/keys/device-ed25519.sealed",
         "/opt/callrec/venv/bin/callrec", "/usr/local/bin/callrec", *(f"/etc/systemd/system/{u}" for u in UNITS))}
     seen["user"] = in_root(root, "id callrec; getent passwd callrec").stdout
     seen["web user"] = in_root(root, "id -nG callrec-web").stdout.split()
@@ -418,6 +419,10 @@ def test_files_user_and_permissions_are_as_the_services_need_them(story):
     assert passwd.endswith(":/var/lib/callrec:/usr/sbin/nologin")
     assert story["web user"] == ["callrec"]         # the group only: no sound card, GPIO or modem
     assert files["/etc/callrec/secrets"] == ("700", "callrec", "callrec")
+    # A new box is sealed before its first call: the recorder's public key, the web UI's key slots.
+    assert files["/var/lib/callrec/keys/store.pub"] == ("640", "callrec", "callrec")
+    assert files["/var/lib/callrec/keys/device-ed25519.sealed"] == ("600", "callrec", "callrec")
+    assert files["/var/lib/callrec/web/keyslots.json"] == ("600", "callrec-web", "callrec")
 
 
 @needs_root
@@ -425,6 +430,9 @@ def test_the_end_shows_the_web_address_and_the_setup_code(story):
     output = story["first"]
     assert re.search(r"^  https://\S+\.local/$", output, re.M)
     code = re.search(r"^One-time setup code \(for the first admin account\): (\S+)$", output, re.M)
+    assert steps(output)["sealed store"] == ["recordings and personal data in /var/lib/callrec are sealed from the first call"]
+    recovery = re.search(r"^Recovery key of the store .*\n.*\n  ([A-Z2-7-]{50,})$", output, re.M)
+    assert recovery and recovery.group(1) not in story["second"]     # shown once
     assert code or "run `sudo callrec setup-code` once the web UI is up" in output
     if code:
         assert code.group(1) in story["second"]     # the same code until it is used

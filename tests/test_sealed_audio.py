@@ -5,10 +5,6 @@ store, a call cut by `kill -9` is recovered sealed, and `callrec verify` works w
 import io
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -29,6 +25,7 @@ from conftest import PASSWORD, RATE, calls_json, callrec, iso_seconds, tone, ton
     write_scenario, write_wav
 from sipp.harness import SIPP_PCAPS, RtpEndpoint, pcap_audio, read_stereo
 from test_sip import CALLER_HZ, Trunk, best_match, call_through, levels
+from test_crash_recovery import killed_during_the_call
 from test_full_disk import fill, small_disk  # noqa: F401 (a fixture)
 from test_offload import appliance, check_copy, object_store  # noqa: F401 (a fixture)
 from test_web import login
@@ -206,25 +203,7 @@ def test_a_sealed_call_cut_by_kill_9_is_recovered_sealed_up_to_a_second_before_t
     config = write_config(tmp_path, recorder={"data_dir": str(data)})
     scenario = write_scenario(tmp_path, [{"direction": "outgoing", "at": 0.5, "audio": str(source)}])
     secret = KeySlots(data).create()
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "simulate", str(scenario), "--config", str(config),
-         "--data", str(data)], start_new_session=True, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        rows = []
-        while not rows and time.monotonic() < deadline:
-            time.sleep(0.1)
-            if (data / "catalogue.db").exists():
-                catalogue = Catalogue(data)
-                rows = catalogue.calls("state = 'recording'")
-                catalogue.close()
-        assert rows, "the call never started"
-        off_hook = iso_seconds(rows[0]["started_at"])
-        time.sleep(max(0.0, off_hook + 5.3 - time.time()))
-        killed_at = time.time()
-        os.killpg(recorder.pid, signal.SIGKILL)
-    finally:
-        recorder.wait()
+    off_hook, killed_at = killed_during_the_call(config, scenario, data, 5.3)
     [spool] = (data / SPOOL_DIR).iterdir()
     assert is_sealed_stream(spool.read_bytes()) and not decodes(spool)
 
