@@ -52,7 +52,10 @@ _NUMBER_BODY = {"required": True, "content": {"application/json": {"schema": {
                    "note": {"type": ["string", "null"], "maxLength": 500}}}}}}
 _CONTACT_NUMBER = {"name": "number", "in": "path", "required": True, "schema": {"type": "string"},
                    "description": "The contact's number, in any written form (e.g. +3225551234)"}
-_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
+# At least one character that is not blank as the appliance strips (Python's whitespace, which has
+# the control characters 0x1c-0x1f and 0x85 that a JSON Schema "\S" lets through).
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200,
+         "pattern": "[^\\s\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"}
 _TEXT = {"type": ["string", "null"], "maxLength": 500}
 _CONTACT_PROPERTIES = {"number": {"type": "string", "pattern": _PHONE_NUMBER}, "name": _NAME,
                        "company": _TEXT, "note": _TEXT}
