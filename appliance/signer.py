@@ -299,8 +299,8 @@ def _last_line(stderr: bytes) -> str:
 
 def start(data_dir: Path, folder: Path) -> SignerService:
     """The signer for `data_dir`, answering on a socket in `folder` (stop it with `stop()`). The
-    keys folder is opened to the group: the web UI reads the store's public key, its key slots and
-    the audit key there (never the device key, whose file is 0600)."""
+    keys folder is opened to the group: the web UI reads the store's public key and the audit key
+    there (never the device key, whose file is 0600; the key slots are in the web UI's own folder)."""
     service = SignerService(folder, DeviceKey(data_dir))
     os.chmod(key_path(data_dir).parent, KEYS_DIR_SHARED)
     service.start()
