@@ -288,13 +288,13 @@ install_data_dir() {
 # share_data_dir DIR: on an upgrade from a version where the web UI ran as $USER_NAME (the data
 # folder was 0750), what it made for one user becomes the group's to read and write, so the web
 # UI's own user shares it, and the web UI's folder becomes its user's. Private files (0600: keys,
-# certificates) stay as they are, and keys/ stays $USER_NAME's (the signer opens it to the group
-# as far as it should).
+# certificates) stay as they are, and keys/ and ledger/ stay $USER_NAME's (the signer opens keys/
+# to the group as far as it should; the group reads the ledger, which only $USER_NAME writes).
 share_data_dir() {
     local dir=$1
-    find "$dir" -mindepth 1 -path "$dir/keys" -prune -o \( -type d -o -type f ! -perm 600 \) -exec chmod g+rwX {} +
+    find "$dir" -mindepth 1 \( -path "$dir/keys" -o -path "$dir/ledger" \) -prune -o \( -type d -o -type f ! -perm 600 \) -exec chmod g+rwX {} +
     [ ! -d "$dir/web" ] || chown -R "$WEB_USER:$USER_NAME" "$dir/web"
-    report "data shared with the web UI" "let group $USER_NAME read and write $dir (not keys/ nor private files); web/ is $WEB_USER's"
+    report "data shared with the web UI" "let group $USER_NAME read and write $dir (not keys/, ledger/ nor private files); web/ is $WEB_USER's"
 }
 
 # A new box's store is sealed before its first call (recordings and personal data readable only

@@ -22,9 +22,8 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
 
-from appliance.clock import iso_utc
+from appliance.clock import epoch_of, iso_utc
 from appliance.config import AlarmsConfig, WebConfig
 from appliance.live import read_live
 from appliance.mail import MailError, message, send
@@ -210,7 +209,7 @@ class AlarmNotifier(Service):
     def _reminder_due(self, episode: Episode) -> bool:
         if not self.settings.reminder_hours:
             return False
-        told = datetime.fromisoformat(episode.told_at.replace("Z", "+00:00")).timestamp()
+        told = epoch_of(episode.told_at)
         return time.time() - told >= self.settings.reminder_hours * 3600
 
     def _save(self, name: str, episode: Episode, kind: str | None = None) -> dict | None:
@@ -292,7 +291,7 @@ def storage_conditions(store) -> dict[str, str]:
         found["storage"] = text
     since = store.protected_alarm_since()
     if since is not None:
-        start = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+        start = epoch_of(since)
         due = iso_utc(start + store.settings.protected_grace_hours * 3600)
         found["protected_eviction"] = (
             f"since {since}, only calls kept for a contract or the law are left to delete to make room; the "
@@ -308,7 +307,7 @@ def offload_condition(catalogue, settings: AlarmsConfig, target: str, now: float
     if not count:
         return {}
     now = time.time() if now is None else now
-    age_h = (now - datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp()) / 3600 if oldest else 0.0
+    age_h = (now - epoch_of(oldest)) / 3600 if oldest else 0.0
     if count <= settings.offload_backlog_calls and age_h <= settings.offload_backlog_hours:
         return {}
     return {"offload_backlog": f"{count} recordings wait to be copied to {target}, the oldest since {oldest} "

@@ -401,6 +401,7 @@ def verify(bundle: Path | None, expected: str | None, config_path: Path, data: P
                f"{manifest['device_fingerprint'] if manifest else '?'}"
     else:
         catalogue, data_dir = _catalogue(config_path, data)
+        catalogue.keep_ledger()        # events another process left waiting, where this one may
         problems = verify_store(catalogue, data_dir)
         what = f"{data_dir}: {len(catalogue.calls('file IS NOT NULL'))} recording(s) and the ledger"
     for problem in problems:

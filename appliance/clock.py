@@ -22,6 +22,11 @@ def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_of(iso: str) -> float:
+    """Epoch seconds of an ISO 8601 time as `iso_utc` writes it."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 def iso_from_mono(t: float) -> str:
     """ISO 8601 UTC wall time of monotonic instant `t`."""
     return iso_utc(wall_from_mono(t))

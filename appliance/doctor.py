@@ -15,6 +15,7 @@ import pwd
 import shlex
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -22,13 +23,13 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 from appliance.advice import config_advice
 from appliance.store.catalogue import CATALOGUE_NAME
-from appliance.clock import clock_synchronised
+from appliance.clock import clock_synchronised, epoch_of
 from appliance.config import Config, LineConfig, OffloadConfig, RecorderConfig, SipTrunkConfig, StoreConfig, WebConfig, load_config
 from appliance.errors import CallrecError
 from appliance.keys import certificate_fingerprint, fingerprint
@@ -653,7 +654,7 @@ def check_offload(config: Config, now: float | None = None, target_works: bool =
         catalogue.close()
     if not waiting:
         return Result(OK, f"offload to {target}: every recording is copied")
-    age = (time.time() if now is None else now) - datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp()
+    age = (time.time() if now is None else now) - epoch_of(oldest)
     message = f"offload to {target}: {waiting} recording(s) waiting, the oldest for {age / 60:,.0f} min"
     if age > OFFLOAD_LATE_S and target_works:
         return Result(FAIL, message, f"the target works now: the recorder copies what waits at its next attempt, "
@@ -759,6 +760,28 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
+LEDGER_LATE_S = 120     # events waiting longer than this for the ledger: its writer is not working
+
+
+def check_ledger(config: Config) -> Result:
+    """Does only the recorder's user write the ledger, and are recorded events put on it?"""
+    from appliance.store import ledgerkeeper
+    from appliance.store.catalogue import CATALOGUE_NAME
+
+    data = Path(config.recorder.data_dir)
+    try:
+        if found := ledgerkeeper.problems(data):
+            return Result(FAIL, f"the ledger: {found[0]}", "see docs/store.md, \"The ledger\"")
+        with closing(sqlite3.connect(f"{(data / CATALOGUE_NAME).as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            waiting, oldest = db.execute("SELECT COUNT(*), MIN(at) FROM ledger_queue").fetchone()
+    except (OSError, sqlite3.Error) as exc:
+        return Result(WARN, f"the ledger cannot be checked: {exc}", "run the doctor as root: sudo callrec doctor")
+    if waiting and time.time() - epoch_of(oldest) > LEDGER_LATE_S:
+        return Result(WARN, f"{waiting} event(s) wait to be put on the ledger, the oldest since {oldest}",
+                      "the signer writes them: `systemctl status callrec-signer` says why it does not")
+    return Result(OK, "the ledger is written by the recorder's user only, and nothing waits to be put on it")
+
+
 def check_signer(config: Config, systemd: bool) -> Result:
     """Does the signer answer, and can it sign now (a sealed store: after a login)?"""
     from appliance.signer import DeviceSigner, SignerError, SignerUnavailable
@@ -822,6 +845,7 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
     results.append(check_data_dir(config, systemd))
     results += check_secret_files(config)
     results.append(check_signer(config, systemd))
+    results.append(check_ledger(config))
     results.append(check_disk(config))
     if (target := check_offload_target(config)) is not None:
         results += [target, check_offload(config, target_works=target.status != FAIL)]

@@ -9,7 +9,9 @@ request changes nothing). Requests (`command`):
 - `sign` with `data` (base64): `signature` (hex, Ed25519) and `public` (the public key, hex);
 - `public`: `public`;
 - `unlock` with `secret` (the store secret, base64): a sealed store's device key is opened;
-- `status`: `sealed`, `locked` and `public`.
+- `status`: `sealed`, `locked` and `public`;
+- `ledger`: the events the catalogue holds for the ledger are put on its chain, which only the
+  recorder's user writes (`written`: how many); the web UI asks after each change it records.
 
 In a plain store the key is read from its PEM file at start. In a sealed store it is on the card
 only sealed to the store: signing waits (`locked`) until the web UI forwards the store secret at a
@@ -35,6 +37,9 @@ from appliance.control import ControlError, SocketService, read_line, send
 from appliance.errors import CallrecError
 from appliance.keys import (KEYS_DIR_SHARED, DeviceKeyError, ensure_device_key, fingerprint, key_path,
                             load_private_key, open_sealed_key, public_hex_of, public_key_hex)
+from appliance.service import Service
+from appliance.store import ledgerkeeper
+from appliance.store.catalogue import Catalogue
 from appliance.store.sealing import Opener, SealError, is_sealed
 
 log = logging.getLogger(__name__)
@@ -44,8 +49,9 @@ SOCKET_MODE = 0o660             # the web UI connects through its group
 MAX_REQUEST_BYTES = 16 << 20    # base64 of the largest manifest an export makes (thousands of calls)
 REQUEST_S = 30.0                # a client must send its request within this (a large manifest too)
 ANSWER_S = 30.0                 # the signer answers within this
-COMMANDS = ("sign", "public", "unlock", "status")
+COMMANDS = ("sign", "public", "unlock", "status", "ledger")
 LOCKED = "signing waits for a login"
+LEDGER_EVERY_S = 60.0           # the ledger is written this often anyway (events a request missed)
 
 
 class SignerError(CallrecError):
@@ -114,6 +120,8 @@ class DeviceKey:
         self.follow_store()
         try:
             command = _command(request)
+            if command == "ledger":
+                raise SignerError("no ledger is written here")
             if command == "sign":
                 signature = self.sign(_base64(request, "data"))
                 return {"ok": True, "signature": signature.hex(), "public": self.public}
@@ -152,13 +160,43 @@ def parse(line: bytes):
         raise SignerError("the request is not one line of JSON") from None
 
 
-class SignerService(SocketService):
-    """Serves the signer's socket in `folder` for `key` (its group is the signer's: the web UI's
-    user is in it)."""
+class LedgerWriter(Service):
+    """Writes the ledger of a data folder for those who may not (the web UI): on request, at its
+    start and every LEDGER_EVERY_S."""
 
-    def __init__(self, folder: Path, key: DeviceKey):
+    def __init__(self, data_dir: Path):
+        super().__init__("ledger")
+        self.data_dir = Path(data_dir)
+        self._catalogue: Catalogue | None = None
+        self._lock = threading.Lock()
+
+    def write(self) -> dict:
+        """Put the waiting events on the chain: the answer to a `ledger` request."""
+        try:
+            with self._lock:
+                if self._catalogue is None:
+                    self._catalogue = Catalogue(self.data_dir)
+            return {"ok": True, "written": ledgerkeeper.drain(self._catalogue)}
+        except (CallrecError, OSError) as exc:
+            return {"ok": False, "error": f"the ledger cannot be written: {exc}"}
+
+    def serve(self) -> None:
+        while True:
+            answer = self.write()
+            if not answer["ok"]:
+                log.warning("%s", answer["error"])
+            if self.wait(LEDGER_EVERY_S):
+                return
+
+
+class SignerService(SocketService):
+    """Serves the signer's socket in `folder` for `key` and `ledger` (its group is the signer's:
+    the web UI's user is in it)."""
+
+    def __init__(self, folder: Path, key: DeviceKey, ledger: LedgerWriter | None = None):
         super().__init__("signer", Path(folder) / SOCKET_NAME, SOCKET_MODE)
         self.key = key
+        self.ledger = ledger
 
     def handle(self, conn: socket.socket) -> None:
         """Answer one request."""
@@ -166,7 +204,10 @@ class SignerService(SocketService):
             conn.settimeout(REQUEST_S)
             try:
                 request = parse(read_line(conn, MAX_REQUEST_BYTES))
-                answer = self.key.answer(request)
+                if isinstance(request, dict) and request.get("command") == "ledger" and self.ledger is not None:
+                    answer = self.ledger.write()
+                else:
+                    answer = self.key.answer(request)
             except (SignerError, ControlError) as exc:
                 request, answer = None, {"ok": False, "error": str(exc)}
             if answer.get("signature"):
@@ -178,6 +219,16 @@ class SignerService(SocketService):
                 send(conn, answer)
             except OSError:
                 pass            # the client went away: nothing to tell it
+
+    def problem(self, stale_s: float) -> str | None:
+        """Why the signer or its ledger writer is not well, or None."""
+        return super().problem(stale_s) or (self.ledger.problem(stale_s) if self.ledger is not None else None)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop serving, and the ledger writer."""
+        super().stop(timeout)
+        if self.ledger is not None:
+            self.ledger.stop(timeout)
 
 
 class DeviceSigner:
@@ -222,6 +273,14 @@ class DeviceSigner:
     def status(self) -> dict:
         """`sealed`, `locked` and `public` as the signer sees them."""
         return self.ask({"command": "status"})
+
+    def write_ledger(self) -> int:
+        """Have the signer put the events waiting in the catalogue on the ledger's chain (which
+        only it writes for the web UI); how many. SignerError when it cannot."""
+        answer = self.over_socket({"command": "ledger"})
+        if not answer.get("ok"):
+            raise SignerError(f"the signer refused: {answer.get('error')}")
+        return answer["written"]
 
     def ask(self, request: dict) -> dict:
         """One request's answer (ok); SigningWaits or SignerError otherwise."""
@@ -298,11 +357,13 @@ def _last_line(stderr: bytes) -> str:
 
 
 def start(data_dir: Path, folder: Path) -> SignerService:
-    """The signer for `data_dir`, answering on a socket in `folder` (stop it with `stop()`). The
-    keys folder is opened to the group: the web UI reads the store's public key and the audit key
-    there (never the device key, whose file is 0600; the key slots are in the web UI's own folder)."""
-    service = SignerService(folder, DeviceKey(data_dir))
+    """The signer for `data_dir`, answering on a socket in `folder`, and the writer of its ledger
+    (stop both with `stop()`). The keys folder is opened to the group: the web UI reads the
+    store's public key and the audit key there (never the device key, whose file is 0600; the key
+    slots are in the web UI's own folder)."""
+    service = SignerService(folder, DeviceKey(data_dir), LedgerWriter(data_dir))
     os.chmod(key_path(data_dir).parent, KEYS_DIR_SHARED)
+    service.ledger.start()
     service.start()
     key = service.key
     log.info("signing with device key %s (%s)", fingerprint(key.public) if key.public else "?",

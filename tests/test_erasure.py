@@ -107,7 +107,7 @@ def test_an_erased_person_leaves_no_trace_under_the_data_config_or_offload_folde
     assert catalogue.get_call(someone_else["id"])["notes"].startswith(f"her sister, call back on [erased: {reference}]")
     assert [json.loads(entry.body)["number"] for entry in Outbox(catalogue).entries()] == [OTHER]
     assert catalogue.db.execute("SELECT COUNT(*) FROM digits").fetchone()[0] == 0
-    [erasure] = [dict(row) for row in catalogue.db.execute("SELECT * FROM ledger WHERE event = 'erasure'")]
+    [erasure] = [e for e in catalogue.ledger.entries() if e["event"] == "erasure"]
     key = subject_key(data)
     assert erasure["detail"] == f"reference {reference}, subject {subject_hash(key, TYPED)}"
     assert subject_hash(key, "025550202") == subject_hash(key, NUMBER) != subject_hash(key, OTHER)

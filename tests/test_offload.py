@@ -144,7 +144,7 @@ def test_recordings_waiting_at_start_are_copied_by_rsync_with_signed_manifests_a
         check_copy(call, copy.read_bytes(), Path(f"{copy}.json").read_bytes())
     verified = callrec("verify", "--data", str(data))     # the ledger chain holds the new entries
     assert verified.stdout.strip().endswith("2 recording(s) and the ledger: OK")
-    events = [row[0] for row in Catalogue(data).db.execute("SELECT event FROM ledger ORDER BY seq")]
+    events = [e["event"] for e in Catalogue(data).ledger.entries()]
     assert events == ["recorded", "recorded", "offloaded", "offloaded"]
     assert not list((data / "offload").iterdir())          # no manifest left behind
 
@@ -171,8 +171,8 @@ def test_an_erased_or_expired_call_loses_its_copy_on_the_nas_but_an_evicted_one_
     assert not Path(f"{copies[erased['id']]}.json").exists() and not Path(f"{copies[expired['id']]}.json").exists()
     assert copies[evicted["id"]].exists()           # kept off the box: that is what offload is for
     with Catalogue(data).transaction() as db:
-        deleted = [tuple(row) for row in db.execute("SELECT call_id, detail FROM ledger WHERE event = 'offload-deleted'")]
         assert db.execute("SELECT COUNT(*) FROM offload_deletions").fetchone()[0] == 0
+    deleted = [(e["call_id"], e["detail"]) for e in Catalogue(data).ledger.entries() if e["event"] == "offload-deleted"]
     assert sorted(deleted) == [(erased["id"], f"erased at rsync:{getpass.getuser()}@127.0.0.1:{nas.folder}"),
                                (expired["id"], f"expired at rsync:{getpass.getuser()}@127.0.0.1:{nas.folder}")]
     assert callrec("verify", "--data", str(data)).returncode == 0

@@ -242,7 +242,7 @@ def test_an_erasure_in_a_sealed_store_finds_the_calls_by_tag_and_redacts_sealed_
     assert left["id"] == other["id"] and left["id"] not in [call["id"] for call in theirs]
     assert opener.open_field(left["notes"], "notes") == f"her sister, call back on [erased: {reference}]"
     assert catalogue.db.execute("SELECT COUNT(*) FROM contacts").fetchone()[0] == 0
-    [detail] = [row[0] for row in catalogue.db.execute("SELECT detail FROM ledger WHERE event = 'erasure'")]
+    [detail] = [e["detail"] for e in catalogue.ledger.entries() if e["event"] == "erasure"]
     assert detail == f"reference {reference}, subject {subject_hash(opener.derived_key(b'subjects'), NUMBER)}"
     catalogue.close()
 

@@ -11,11 +11,13 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,8 @@ from appliance.keys import KEY_FILE, SEALED_KEY_FILE, ensure_device_key, ensure_
 from appliance.offload import Offloader, verify_manifest
 from appliance.signer import DeviceSigner, SignerError, SigningWaits
 from appliance.store.auditchain import KEY_LABEL as AUDIT_LABEL
-from appliance.store.catalogue import Catalogue
+from appliance.store.catalogue import CATALOGUE_NAME, Catalogue
+from appliance.store.ledger import Ledger, ledger_path
 from appliance.store.evidence import verify_bundle, verify_store
 from appliance.store.keyslots import KeySlots
 from appliance.store.subjects import KEY_LABEL as SUBJECTS_LABEL, subject_hash, subject_key
@@ -79,7 +82,7 @@ def test_the_signer_signs_over_its_socket_and_bad_requests_change_nothing(runnin
     assert before == {"ok": True, "sealed": False, "locked": False, "public": public}
     for line, error in [(b"not json\n", "the request is not one line of JSON"),
                         (b"[1]\n", "the request must be a JSON object"),
-                        (b'{"command": "forge"}\n', "command: one of sign, public, unlock, status"),
+                        (b'{"command": "forge"}\n', "command: one of sign, public, unlock, status, ledger"),
                         (b'{"command": "sign", "data": "***"}\n', "data: base64 bytes"),
                         (b'{"command": "sign"}\n', "data: base64 bytes"),
                         (b'{"command": "unlock", "secret": 5}\n', "secret: base64 bytes")]:
@@ -203,8 +206,7 @@ def test_an_export_from_the_web_ui_waits_for_a_login_then_signs_through_the_sign
         refused = client.post("/api/v1/exports", json={"call_ids": [call["id"]]}, headers=auth)
         assert refused.status_code == 423 and service.key.locked
         assert not list((data / "web" / "exports").glob("*.zip*"))
-        with Catalogue(data).read() as db:
-            assert db.execute("SELECT count(*) FROM ledger WHERE event = 'exported'").fetchone()[0] == 0
+        assert "exported" not in [e["event"] for e in Catalogue(data).ledger.entries()]
         app.extensions["callrec"].unlock(secret)                 # a login: the signer gets the secret
         assert not service.key.locked
         started = client.post("/api/v1/exports", json={"call_ids": [call["id"]]}, headers=auth)
@@ -272,7 +274,10 @@ def web_user():
     subprocess.run(["userdel", name], check=False)
 
 
-def test_the_web_ui_as_its_own_user_cannot_read_the_key_and_its_bundles_verify_offline(web_user):
+def test_the_web_ui_as_its_own_user_cannot_read_the_key_nor_write_the_ledger_and_its_bundles_verify_offline(web_user):
+    """Laid out as install.sh lays it out: the recorder's user (root here) owns the data folder, the
+    keys and the ledger; the web UI's user is in its group. The web UI cannot read the device key nor
+    write the ledger, yet its export is signed and put on the ledger, by the signer."""
     import site
 
     python = web_python()
@@ -296,22 +301,27 @@ def test_the_web_ui_as_its_own_user_cannot_read_the_key_and_its_bundles_verify_o
         accounts = Accounts(data / "web")
         token = accounts.add_token("dpo", "admin", None, "test")
         accounts.close()
-        # The recorder's user (root here) keeps keys/; the web user gets the rest.
+        # The recorder's group, which the web user is in on the appliance, is here the web user's own:
+        # it reads and writes the data but keys/ and ledger/ (which it reads); web/ is the web user's.
         for path in [data, *data.rglob("*")]:
-            if path.relative_to(data).parts[:1] != ("keys",):
+            top = path.relative_to(data).parts[:1]
+            if top == ("web",):
                 os.chown(path, user.pw_uid, user.pw_gid)
+            elif top not in (("keys",), ("ledger",)):
+                os.chown(path, -1, user.pw_gid)
+                os.chmod(path, path.stat().st_mode | (0o070 if path.is_dir() else 0o060))
         service = signer.start(data, data / "run")
-        # The recorder's group, which the web user is in on the appliance: here the web user's own.
-        for shared in ("keys", "keys/audit.key", "keys/subjects.key", f"run/{signer.SOCKET_NAME}"):
+        for shared in ("keys", "keys/audit.key", "keys/subjects.key", "ledger", "ledger/ledger.db",
+                       f"run/{signer.SOCKET_NAME}"):
             os.chown(data / shared, -1, user.pw_gid)
         as_web = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
                "PYTHONPATH": os.pathsep.join([str(ROOT), *site.getsitepackages()])}
 
-        key = data / KEY_FILE
-        read = subprocess.run([*as_web, *python, "-c", f"open({str(key)!r}, 'rb')"], env=env,
-                              capture_output=True, text=True)
-        assert "PermissionError" in read.stderr and f"[Errno {errno.EACCES}]" in read.stderr
+        for attempt in (f"open({str(data / KEY_FILE)!r}, 'rb')", f"open({str(ledger_path(data))!r}, 'r+b')",
+                        f"open({str(data / 'ledger' / 'forged.db')!r}, 'wb')"):
+            refused = subprocess.run([*as_web, *python, "-c", attempt], env=env, capture_output=True, text=True)
+            assert "PermissionError" in refused.stderr and f"[Errno {errno.EACCES}]" in refused.stderr, attempt
 
         web = subprocess.Popen([*as_web, *python, "-m", "appliance", "web", "--config", str(config)], env=env,
                                cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -342,6 +352,12 @@ def test_the_web_ui_as_its_own_user_cannot_read_the_key_and_its_bundles_verify_o
         expected = DeviceSigner(None, data).fingerprint()
         problems, manifest = verify_bundle(bundle, expected)
         assert problems == [] and manifest["calls"][0]["id"] == call["id"]
+        assert [e["event"] for e in manifest["calls"][0]["ledger"]] == ["recorded"]    # read through the group
+        # Read as they are (a catalogue opened here, by the ledger's owner, would write what waits).
+        assert [e["event"] for e in Ledger(data).entries_of(call["id"])[0]] == ["recorded", "exported"]
+        with closing(sqlite3.connect(f"{(data / CATALOGUE_NAME).as_uri()}?mode=ro", uri=True)) as db:
+            assert db.execute("SELECT COUNT(*) FROM ledger_queue").fetchone()[0] == 0
+        assert ledger_path(data).stat().st_uid == os.geteuid()
         result = callrec("verify", str(bundle), "--key", expected)
         assert result.stdout.rstrip().endswith("OK")
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.store import ledger
+from appliance.store.ledger import ledger_path
 from appliance.store.catalogue import MIGRATIONS, Catalogue
 from appliance.clock import iso_utc
 from appliance.config import DEFAULT_PURPOSES, StoreConfig
@@ -47,7 +48,7 @@ def add_call(store: Store, days_ago: float, purpose: str = "training", size: int
             digest = hashlib.sha256(content).hexdigest()
             db.execute("UPDATE calls SET file = ?, size_bytes = ?, sha256 = ?, duration_s = 60 WHERE id = ?",
                        [relative, size, digest, call_id])
-            ledger.append(db, "recorded", call_id, digest, state)
+            ledger.record(db, "recorded", call_id, digest, state)
     return call_id
 
 
@@ -149,11 +150,13 @@ def test_verify_names_a_changed_byte_in_a_recording_or_in_the_ledger(store, tmp_
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))
+    chain = sqlite3.connect(ledger_path(tmp_path), isolation_level=None)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        store.catalogue.db.execute("UPDATE ledger SET detail = 'x' WHERE seq = 1")
-    # Someone with the database drops the guard and rewrites history.
-    store.catalogue.db.execute("DROP TRIGGER ledger_append_only_update")
-    store.catalogue.db.execute("UPDATE ledger SET event = 'released' WHERE seq = 3")
+        chain.execute("UPDATE ledger SET detail = 'x' WHERE seq = 1")
+    # Someone with the ledger's file drops the guard and rewrites history.
+    chain.execute("DROP TRIGGER ledger_append_only_update")
+    chain.execute("UPDATE ledger SET event = 'released' WHERE seq = 3")
+    chain.close()
     problems = verify_store(store.catalogue, tmp_path)
     assert any(f"call {second}:" in p and "does not match its SHA-256" in p for p in problems)
     assert any("ledger entry 3" in p for p in problems)
@@ -167,7 +170,7 @@ def test_a_bundle_verifies_offline_and_any_tampering_fails(store, tmp_path):
     manifest = export_bundle(store.catalogue, tmp_path, [call_id], bundle, actor="dpo")
     assert verify_bundle(bundle)[0] == []
     assert verify_bundle(bundle, manifest["device_fingerprint"])[0] == []
-    assert store.catalogue.db.execute("SELECT event FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()[0] == "exported"
+    assert list(store.catalogue.ledger.entries())[-1]["event"] == "exported"
 
     def rewrite(name: str, change) -> Path:
         out = tmp_path / f"tampered-{name.replace('/', '-')}.zip"

@@ -251,7 +251,7 @@ def test_a_restricted_call_is_listed_and_kept_but_played_only_by_an_admin_who_gi
     assert post(supervisor, f"/calls/{restricted}/lift-restriction").status_code == 403
     post(admin, f"/calls/{restricted}/lift-restriction")
     assert backend.store.clean().expired == 1
-    events = [r[0] for r in backend.catalogue.db.execute("SELECT event FROM ledger WHERE call_id = ?", [restricted])]
+    events = [e["event"] for e in backend.catalogue.ledger_of(restricted)[0]]
     assert events[-3:] == ["restricted", "restriction-lifted", "expired"]
 
 
@@ -312,8 +312,7 @@ def test_a_wrong_number_or_name_is_corrected_and_the_old_one_kept_only_as_a_keye
     answer = client.post(f"/api/v1/calls/{calls['office']['id']}/rectify", json={"contact_name": "Ann"}, headers=token)
     assert answer.get_json()["changed"] == ["contact_name"] and answer.get_json()["call"]["contact_name"] == "Ann"
     key = subject_key(backend.data_dir)
-    details = [r[0] for r in backend.catalogue.db.execute("SELECT detail FROM ledger WHERE event = 'rectified' "
-                                                           "AND call_id = ?", [calls["customer"]["id"]])]
+    details = [e["detail"] for e in backend.catalogue.ledger_of(calls["customer"]["id"])[0] if e["event"] == "rectified"]
     assert details == [f"contact_name was {subject_hash(key, 'Jan Pieters')}",
                        f"number was {subject_hash(key, '+3225550202')}"]
     assert backend.catalogue.db.execute("SELECT name FROM contacts").fetchall()[0][0] == "Jana Pietersová"

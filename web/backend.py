@@ -40,6 +40,8 @@ class Backend:
         self.config: Config = load_config(self.config_path)
         self.data_dir = Path(self.config.recorder.data_dir)
         self.catalogue = Catalogue(self.data_dir)
+        # The ledger is the recorder's user's to write: under install.sh's units, the signer's.
+        self.catalogue.ledger_writer = lambda: self.signer.write_ledger()
         self.store = self._store(self.config)
         # Changes only (the recorder reads the list itself): its refreshing thread is not started here.
         self.objections = Objections(self.catalogue, self.data_dir, self.config.recorder.country_code)

@@ -170,7 +170,7 @@ def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields)
             # it is removed leaves it to the cleaner (and to `recover`), not to quarantine.
             db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [spool])
         if encoded.sha256 is not None:
-            ledger.append(db, "recorded", encoded.call_id, encoded.sha256, recorded_detail(db, encoded.call_id))
+            ledger.record(db, "recorded", encoded.call_id, encoded.sha256, recorded_detail(db, encoded.call_id))
         if encoded.peaks is not None:
             db.execute("INSERT OR REPLACE INTO peaks (call_id, levels) VALUES (?, ?)", [encoded.call_id, encoded.peaks])
     _remove(encoded.spool)

@@ -7,6 +7,7 @@ about 23 MB of resident memory that a Raspberry Pi recorder has better use for.
 """
 
 import functools
+import logging
 import sqlite3
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from appliance.clock import iso_utc
 from appliance.errors import StoreError
 from appliance.keys import AUDIT_KEY_FILE, shared_key
-from appliance.store import auditchain, ledger
+from appliance.store import auditchain, ledger, ledgerkeeper
 from appliance.store.migrations import MIGRATIONS
 from appliance.store.personal import DIGIT_FIELD, seal, sealed_call
 from appliance.store.sealing import Sealer
@@ -38,6 +39,8 @@ COLUMNS = frozenset(CALL_FIELDS + ("spool", "number_tag"))
 # offloader sends the call again, and its copy at the target says what the box says.
 SEND_AGAIN = "offloaded_at = NULL, offload_target = NULL"
 STATES = ("recording", "complete", "interrupted", "discarded", "missed")
+
+log = logging.getLogger(__name__)
 
 
 def _columns(fields: dict) -> list[str]:
@@ -123,10 +126,17 @@ class AuditFilter:
 class Catalogue:
     """The calls of one data folder. Writes go through one connection, one `BEGIN IMMEDIATE`
     transaction at a time; reads go through a read-only connection of the reading thread, in a
-    snapshot of their own, so a long read never holds up a writer (WAL)."""
+    snapshot of their own, so a long read never holds up a writer (WAL).
+
+    The events a transaction records for the ledger (`appliance.store.ledger.record`) are put on
+    its chain when the transaction is committed: here, where this process may write the ledger,
+    or else by `ledger_writer` (the web UI asks the signer); if neither can, they wait in the
+    catalogue until a writer comes (the signer moves them at its start and every minute)."""
 
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir).absolute() / CATALOGUE_NAME     # readers open it by a file: URI
+        self.ledger = ledger.Ledger(self.path.parent)
+        self.ledger_writer = None       # asked to write the ledger where this process may not
         self._lock = threading.RLock()
         self._writing = None            # the thread inside a write transaction
         self._local = threading.local()
@@ -143,6 +153,8 @@ class Catalogue:
             self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the catalogue {self.path}: {exc}") from None
+        if ledgerkeeper.may_write(self.path.parent) and ledgerkeeper.behind(self):
+            self.keep_ledger()
 
     def _migrate(self) -> None:
         # The version is read inside the write transaction: the recorder, the web UI and the doctor
@@ -166,6 +178,29 @@ class Catalogue:
             finally:
                 if outer:
                     self._writing = None
+                    recorded, self.db.ledger_recorded = self.db.ledger_recorded, False
+        if outer and recorded:
+            self.keep_ledger()
+
+    def keep_ledger(self) -> bool:
+        """Put the events recorded for the ledger on its chain now; False when they wait (why is
+        logged: the change they are about is committed either way)."""
+        try:
+            if ledgerkeeper.may_write(self.path.parent):
+                ledgerkeeper.drain(self)
+            elif self.ledger_writer is not None:
+                self.ledger_writer()
+            else:
+                return False
+            return True
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.warning("the ledger's new entries wait in the catalogue: %s", exc)
+            return False
+
+    def ledger_waiting(self) -> int:
+        """How many recorded events wait to be put on the ledger's chain."""
+        with self.read() as db:
+            return db.execute("SELECT COUNT(*) FROM ledger_queue").fetchone()[0]
 
     @contextmanager
     def read(self):
@@ -393,9 +428,7 @@ class Catalogue:
 
     def ledger_of(self, call_id: int) -> tuple[list[dict], dict | None]:
         """A call's ledger entries, and the chain's head, from one snapshot."""
-        with self.read() as db:
-            return ([dict(e) for e in db.execute("SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [call_id])],
-                    ledger.head(db))
+        return self.ledger.entries_of(call_id)
 
     def mark_offloaded(self, call_id: int, sha256: str, target: str) -> bool:
         """Note that the recording with `sha256` was copied to `target`; False when the call was
@@ -406,7 +439,7 @@ class Catalogue:
                 return False
             db.execute("UPDATE calls SET offloaded_at = ?, offload_target = ? WHERE id = ?",
                        [iso_utc(time.time()), target, call_id])
-            ledger.append(db, "offloaded", call_id, sha256, target)
+            ledger.record(db, "offloaded", call_id, sha256, target)
             return True
 
     def offload_deletions(self, target: str) -> list[dict]:
@@ -419,7 +452,7 @@ class Catalogue:
         """A copy listed by `offload_deletions` is gone from its target."""
         with self.transaction() as db:
             db.execute("DELETE FROM offload_deletions WHERE id = ?", [deletion["id"]])
-            ledger.append(db, "offload-deleted", deletion["call_id"], None,
+            ledger.record(db, "offload-deleted", deletion["call_id"], None,
                           f"{deletion['reason']} at {deletion['target']}")
 
     def checkpoint(self, timeout_s: float = 10.0) -> bool:
@@ -448,6 +481,7 @@ class WriteConnection(sqlite3.Connection):
     chain's detail hashes (read from its file when first needed)."""
 
     data_dir: Path | None = None
+    ledger_recorded = False     # events for the ledger in the open transaction
 
     @functools.cached_property
     def sealer(self) -> Sealer | None:

@@ -86,7 +86,7 @@ def erase_subject(store: Store, number: str, actor: str, address: str | None = N
         names = {row[0] for row in db.execute(f"SELECT name FROM contacts WHERE {contact[0]}", contact[1])}
         names = {opener.open_field(name, "contact.name") if sealed else name for name in names}
         names |= {call["contact_name"] for call in erasable if call["contact_name"]}
-        ledger.append(db, "erasure", None, None, record)
+        ledger.record(db, "erasure", None, None, record)
         audit(db, actor, "erasure", None, f"{record}, {len(erasable)} call(s)", address)
         if erasable:
             store.delete_rows(db, erasable, "erased", actor, f"reference {report.reference}", address)

@@ -20,7 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from appliance.store import auditchain, ledger
+from appliance.store import auditchain, ledger, ledgerkeeper
 from appliance.store.archive import ARCHIVE_DIR, sha256_file, sha256_of
 from appliance.store.recording import is_sealed_file, open_recording
 from appliance.store.sealing import Opener
@@ -46,6 +46,7 @@ def verify_audit(catalogue: Catalogue, data_dir: Path) -> list[str]:
     """The audit trail's chain, entry by entry (see `appliance.store.auditchain`)."""
     with catalogue.read() as db:
         rows = db.execute("SELECT * FROM audit ORDER BY id").fetchall()
+    with catalogue.ledger.read() as db:
         erasures = {match for (detail,) in db.execute("SELECT detail FROM ledger WHERE event = 'erasure'")
                     for match in re.findall(r"reference (\S+),", detail or "")}
     if not any(row["hash"] for row in rows):
@@ -58,9 +59,13 @@ def verify_audit(catalogue: Catalogue, data_dir: Path) -> list[str]:
 
 
 def verify_ledger(catalogue: Catalogue) -> list[str]:
-    """The ledger's chain, entry by entry."""
-    with catalogue.read() as db:
-        return ledger.check_chain(db.execute("SELECT * FROM ledger ORDER BY seq"))
+    """The ledger's chain, entry by entry; who may write it; events still waiting to be put on it."""
+    problems = ledgerkeeper.problems(catalogue.path.parent)
+    problems += ledger.check_chain(catalogue.ledger.entries())
+    if waiting := catalogue.ledger_waiting():
+        problems.append(f"{waiting} event(s) wait in the catalogue to be put on the ledger: "
+                        "is the signer running? (systemctl status callrec-signer)")
+    return problems
 
 
 def verify_recordings(catalogue: Catalogue, data_dir: Path, where: str = "file IS NOT NULL") -> list[str]:
@@ -75,7 +80,7 @@ def verify_recordings(catalogue: Catalogue, data_dir: Path, where: str = "file I
             continue
         if sha256_file(path) != sha:
             problems.append(f"call {call_id}: {relative} does not match its SHA-256 (the file was changed)")
-        with catalogue.read() as db:
+        with catalogue.ledger.read() as db:
             # A store sealed after the call was recorded names the sealed file's hash in a later entry.
             recorded = db.execute("SELECT sha256 FROM ledger WHERE call_id = ? AND event IN ('recorded', 'sealed') "
                                   "ORDER BY seq DESC LIMIT 1", [call_id]).fetchone()
@@ -128,9 +133,11 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
                 raise ValueError(f"call {call_id} has no recording to export")
             fields = public_fields(opened_call(opener, call))
             fields["recording"] = f"recordings/{Path(call['file']).name}"
-            fields["ledger"] = [dict(e) for e in db.execute(
-                "SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [call_id])]
             entries.append((fields, data_dir / call["file"]))
+    with catalogue.ledger.read() as db:
+        for fields, _ in entries:
+            fields["ledger"] = [dict(e) for e in db.execute(
+                "SELECT * FROM ledger WHERE call_id = ? ORDER BY seq", [fields["id"]])]
         head = ledger.head(db)
     for fields, path in entries:
         if is_sealed_file(path):
@@ -163,7 +170,7 @@ def export_bundle(catalogue: Catalogue, data_dir: Path, call_ids: list[int], out
     os.replace(partial, out)
     with catalogue.transaction() as db:
         for fields, _ in entries:
-            ledger.append(db, "exported", fields["id"], fields["sha256"])
+            ledger.record(db, "exported", fields["id"], fields["sha256"])
             audit(db, actor, "export", fields["id"], Path(out).name, address)
     return manifest
 

@@ -205,8 +205,19 @@ def _migration_17(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX contacts_number_tag ON contacts (number_tag)")
 
 
+def _migration_18(db: sqlite3.Connection) -> None:
+    """The ledger moves to a file that only the recorder's user writes: the catalogue keeps a queue
+    of the events recorded in its transactions, and its chain until the ledger's writer has brought
+    it over (then drops it)."""
+    db.execute("""CREATE TABLE ledger_queue (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, boot_id TEXT NOT NULL,
+        mono_ns INTEGER NOT NULL, event TEXT NOT NULL, call_id INTEGER, sha256 TEXT, detail TEXT)""")
+    db.execute("ALTER TABLE ledger RENAME TO ledger_moving")
+
+
 # Schema steps, applied in order; the database's `user_version` counts those already applied.
 # Each is written out as it was on its day: a step never calls code that may change later.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
               _migration_7, _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
-              _migration_13, _migration_14, _migration_15, _migration_16, _migration_17)
+              _migration_13, _migration_14, _migration_15, _migration_16, _migration_17,
+              _migration_18)

@@ -86,7 +86,7 @@ class Outbox:
                 call = db.execute("SELECT sha256 FROM calls WHERE id = ?", [call_id]).fetchone()
                 if call is not None:
                     db.execute("UPDATE calls SET crm_sent_at = ? WHERE id = ?", [iso_utc(time.time()), call_id])
-                    ledger.append(db, "sent-to-crm", call_id, call[0])
+                    ledger.record(db, "sent-to-crm", call_id, call[0])
 
     @staticmethod
     def forget(db, texts: list[str]) -> int:

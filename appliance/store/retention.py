@@ -125,7 +125,7 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute(f"UPDATE calls SET purpose = ?, legal_basis = ?, retention_end = ?, {SEND_AGAIN} WHERE id = ?",
                        [purpose, facts["legal_basis"], facts["retention_end"], call_id])
-            ledger.append(db, "reclassified", call_id, call["sha256"],
+            ledger.record(db, "reclassified", call_id, call["sha256"],
                           f"{call['purpose']} -> {purpose} ({json.dumps(facts, ensure_ascii=False)})")
             self._audit(db, actor, "reclassify", call_id, f"{call['purpose']} -> {purpose}", address)
 
@@ -138,7 +138,7 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 1, hold_reason = ? WHERE id = ?",
                        [seal(db.sealer, reason, "hold_reason"), call_id])
-            ledger.append(db, "held", call_id, call["sha256"])
+            ledger.record(db, "held", call_id, call["sha256"])
             self._audit(db, actor, "hold", call_id, _clear_detail(db, reason), address)
 
     def release(self, call_id: int, actor: str, address: str | None = None) -> None:
@@ -148,7 +148,7 @@ class Store:
             raise StoreActionError("call {id} is not on hold", id=call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET held = 0, hold_reason = NULL WHERE id = ?", [call_id])
-            ledger.append(db, "released", call_id, call["sha256"])
+            ledger.record(db, "released", call_id, call["sha256"])
             self._audit(db, actor, "release", call_id, _clear_detail(db, call["hold_reason"]), address)
 
     def restrict(self, call_id: int, reason: str, actor: str, address: str | None = None) -> None:
@@ -161,7 +161,7 @@ class Store:
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET restricted = 1, restrict_reason = ? WHERE id = ?",
                        [seal(db.sealer, reason, "restrict_reason"), call_id])
-            ledger.append(db, "restricted", call_id, call["sha256"])
+            ledger.record(db, "restricted", call_id, call["sha256"])
             self._audit(db, actor, "restrict", call_id, _clear_detail(db, reason), address)
 
     def lift_restriction(self, call_id: int, actor: str, address: str | None = None) -> None:
@@ -171,7 +171,7 @@ class Store:
             raise StoreActionError("call {id} is not restricted", id=call_id)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE calls SET restricted = 0, restrict_reason = NULL WHERE id = ?", [call_id])
-            ledger.append(db, "restriction-lifted", call_id, call["sha256"])
+            ledger.record(db, "restriction-lifted", call_id, call["sha256"])
             self._audit(db, actor, "lift-restriction", call_id, _clear_detail(db, call["restrict_reason"]), address)
 
     def rectify(self, call_id: int, actor: str, number: str | None = None, contact_name: str | None = None,
@@ -212,7 +212,7 @@ class Store:
                     db.execute("UPDATE contacts SET name = ?, updated_at = ? WHERE number_tag = ?",
                                [seal(db.sealer, changes["contact_name"], "contact.name"), iso_utc(time.time()),
                                 number_tag(opener, number, country_code)])
-            ledger.append(db, "rectified", call_id, call["sha256"], was)
+            ledger.record(db, "rectified", call_id, call["sha256"], was)
             self._audit(db, actor, "rectify", call_id, ", ".join(changes), address)
         return list(changes)
 
@@ -263,7 +263,7 @@ class Store:
         for call in calls:
             db.execute("INSERT INTO tombstones (call_id, deleted_at, reason) VALUES (?, ?, ?)",
                        [call["id"], now, reason])
-            ledger.append(db, reason, call["id"], call["sha256"])
+            ledger.record(db, reason, call["id"], call["sha256"])
             if call["file"]:
                 db.execute("INSERT OR IGNORE INTO pending_deletions (path) VALUES (?)", [call["file"]])
             if call.get("offloaded_at") and reason in COPIES_GO_TOO:

@@ -65,7 +65,7 @@ def seal_recording(catalogue: Catalogue, data_dir: Path, sealer: Sealer, call_id
     sha = sha256_file(copy)
     with catalogue.transaction() as db:
         db.execute("UPDATE calls SET sha256 = ?, size_bytes = ? WHERE id = ?", [sha, copy.stat().st_size, call_id])
-        ledger.append(db, SEALED_EVENT, call_id, sha, f"sealed at rest; the plain recording's SHA-256 was {catalogued_sha}")
+        ledger.record(db, SEALED_EVENT, call_id, sha, f"sealed at rest; the plain recording's SHA-256 was {catalogued_sha}")
     os.replace(copy, path)
     fsync_dir(path.parent)
     return True
