@@ -766,12 +766,13 @@ LEDGER_LATE_S = 120     # events waiting longer than this for the ledger: its wr
 def check_ledger(config: Config) -> Result:
     """Does only the recorder's user write the ledger, and are recorded events put on it?"""
     from appliance.store import ledgerkeeper
-    from appliance.store.catalogue import CATALOGUE_NAME
 
     data = Path(config.recorder.data_dir)
+    if not (data / CATALOGUE_NAME).exists():
+        return Result(OK, "the ledger: nothing recorded yet")
     try:
         if found := ledgerkeeper.problems(data):
-            return Result(FAIL, f"the ledger: {found[0]}", "see docs/store.md, \"The ledger\"")
+            return Result(FAIL, f"the ledger: {found[0]}", "see docs/store.md, \"Who writes the ledger\"")
         with closing(sqlite3.connect(f"{(data / CATALOGUE_NAME).as_uri()}?mode=ro", uri=True, timeout=5)) as db:
             waiting, oldest = db.execute("SELECT COUNT(*), MIN(at) FROM ledger_queue").fetchone()
     except (OSError, sqlite3.Error) as exc:

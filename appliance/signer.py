@@ -39,7 +39,7 @@ from appliance.keys import (KEYS_DIR_SHARED, DeviceKeyError, ensure_device_key, 
                             load_private_key, open_sealed_key, public_hex_of, public_key_hex)
 from appliance.service import Service
 from appliance.store import ledgerkeeper
-from appliance.store.catalogue import Catalogue
+from appliance.store.catalogue import CATALOGUE_NAME, Catalogue
 from appliance.store.sealing import Opener, SealError, is_sealed
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,8 @@ class LedgerWriter(Service):
         try:
             with self._lock:
                 if self._catalogue is None:
+                    if not (self.data_dir / CATALOGUE_NAME).exists():
+                        return {"ok": True, "written": 0}       # the recorder makes it, with its mode
                     self._catalogue = Catalogue(self.data_dir)
             return {"ok": True, "written": ledgerkeeper.drain(self._catalogue)}
         except (CallrecError, OSError) as exc:

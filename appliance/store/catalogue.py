@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.clock import iso_utc
-from appliance.errors import StoreError
+from appliance.errors import CallrecError, StoreError
 from appliance.keys import AUDIT_KEY_FILE, shared_key
 from appliance.store import auditchain, ledger, ledgerkeeper
 from appliance.store.migrations import MIGRATIONS
@@ -193,7 +193,7 @@ class Catalogue:
             else:
                 return False
             return True
-        except (StoreError, sqlite3.Error, OSError) as exc:
+        except (CallrecError, sqlite3.Error, OSError) as exc:     # the signer not running, too
             log.warning("the ledger's new entries wait in the catalogue: %s", exc)
             return False
 
