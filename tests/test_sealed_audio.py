@@ -227,6 +227,7 @@ def test_a_sealed_call_cut_by_kill_9_is_recovered_sealed_up_to_a_second_before_t
     finally:
         app.extensions["callrec"].close()
     samples = samples_of(plain)
+    assert call["samples"] == len(samples) and call["duration_s"] == round(len(samples) / RATE, 3)   # known locked
     preroll = off_hook - iso_seconds(call["recording_started_at"])
     heard_until = len(samples) / RATE - preroll
     lost = (killed_at - off_hook) - heard_until

@@ -27,8 +27,8 @@ from appliance.store.peaks import PeakFolder
 from appliance.clock import iso_utc
 from appliance.codec import encode, suffix
 from appliance.store.recording import SealingWriter, is_sealed_file
-from appliance.store.sealing import SealError, Sealer, SealedStream, complete_records
-from appliance.store.spool import fsync_dir, read_header, read_pcm, repair_header, sealed_format
+from appliance.store.sealing import SealError, Sealer, SealedStream, complete_records, record_spans
+from appliance.store.spool import fsync_dir, read_header, read_pcm, repair_header, sealed_format, sealed_frames
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,16 @@ def encode_spool(catalogue: Catalogue, data_dir: Path, call_id: int, fmt: str, o
 
 def keep_sealed_spool(call: dict, data_dir: Path, spool: Path) -> Encoded:
     """Archive a sealed spool whose stream key is gone as it is: its complete records (a torn
-    last one is cut), sealed; it reads as a WAV file with the store's key. Its length in samples
-    and its peaks are not known without that key."""
+    last one is cut), sealed; it reads as a WAV file with the store's key. Its length comes from
+    the records' lengths and the row's rate and channels; its peaks are drawn when it is first
+    played (they need the key)."""
     _, end = complete_records(spool)
     with open(spool, "r+b") as f:
         f.truncate(end)
         os.fsync(f.fileno())
+        _, spans = record_spans(f, spool)
+    rate, frames = call["sample_rate"], sealed_frames(spans, call["channels"] or 1)
+    length = {"samples": frames, "duration_s": round(frames / rate, 3)} if rate else {}
     relative = archive_name(call, "wav")
     target = data_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,7 @@ def keep_sealed_spool(call: dict, data_dir: Path, spool: Path) -> Encoded:
     digest = sha256_file(target)
     log.warning("call %s: its sealed spool is archived as it is (sealed WAV; its key is the store's)", call["id"])
     return Encoded(call["id"], spool, {"file": str(relative), "size_bytes": target.stat().st_size, "sha256": digest,
-                                       "format": "wav"}, digest)
+                                       "format": "wav", **length}, digest)
 
 
 def record_archive(catalogue: Catalogue, encoded: Encoded, state: str, **fields) -> dict:

@@ -54,8 +54,14 @@ def sealed_format(path: Path, stream: SealedStream) -> tuple[int, int, int]:
         offset, length = spans[0]
         f.seek(offset)
         rate, channels = parse_header(stream.open_record(0, f.read(length)), path)
-    data = sum(length - RECORD_TAG for _, length in spans[1:])
-    return rate, channels, data // (channels * SAMPLE_BYTES)
+    return rate, channels, sealed_frames(spans, channels)
+
+
+def sealed_frames(spans: list[tuple[int, int]], channels: int) -> int:
+    """The frames a sealed spool holds, from its records' lengths (see `record_spans`): what follows
+    the WAV header's record is audio, each record's plaintext its length less the seal's tag. No
+    key is needed: how long a call lasted is not sealed."""
+    return sum(length - RECORD_TAG for _, length in spans[1:]) // (channels * SAMPLE_BYTES)
 
 
 def fsync_dir(path: Path) -> None:
