@@ -64,6 +64,31 @@ def _catalogue(config_path: Path, data: Path | None) -> tuple[Catalogue, Path]:
     return Catalogue(data_dir), data_dir
 
 
+def _recovery_secret(data_dir: Path) -> bytes | None:
+    """A sealed store's secret, from its recovery key asked for here (hidden); None for a plain
+    store. A key that does not open the store stops the command before it changes anything."""
+    from appliance.store.keyslots import KeySlots
+    from appliance.store.sealing import is_sealed
+
+    if not is_sealed(data_dir):
+        return None
+    text = click.prompt("The store is sealed: its recovery key", hide_input=True, err=True)
+    return KeySlots(data_dir).unlock_with_recovery(text)
+
+
+def _opener(data_dir: Path):
+    """What opens a sealed store's fields (see `_recovery_secret`); None for a plain store."""
+    from appliance.store.sealing import Opener
+
+    secret = _recovery_secret(data_dir)
+    return Opener(secret) if secret is not None else None
+
+
+def _country(config_path: Path) -> str:
+    """The configured country code, by which national numbers are read (32 without a config)."""
+    return load_config(config_path).recorder.country_code if config_path.exists() else "32"
+
+
 def _store(config_path: Path, data: Path | None):
     """The store of the configured data folder, with the configured purposes (or the defaults)."""
     from appliance.config import DEFAULT_PURPOSES, StoreConfig
@@ -176,12 +201,18 @@ def doctor(config_path: Path, seconds: float, as_json: bool, identify: bool, tim
 def calls(config_path: Path, data: Path | None, as_json: bool, number: str | None, since: str | None,
           until: str | None, limit: int | None) -> None:
     """List the catalogue's calls: all, oldest first; or, with a filter, the newest first. A
-    sealed store's numbers and names show as `sealed` (the web UI opens them after a login)."""
-    catalogue, _ = _catalogue(config_path, data)
-    if number and catalogue.db.sealer is not None:
-        raise CallrecError("--number: the store is sealed, its numbers are found in the web UI once a login "
-                           "has unlocked it")
-    if number or since or until or limit:
+    sealed store's numbers and names show as `sealed` (the web UI opens them after a login);
+    with --number, its recovery key is asked for, and the calls found show them opened."""
+    from appliance.store.catalogue import CallFilter
+    from appliance.store.personal import fill_all_tags, number_tag, opened_call
+
+    catalogue, data_dir = _catalogue(config_path, data)
+    opener = _opener(data_dir) if number else None
+    if opener is not None:
+        fill_all_tags(catalogue, opener, _country(config_path))
+        which = CallFilter(since=since, until=until, tags=(number_tag(opener, number, _country(config_path)),))
+        found = [opened_call(opener, row) for row in catalogue.find_calls(which, limit or 1000)]
+    elif number or since or until or limit:
         found = catalogue.find(number, since, until, limit=limit or 1000)
     else:
         found = catalogue.calls()
@@ -256,11 +287,12 @@ def unrestrict(call_id: int, config_path: Path, data: Path | None, actor: str) -
 def rectify(call_id: int, number: str | None, name: str | None, config_path: Path, data: Path | None,
             actor: str) -> None:
     """Correct a call's number or caller's name (GDPR Art. 16); the old values stay only as keyed
-    hashes in the ledger."""
+    hashes in the ledger. A sealed store's recovery key is asked for."""
     if number is None and name is None:
         raise click.UsageError("give --number, --name or both")
-    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
-    changed = _store(config_path, data).rectify(call_id, actor, number, name, country_code=country)
+    store = _store(config_path, data)
+    changed = store.rectify(call_id, actor, number, name, country_code=_country(config_path),
+                            opener=_opener(store.data_dir))
     click.echo(f"call {call_id}: {', '.join(changed) or 'nothing'} corrected")
 
 
@@ -290,7 +322,8 @@ def classify(call_id: int, purpose: str, config_path: Path, data: Path | None, a
 def erase(call_id: int | None, number: str | None, reason: str, yes: bool, config_path: Path, data: Path | None,
           actor: str) -> None:
     """Delete one call for good (recording and row), or with --number a person's every call and
-    trace; tombstones, ledger and audit entries remain, without the number."""
+    trace; tombstones, ledger and audit entries remain, without the number. With --number, a
+    sealed store's recovery key is asked for (its numbers are found by their tags)."""
     if (call_id is None) == (number is None):
         raise click.UsageError("give a CALL_ID or --number, not both")
     store = _store(config_path, data)
@@ -302,10 +335,10 @@ def erase(call_id: int | None, number: str | None, reason: str, yes: bool, confi
         return
     from appliance.store.erasure import erase_subject
 
+    opener = _opener(store.data_dir)
     if not yes:
         click.confirm(f"Erase every call of {number}, its contact and every trace of the number for good?", abort=True)
-    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
-    report = erase_subject(store, number, actor, country_code=country)
+    report = erase_subject(store, number, actor, country_code=_country(config_path), opener=opener)
     click.echo(f"reference {report.reference}: {len(report.erased)} call(s) erased"
                f"{', the contact removed' if report.contact_removed else ''}")
     for call in report.held:
@@ -346,16 +379,12 @@ def export(call_ids: tuple[int], out: Path, config_path: Path, data: Path | None
     A sealed store's recovery key is asked for: the bundle holds the recordings in the clear."""
     from appliance.signer import DeviceSigner
     from appliance.store.evidence import export_bundle
-    from appliance.store.keyslots import KeySlots
     from appliance.store.retention import StoreActionError
-    from appliance.store.sealing import Opener, is_sealed
+    from appliance.store.sealing import Opener
     from appliance.transparency import controller_facts
 
     catalogue, data_dir = _catalogue(config_path, data)
-    secret = None
-    if is_sealed(data_dir):
-        text = click.prompt("The store is sealed: its recovery key", hide_input=True, err=True)
-        secret = KeySlots(data_dir).unlock_with_recovery(text)
+    secret = _recovery_secret(data_dir)
     opener = Opener(secret) if secret is not None else None
     signer = DeviceSigner(load_config(config_path).recorder.live_dir if config_path.exists() else None,
                           data_dir, apart=False, unlocker=lambda: secret)
@@ -423,24 +452,24 @@ def contacts() -> None:
 def contacts_import(csv_file: Path, config_path: Path, data: Path | None, actor: str) -> None:
     """Add or update contacts from a CSV file with columns number,name[,company,note] (audited).
 
-    Nothing is imported if any row is wrong; each wrong row is named with its line number.
+    Nothing is imported if any row is wrong; each wrong row is named with its line number. A
+    sealed store's recovery key is asked for.
     """
     from appliance.contacts import read_csv
     from appliance.store.directory import Directory
 
-    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
+    country = _country(config_path)
     found = read_csv(csv_file, country)
-    catalogue, _ = _catalogue(config_path, data)
-    added, updated = Directory(catalogue, country).import_checked(found, actor, csv_file.name)
+    catalogue, data_dir = _catalogue(config_path, data)
+    added, updated = Directory(catalogue, country, _opener(data_dir)).import_checked(found, actor, csv_file.name)
     click.echo(f"{csv_file}: {added} added, {updated} updated")
 
 
 def _objections(config_path: Path, data: Path | None):
     from appliance.store.objections import Objections
 
-    country = load_config(config_path).recorder.country_code if config_path.exists() else "32"
     catalogue, data_dir = _catalogue(config_path, data)
-    return Objections(catalogue, data_dir, country)
+    return Objections(catalogue, data_dir, _country(config_path))
 
 
 @main.group("do-not-record")

@@ -247,6 +247,41 @@ def test_an_erasure_in_a_sealed_store_finds_the_calls_by_tag_and_redacts_sealed_
     catalogue.close()
 
 
+def test_the_command_line_finds_corrects_and_erases_by_number_with_the_recovery_key(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = KeySlots(data).create()
+    recovery = recovery_text(secret) + "\n"
+    catalogue = Catalogue(data)
+    theirs = [record_call(catalogue, data, number=number)["id"] for number in (NUMBER, "025551234")]
+    other = record_call(catalogue, data, number=OTHER)["id"]
+    catalogue.close()
+
+    wrong = callrec("calls", "--number", NATIONAL, "--data", str(data), input=recovery_text(bytes(32)) + "\n",
+                    check=False)
+    assert wrong.returncode != 0 and "another store" in wrong.stderr
+    found = json.loads(callrec("calls", "--number", NATIONAL, "--json", "--data", str(data), input=recovery).stdout)
+    assert sorted(call["id"] for call in found) == sorted(theirs)
+    assert {call["number"] for call in found} == {NUMBER, "025551234"}       # opened, as each was stored
+    csv = tmp_path / "contacts.csv"
+    csv.write_text(f"number,name\n{OTHER},{NAME}\n")
+    callrec("contacts", "import", str(csv), "--data", str(data), input=recovery)
+    callrec("rectify", str(other), "--name", "Ann Peeters", "--data", str(data), input=recovery)
+    erased = callrec("erase", "--number", NATIONAL, "--yes", "--data", str(data), input=recovery)
+    assert "2 call(s) erased" in erased.stdout
+
+    opener, catalogue = Opener(secret), Catalogue(data)
+    [left] = catalogue.calls()
+    assert left["id"] == other and opener.open_field(left["contact_name"], "contact_name") == "Ann Peeters"
+    [contact] = catalogue.db.execute("SELECT name FROM contacts").fetchall()
+    assert contact[0].startswith("sealed:") and opener.open_field(contact[0], "contact.name") == "Ann Peeters"
+    assert [e["event"] for e in catalogue.ledger.entries() if e["call_id"] in theirs].count("erased") == 2
+    catalogue.checkpoint()
+    catalogue.close()
+    assert not [form for form in (NUMBER.encode(), NUMBER[1:].encode(), NAME.encode())
+                if any(form in path.read_bytes() for path in data.rglob("*") if path.is_file())]
+
+
 def test_with_a_second_factor_the_store_is_unlocked_only_once_the_code_is_right(tmp_path):
     from web import create_app
     from web.keyring import set_slot
