@@ -292,7 +292,7 @@ install_data_dir() {
 # to the group as far as it should; the group reads the ledger, which only $USER_NAME writes).
 share_data_dir() {
     local dir=$1
-    find "$dir" -mindepth 1 \( -path "$dir/keys" -o -path "$dir/ledger" \) -prune -o \( -type d -o -type f ! -perm 600 \) -exec chmod g+rwX {} +
+    find "$dir" -mindepth 1 \( -path "$dir/keys" -o -path "$dir/ledger" \) -prune -o \( -type d -o -type f ! -perm 600 ! -name alarm-mail.password \) -exec chmod g+rwX {} +
     [ ! -d "$dir/web" ] || chown -R "$WEB_USER:$USER_NAME" "$dir/web"
     report "data shared with the web UI" "let group $USER_NAME read and write $dir (not keys/, ledger/ nor private files); web/ is $WEB_USER's"
 }

@@ -680,9 +680,9 @@ def check_alarms(config: Config, timeout_s: float = MAIL_PROBE_S) -> Result:
         return Result(INFO, "alarms are not sent anywhere: only the fault LED and the status page show them",
                       "add an [alarms] table with a mail server (docs/alarms.md), or set it on the settings page")
     where = f"alarm mail through {alarms.smtp_host}:{alarms.port}"
-    if alarms.password_file is not None and alarms.password_file.stat().st_mode & 0o077:
+    if alarms.password_file is not None and alarms.password_file.stat().st_mode & 0o037:
         return Result(FAIL, f"{where}: the password file {alarms.password_file} is readable by others",
-                      f"chmod 600 {alarms.password_file}; chown callrec {alarms.password_file}")
+                      f"chmod 640 {alarms.password_file}; chgrp callrec {alarms.password_file}")
     try:
         probe(alarms.model_copy(update={"timeout_s": min(alarms.timeout_s, timeout_s)}))
     except MailError as exc:
@@ -702,8 +702,9 @@ def secret_files(config: Config) -> list[tuple[Path, int, str, bool]]:
     """Each secret file the appliance has, with the most its mode may allow, what it is and
     whether the recorder's user must own it (a 0600 file of the web UI's user is the web's). The device
     key, sealed or not, and the key slots are their owner's alone; the audit and subject keys are
-    the group's too (the web UI writes the audit trail); the webhook, offload, SSH and mail
-    secrets are their owner's only: the web UI, in the recorder's group, may not read them."""
+    the group's too (the web UI writes the audit trail), and so is the alarm mail's password (both
+    the recorder and the web UI send alarm mails); the webhook, offload and SSH secrets are their
+    owner's only: the web UI, in the recorder's group, may not read them."""
     from appliance.keys import AUDIT_KEY_FILE, KEY_FILE, SEALED_KEY_FILE, SUBJECTS_KEY_FILE
     from appliance.store.keyslots import SLOTS_FILE
 
@@ -719,7 +720,7 @@ def secret_files(config: Config) -> list[tuple[Path, int, str, bool]]:
         files += [(path, PRIVATE, f"offload.{key}", True) for key, path in config.offload.secret_files().items()
                   if key != "known_hosts_file"]
     if config.alarms is not None and config.alarms.password_file is not None:
-        files.append((config.alarms.password_file, PRIVATE, "alarms.password_file", False))
+        files.append((config.alarms.password_file, GROUP_READS, "alarms.password_file", False))
     return files
 
 

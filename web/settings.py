@@ -302,9 +302,10 @@ def _new_password(table, password: str) -> tuple[Path, str | None]:
 
 
 def _write_secret(path: Path, text: str) -> None:
-    """Replace `path` with `text`, readable by the appliance only, never half written."""
+    """Replace `path` with `text`, readable by the appliance's processes only (its owner and its
+    group, the recorder's: both send alarm mails), never half written."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
     os.replace(tmp, path)
