@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
 from appliance.selection import parse_window
@@ -31,6 +31,10 @@ OutgoingPolicy = Literal["announce", "beep", "off"]
 EMAIL = r"^[^@\s<>]+@[^@\s<>]+$"
 
 
+# A path given in TOML as a string (strict models take no str for a Path otherwise).
+PathSetting = Annotated[Path, BeforeValidator(lambda value: Path(value) if isinstance(value, str) else value)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -38,7 +42,7 @@ class _Strict(BaseModel):
 class RecorderConfig(_Strict):
     """Settings shared by all lines: the store, the audio format and the hook timing."""
 
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: PathSetting = DEFAULT_DATA_DIR
     sample_rate: Literal[8000, 12000, 16000, 24000, 48000] = 8000   # the rates Opus encodes
     # 40 ms: half the wake-ups of 20 ms (the capture thread's CPU around the clock) and a longer
     # buffer against overruns; keys, pauses and offsets are placed by sample, not by period.
@@ -53,13 +57,8 @@ class RecorderConfig(_Strict):
     dialling_window_s: float = Field(20.0, ge=0, le=120)    # digits of an outgoing call read as its number
     fault_led_pin: int | str | None = None                  # blinks 1: no sound card, 2: storage, 3: modem
     country_code: str = Field("32", pattern=r"^[1-9][0-9]{0,2}$")   # for national numbers in contacts
-    runtime_dir: Path | None = None     # live state for the web UI; default <data_dir>/run, /run/callrec on a Pi
+    runtime_dir: PathSetting | None = None     # live state for the web UI; default <data_dir>/run, /run/callrec on a Pi
     listeners_per_line: int = Field(2, ge=0, le=10)     # who may hear a line's call live at once (0: no one)
-
-    @field_validator("data_dir", "runtime_dir", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
 
     @property
     def live_dir(self) -> Path:
@@ -72,7 +71,7 @@ class CallRulesConfig(_Strict):
     the notice and where the recording starts, the purpose, the caller's opt-out, the pause, the
     staff's private calls."""
 
-    notice: Path
+    notice: PathSetting
     notice_incoming: bool = True                # incoming calls hear the notice when answered
     record_from: Literal["start", "notice_end"] = "start"        # or only once the notice has played
     purpose: str = Field("training", min_length=1)
@@ -95,11 +94,6 @@ class CallRulesConfig(_Strict):
     beep_level_dbfs: float = Field(-18.0, ge=-40, le=-6)
     # What the notice says, word for word: the settings check it names the opt-out key.
     notice_text: str | None = Field(None, min_length=1, max_length=2000)
-
-    @field_validator("notice", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
 
     @field_validator("schedule")
     @classmethod
@@ -241,12 +235,7 @@ class WebhookConfig(_Strict):
     """Where to tell a CRM that a call ended, and the secret that signs the message."""
 
     url: str = Field(pattern=r"^https?://")
-    secret_file: Path                                        # readable by the appliance only
-
-    @field_validator("secret_file", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
+    secret_file: PathSetting                                        # readable by the appliance only
 
 
 class AlarmsConfig(_Strict):
@@ -257,9 +246,9 @@ class AlarmsConfig(_Strict):
     smtp_host: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
     smtp_port: int | None = Field(None, ge=1, le=65535)     # default: 587 with STARTTLS, 465 with TLS
     security: Literal["starttls", "tls"] = "starttls"       # STARTTLS required, or TLS from the start
-    ca_file: Path | None = None                             # trust this authority (PEM) instead of the system's
+    ca_file: PathSetting | None = None                             # trust this authority (PEM) instead of the system's
     username: str | None = Field(None, min_length=1)
-    password_file: Path | None = None
+    password_file: PathSetting | None = None
     from_address: str | None = Field(None, pattern=EMAIL)
     to: list[Annotated[str, Field(pattern=EMAIL)]] = []
     timeout_s: float = Field(30.0, ge=1, le=300)
@@ -271,11 +260,6 @@ class AlarmsConfig(_Strict):
     offload_backlog_calls: int = Field(200, ge=1)           # calls waiting to be offloaded, at most
     offload_backlog_hours: float = Field(24.0, ge=0.1, le=8760)     # the oldest waiting, at most
     recorder_down_after_s: float = Field(120.0, ge=10, le=86400)    # the web UI's watch on the recorder
-
-    @field_validator("ca_file", "password_file", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _mail_complete(self):
@@ -353,22 +337,17 @@ class OffloadConfig(_Strict):
     type: Literal["rsync", "s3"]
     destination: str | None = Field(None, pattern=r"^[^\s:]+:([^:\s]\S*)?$")     # user@host:/path
     ssh_port: int = Field(22, ge=1, le=65535)
-    ssh_key_file: Path | None = None
-    known_hosts_file: Path | None = None                    # host keys are always verified
+    ssh_key_file: PathSetting | None = None
+    known_hosts_file: PathSetting | None = None                    # host keys are always verified
     endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
     bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     region: str = Field("us-east-1", min_length=1)
     prefix: str = Field("", pattern=r"^([^/\s][^\s]*/)?$")  # e.g. "shop-1/"
     access_key_id: str | None = Field(None, min_length=1)
-    secret_key_file: Path | None = None
+    secret_key_file: PathSetting | None = None
     timeout_s: float = Field(60.0, ge=1, le=3600)
     retry_first_s: float = Field(10.0, ge=0.1, le=3600)
     retry_max_s: float = Field(900.0, ge=0.1, le=86400)
-
-    @field_validator("ssh_key_file", "known_hosts_file", "secret_key_file", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _keys_of_its_type(self):
@@ -444,15 +423,10 @@ class SipSideConfig(_Strict):
     stun_server: str | None = None                  # "stun.example.net:3478": asks it that address instead
     keepalive_s: float = Field(30.0, ge=0, le=3600)     # an OPTIONS to the peer this often; 0: none
     tls_port: int | None = Field(None, ge=1, le=65535)  # SIP over TLS here (with a certificate); listen port + 1
-    tls_certificate: Path | None = None             # PEM: the appliance's certificate (and chain) on this side
-    tls_key: Path | None = None                     # PEM: its private key
-    tls_ca: Path | None = None                      # PEM: whom to trust for the peer's certificate; else the system's
+    tls_certificate: PathSetting | None = None             # PEM: the appliance's certificate (and chain) on this side
+    tls_key: PathSetting | None = None                     # PEM: its private key
+    tls_ca: PathSetting | None = None                      # PEM: whom to trust for the peer's certificate; else the system's
     tls_verify: bool = True                         # check the peer's certificate and name
-
-    @field_validator("tls_certificate", "tls_key", "tls_ca", mode="before")
-    @classmethod
-    def _path_from_str(cls, value):
-        return Path(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _tls_files(self):
