@@ -761,6 +761,18 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
+def check_sealed(config: Config) -> Result:
+    """Is the store sealed, so that a stolen card gives away no recording nor personal data?"""
+    from appliance.store.sealing import is_sealed
+
+    data = Path(config.recorder.data_dir)
+    if is_sealed(data):
+        return Result(OK, "the store is sealed: recordings and personal data on the card open only after a login")
+    return Result(WARN, f"the store in {data} is not sealed: whoever takes the SD card or an offloaded copy can "
+                        "play every recording and read every number (GDPR Art. 32)",
+                  "stop the recorder, run `sudo callrec seal`, keep the recovery key it shows (docs/security.md)")
+
+
 LEDGER_LATE_S = 120     # events waiting longer than this for the ledger: its writer is not working
 
 
@@ -846,6 +858,7 @@ def run_checks(config_path: Path, seconds: float = 3.0, *,
         results += check_trunk_peers(trunk, seconds)
     results.append(check_data_dir(config, systemd))
     results += check_secret_files(config)
+    results.append(check_sealed(config))
     results.append(check_signer(config, systemd))
     results.append(check_ledger(config))
     results.append(check_disk(config))

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance import doctor
+from appliance import doctor, signer
+from appliance.signer import DeviceSigner
+from appliance.store.keyslots import KeySlots
 from appliance.config import load_config
 from appliance.live import write_atomically
 from conftest import RATE, callrec, free_port, tone, write_config
@@ -370,8 +372,17 @@ def test_the_web_ui_must_answer_its_health_check_over_https(tmp_path, web_ui):
 def test_a_healthy_appliance_passes_every_check_and_a_broken_one_exits_non_zero(tmp_path, hardware, web_ui):
     config = config_file(tmp_path, web_port=web_ui, record_one_in=4)     # occasional, as advised
     live_state(tmp_path)
-    results = doctor.run_checks(config, 0.5, clock=lambda: True, systemd=False)
+    data = tmp_path / "data"
+    assert doctor.check_sealed(load_config(config)).status == "warn"
+    secret = KeySlots(data).create()        # sealed, as install.sh leaves a new box
+    service = signer.start(data, data / "run")
+    try:
+        DeviceSigner(data / "run", data).unlock(secret)            # someone logged in since the start
+        results = doctor.run_checks(config, 0.5, clock=lambda: True, systemd=False)
+    finally:
+        service.stop(timeout=2)
     assert [r.line() for r in results if r.status in ("fail", "warn")] == []
+    assert "✔ the store is sealed" in doctor.render(results)
     assert doctor.render(results).endswith("all checks passed")
     (tmp_path / "data" / "run" / "live.json").unlink()
     result = callrec("doctor", "--config", str(config), "--seconds", SECONDS, check=False, env=hardware)
