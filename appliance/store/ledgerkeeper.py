@@ -104,12 +104,12 @@ def _move(db: sqlite3.Connection, catalogue) -> tuple[int, int, bool]:
                 if moving is None:
                     raise LedgerError(f"the ledger {ledger.ledger_path(catalogue.path.parent)} was begun but "
                                       "the catalogue's chain is gone: restore both from a backup")
-                # Verbatim: the same sequence numbers and hashes, so heads kept off the box still match.
-                old = cat.execute(f"SELECT {', '.join(ledger.FIELDS)}, hash FROM {MOVING_TABLE} ORDER BY seq").fetchall()
+                # Verbatim: the same sequence numbers and hashes, so heads kept off the box still match;
+                # row by row, as millions of entries do not fit a Pi's memory at once.
+                old = cat.execute(f"SELECT {', '.join(ledger.FIELDS)}, hash FROM {MOVING_TABLE} ORDER BY seq")
                 db.executemany(f"INSERT INTO ledger ({', '.join(ledger.FIELDS)}, hash) VALUES ({', '.join('?' * 10)})",
-                               [tuple(row) for row in old])
-                if old:
-                    last = (old[-1]["seq"], old[-1]["hash"])
+                               map(tuple, old))
+                last = db.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
             queued = cat.execute(f"SELECT id, {', '.join(ledger.EVENT_FIELDS)} FROM ledger_queue WHERE id > ? "
                                  "ORDER BY id", [done]).fetchall()
         for event in queued:
