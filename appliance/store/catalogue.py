@@ -22,6 +22,7 @@ from appliance.store import auditchain, ledger, ledgerkeeper
 from appliance.store.migrations import MIGRATIONS
 from appliance.store.personal import DIGIT_FIELD, seal, sealed_call
 from appliance.store.sealing import Sealer
+from appliance.store.snapshot import snapshot
 
 CATALOGUE_NAME = "catalogue.db"
 
@@ -210,15 +211,8 @@ class Catalogue:
         if self._writing == threading.get_ident():
             yield self.db
             return
-        db = self._reader()
-        if db.in_transaction:       # nested: part of the snapshot already open
+        with snapshot(self._reader()) as db:
             yield db
-            return
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
 
     def _reader(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)

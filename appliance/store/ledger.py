@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.clock import iso_utc
+from appliance.store.snapshot import snapshot
 
 GENESIS = "0" * 64
 FIELDS = ("seq", "at", "boot_id", "mono_ns", "event", "call_id", "sha256", "detail", "prev_hash")
@@ -130,15 +131,8 @@ class Ledger:
     def read(self):
         """One consistent view of the chain: yields a read-only connection inside a read
         transaction (short: the ledger's writer waits for it)."""
-        db = self._reader()
-        if db.in_transaction:
+        with snapshot(self._reader()) as db:
             yield db
-            return
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
 
     def entries_of(self, call_id: int) -> tuple[list[dict], dict | None]:
         """A call's entries, and the chain's head, from one view."""
