@@ -34,8 +34,37 @@ SEND_BUFFER = 16 * 1024     # about a second of 8 kHz mono: a stalled listener h
 COMMANDS = ("pause", "resume", "listen", "reload")
 
 
+# Why a line refuses a request: the answer's `reason`, with `values`; `error` words it in English
+# after the line's name (the web UI words each in its user's language).
+REFUSALS = {
+    "not-in-progress": "that call is not in progress",
+    "several-calls": "several calls in progress: say which",
+    "already-paused": "the call is already paused",
+    "not-paused": "the call is not paused",
+    "not-recorded": "the call is not being recorded",
+    "no-answer": "no answer from the line",
+    "listeners-full": "{limit} listeners already (listeners_per_line)",
+}
+
+
 class ControlError(Exception):
-    """A request that cannot be carried out; its message is the answer's `error`."""
+    """A request that cannot be carried out; its message is the answer's `error`, and a line's
+    refusal (`refused`) names its `reason` too."""
+
+    def __init__(self, message: str, reason: str | None = None, values: dict | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.values = values or {}
+
+    def answer(self) -> dict:
+        """The answer that tells the client."""
+        reason = {"reason": self.reason, "values": self.values} if self.reason else {}
+        return {"ok": False, "error": str(self), **reason}
+
+
+def refused(where: str, reason: str, **values) -> ControlError:
+    """A line's refusal for one of REFUSALS; `where` names the line ("line shop")."""
+    return ControlError(f"{where}: {REFUSALS[reason].format(**values)}", reason, values)
 
 
 class Tap:
@@ -180,7 +209,7 @@ class ControlService(SocketService):
                 answer = line.screen_pause(request["command"] == "pause", request["by"], request.get("call_id"))
                 send(conn, {"ok": True, **answer})
             except ControlError as exc:
-                send(conn, {"ok": False, "error": str(exc)})
+                send(conn, exc.answer())
             except OSError:
                 pass            # the client went away: nothing to tell it
 

@@ -127,3 +127,21 @@ def test_an_account_refusal_is_shown_in_the_users_language(app):
         "password": PASSWORD, "confirm": PASSWORD})
     assert response.status_code == 400
     assert "de installatiecode is onjuist" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("lang, text", [("fr", "Cet appel est déjà en pause."), ("nl", "Dit gesprek is al gepauzeerd."),
+                                        ("pl", "Ta rozmowa jest już wstrzymana.")])
+def test_the_recorders_refusal_is_worded_in_the_users_language(app, lang, text):
+    from flask import g
+
+    from web.live import refusal_text
+
+    paused = {"ok": False, "error": "line t1: the call is already paused", "reason": "already-paused", "values": {}}
+    full = {"ok": False, "error": "line t1: 2 listeners already (listeners_per_line)", "reason": "listeners-full",
+            "values": {"limit": 2}}
+    unnamed = {"ok": False, "error": "line: no line named 't9'"}
+    with app.test_request_context():
+        g.lang = lang
+        assert refusal_text(paused) == text
+        assert refusal_text(full).startswith("2 ") or " 2 " in refusal_text(full)
+        assert refusal_text(unnamed) == "line: no line named 't9'"      # no reason named: as the recorder says it

@@ -111,7 +111,7 @@ def test_a_screen_pause_follows_the_buttons_rules_and_is_marked_screen(line):
     assert answer == {"ok": True, "call_id": call_id, "paused": True}
     answer, conn = ask(recorder, {"command": "pause", "line": "t1", "by": "user:clerk"})
     conn.close()
-    assert answer["ok"] is False and "already paused" in answer["error"]
+    assert answer["ok"] is False and "already paused" in answer["error"] and answer["reason"] == "already-paused"
     time.sleep(1.5)
     answer, conn = ask(recorder, {"command": "resume", "line": "t1", "by": "user:clerk", "call_id": call_id})
     conn.close()
@@ -157,6 +157,7 @@ def test_listeners_hear_the_line_up_to_the_limit_and_their_stream_ends_with_the_
     refused, second = ask(recorder, {"command": "listen", "line": "t1", "by": "user:other"})
     second.close()
     assert refused["ok"] is False and "1 listeners already (listeners_per_line)" in refused["error"]
+    assert refused["reason"] == "listeners-full" and refused["values"] == {"limit": 1}     # worded by the web UI
     heard = bytearray()
     reader = threading.Thread(target=read_all, args=(first, heard))
     reader.start()

@@ -41,8 +41,31 @@ def ask(folder: Path, request_: dict) -> tuple[dict, socket.socket]:
         raise ControlRefused(_("The recorder does not answer.")) from None
     if not answer.get("ok"):
         conn.close()
-        raise ControlRefused(answer.get("error") or _("The recorder does not answer."))
+        raise ControlRefused(refusal_text(answer))
     return answer, conn
+
+
+def refusal_text(answer: dict) -> str:
+    """The recorder's refusal in the user's language: by its `reason` (see
+    `appliance.control.REFUSALS`), else as the recorder words it."""
+    values = answer.get("values") or {}
+    match answer.get("reason"):
+        case "not-in-progress":
+            return _("This call is not in progress.")
+        case "several-calls":
+            return _("Several calls are in progress on this line: choose the call on its page.")
+        case "already-paused":
+            return _("This call is paused already.")
+        case "not-paused":
+            return _("This call is not paused.")
+        case "not-recorded":
+            return _("This call is not being recorded: there is nothing to pause.")
+        case "no-answer":
+            return _("The line does not answer the recorder: try again in a moment.")
+        case "listeners-full":
+            return _("{limit} people are listening to this line already, as many as its settings allow.",
+                     limit=values.get("limit", "?"))
+    return answer.get("error") or _("The recorder does not answer.")
 
 
 def _answer_line(conn: socket.socket) -> bytes:

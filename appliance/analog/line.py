@@ -25,7 +25,7 @@ from appliance.analog.playback import play
 from appliance.beep import beep_tone
 from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import LineConfig, RecorderConfig
-from appliance.control import ControlError, Tap
+from appliance.control import Tap, refused
 from appliance.dtmf import ClipDecoder, DtmfDetector
 from appliance.notice import load_notice
 from appliance.selection import selection_for
@@ -398,13 +398,13 @@ class LineRecorder:
 
     def _on_screen_pause(self, press: ScreenPause) -> None:
         call = self.call
+        where = f"line {self.line.name}"
         if call is None or (press.call_id is not None and call.id != press.call_id):
-            press.done.set_exception(ControlError(f"line {self.line.name}: that call is not in progress"))
+            press.done.set_exception(refused(where, "not-in-progress"))
         elif call.rules.paused == press.pause:
-            press.done.set_exception(ControlError(f"line {self.line.name}: the call is "
-                                                  f"{'already paused' if press.pause else 'not paused'}"))
+            press.done.set_exception(refused(where, "already-paused" if press.pause else "not-paused"))
         elif not (commands := call.rules.pause_pressed(time.monotonic(), "screen")):
-            press.done.set_exception(ControlError(f"line {self.line.name}: the call is not being recorded"))
+            press.done.set_exception(refused(where, "not-recorded"))
         else:
             log.info("line %s: %s from the screen by %s", self.line.name,
                      "pause" if press.pause else "resume", press.by)
@@ -421,7 +421,7 @@ class LineRecorder:
         try:
             return press.done.result(timeout=2.0)
         except TimeoutError:
-            raise ControlError(f"line {self.line.name}: no answer from the line") from None
+            raise refused(f"line {self.line.name}", "no-answer") from None
 
     def listen(self, by: str, call_id: int | None, queue_s: float) -> tuple[Tap, dict]:
         """A live listener of the call in progress: its audio from when it is known to be kept
@@ -429,11 +429,10 @@ class LineRecorder:
         the line has its listeners already."""
         call = self.call
         if call is None or (call_id is not None and call.id != call_id):
-            raise ControlError(f"line {self.line.name}: that call is not in progress")
+            raise refused(f"line {self.line.name}", "not-in-progress")
         audio = call.audio
         if sum(not tap.closed.is_set() for tap in audio.taps) >= self.settings.listeners_per_line:
-            raise ControlError(f"line {self.line.name}: {self.settings.listeners_per_line} listeners already "
-                               f"(listeners_per_line)")
+            raise refused(f"line {self.line.name}", "listeners-full", limit=self.settings.listeners_per_line)
         tap = Tap(int(queue_s * 1000 / self.settings.period_ms))
         audio.taps = (*[t for t in audio.taps if not t.closed.is_set()], tap)
         if self.call is not call or call.rules.declined:

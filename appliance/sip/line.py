@@ -36,7 +36,7 @@ from appliance.store.archive import SPOOL_DIR
 from appliance.store.callrow import CallRow, Desk
 from appliance.clock import clock_synchronised, iso_from_mono, local_from_mono, wall_from_mono
 from appliance.config import SipTrunkConfig
-from appliance.control import ControlError, Tap
+from appliance.control import Tap, refused
 from appliance.dtmf import DtmfDetector
 from appliance.live import LevelMeter
 from appliance.notice import Notice, load_notice
@@ -475,18 +475,17 @@ class SipLine:
         calls = [r for r in self.active if not r.ended and not r.declined
                  and (call_id is None or r.call_id == call_id)]
         if len(calls) != 1:
-            raise ControlError(f"sip trunk {self.config.name}: " + ("that call is not in progress" if not calls
-                                                                    else "several calls in progress: say which"))
+            raise refused(f"sip trunk {self.config.name}", "several-calls" if calls else "not-in-progress")
         return calls[0]
 
     def screen_pause(self, pause: bool, by: str, call_id: int | None) -> dict:
         """The screen's pause or resume button, as the pause code does."""
         recording = self.recording_of(call_id)
         if recording.rules.paused == pause:
-            raise ControlError(f"sip trunk {self.config.name}: the call is {'already paused' if pause else 'not paused'}")
+            raise refused(f"sip trunk {self.config.name}", "already-paused" if pause else "not-paused")
         commands = recording.rules.pause_pressed(time.monotonic(), "screen")
         if not commands:
-            raise ControlError(f"sip trunk {self.config.name}: the call is not being recorded")
+            raise refused(f"sip trunk {self.config.name}", "not-recorded")
         log.info("sip trunk %s: %s from the screen by %s", self.config.name, "pause" if pause else "resume", by)
         self._carry_out(recording, commands)
         return {"call_id": recording.call_id, "paused": recording.rules.paused}
@@ -496,7 +495,7 @@ class SipLine:
         is known to be kept, silence while paused, until it ends."""
         recording = self.recording_of(call_id)
         if sum(not tap.closed.is_set() for tap in recording.taps) >= limit:
-            raise ControlError(f"sip trunk {self.config.name}: {limit} listeners already (listeners_per_line)")
+            raise refused(f"sip trunk {self.config.name}", "listeners-full", limit=limit)
         tap = Tap(periods)
         recording.taps = (*[t for t in recording.taps if not t.closed.is_set()], tap)
         log.info("sip trunk %s: %s listens live to a call", self.config.name, by)

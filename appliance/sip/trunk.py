@@ -10,7 +10,7 @@ import time
 from appliance.store.callrow import Desk
 from appliance.clock import iso_from_mono
 from appliance.config import SipTrunkConfig
-from appliance.control import ControlError
+from appliance.control import refused
 from appliance.errors import HardwareError
 from appliance.sip.line import SipLine
 from appliance.sip.proxy import Proxy
@@ -118,7 +118,7 @@ class SipTrunk:
         try:
             return asyncio.run_coroutine_threadsafe(_run(job), self.loop).result(timeout=CONTROL_S)
         except TimeoutError:
-            raise ControlError(f"sip trunk {self.config.name}: no answer from the relay") from None
+            raise refused(f"sip trunk {self.config.name}", "no-answer") from None
 
     def screen_pause(self, pause: bool, by: str, call_id: int | None) -> dict:
         """The screen's pause or resume of a call in progress (see SipLine.screen_pause)."""
