@@ -107,5 +107,19 @@ def test_a_missing_ledger_is_not_begun_again(store):
         ledgerkeeper.drain(store.catalogue)
     assert not ledger_path(data).exists() and queued(data) == 1
     problems = verify_store(store.catalogue, data)
+    assert any("ledger.db is missing (the ledger was begun on 20" in problem for problem in problems)
     assert f"call {call['id']}: no `recorded` entry in the ledger" in problems
     assert any("1 event(s) wait" in problem for problem in problems)
+
+
+def test_a_ledger_put_aside_is_not_begun_again_whatever_the_catalogue_says(store):
+    store, _ = store
+    data = store.data_dir
+    call = record_call(store.catalogue, data)
+    os.rename(data / LEDGER_DIR, data / "ledger.aside")     # the web UI's user may rename in the data folder
+    with store.catalogue.transaction() as db:               # and write the catalogue: it looks not yet moved
+        db.execute(f"CREATE TABLE {ledgerkeeper.MOVING_TABLE} (seq INTEGER PRIMARY KEY)")
+    store.hold(call["id"], "dispute", "owner")
+    with pytest.raises(LedgerError, match=r"missing: restore it from a backup \(it was begun on 20"):
+        ledgerkeeper.drain(store.catalogue)
+    assert not (data / LEDGER_DIR).exists() and queued(data) == 1

@@ -5,8 +5,9 @@ Only the data folder's owner (the recorder's user: the recorder, the signer, the
 write the ledger; the web UI, which runs as a user of its own, asks the signer to (`ledger`
 over its socket). The ledger's folder is 0750 and its file 0640, owned by that user, so the web
 UI reads them through the group and cannot change them. A ledger folder or file of another owner,
-or that the group may write, is refused, as is starting a new chain where the catalogue's was
-moved already (a ledger gone missing is restored from a backup, never silently begun again).
+or that the group may write, is refused, as is starting a new chain where one was begun already
+(`keys/ledger-begun`, in the folder the web UI may not write) or where the catalogue's was moved
+already: a ledger gone missing is restored from a backup, never silently begun again.
 
 Crash-safe: the chain and how far the queue was moved are committed together; the queue's moved
 rows are deleted afterwards, and those a crash leaves are skipped the next time.
@@ -16,8 +17,10 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 
+from appliance.clock import iso_utc
 from appliance.errors import StoreError
 from appliance.store import ledger
 
@@ -25,6 +28,10 @@ FOLDER_MODE = 0o750
 FILE_MODE = 0o640
 # The table of the catalogue that held the chain before it had a file of its own.
 MOVING_TABLE = "ledger_moving"
+# Left once the ledger is begun, in the folder the web UI may not write (nor rename anything in):
+# a ledger missing beside it is never begun again, whatever the catalogue says.
+BEGUN_MARK = "keys/ledger-begun"
+KEYS_MODE = 0o700               # keys/ when the ledger makes it (the signer opens it to the group)
 
 _drain_lock = threading.Lock()      # one drain at a time in a process (others wait on the file's lock)
 
@@ -44,8 +51,13 @@ def may_write(data_dir: Path) -> bool:
 
 
 def problems(data_dir: Path) -> list[str]:
-    """What is wrong with who may write the ledger's folder and file (empty: only their owner)."""
+    """What is wrong with the ledger's folder and file: missing once begun, or another than their
+    owner may write them (empty: all is well)."""
     found, owner = [], owner_of(data_dir)
+    mark, path = Path(data_dir) / BEGUN_MARK, ledger.ledger_path(data_dir)
+    if mark.exists() and not path.exists():
+        found.append(f"{path} is missing (the ledger was begun on {mark.read_text().strip()}): "
+                     "restore it from a backup")
     for path in (Path(data_dir) / ledger.LEDGER_DIR, ledger.ledger_path(data_dir)):
         try:
             info = path.lstat()
@@ -129,13 +141,14 @@ def _move(db: sqlite3.Connection, catalogue) -> tuple[int, int, bool]:
 def _open(data_dir: Path, catalogue) -> sqlite3.Connection:
     """The ledger's write connection, the folder and file made (only to bring over the chain the
     catalogue still holds) and checked."""
-    folder, path = Path(data_dir) / ledger.LEDGER_DIR, ledger.ledger_path(data_dir)
+    folder, path, mark = Path(data_dir) / ledger.LEDGER_DIR, ledger.ledger_path(data_dir), Path(data_dir) / BEGUN_MARK
     if not path.exists():
         with catalogue.read() as cat:
             moving = cat.execute("SELECT 1 FROM sqlite_master WHERE name = ?", [MOVING_TABLE]).fetchone()
-        if moving is None:
-            raise LedgerError(f"the ledger {path} is missing: restore it from a backup (the catalogue's "
-                              "chain was moved there, and a new one is not begun in its place)")
+        if moving is None or mark.exists():
+            raise LedgerError(f"the ledger {path} is missing: restore it from a backup (it was begun on "
+                              f"{mark.read_text().strip() if mark.exists() else 'this store'}, and a new one "
+                              "is not begun in its place)")
         folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
         _own(folder, FOLDER_MODE, data_dir)
     if found := problems(data_dir):
@@ -151,6 +164,11 @@ def _open(data_dir: Path, catalogue) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot write the ledger {path}: {exc}") from None
     _own(path, FILE_MODE, data_dir)
+    if not mark.exists():
+        mark.parent.mkdir(mode=KEYS_MODE, exist_ok=True)
+        _own(mark.parent, stat.S_IMODE(mark.parent.stat().st_mode), data_dir)
+        mark.write_text(iso_utc(time.time()) + "\n")
+        _own(mark, FILE_MODE, data_dir)
     return db
 
 
