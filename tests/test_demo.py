@@ -15,8 +15,8 @@ import pytest
 from appliance.config import demo_path
 from appliance.live import read_live
 from appliance.store.archive import SPOOL_DIR
-from conftest import PASSWORD, callrec, calls_json, free_port, wait_for
-from test_web_browser import browser, log_in  # noqa: F401  (the browser fixture)
+from conftest import callrec, calls_json, free_port, wait_for
+from test_web_browser import browser, owner_page  # noqa: F401  (the browser fixture)
 
 EVERY_S = "16"         # the shortest round the demo's calls fit in: the first call rings within 2 s
 
@@ -66,13 +66,7 @@ def line_state(data: Path, name: str) -> str | None:
 
 def test_the_status_page_follows_the_demos_calls(demo, browser, tmp_path, record_property):  # noqa: F811
     base, data, process, log = demo
-    from web.accounts import Accounts
-    accounts = Accounts(data / "web")
-    accounts.add_user("owner", PASSWORD, "admin", None)
-    accounts.close()
-    page = browser.new_page(ignore_https_errors=True, locale="en-GB")
-    page.goto(f"{base}/login")
-    log_in(page, f"{base}/")
+    page = owner_page(browser, base, data)
     # The list holds no call yet, or the first one already if the machine was slow to get here.
     assert page.locator("table.calls tbody tr").count() == 1
     page.goto(f"{base}/status")

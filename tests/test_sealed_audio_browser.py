@@ -5,7 +5,7 @@ file (its Range requests open only the sealed records they touch)."""
 from appliance.store.keyslots import KeySlots
 from conftest import PASSWORD, wait_for
 from test_sealed_audio import sealed_call
-from test_web_browser import browser, log_in  # noqa: F401 (a fixture)
+from test_web_browser import browser, owner_page  # noqa: F401 (a fixture)
 
 
 def test_a_sealed_call_plays_and_seeks_in_the_browser_once_the_store_is_unlocked(web_appliance, browser):
@@ -20,9 +20,7 @@ def test_a_sealed_call_plays_and_seeks_in_the_browser_once_the_store_is_unlocked
     server.start()
     base = f"https://127.0.0.1:{server.web.https_port}"
     try:
-        page = browser.new_page(ignore_https_errors=True, locale="en-GB")
-        page.goto(f"{base}/login")
-        log_in(page, f"{base}/")
+        page = owner_page(browser, base)
         answer = page.goto(f"{base}/calls/{call['id']}/audio")
         assert answer.status == 423 and "The store is locked since start-up" in page.content()
 

@@ -78,6 +78,22 @@ def log_in(page, lands_on: str) -> None:
     page.wait_for_url(lands_on)
 
 
+def owner_page(browser, base: str, data: Path | None = None, **options):
+    """A new page (with Playwright's `options`) logged in as the owner, an admin made first in the
+    data folder `data` where it is given; dialogs are accepted."""
+    if data is not None:
+        from web.accounts import Accounts
+
+        accounts = Accounts(data / "web")
+        accounts.add_user("owner", PASSWORD, "admin", None)
+        accounts.close()
+    page = browser.new_page(ignore_https_errors=True, locale="en-GB", **options)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{base}/login")
+    log_in(page, f"{base}/")
+    return page
+
+
 def test_plain_http_is_sent_to_https(server):
     base, web, *_ = server
     opener = urllib.request.build_opener(NoRedirect)
@@ -216,15 +232,8 @@ def callrec_calls(data: Path) -> list[dict]:
 def test_an_admin_turns_on_a_second_factor_and_logs_in_with_the_apps_code(server, browser):
     import pyotp
 
-    from web.accounts import Accounts
-
     base, web, config, data, calls, process = server
-    accounts = Accounts(data / "web")
-    accounts.add_user("owner", PASSWORD, "admin", None)
-    accounts.close()
-    page = browser.new_page(ignore_https_errors=True, locale="en-GB")
-    page.goto(f"{base}/login")
-    log_in(page, f"{base}/")
+    page = owner_page(browser, base, data)
 
     # Your account: set up a second factor, scan the QR code (here: read the key), confirm with a code.
     page.click("a.user")
@@ -252,13 +261,7 @@ def test_an_admin_turns_on_a_second_factor_and_logs_in_with_the_apps_code(server
 
 def test_the_status_page_says_so_in_words_when_the_recorder_is_down(server, browser):
     base, web, config, data, calls, process = server
-    from web.accounts import Accounts
-    accounts = Accounts(data / "web")
-    accounts.add_user("owner", PASSWORD, "admin", None)
-    accounts.close()
-    page = browser.new_page(ignore_https_errors=True, locale="en-GB")
-    page.goto(f"{base}/login")
-    log_in(page, f"{base}/")
+    page = owner_page(browser, base, data)
     page.goto(f"{base}/status")
     page.wait_for_timeout(2500)         # the event stream's first states have been shown
     body = page.inner_text("body")

@@ -5,24 +5,13 @@ Screenshots in `test-artifacts/screenshots/`."""
 import json
 import zipfile
 
-from conftest import PASSWORD, callrec, write_config, write_scenario
-from test_web_browser import ARTIFACTS, browser, log_in, server  # noqa: F401 (fixtures)
-
-
-def _owner(base: str, data, browser):   # noqa: F811
-    from web.accounts import Accounts
-
-    Accounts(data / "web").add_user("owner", PASSWORD, "admin", None)
-    page = browser.new_page(ignore_https_errors=True, accept_downloads=True, locale="en-GB")
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.goto(f"{base}/login")
-    log_in(page, f"{base}/")
-    return page
+from conftest import callrec, write_config, write_scenario
+from test_web_browser import ARTIFACTS, browser, owner_page, server  # noqa: F401 (fixtures)
 
 
 def test_a_contact_added_then_edited_on_the_page_names_the_next_call(server, browser, tmp_path):  # noqa: F811
     base, web, config, data, calls, process = server
-    page = _owner(base, data, browser)
+    page = owner_page(browser, base, data, accept_downloads=True)
     page.click("nav >> text=Contacts")
     page.fill("#contact-add input[name=number]", "02 555 44 44")
     page.fill("#contact-add input[name=name]", "Jean Dupont")
@@ -60,7 +49,7 @@ def test_a_filtered_export_from_the_calls_list_shows_its_size_and_progress_and_v
     from appliance.keys import fingerprint, load_private_key, public_key_hex
 
     base, web, config, data, calls, process = server
-    page = _owner(base, data, browser)
+    page = owner_page(browser, base, data, accept_downloads=True)
     page.goto(f"{base}/")
     page.click("summary")
     page.select_option("select[name=line]", "office")
