@@ -355,7 +355,7 @@ def check_live_trunk(name: str, entries: list[dict]) -> Result:
 
 def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
     """Each side's peer of a SIP trunk looked up as the relay does (RFC 3263) and asked with an
-    OPTIONS request, from the side's address."""
+    OPTIONS request, from the side's address; and its STUN server, if it has one."""
     import asyncio
 
     from appliance.config import split_host_port
@@ -366,9 +366,11 @@ def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
     results = []
     servers = [split_host_port(server) for server in trunk.dns_servers]
     for side, config in (("trunk", trunk.trunk), ("pbx", trunk.pbx)):
+        here, _ = split_host_port(config.listen)
+        if config.stun_server is not None:
+            results.append(check_stun(trunk.name, side, config.stun_server, here))
         if config.peer is None:
             continue
-        here, _ = split_host_port(config.listen)
         locator = Locator(*split_host_port(config.peer), config.transport.upper() if config.transport_chosen else None,
                           socket.AF_INET6 if ":" in here else socket.AF_INET, servers)
         asyncio.run(locator.refresh())
@@ -383,6 +385,23 @@ def check_trunk_peers(trunk: SipTrunkConfig, seconds: float) -> list[Result]:
                             locator.host)
         results.append(Result(FAIL, f"{where}: {what}", fix) if status is None else Result(OK, f"{where}: {what}"))
     return results
+
+
+def check_stun(trunk: str, side: str, server: str, here: str) -> Result:
+    """The public address a side's STUN server tells, asked from the side's address as the relay
+    asks it."""
+    import asyncio
+
+    from appliance.config import split_host_port
+    from appliance.sip.stun import PublicAddress
+
+    public = PublicAddress(split_host_port(server), here, trunk)
+    asyncio.run(public.refresh())
+    if public.address is None:
+        return Result(FAIL, f"sip trunk {trunk}: {public.error}",
+                      f"check `stun_server` in [sip_trunk.{side}] and that the router lets UDP out to it, or set "
+                      "`external` to the router's public address instead (docs/sip.md)")
+    return Result(OK, f"sip trunk {trunk}: STUN server {server} says the public address of {here} is {public.address}")
 
 
 # -- disk, clock, web -------------------------------------------------------------------------------

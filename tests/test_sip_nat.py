@@ -5,6 +5,7 @@ address, or that address asked of a STUN server on the internet (coturn), the op
 appliance for the call's signalling and media, hears the notice and the shop, and the call is
 recorded both ways."""
 
+import json
 import os
 import shutil
 import signal
@@ -127,6 +128,14 @@ def test_a_call_from_the_internet_through_the_shops_nat_router_is_relayed_and_re
         phone = Baresip(tmp_path / "baresip", tone(CALLER_HZ, 8.0, 0.5), host=OPERATOR_IP, prefix=network["internet"])
         phone.call(f"sip:shop@{ROUTER_PUBLIC}:{SIP_PORT}", 6)
         finish(pbx, tmp_path)
+        if told == "stun_server":       # the technician's check asks the STUN server as the relay does
+            report = subprocess.run([*network["shop"], sys.executable, "-m", "appliance", "doctor", "--config",
+                                     str(config), "--seconds", "0.5", "--json"], cwd=Path(__file__).parent.parent,
+                                    capture_output=True, text=True, timeout=60,
+                                    env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+            told_public = [check for check in json.loads(report.stdout)["checks"] if "STUN server" in check["message"]]
+            assert told_public == [{"status": "ok", "fix": None, "message": f"sip trunk sip1: STUN server "
+                                    f"{OPERATOR_IP}:{STUN_PORT} says the public address of {SHOP_IP} is {ROUTER_PUBLIC}"}]
     finally:
         recorder.send_signal(signal.SIGTERM)
         recorder.wait(30)
