@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -179,7 +180,7 @@ class LedgerWriter(Service):
                         return {"ok": True, "written": 0}       # the recorder makes it, with its mode
                     self._catalogue = Catalogue(self.data_dir)
             return {"ok": True, "written": ledgerkeeper.drain(self._catalogue)}
-        except (CallrecError, OSError) as exc:
+        except (CallrecError, OSError, sqlite3.Error) as exc:      # the catalogue busy too: tried again
             return {"ok": False, "error": f"the ledger cannot be written: {exc}"}
 
     def serve(self) -> None:
